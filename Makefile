@@ -1,0 +1,41 @@
+# Two commands matter: `make run` (the whole stack) and `make test` (the whole suite).
+# Both bootstrap the virtualenv on first use; nothing beyond python3 and make is required.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test migrate token lint format check clean-data
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m shared.devstack
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+migrate: $(STAMP)
+	$(PY) -m shared.migrate
+
+token: $(STAMP)
+	@$(PY) -m shared.auth $(USER) $(TTL)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared gateway notifications_svc agent_svc
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+check: lint test
+
+clean-data:
+	rm -rf .data

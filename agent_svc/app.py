@@ -1,0 +1,40 @@
+"""agent_svc's Starlette application: lifespan (pool, Redis, migrations) and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from agent_svc import api
+from shared import db, migrate, redis_client
+from shared.backoff import retry
+from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.settings import Settings
+
+
+def _checks(request: Request) -> dict[str, Check]:
+    state = request.app.state
+    return {
+        "postgres": lambda: db.ping(state.pool),
+        "redis": lambda: redis_client.ping(state.redis),
+    }
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
+        pool = await db.create_pool(settings)
+        redis = redis_client.create_client(settings)
+        app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    routes = [*health_routes(_checks), metrics_route(), *api.routes]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))

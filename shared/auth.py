@@ -1,0 +1,128 @@
+"""Client authentication: verifying JWTs and minting development tokens.
+
+A token is accepted only if its algorithm is the configured one (so `alg: none` and algorithm
+confusion are refused before any signature work), its signature verifies, `exp` is present and in
+the future, `sub` is a UUID, and `aud`/`iss` match when configured. Every refusal raises
+`TokenError` whose `reason` is a short, stable phrase safe to show a client and to log (it never
+contains the token itself).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from shared.settings import Settings
+
+
+class TokenError(Exception):
+    """The token was refused; `reason` says why in words fit for a close frame."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for, and until when."""
+
+    user_id: uuid.UUID
+    expires_at: float
+
+
+class TokenVerifier:
+    """Verifies client JWTs against the configured algorithm and key. Thread-safe, reusable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._audience = settings.jwt_audience or None
+        self._issuer = settings.jwt_issuer or None
+        self._key: Any = settings.secret_key
+        self._jwks: jwt.PyJWKClient | None = None
+        if self._algorithm != "HS256":
+            if settings.jwt_public_key:
+                self._key = settings.jwt_public_key
+            else:
+                self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url)
+
+    def verify(self, token: str | None) -> Identity:
+        """Return the token's identity or raise `TokenError` with a distinct reason."""
+        if not token:
+            raise TokenError("token missing")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise TokenError("token malformed") from None
+        if header.get("alg") != self._algorithm:
+            raise TokenError("token algorithm not allowed")
+        key = self._key
+        if self._jwks is not None:
+            try:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientError:
+                raise TokenError("token signing key unknown") from None
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token expired") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("token signature invalid") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"token missing claim {exc.claim}") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("token audience invalid") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("token issuer invalid") from None
+        except jwt.InvalidTokenError:
+            raise TokenError("token malformed") from None
+        return Identity(user_id=_subject(claims.get("sub")), expires_at=float(claims["exp"]))
+
+
+def _subject(sub: object) -> uuid.UUID:
+    if not isinstance(sub, str):
+        raise TokenError("token subject not a UUID")
+    try:
+        return uuid.UUID(sub)
+    except ValueError:
+        raise TokenError("token subject not a UUID") from None
+
+
+def mint_token(
+    settings: Settings, user_id: uuid.UUID | str, ttl: float = 24 * 3600, **claims: Any
+) -> str:
+    """An HS256 token for `user_id` signed with `SECRET_KEY` (development and tests)."""
+    now = int(time.time())
+    payload = {"sub": str(user_id), "iat": now, "exp": now + int(ttl)} | claims
+    return jwt.encode(payload, settings.secret_key, algorithm="HS256")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m shared.auth <user-uuid> [ttl-seconds]`: print a development token."""
+    if not argv:
+        print("usage: make token USER=<user-uuid>", file=sys.stderr)
+        return 2
+    try:
+        user_id = uuid.UUID(argv[0])
+    except ValueError:
+        print(f"USER must be a UUID, got {argv[0]!r}", file=sys.stderr)
+        return 2
+    ttl = float(argv[1]) if len(argv) > 1 else 24 * 3600
+    print(mint_token(Settings.from_env(), user_id, ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

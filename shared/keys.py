@@ -1,0 +1,51 @@
+"""Every Redis key, channel and stream name of the system, in one place.
+
+The first two are the seed's and are a compatibility promise. Channels live in their own
+namespace (`ch:`) so a `KEYS`/`SCAN` for data keys never confuses them with registry sets.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+# Seed registry keys.
+def ws_session(session_id: UUID | str) -> str:
+    """Set of live connection ids attached to a session, across all gateway instances."""
+    return f"ws:session:{session_id}"
+
+
+def user_sessions(user_id: UUID | str) -> str:
+    """Set of the user's sessions that have at least one live connection."""
+    return f"user:sessions:{user_id}"
+
+
+# Fan-out channels (pub/sub). Payloads are envelopes: see shared.wire.
+def user_channel(user_id: UUID | str) -> str:
+    return f"ch:user:{user_id}"
+
+
+def session_channel(session_id: UUID | str) -> str:
+    return f"ch:session:{session_id}"
+
+
+BROADCAST_CHANNEL = "ch:broadcast"
+
+# Notifications ingestion (producers without HTTP).
+NOTIFICATIONS_INGEST_STREAM = "notifications:ingest"
+NOTIFICATIONS_INGEST_GROUP = "notifications_svc"
+NOTIFICATIONS_DEAD_LETTER_STREAM = "notifications:ingest:dead"
+
+# Chat.
+CHAT_REQUESTS_STREAM = "chat:requests"
+CHAT_REQUESTS_GROUP = "agents"
+
+
+def chat_reply_stream(message_id: UUID | str) -> str:
+    """One answer's events; entry ids are the SSE event ids."""
+    return f"chat:reply:{message_id}"
+
+
+def chat_cancel(message_id: UUID | str) -> str:
+    """Set when a client cancels an answer; workers poll it between deltas."""
+    return f"chat:cancel:{message_id}"

@@ -1,0 +1,457 @@
+"""Process configuration: every environment variable the services read, typed and validated.
+
+One table (`VARIABLES`) names each variable, its type, its default and what it does; the typed
+`Settings` object is built from it, the README's table is checked against it, and an invalid value
+stops start-up with a `ConfigError` naming the variable. Nothing else in the code base reads
+`os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or has an invalid value."""
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"expected zero or a positive integer, got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, got {value}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError(f"expected a TCP port 1-65535, got {value}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return level
+
+
+def _jwt_algorithm(raw: str) -> str:
+    algorithm = raw.strip().upper()
+    if algorithm not in {"HS256", "RS256", "ES256"}:
+        raise ValueError(f"expected HS256, RS256 or ES256, got {raw!r}")
+    return algorithm
+
+
+def _database_url(raw: str) -> str:
+    if raw and not raw.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+        raise ValueError("expected a postgresql:// or postgresql+asyncpg:// URL")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its parser, default (as the user would write it) and meaning."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+    secret: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    # Seed variables (names are a compatibility promise).
+    Variable(
+        "DATABASE_URL",
+        _database_url,
+        "",
+        "PostgreSQL URL (`postgresql://` or `postgresql+asyncpg://`). Empty: embedded "
+        "PostgreSQL 16 under `DATA_DIR`.",
+        secret=True,
+    ),
+    Variable(
+        "REDIS_URL",
+        _redis_url,
+        "",
+        "Redis URL. Empty: embedded redis-server under `DATA_DIR`.",
+        secret=True,
+    ),
+    Variable(
+        "SECRET_KEY",
+        _text,
+        "",
+        "HS256 key for client JWTs (at least 32 characters). Empty in development: a random "
+        "key is generated once and kept in `DATA_DIR/secrets.json`.",
+        secret=True,
+    ),
+    Variable(
+        "ANTHROPIC_API_KEY",
+        _text,
+        "",
+        "Claude API key. Empty: the agent runs its clearly labelled offline model.",
+        secret=True,
+    ),
+    Variable(
+        "CORS_ORIGINS",
+        _parse_list,
+        "http://localhost:5173,http://127.0.0.1:5173",
+        "Comma-separated browser origins allowed for CORS and WebSocket handshakes. "
+        "`*` allows any origin.",
+    ),
+    Variable(
+        "WS_HEARTBEAT_INTERVAL",
+        _positive_float,
+        "30",
+        "Seconds between server heartbeats; registry entries expire after two missed beats.",
+    ),
+    Variable(
+        "WS_MAX_CONNECTIONS_PER_SESSION",
+        _positive_int,
+        "5",
+        "Connections allowed per session across all gateways; one more is closed with 1013.",
+    ),
+    Variable(
+        "WS_CONNECTION_TIMEOUT",
+        _positive_float,
+        "300",
+        "Seconds without any client frame before the connection is closed with 1000.",
+    ),
+    # Ours.
+    Variable(
+        "DATA_DIR",
+        _text,
+        ".data",
+        "Folder of the embedded PostgreSQL/Redis data and development secrets.",
+    ),
+    Variable(
+        "BIND_HOST",
+        _text,
+        "127.0.0.1",
+        "Address the HTTP servers listen on (`0.0.0.0` in containers).",
+    ),
+    Variable("GATEWAY_PORT", _port, "8000", "Gateway HTTP/WebSocket port."),
+    Variable("NOTIFICATIONS_PORT", _port, "8001", "Notifications service port."),
+    Variable("AGENT_PORT", _port, "8002", "Agent service port."),
+    Variable(
+        "NOTIFICATIONS_URL",
+        _text,
+        "",
+        "Base URL of the notifications service as the others reach it. Empty: "
+        "`http://127.0.0.1:$NOTIFICATIONS_PORT`.",
+    ),
+    Variable(
+        "AGENT_URL",
+        _text,
+        "",
+        "Base URL of the agent service. Empty: `http://127.0.0.1:$AGENT_PORT`.",
+    ),
+    Variable(
+        "INTERNAL_TOKEN",
+        _text,
+        "",
+        "Bearer token for `/internal/` endpoints (at least 32 characters). Empty in "
+        "development: generated once into `DATA_DIR/secrets.json`.",
+        secret=True,
+    ),
+    Variable("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Variable(
+        "JWT_ALGORITHM",
+        _jwt_algorithm,
+        "HS256",
+        "Client JWT algorithm: HS256 (with SECRET_KEY), RS256 or ES256 (with "
+        "JWT_PUBLIC_KEY or JWT_JWKS_URL).",
+    ),
+    Variable("JWT_PUBLIC_KEY", _text, "", "PEM public key for RS256/ES256 tokens."),
+    Variable("JWT_JWKS_URL", _text, "", "JWKS URL for RS256/ES256 tokens."),
+    Variable("JWT_AUDIENCE", _text, "", "Required `aud` claim when set."),
+    Variable("JWT_ISSUER", _text, "", "Required `iss` claim when set."),
+    Variable(
+        "WS_MAX_MESSAGE_BYTES",
+        _positive_int,
+        "65536",
+        "Largest client frame accepted; a larger one closes the connection with 1009.",
+    ),
+    Variable(
+        "WS_MAX_CONNECTIONS",
+        _positive_int,
+        "20000",
+        "Connections one gateway instance accepts; more are closed with 1013.",
+    ),
+    Variable(
+        "WS_SEND_QUEUE_SIZE",
+        _positive_int,
+        "256",
+        "Frames buffered per connection; a consumer that falls further behind is closed with 1013.",
+    ),
+    Variable(
+        "WS_RATE_LIMIT",
+        _positive_float,
+        "20",
+        "Client frames per second allowed per connection (token bucket refill rate).",
+    ),
+    Variable(
+        "WS_RATE_BURST",
+        _positive_int,
+        "40",
+        "Client frames a connection may send in a burst (token bucket size).",
+    ),
+    Variable(
+        "HTTP_MAX_BODY_BYTES",
+        _positive_int,
+        "65536",
+        "Largest JSON request body; a larger one answers 413.",
+    ),
+    Variable(
+        "UPSTREAM_TIMEOUT",
+        _positive_float,
+        "10",
+        "Seconds the gateway waits for an internal service before answering 503.",
+    ),
+    Variable("ANTHROPIC_BASE_URL", _text, "", "Claude API base URL. Empty: the SDK's default."),
+    Variable("ANTHROPIC_MODEL", _text, "claude-sonnet-4-5", "Claude model name."),
+    Variable("ANTHROPIC_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per model reply."),
+    Variable(
+        "ANTHROPIC_TIMEOUT",
+        _positive_float,
+        "60",
+        "Seconds before a silent model call is abandoned with an error event.",
+    ),
+    Variable(
+        "AGENT_SYSTEM_PROMPT",
+        _text,
+        "You are a helpful assistant inside a productivity app. Be concise.",
+        "System prompt of the agent.",
+    ),
+    Variable(
+        "AGENT_WORKERS",
+        _non_negative_int,
+        "1",
+        "Chat workers run inside each agent_svc process (0: HTTP API only).",
+    ),
+    Variable(
+        "AGENT_OFFLINE_DELAY",
+        _positive_float,
+        "0.03",
+        "Seconds between the offline model's deltas.",
+    ),
+    Variable(
+        "CHAT_REPLY_TTL",
+        _positive_int,
+        "3600",
+        "Seconds a finished answer's reply stream stays readable for resume.",
+    ),
+)
+
+_BY_NAME = {variable.name: variable for variable in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one process. Build it with `Settings.from_env()`."""
+
+    database_url: str
+    redis_url: str
+    secret_key: str
+    anthropic_api_key: str
+    cors_origins: tuple[str, ...]
+    ws_heartbeat_interval: float
+    ws_max_connections_per_session: int
+    ws_connection_timeout: float
+    data_dir: str
+    bind_host: str
+    gateway_port: int
+    notifications_port: int
+    agent_port: int
+    notifications_url: str
+    agent_url: str
+    internal_token: str
+    log_level: str
+    jwt_algorithm: str
+    jwt_public_key: str
+    jwt_jwks_url: str
+    jwt_audience: str
+    jwt_issuer: str
+    ws_max_message_bytes: int
+    ws_max_connections: int
+    ws_send_queue_size: int
+    ws_rate_limit: float
+    ws_rate_burst: int
+    http_max_body_bytes: int
+    upstream_timeout: float
+    anthropic_base_url: str
+    anthropic_model: str
+    anthropic_max_tokens: int
+    anthropic_timeout: float
+    agent_system_prompt: str
+    agent_workers: int
+    agent_offline_delay: float
+    chat_reply_ttl: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read, parse and validate every variable; raises `ConfigError` naming the culprit.
+
+        Empty `SECRET_KEY` / `INTERNAL_TOKEN` are filled from `DATA_DIR/secrets.json`, created
+        with random values on first use, so a development stack and `make token` agree.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable in VARIABLES:
+            # An empty value means "use the default", as in most twelve-factor tools.
+            raw = env.get(variable.name) or variable.default or ""
+            try:
+                values[variable.name.lower()] = variable.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{variable.name}: {exc}") from None
+        settings = cls(**values)
+        return settings._with_defaults_filled()
+
+    def _with_defaults_filled(self) -> Settings:
+        changes: dict[str, Any] = {}
+        if not self.secret_key or not self.internal_token:
+            generated = _dev_secrets(Path(self.data_dir))
+            changes["secret_key"] = self.secret_key or generated["SECRET_KEY"]
+            changes["internal_token"] = self.internal_token or generated["INTERNAL_TOKEN"]
+        if not self.notifications_url:
+            changes["notifications_url"] = f"http://127.0.0.1:{self.notifications_port}"
+        if not self.agent_url:
+            changes["agent_url"] = f"http://127.0.0.1:{self.agent_port}"
+        merged = {f.name: getattr(self, f.name) for f in fields(self)} | changes
+        settings = Settings(**merged)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if self.jwt_algorithm == "HS256" and len(self.secret_key) < 32:
+            raise ConfigError("SECRET_KEY: must be at least 32 characters for HS256")
+        if self.jwt_algorithm != "HS256" and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise ConfigError(
+                f"JWT_PUBLIC_KEY: {self.jwt_algorithm} needs JWT_PUBLIC_KEY or JWT_JWKS_URL"
+            )
+        if len(self.internal_token) < 32:
+            raise ConfigError("INTERNAL_TOKEN: must be at least 32 characters")
+        if self.ws_rate_burst < 1:
+            raise ConfigError("WS_RATE_BURST: must be at least 1")
+        if self.ws_connection_timeout <= self.ws_heartbeat_interval:
+            raise ConfigError(
+                "WS_CONNECTION_TIMEOUT: must be longer than WS_HEARTBEAT_INTERVAL "
+                f"({self.ws_connection_timeout} <= {self.ws_heartbeat_interval})"
+            )
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """`DATABASE_URL` in the form asyncpg accepts (the SQLAlchemy driver suffix removed)."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    @property
+    def offline_model(self) -> bool:
+        return not self.anthropic_api_key
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs."""
+        return tuple(
+            value
+            for value in (self.secret_key, self.internal_token, self.anthropic_api_key)
+            if value
+        )
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Random development secrets, created once per data folder and reused after."""
+    import json
+
+    path = data_dir / "secrets.json"
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+        if stored.get("SECRET_KEY") and stored.get("INTERNAL_TOKEN"):
+            return stored
+    except (OSError, ValueError):
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "INTERNAL_TOKEN": secrets.token_urlsafe(48),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stored))
+    tmp.chmod(0o600)
+    try:
+        # Two services starting at once must end up with the same secrets: first link wins.
+        os.link(tmp, path)
+    except FileExistsError:
+        tmp.unlink()
+        return dict(json.loads(path.read_text()))
+    tmp.unlink()
+    return stored
+
+
+def load_or_exit() -> Settings:
+    """`Settings.from_env()` for entry points: a configuration error ends the process with a
+    one-line message naming the variable (exit status 2) instead of a traceback."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def variable(name: str) -> Variable:
+    """The definition of one variable (KeyError for an unknown name)."""
+    return _BY_NAME[name]
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from `VARIABLES`."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for v in VARIABLES:
+        default = f"`{v.default}`" if v.default else "(empty)"
+        lines.append(f"| `{v.name}` | {default} | {v.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,126 @@
+"""Test fixtures: real embedded PostgreSQL and Redis, started once per test session.
+
+Integration tests get URLs and a `Settings` for them, a factory for real service processes on
+loopback ports, and helpers to mint tokens. Each test uses fresh random user ids, so tests share
+the databases without seeing each other's data. Tests that stop Redis use `private_redis`, a
+server of their own, so an outage never leaks into other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import migrate
+from shared.auth import mint_token
+from shared.infra import EmbeddedPostgres, EmbeddedRedis
+from shared.settings import Settings
+from tests.support.processes import ServiceProcess
+
+TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
+TEST_INTERNAL_TOKEN = "test-internal-token-" + "y" * 32
+
+PORT_VARS = {
+    "gateway": "GATEWAY_PORT",
+    "notifications_svc": "NOTIFICATIONS_PORT",
+    "agent_svc": "AGENT_PORT",
+}
+
+
+class Infra:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.postgres = EmbeddedPostgres(root / "postgres", durable=False)
+        self.redis = EmbeddedRedis(root / "redis")
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    """Embedded PostgreSQL and Redis for the whole session, migrations applied."""
+    stack = Infra(tmp_path_factory.mktemp("infra"))
+    stack.postgres.start()
+    stack.redis.start()
+    try:
+        yield stack
+    finally:
+        stack.redis.stop()
+        stack.postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def base_env(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment every service process of the session starts with."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "DATABASE_URL": infra.postgres.url,
+        "REDIS_URL": infra.redis.url,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "INTERNAL_TOKEN": TEST_INTERNAL_TOKEN,
+        "DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "LOG_LEVEL": "INFO",
+        "CORS_ORIGINS": "http://localhost:5173",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(base_env: dict[str, str]) -> Settings:
+    resolved = Settings.from_env(base_env)
+    asyncio.run(migrate.apply_with_settings(resolved))
+    return resolved
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+SpawnService = Callable[..., ServiceProcess]
+
+
+@pytest.fixture(scope="session")
+def spawn_service(
+    base_env: dict[str, str], settings: Settings, log_dir: Path
+) -> Iterator[SpawnService]:
+    """Factory: `spawn_service("gateway", SOME_VAR="x")` starts a real process and waits until
+    it is ready; every process it started is stopped at the end of the session."""
+    started: list[ServiceProcess] = []
+
+    def spawn(module: str, *, wait_path: str = "/readyz", **env: str) -> ServiceProcess:
+        process = ServiceProcess(module, base_env | env, log_dir, PORT_VARS[module])
+        started.append(process)
+        return process.start(wait_path=wait_path)
+
+    yield spawn
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of this test's own, free to be stopped and restarted."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def user_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@pytest.fixture
+def token_for(settings: Settings) -> Callable[..., str]:
+    """Mint a valid HS256 token for a user id (extra claims and ttl may be given)."""
+
+    def mint(user: uuid.UUID | str, ttl: float = 3600, **claims: object) -> str:
+        return mint_token(settings, user, ttl, **claims)
+
+    return mint

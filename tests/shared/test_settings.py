@@ -1,0 +1,84 @@
+"""Settings: defaults, validation naming the variable, development secrets, documentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.settings import VARIABLES, ConfigError, Settings
+
+SECRETS = {"SECRET_KEY": "k" * 32, "INTERNAL_TOKEN": "i" * 32}
+
+
+def test_defaults_match_the_seed(tmp_path: Path) -> None:
+    """Seed variables default to the seed's values."""
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), **SECRETS})
+    assert settings.ws_heartbeat_interval == 30
+    assert settings.ws_max_connections_per_session == 5
+    assert settings.ws_connection_timeout == 300
+    assert settings.gateway_port == 8000
+    assert settings.notifications_port == 8001
+    assert settings.agent_port == 8002
+    assert settings.ws_max_message_bytes == 65536
+    assert settings.notifications_url == "http://127.0.0.1:8001"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WS_HEARTBEAT_INTERVAL", "soon"),
+        ("WS_MAX_CONNECTIONS_PER_SESSION", "0"),
+        ("GATEWAY_PORT", "70000"),
+        ("DATABASE_URL", "mysql://db"),
+        ("REDIS_URL", "http://redis"),
+        ("LOG_LEVEL", "LOUD"),
+        ("JWT_ALGORITHM", "none"),
+        ("SECRET_KEY", "short"),
+        ("INTERNAL_TOKEN", "short"),
+        ("WS_CONNECTION_TIMEOUT", "10"),
+    ],
+)
+def test_invalid_value_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    """An invalid value raises ConfigError whose message starts with the variable's name."""
+    env = {"DATA_DIR": str(tmp_path), **SECRETS, name: value}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(f"{name}:")
+
+
+def test_asyncpg_dsn_accepts_sqlalchemy_style_url(tmp_path: Path) -> None:
+    """The seed's `postgresql+asyncpg://` form is accepted and given to asyncpg without it."""
+    url = "postgresql+asyncpg://u:p@db:5432/app"
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), "DATABASE_URL": url, **SECRETS})
+    assert settings.asyncpg_dsn == "postgresql://u:p@db:5432/app"
+
+
+def test_development_secrets_are_generated_once_and_reused(tmp_path: Path) -> None:
+    """Without SECRET_KEY/INTERNAL_TOKEN, random ones are stored in DATA_DIR and reused."""
+    first = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    second = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert len(first.secret_key) >= 32 and len(first.internal_token) >= 32
+    assert first.secret_key == second.secret_key
+    assert first.internal_token == second.internal_token
+    assert first.secret_key != first.internal_token
+    stored = json.loads((tmp_path / "secrets.json").read_text())
+    assert stored["SECRET_KEY"] == first.secret_key
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_explicit_secret_wins_over_stored_one(tmp_path: Path) -> None:
+    """A SECRET_KEY from the environment is used even when a generated one exists."""
+    Settings.from_env({"DATA_DIR": str(tmp_path)})
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), "SECRET_KEY": "e" * 40})
+    assert settings.secret_key == "e" * 40
+
+
+def test_readme_documents_every_variable() -> None:
+    """The README's configuration table lists every variable with its default."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for variable in VARIABLES:
+        assert f"`{variable.name}`" in readme, variable.name
+        if variable.default:
+            assert f"`{variable.default}`" in readme, variable.name

@@ -22,7 +22,6 @@ from shared.settings import Settings
 MAX_BATCH = 500
 REPLAY_DEFAULT_LIMIT = 500
 REPLAY_MAX_LIMIT = 1000
-_MAX_SEQ = 2**63 - 1
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,7 +79,7 @@ async def replay(request: Request) -> Response:
     user_id = model.parse_uuid(request.path_params["user_id"], "user_id")
     query = request.query_params
     after_seq = model.parse_int(
-        query.get("after_seq"), "after_seq", default=0, low=0, high=_MAX_SEQ
+        query.get("after_seq"), "after_seq", default=0, low=0, high=model.MAX_SEQ
     )
     limit = model.parse_int(
         query.get("limit"), "limit", default=REPLAY_DEFAULT_LIMIT, low=1, high=REPLAY_MAX_LIMIT

@@ -27,6 +27,7 @@ EntityType = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
 DedupeKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 MAX_PAGE_SIZE = 100
+MAX_SEQ = 2**63 - 1  # bigint
 MAX_PAGE = 100_000  # deeper than this: follow `next_cursor` (offsets that deep are slow)
 
 
@@ -133,7 +134,8 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValidationFailed("cursor is not valid", details={"cursor": cursor}) from None
     digits = text.removeprefix(_CURSOR_PREFIX)
-    if not text.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 18:
+    valid = text.startswith(_CURSOR_PREFIX) and digits.isascii() and digits.isdigit()
+    if not valid or int(digits) > MAX_SEQ:
         raise ValidationFailed("cursor is not valid", details={"cursor": cursor})
     return int(digits)
 
@@ -182,9 +184,9 @@ def parse_bool(value: str | None, name: str) -> bool:
 def parse_type(value: str | None) -> str | None:
     if value is None:
         return None
-    if not 1 <= len(value) <= 50:
+    if not 1 <= len(value) <= 50 or "\x00" in value:
         raise ValidationFailed(
-            "notification_type must be 1 to 50 characters",
+            "notification_type must be 1 to 50 characters, without NUL",
             details={"field": "notification_type", "value": value[:60]},
         )
     return value

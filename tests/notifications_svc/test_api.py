@@ -238,6 +238,7 @@ async def test_token_required(
         {"page_size": "1.5"},
         {"unread_only": "maybe"},
         {"notification_type": "x" * 51},
+        {"notification_type": "nul\x00"},
         {"cursor": "not-a-cursor"},
         {"cursor": "czotMQ"},
     ],

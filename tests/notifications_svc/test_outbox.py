@@ -15,8 +15,10 @@ import httpx
 import msgspec
 import redis.asyncio as redis
 
+from notifications_svc import store
+from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import LOCK_NAMESPACE
-from shared import keys
+from shared import db, keys
 from shared.infra import EmbeddedRedis
 from shared.settings import Settings
 from shared.wire import Notification, decode_envelope
@@ -85,6 +87,26 @@ async def test_send_push_false_is_stored_not_published(
         await create(http, user, title="loud")
         received = await subscriber.frames(2, timeout=2)
     assert [(seq, f.data.title) for seq, f in received] == [(2, "loud")]
+
+
+async def test_relay_publishes_rows_left_by_a_crash(
+    notifications: ServiceProcess, settings: Settings
+) -> None:
+    """A row committed by a process that died before publishing (here: committed directly
+    through the store, never published) is published by the running instance's relay."""
+    user = uuid.uuid4()
+    pool = await db.create_pool(settings, max_size=1)
+    try:
+        async with subscribed(settings.redis_url, user) as subscriber:
+            created = await store.create(
+                pool,
+                CreateNotification(user_id=user, title="orphan", content="c", type="system"),
+            )
+            [(seq, frame)] = await subscriber.frames(1, timeout=10)
+    finally:
+        await pool.close()
+    assert seq == created.row.seq == 1
+    assert frame.data.id == str(created.row.id)
 
 
 async def test_redis_down_during_create_then_relay_publishes(

@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -35,6 +37,10 @@ def create_app(settings: Settings) -> Starlette:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings)
+        # One immediate retry (a pooled connection gone stale across a Redis restart), no more:
+        # redis-py's default of ten would hold a user's publish lock through a long outage, and
+        # the outbox relay and the ingest consumer already retry with their own backoff.
+        redis.set_retry(Retry(NoBackoff(), 1))
         outbox = Outbox(pool, redis)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
         app.state.verifier = TokenVerifier(settings)

@@ -80,13 +80,21 @@ async def test_subscriber_receives_frame_with_seq(
 async def test_send_push_false_is_stored_not_published(
     http: httpx.AsyncClient, settings: Settings, conn: asyncpg.Connection
 ) -> None:
-    """send_push=false stores the notification (it is listed) but never publishes it."""
+    """send_push=false stores the notification but never publishes it (nor leaves it to the
+    relay)."""
     user = uuid.uuid4()
     async with subscribed(settings.redis_url, user) as subscriber:
         await create(http, user, title="quiet", send_push=False)
         await create(http, user, title="loud")
-        received = await subscriber.frames(2, timeout=2)
+        received = await subscriber.frames(1)
+        assert await subscriber.nothing_more(wait=1)
     assert [(seq, f.data.title) for seq, f in received] == [(2, "loud")]
+    rows = await conn.fetch(
+        "SELECT title, published_at IS NOT NULL AS settled FROM notifications.notifications"
+        " WHERE user_id = $1 ORDER BY seq",
+        user,
+    )
+    assert [(r["title"], r["settled"]) for r in rows] == [("quiet", True), ("loud", True)]
 
 
 async def test_relay_publishes_rows_left_by_a_crash(

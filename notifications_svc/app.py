@@ -47,7 +47,10 @@ def create_app(settings: Settings) -> Starlette:
         app.state.outbox = outbox
         tasks = [
             asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
-            asyncio.create_task(IngestConsumer(pool, redis, outbox).run(), name="ingest"),
+            asyncio.create_task(
+                IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes).run(),
+                name="ingest",
+            ),
         ]
         try:
             yield

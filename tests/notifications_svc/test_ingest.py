@@ -116,6 +116,7 @@ async def test_dedupe_key_makes_repeated_entries_one(
         ({"payload": json.dumps({"title": "no user"})}, "invalid notification"),
         ({"payload": json.dumps(payload(uuid.uuid4(), title="x" * 256))}, "invalid notification"),
         ({"payload": json.dumps(payload(uuid.uuid4(), content="nul \u0000"))}, "refused"),
+        ({"payload": json.dumps(payload(uuid.uuid4(), content="x" * 70_000))}, "over 65536 bytes"),
     ],
 )
 async def test_invalid_entry_is_dead_lettered(
@@ -134,9 +135,11 @@ async def test_invalid_entry_is_dead_lettered(
 def test_parse_entry_defaults_dedupe_key_to_entry_id() -> None:
     """Without a producer dedupe_key, the entry id is the key, so a redelivery is a no-op."""
     user = uuid.uuid4()
-    request = parse_entry(b"1-0", {b"payload": json.dumps(payload(user)).encode()})
+    request = parse_entry(b"1-0", {b"payload": json.dumps(payload(user)).encode()}, 65536)
     assert request.dedupe_key == "ingest:1-0"
-    keyed = parse_entry(b"1-0", {b"payload": json.dumps(payload(user, dedupe_key="k")).encode()})
+    keyed = parse_entry(
+        b"1-0", {b"payload": json.dumps(payload(user, dedupe_key="k")).encode()}, 65536
+    )
     assert keyed.dedupe_key == "k"
     with pytest.raises(InvalidEntry, match="payload"):
-        parse_entry(b"1-0", {})
+        parse_entry(b"1-0", {}, 65536)

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from notifications_svc.ingest import InvalidEntry, parse_entry
+from notifications_svc.ingest import CLAIM_IDLE_MS, InvalidEntry, parse_entry
 from shared import keys
 from shared.settings import Settings
+from tests.conftest import SpawnService
 from tests.notifications_svc.conftest import payload
 
 Auth = Callable[[uuid.UUID], dict[str, str]]
@@ -130,6 +131,42 @@ async def test_invalid_entry_is_dead_lettered(
     for name, value in fields.items():
         assert dead[name.encode()] == value.encode()
     await _processed(rds, entry_id)
+
+
+async def test_entry_pending_on_a_dead_consumer_is_claimed(
+    spawn_service: SpawnService, rds: redis.Redis, auth: Auth
+) -> None:
+    """An entry delivered to a consumer that died before acknowledging it is claimed by a live
+    instance (its start-up sweep) and becomes a notification."""
+    user = uuid.uuid4()
+    body = json.dumps(payload(user, title="orphaned entry"))
+    async with rds.pipeline(transaction=True) as pipe:
+        # Atomically: append, deliver to a consumer that then "dies", and age the delivery past
+        # the claim threshold, so no live instance can read it first.
+        pipe.xadd(keys.NOTIFICATIONS_INGEST_STREAM, {"payload": body})
+        pipe.xreadgroup(
+            keys.NOTIFICATIONS_INGEST_GROUP,
+            "ghost",
+            {keys.NOTIFICATIONS_INGEST_STREAM: ">"},
+            count=1,
+        )
+        entry_id, _ = await pipe.execute()
+    await rds.xclaim(
+        keys.NOTIFICATIONS_INGEST_STREAM,
+        keys.NOTIFICATIONS_INGEST_GROUP,
+        "ghost",
+        min_idle_time=0,
+        message_ids=[entry_id],
+        idle=CLAIM_IDLE_MS * 2,
+    )
+    service = spawn_service("notifications_svc")
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            await _processed(rds, entry_id)
+            items = await _listed(http, auth(user), 1)
+        assert [i["title"] for i in items] == ["orphaned entry"]
+    finally:
+        service.stop()
 
 
 def test_parse_entry_defaults_dedupe_key_to_entry_id() -> None:

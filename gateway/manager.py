@@ -9,9 +9,10 @@ session, duplicate or out-of-order `seq`) and queue the same text.
 Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
 for a connection (`replaying`), live notifications are held back — only the highest held seq is
 remembered — and the replay continues until it has passed it; afterwards a live seq at or below
-`last_seq` is a duplicate (dropped) and one above `last_seq + 1` reveals a gap (filled by replay).
-So each connection sees every notification once, in seq order, whatever the interleaving of
-replay, live traffic, Redis reconnects and client resumes.
+`last_seq` is a duplicate (dropped). A gap between live seqs is normal (deleted or push-less
+notifications); frames are lost only when the pub/sub link drops, and then every user held is
+caught up by replay once the link is back. So each connection sees every notification once, in seq
+order, whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
 """
 
 from __future__ import annotations
@@ -191,13 +192,15 @@ class ConnectionManager:
                 session_id=conn.session_key, user_id=str(conn.user_id), connected_at=utc_now_iso()
             )
         )
+        # The greeting is queued first, but the writer starts only once Redis confirmed the
+        # subscriptions: a client told "established" receives everything published after.
         conn.offer(encode(greeting).decode())
-        conn.start_writer()
         self._everyone.add(conn)
         try:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
+        conn.start_writer()
         try:
             await self._catch_up([conn], last_seq)
         except ReplayError as exc:
@@ -259,10 +262,6 @@ class ConnectionManager:
                 if last is not None and seq <= last:
                     metrics.DROPPED.labels("duplicate").inc()
                     continue
-                if last is not None and seq > last + 1:
-                    conn.replaying, conn.pending_seq = True, seq
-                    self._spawn(self._gap_fill([conn]))
-                    continue
                 conn.last_seq = seq
             conn.offer(text)
 
@@ -278,7 +277,8 @@ class ConnectionManager:
                 self._spawn(self._gap_fill(idle))
 
     async def _gap_fill(self, conns: list[Connection]) -> None:
-        """Replay into `conns` (one user's), retrying with backoff until it works or they close."""
+        """Replay into `conns` (one user's, all `replaying`), retrying with backoff until it
+        works or they close."""
         backoff = Backoff(base=0.2, maximum=5.0)
         async with self._replay_slots:
             while True:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +114,16 @@ async def publish(gateway: ServiceProcess, **body: Any) -> httpx.Response:
         return await client.post(
             gateway.url + "/internal/v1/publish", json=body, headers=INTERNAL, timeout=5
         )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5) -> None:
+    """Poll `check` until it is true; TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def equals(awaitable: Awaitable[object], expected: object) -> bool:
+    return await awaitable == expected

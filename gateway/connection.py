@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 CHAT_CONCURRENCY = 4  # chat frames of one connection processed at once; more are refused
 CLOSE_TIMEOUT = 5.0  # a client that does not read cannot receive a close frame either
 
+_RATE_LIMITED = error_frame("RATE_LIMITED", "too many frames: slow down").decode()
+_BINARY = error_frame("INVALID_MESSAGE", "binary frames are not supported").decode()
+_TOO_MANY_IN_FLIGHT = error_frame(
+    "TOO_MANY_IN_FLIGHT", "wait for an answer before sending more"
+).decode()
+
 
 class Connection:
     """A live connection. Created by the endpoint once the client is authenticated."""
@@ -181,54 +187,51 @@ class Connection:
                     await self.close(1008, "rate limit exceeded")
                     continue
                 if verdict is Verdict.REFUSE:
-                    self.offer(error_frame("RATE_LIMITED", "too many frames: slow down").decode())
+                    await self.put(_RATE_LIMITED)
                     continue
                 text = message.get("text")
                 if text is None:
-                    self.offer(
-                        error_frame("INVALID_MESSAGE", "binary frames are not supported").decode()
-                    )
+                    await self.put(_BINARY)
                 elif len(text) > max_bytes:
                     await self.close(1009, "frame too large")
                 else:
-                    self._handle(text, verifier)
+                    await self._handle(text, verifier)
         finally:
             if self._writer is not None:
                 self._writer.cancel()
             for task in self._chat_tasks:
                 task.cancel()
 
-    def _handle(self, text: str, verifier: TokenVerifier) -> None:
+    async def _handle(self, text: str, verifier: TokenVerifier) -> None:
+        # Answers to the client's own frames wait for room in the queue: a client that sends
+        # without reading is slowed down (its frames stay unread), not disconnected.
         try:
             kind = frames.classify(text)
             if kind == "ping":
-                self.offer(frames.pong())
+                await self.put(frames.pong())
             elif kind in chat.CHAT_FRAME_TYPES:
-                self._chat(text.encode())
+                await self._chat(text.encode())
             elif kind == "refresh_token":
-                self._refresh(frames.refresh_token(text), verifier)
+                await self.put(self._refresh(frames.refresh_token(text), verifier))
             else:
-                self.offer(error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}").decode())
+                await self.put(error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}").decode())
         except frames.FrameError as exc:
-            self.offer(exc.frame.decode())
+            await self.put(exc.frame.decode())
 
-    def _refresh(self, token: str, verifier: TokenVerifier) -> None:
+    def _refresh(self, token: str, verifier: TokenVerifier) -> str:
+        """Adopt a fresh token of the same user; the frame to answer with."""
         try:
             identity = verifier.verify(token)
         except TokenError as exc:
-            self.offer(error_frame("TOKEN_INVALID", exc.reason).decode())
-            return
+            return error_frame("TOKEN_INVALID", exc.reason).decode()
         if identity.user_id != self.user_id:
-            self.offer(error_frame("TOKEN_INVALID", "token is for another user").decode())
-            return
+            return error_frame("TOKEN_INVALID", "token is for another user").decode()
         self.expires_at, self.warned = identity.expires_at, False
-        self.offer(frames.token_refreshed(identity.expires_at))
+        return frames.token_refreshed(identity.expires_at)
 
-    def _chat(self, raw: bytes) -> None:
+    async def _chat(self, raw: bytes) -> None:
         if len(self._chat_tasks) >= CHAT_CONCURRENCY:
-            self.offer(
-                error_frame("TOO_MANY_IN_FLIGHT", "wait for an answer before sending more").decode()
-            )
+            await self.put(_TOO_MANY_IN_FLIGHT)
             return
         context = chat.ChatContext(
             app_state=self._manager.app_state,

@@ -134,7 +134,12 @@ class ConnectionManager:
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     def close_later(self, conn: Connection, code: int, reason: str) -> None:
         """Close from synchronous code (the fan-out path must never wait)."""
@@ -321,6 +326,7 @@ class ConnectionManager:
             for conn in conns:
                 conn.last_seq = cursor if conn.last_seq is None else max(conn.last_seq, cursor)
                 conn.replaying, conn.pending_seq = False, 0
+            log.debug("caught up", extra={"user": str(user_id), "seq": cursor})
             return
 
     # Timers: one loop per instance, not one per connection.

@@ -10,6 +10,7 @@ answers pings itself, so a stalled loop shows as a slow pong).
 
 Commands (`(name, *args)` in, one reply out):
   connect(targets, concurrency, ready_timeout) -> dict   open connections, wait for first frames
+                                  (reports which targets failed, by position)
   received()      -> dict    benchmark frames recorded and not yet collected
   targeted(step)  -> dict    latencies and distinct count of step `step`'s targeted frames
   broadcast(k)    -> dict    latencies of broadcast `k`
@@ -124,16 +125,21 @@ class Worker:
         base = len(self.recorder.ready)
         self.recorder.ready.extend(bytes(len(targets)))
 
-        async def one(index: int, target: str) -> None:
+        failed: list[int] = []
+
+        async def one(position: int, target: str) -> None:
             async with gate:
                 try:
-                    conn = await connect(self.host, self.port, target, self.recorder, index)
+                    conn = await connect(
+                        self.host, self.port, target, self.recorder, base + position
+                    )
                 except Exception as exc:
                     self.errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                    failed.append(position)
                 else:
                     self.connections.append(conn)
 
-        await asyncio.gather(*(one(base + i, target) for i, target in enumerate(targets)))
+        await asyncio.gather(*(one(i, target) for i, target in enumerate(targets)))
         opened = time.monotonic() - started
         recorder = self.recorder
         recorder.ready_wanted = len(self.connections)
@@ -145,7 +151,8 @@ class Worker:
             await asyncio.wait_for(recorder.all_ready.wait(), ready_timeout)
         return {
             "opened": len(self.connections) - before,
-            "failed": len(targets) - (len(self.connections) - before),
+            "failed": len(failed),
+            "failed_positions": sorted(failed),
             "handshake_seconds": opened,
             "ready_seconds": time.monotonic() - started,
             "ready": self.recorder.ready_count,

@@ -121,19 +121,24 @@ class LoadSide:
     def connect(
         self, targets: list[str], concurrency: int, ready_timeout: float = 30.0
     ) -> dict[str, Any]:
-        """Spread `targets` (URL paths) over the workers round-robin and open them all."""
+        """Spread `targets` (URL paths) over the workers round-robin and open them all.
+        `failed` lists the indexes (into `targets`) of those that could not be opened."""
         started = time.monotonic()
+        workers = len(self.workers)
         for i, worker in enumerate(self.workers):
-            worker.send("connect", targets[i :: len(self.workers)], concurrency, ready_timeout)
+            worker.send("connect", targets[i::workers], concurrency, ready_timeout)
         replies = [worker.reply() for worker in self.workers]
         errors: dict[str, int] = {}
         for reply in replies:
             for message, count in reply["errors"].items():
                 errors[message] = errors.get(message, 0) + count
+        failed = sorted(
+            i + workers * p for i, r in enumerate(replies) for p in r["failed_positions"]
+        )
         return {
             "seconds": time.monotonic() - started,
             "opened": sum(r["opened"] for r in replies),
-            "failed": sum(r["failed"] for r in replies),
+            "failed": failed,
             "ready": sum(r["ready"] for r in replies),
             "errors": errors,
         }

@@ -184,6 +184,7 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
         out += _websocket_sections(server)
     out += _chat_section(results.get("chat"))
     out += _rest_section(results.get("rest"))
+    out += _profile_section(results)
     if plots is not None:
         out += ["", "## Plots", ""]
         out += [f"![{p}]({p})" for p in plots] if plots else ["matplotlib not installed: no plots."]
@@ -355,6 +356,28 @@ def _rest_section(rest: dict[str, Any] | None) -> list[str]:
         ["Via", "Endpoint", "Requests", "p50", "p95", "p99", "max (ms)", "Requests/s", "Statuses"],
         rows,
     )
+    return out
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    for name, server in results.get("websocket", {}).items():
+        for phase, profile in (server.get("profiles") or {}).items():
+            found.append((f"{name}, {phase}", profile))
+    for name in ("chat", "rest"):
+        profile = (results.get(name) or {}).get("profile")
+        if profile:
+            found.append((f"gateway, {name}", profile))
+    if not found:
+        return []
+    out = ["", "## Profiles (py-spy, busy samples only)", ""]
+    for title, profile in found:
+        out += [f"### {title} ({profile['samples']:,} samples)", ""]
+        out += _table(
+            ["Function", "Own %", "Inclusive %"],
+            [[f"`{f['function']}`", f["self_pct"], f["total_pct"]] for f in profile["functions"]],
+        )
+        out.append("")
     return out
 
 

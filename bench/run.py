@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -25,12 +26,14 @@ from typing import Any
 from bench import report, system
 from bench import scale as scales
 from bench.loadside import LoadSide
+from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
 from bench.scenarios import chat, rest, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
 SERVER_MODULES = {"gateway": "gateway", "lean": "bench.lean_server"}
+AGENT_WORKERS_PER_PROCESS = 50
 GATEWAY_ENV = {
     # Benchmark clients only answer protocol pings; they never send application frames, which
     # the gateway's idle timeout would otherwise count as inactivity during a long run.
@@ -98,7 +101,9 @@ def run(out: Path) -> dict[str, Any]:
     progress = Progress(
         len(scale.servers) * websocket.steps_planned(scale) + chat.STEPS + rest.STEPS
     )
-    with Stack(cores) as stack:
+    shutil.rmtree(out / "logs", ignore_errors=True)
+    shutil.rmtree(out / "profiles", ignore_errors=True)
+    with Stack(cores, logs=out / "logs") as stack:
         progress.step("infrastructure up, migrations applied", count=False)
         _start_backends(stack, scale)
         progress.step("fake model, notifications_svc and agent_svc up", count=False)
@@ -118,6 +123,28 @@ def run(out: Path) -> dict[str, Any]:
     return results
 
 
+def _profiles(stack: Stack) -> Path | None:
+    """Where py-spy profiles go when `BENCH_PROFILE=1`, else None (no profiling)."""
+    return stack.logs.parent / "profiles" if os.environ.get("BENCH_PROFILE") == "1" else None
+
+
+def _profiled(stack: Stack, pid: int, name: str, body: Callable[[], Any]) -> Callable[[], Any]:
+    """`body`, sampled with py-spy into `profiles/<name>.txt` when profiling is on; the
+    summary lands in the body's result under `profile`."""
+    folder = _profiles(stack)
+    if folder is None:
+        return body
+
+    def profiled() -> Any:
+        path = folder / f"{name}.txt"
+        with Profiler(pid, path):
+            result = body()
+        result["profile"] = hot_functions(path)
+        return result
+
+    return profiled
+
+
 def _http_scenarios(
     stack: Stack, scale: scales.Scale, results: dict[str, Any], progress: Progress
 ) -> None:
@@ -132,16 +159,29 @@ def _http_scenarios(
         progress.step(f"chat, rest FAILED: gateway did not start: {exc}", count=False)
         return
     pids = {"gateway": gateway.pid}
-    pids |= {s.name: s.pid for s in stack.services if s.name in ("agent_svc", "notifications_svc")}
+    pids |= {s.name: s.pid for s in stack.services if s.name.startswith(("agent", "notifications"))}
     ports = {"gateway": gateway.port, "notifications_svc": stack.ports["notifications_svc"]}
     _guarded(
         "chat",
         results,
         progress,
-        lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
+        _profiled(
+            stack,
+            gateway.pid,
+            "gateway-chat",
+            lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
+        ),
     )
     _guarded(
-        "rest", results, progress, lambda: rest.run(scale, stack.settings, ports, pids, progress)
+        "rest",
+        results,
+        progress,
+        _profiled(
+            stack,
+            gateway.pid,
+            "gateway-rest",
+            lambda: rest.run(scale, stack.settings, ports, pids, progress),
+        ),
     )
     stack.stop(gateway)
 
@@ -161,17 +201,17 @@ def _start_backends(stack: Stack, scale: scales.Scale) -> None:
         },
     )
     stack.start("notifications_svc", "notifications_svc", stack.ports["notifications_svc"])
-    stack.start(
-        "agent_svc",
-        "agent_svc",
-        stack.ports["agent_svc"],
-        extra_env={
-            "ANTHROPIC_API_KEY": "bench-key-not-a-secret",
-            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_port}",
-            # One worker answers one question at a time: as many as there are streams.
-            "AGENT_WORKERS": str(max(scale.chat_streams, 1)),
-        },
-    )
+    # A chat worker answers one question at a time, so there are as many as streams, spread over
+    # processes (one Redis connection each; redis-py pools stop at 100 connections).
+    processes = max(1, -(-scale.chat_streams // AGENT_WORKERS_PER_PROCESS))
+    agent_env = {
+        "ANTHROPIC_API_KEY": "bench-key-not-a-secret",
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_port}",
+        "AGENT_WORKERS": str(-(-scale.chat_streams // processes)),
+    }
+    stack.start("agent_svc", "agent_svc", stack.ports["agent_svc"], extra_env=agent_env)
+    for index in range(1, processes):
+        stack.start(f"agent_worker_{index}", "agent_svc.worker", None, extra_env=agent_env)
 
 
 def _websocket(
@@ -197,7 +237,7 @@ def _websocket(
             "127.0.0.1", port, stack.redis_url, scale.loadgen_workers, cores.load
         ) as load:
             server = websocket.Server(name, service.pid, stack.redis_pid)
-            return websocket.run(server, load, scale, stack.settings, progress)
+            return websocket.run(server, load, scale, stack.settings, progress, _profiles(stack))
     except Exception as exc:
         raise ScenarioError(f"{exc}\n--- {name} log ---\n{service.log_tail()}") from exc
     finally:

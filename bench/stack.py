@@ -65,10 +65,18 @@ class Service:
 
 
 class Stack:
-    def __init__(self, cores: system.Cores, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cores: system.Cores,
+        environ: Mapping[str, str] | None = None,
+        logs: Path | None = None,
+    ) -> None:
+        """`logs`: where service logs go (kept after `close()`); default: the throw-away folder."""
         env = dict(os.environ if environ is None else environ)
         self.cores = cores
         self.root = Path(tempfile.mkdtemp(prefix="bench-"))
+        self.logs = logs or self.root
+        self.logs.mkdir(parents=True, exist_ok=True)
         self._postgres: infra.EmbeddedPostgres | None = None
         self._redis: infra.EmbeddedRedis | None = None
         self.database_url = env.get("DATABASE_URL", "")
@@ -130,16 +138,17 @@ class Stack:
         self,
         name: str,
         module: str,
-        port: int,
+        port: int | None,
         *,
         pinned: bool = False,
         ready: str | None = "/readyz",
         extra_env: Mapping[str, str] | None = None,
         timeout: float = 60,
     ) -> Service:
-        """Start `python -m module`; wait for `ready` (an HTTP path) or, when None, for the port.
-        `pinned` moves the process to the server cores."""
-        log_path = self.root / f"{name}.log"
+        """Start `python -m module`; wait for `ready` (an HTTP path) or, when None, for the port;
+        a process without a port (`port=None`) is ready once it has run for a second without
+        exiting. `pinned` moves the process to the server cores."""
+        log_path = self.logs / f"{name}.log"
         cores = self.cores.server if pinned else self.cores.load
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
@@ -150,13 +159,13 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_child_setup(cores),
             )
-        service = Service(name, process, port, log_path)
+        service = Service(name, process, port or 0, log_path)
         self.services.append(service)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        while time.monotonic() < started + timeout:
             if process.poll() is not None:
                 raise StackError(f"{name} exited {process.returncode}:\n{service.log_tail()}")
-            if _answers(port, ready):
+            if _answers(port, ready) if port else time.monotonic() > started + 1:
                 return service
             time.sleep(0.1)
         raise StackError(f"{name} not ready within {timeout:.0f}s:\n{service.log_tail()}")

@@ -13,14 +13,17 @@ loop delays the pong by as much).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import stats, system
 from bench.loadside import LoadSide
+from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
 from bench.scale import Scale
 from shared.auth import mint_token
@@ -51,19 +54,42 @@ def steps_planned(scale: Scale) -> int:
 
 
 def run(
-    server: Server, load: LoadSide, scale: Scale, settings: Settings, progress: Progress
+    server: Server,
+    load: LoadSide,
+    scale: Scale,
+    settings: Settings,
+    progress: Progress,
+    profiles: Path | None = None,
 ) -> dict[str, Any]:
+    """All three scenarios against `server`; with `profiles`, each phase is sampled with py-spy
+    into `<profiles>/<server>-<phase>.txt` and summarized under `profiles` in the result."""
     users = [uuid.uuid4() for _ in range(max(scale.idle_levels))]
     load.start_probe(ws_path(settings, uuid.uuid4()), PROBE_INTERVAL)
+
+    def phase(name: str) -> contextlib.AbstractContextManager[object]:
+        if profiles is None:
+            return contextlib.nullcontext()
+        return Profiler(server.pid, profiles / f"{server.name}-{name}.txt")
+
     try:
-        idle = idle_connections(server, load, scale, settings, users, progress)
-        connected = [str(u) for u in users[: idle[-1]["connections"]]] if idle else []
-        load.publish("users", connected)
-        fanout = targeted_fanout(server, load, scale, progress, len(connected))
-        broadcast = broadcast_all(server, load, scale, progress, idle[-1]["open"] if idle else 0)
+        with phase("connect"):
+            idle, connected = idle_connections(server, load, scale, settings, users, progress)
+        if not connected:
+            raise RuntimeError(f"no client could connect: {idle[-1]['errors'] if idle else {}}")
+        load.publish("users", [str(user) for user in connected])
+        with phase("fanout"):
+            fanout = targeted_fanout(server, load, scale, progress, len(connected))
+        with phase("broadcast"):
+            broadcast = broadcast_all(server, load, scale, progress, idle[-1]["open"])
     finally:
         load.close_all()
-    return {"idle": idle, "fanout": fanout, "broadcast": broadcast}
+    result: dict[str, Any] = {"idle": idle, "fanout": fanout, "broadcast": broadcast}
+    if profiles is not None:
+        result["profiles"] = {
+            name: hot_functions(profiles / f"{server.name}-{name}.txt")
+            for name in ("connect", "fanout", "broadcast")
+        }
+    return result
 
 
 def _stall(load: LoadSide) -> dict[str, float]:
@@ -79,20 +105,35 @@ def idle_connections(
     settings: Settings,
     users: list[uuid.UUID],
     progress: Progress,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[uuid.UUID]]:
+    """Connect level after level. A connection that fails is retried once (as a client would);
+    returns the rows and the users whose connection is open."""
     time.sleep(SETTLE_SECONDS)
     rss0 = system.rss_bytes(server.pid)
     load.probe_rtts()
     rows: list[dict[str, Any]] = []
-    connected, connect_seconds = 0, 0.0
+    connected: list[uuid.UUID] = []
+    reached, connect_seconds = 0, 0.0
     for level in scale.idle_levels:
-        targets = [ws_path(settings, user) for user in users[connected:level]]
+        batch = users[reached:level]
+        reached = level
         cpu = system.CpuMeter([server.pid])
         cpu.start()
-        result = load.connect(targets, scale.connect_concurrency)
+        result = load.connect([ws_path(settings, u) for u in batch], scale.connect_concurrency)
+        first_failures = len(result["failed"])
+        errors = result["errors"]
+        if result["failed"]:
+            batch_retry = [batch[i] for i in result["failed"]]
+            connect_seconds += result["seconds"]
+            result = load.connect(
+                [ws_path(settings, u) for u in batch_retry], scale.connect_concurrency
+            )
+            failed = {batch_retry[i] for i in result["failed"]}
+        else:
+            failed = set()
         server_cpu = cpu.stop()
         connect_seconds += result["seconds"]
-        connected = level
+        connected += [u for u in batch if u not in failed]
         time.sleep(SETTLE_SECONDS)
         rss = system.rss_bytes(server.pid)
         status = load.status()
@@ -100,7 +141,8 @@ def idle_connections(
             "connections": level,
             "open": status["open"],
             "failed": level - status["open"],
-            "errors": result["errors"],
+            "failed_first_try": first_failures,
+            "errors": errors,
             "connect_seconds": round(connect_seconds, 3),
             "connect_rate": round(level / connect_seconds, 1) if connect_seconds else 0.0,
             "server_cpu_while_connecting": round(server_cpu, 3),
@@ -117,7 +159,7 @@ def idle_connections(
         )
         if status["open"] < level * 0.99:
             break
-    return rows
+    return rows, connected
 
 
 def _wait_delivered(load: LoadSide, kind: str, expected: int, timeout: float) -> int:

@@ -226,6 +226,7 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
             "p99",
             "max (ms)",
             "Server CPU",
+            "Server µs/msg",
             "Generator CPU",
             "Redis CPU",
             "Worst stall (ms)",
@@ -241,6 +242,7 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                 s["p99_ms"],
                 s["max_ms"],
                 s["cpu"]["server"],
+                s.get("server_us_per_message") or "-",
                 s["cpu"]["generator"],
                 s["cpu"].get("redis", "-"),
                 s["worst_stall_ms"],
@@ -253,7 +255,8 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
         "",
         f"Highest passing rate (p99 < 50 ms, nothing lost): "
         f"**{fanout.get('best_passing_rate', 0):,}/s**. Ramp stopped: "
-        f"{fanout.get('stop_reason', '?')}. CPU is in cores (1.0 = one core busy).",
+        f"{fanout.get('stop_reason', '?')}. CPU is in cores (1.0 = one core busy); server "
+        "µs/msg is the server's CPU time per delivered message.",
     ]
     broadcast = server.get("broadcast") or {}
     if broadcast:

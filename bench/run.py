@@ -98,16 +98,19 @@ def run(out: Path) -> dict[str, Any]:
         "nofile_limit": nofile,
         "websocket": {},
     }
-    progress = Progress(
-        len(scale.servers) * websocket.steps_planned(scale) + chat.STEPS + rest.STEPS
-    )
+    planned = {
+        "websocket": len(scale.servers) * websocket.steps_planned(scale),
+        "chat": chat.STEPS,
+        "rest": rest.STEPS,
+    }
+    progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
     shutil.rmtree(out / "profiles", ignore_errors=True)
     with Stack(cores, logs=out / "logs") as stack:
         progress.step("infrastructure up, migrations applied", count=False)
         _start_backends(stack, scale)
         progress.step("fake model, notifications_svc and agent_svc up", count=False)
-        for name in scale.servers:
+        for name in scale.servers if "websocket" in scale.scenarios else ():
             _guarded(
                 name,
                 results["websocket"],
@@ -149,6 +152,8 @@ def _http_scenarios(
     stack: Stack, scale: scales.Scale, results: dict[str, Any], progress: Progress
 ) -> None:
     """Chat and REST, through one gateway on the server core."""
+    if not {"chat", "rest"} & set(scale.scenarios):
+        return
     try:
         gateway = stack.start(
             "gateway", "gateway", stack.ports["gateway"], pinned=True, extra_env=GATEWAY_ENV
@@ -161,28 +166,15 @@ def _http_scenarios(
     pids = {"gateway": gateway.pid}
     pids |= {s.name: s.pid for s in stack.services if s.name.startswith(("agent", "notifications"))}
     ports = {"gateway": gateway.port, "notifications_svc": stack.ports["notifications_svc"]}
-    _guarded(
-        "chat",
-        results,
-        progress,
-        _profiled(
-            stack,
-            gateway.pid,
-            "gateway-chat",
-            lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
-        ),
-    )
-    _guarded(
-        "rest",
-        results,
-        progress,
-        _profiled(
-            stack,
-            gateway.pid,
-            "gateway-rest",
-            lambda: rest.run(scale, stack.settings, ports, pids, progress),
-        ),
-    )
+    bodies = {
+        "chat": lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
+        "rest": lambda: rest.run(scale, stack.settings, ports, pids, progress),
+    }
+    for name, body in bodies.items():
+        if name in scale.scenarios:
+            _guarded(
+                name, results, progress, _profiled(stack, gateway.pid, f"gateway-{name}", body)
+            )
     stack.stop(gateway)
 
 

@@ -31,7 +31,11 @@ class Scale:
     rest_requests: int  # requests per REST endpoint measured
     rest_concurrency: int  # REST requests in flight
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest run
 
+
+SERVERS = ("gateway", "lean")
+SCENARIOS = ("websocket", "chat", "rest")
 
 SCALES = {
     "full": Scale(
@@ -52,6 +56,7 @@ SCALES = {
         rest_requests=3000,
         rest_concurrency=8,
         servers=("gateway", "lean"),
+        scenarios=("websocket", "chat", "rest"),
     ),
     "small": Scale(
         name="small",
@@ -71,6 +76,7 @@ SCALES = {
         rest_requests=100,
         rest_concurrency=4,
         servers=("gateway", "lean"),
+        scenarios=("websocket", "chat", "rest"),
     ),
 }
 
@@ -103,4 +109,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> Scale:
                 overrides[field.name] = _parse(field.type, env[variable])
             except ValueError as exc:
                 raise ValueError(f"{variable}: {exc}") from None
-    return replace(scale, **overrides)  # type: ignore[arg-type]
+    chosen = replace(scale, **overrides)  # type: ignore[arg-type]
+    for variable, values, known in (
+        ("BENCH_SERVERS", chosen.servers, SERVERS),
+        ("BENCH_SCENARIOS", chosen.scenarios, SCENARIOS),
+    ):
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{variable}: unknown {unknown}, expected some of {list(known)}")
+    return chosen

@@ -194,8 +194,10 @@ def targeted_fanout(
         meters = {name: system.CpuMeter(pids) for name, pids in groups.items()}
         for meter in meters.values():
             meter.start()
+        began = time.monotonic()
         published = load.publish("targeted", step, rate, scale.step_seconds)
         _wait_delivered(load, "targeted", published["sent"], timeout=10.0)
+        elapsed = time.monotonic() - began
         cpu = {name: round(meter.stop(), 3) for name, meter in meters.items()}
         latencies, distinct = load.targeted(step)
         status = load.status()
@@ -215,6 +217,9 @@ def targeted_fanout(
             "cdf": stats.cdf(latencies),
             "cpu": cpu,
             "publisher_cpu": round(published["cpu"], 3),
+            "server_us_per_message": round(cpu["server"] / distinct * elapsed * 1e6, 1)
+            if distinct
+            else None,
             "connections_dropped": status["closed"] - closed_before,
             **_stall(load),
         }

@@ -28,3 +28,5 @@ def test_bad_values_name_the_variable() -> None:
         scale.from_env({"BENCH_SCALE": "huge"})
     with pytest.raises(ValueError, match="BENCH_RATE_START"):
         scale.from_env({"BENCH_RATE_START": "fast"})
+    with pytest.raises(ValueError, match="BENCH_SERVERS"):
+        scale.from_env({"BENCH_SERVERS": "gateway,nginx"})

@@ -9,12 +9,12 @@ sends a WebSocket ping every few milliseconds and records the round trips (the s
 answers pings itself, so a stalled loop shows as a slow pong).
 
 Commands (`(name, *args)` in, one reply out):
-  connect(targets, concurrency, ready_timeout) -> dict   open connections, wait for first frames
-                                  (reports which targets failed, by position)
+  connect(targets, concurrency, ready_timeout) -> dict   open connections (a connection counts
+                             once its first frame arrived); reports failed targets by position
   received()      -> dict    benchmark frames recorded and not yet collected
   targeted(step)  -> dict    latencies and distinct count of step `step`'s targeted frames
   broadcast(k)    -> dict    latencies of broadcast `k`
-  status()        -> dict    open/closed counts, close codes, frames seen, ready count
+  status()        -> dict    open/closed counts, close codes, frames seen
   probe(interval) -> dict    start (or restart) the stall probe on the first connection
   probe_read()    -> dict    RTTs since the last probe_read
   close_all(timeout) -> dict close every connection and wait for the sockets to go
@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 from array import array
+from asyncio import FIRST_COMPLETED
 from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,10 +44,6 @@ class Recorder:
     def __init__(self) -> None:
         self.targeted: dict[int, tuple[array[int], set[int]]] = {}
         self.broadcasts: dict[int, array[int]] = {}
-        self.ready = bytearray()  # indexed by ClientConnection.index
-        self.ready_count = 0
-        self.ready_wanted = 0
-        self.all_ready = asyncio.Event()  # set once `ready_wanted` connections are ready
         self.other_frames = 0
         self.pongs: array[int] = array("q")
 
@@ -55,11 +52,6 @@ class Recorder:
             if len(payload) == 8:
                 self.pongs.append(now - struct.unpack("!q", payload)[0])
             return
-        if not self.ready[conn.index]:
-            self.ready[conn.index] = 1
-            self.ready_count += 1
-            if self.ready_count >= self.ready_wanted:
-                self.all_ready.set()
         mark = marks.parse(payload)
         if mark is None:
             self.other_frames += 1
@@ -117,46 +109,40 @@ class Worker:
     async def cmd_connect(
         self, targets: list[str], concurrency: int, ready_timeout: float
     ) -> dict[str, Any]:
-        """Open one connection per target path; a connection is ready once its first frame
-        (`connection_established`) arrived, which is when the server has subscribed it."""
+        """Open one connection per target path. A connection counts as open once its first
+        frame (`connection_established`) arrived — the server has subscribed it by then; one
+        closed or silent before that is a failure."""
         started = time.monotonic()
         gate = asyncio.Semaphore(concurrency)
         before = len(self.connections)
-        base = len(self.recorder.ready)
-        self.recorder.ready.extend(bytes(len(targets)))
-
         failed: list[int] = []
+        errors = self.errors
 
         async def one(position: int, target: str) -> None:
             async with gate:
                 try:
-                    conn = await connect(
-                        self.host, self.port, target, self.recorder, base + position
-                    )
+                    conn = await connect(self.host, self.port, target, self.recorder, position)
                 except Exception as exc:
-                    self.errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                    errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
                     failed.append(position)
-                else:
-                    self.connections.append(conn)
+                    return
+                waiters: list[asyncio.Future[Any]] = [conn.greeted, conn.closed]
+                await asyncio.wait(waiters, timeout=ready_timeout, return_when=FIRST_COMPLETED)
+            if conn.greeted.done():
+                self.connections.append(conn)
+                return
+            errors[f"closed {conn.close_code} before the first frame" if conn.closed.done()
+                   else "no first frame in time"] += 1  # fmt: skip
+            conn.close()
+            failed.append(position)
 
         await asyncio.gather(*(one(i, target) for i, target in enumerate(targets)))
-        opened = time.monotonic() - started
-        recorder = self.recorder
-        recorder.ready_wanted = len(self.connections)
-        if recorder.ready_count >= recorder.ready_wanted:
-            recorder.all_ready.set()
-        else:
-            recorder.all_ready.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(recorder.all_ready.wait(), ready_timeout)
         return {
             "opened": len(self.connections) - before,
             "failed": len(failed),
             "failed_positions": sorted(failed),
-            "handshake_seconds": opened,
-            "ready_seconds": time.monotonic() - started,
-            "ready": self.recorder.ready_count,
-            "errors": dict(self.errors.most_common(5)),
+            "seconds": time.monotonic() - started,
+            "errors": dict(errors.most_common(5)),
         }
 
     async def cmd_targeted(self, step: int) -> dict[str, Any]:
@@ -180,7 +166,6 @@ class Worker:
             "open": sum(1 for c in self.connections if c.close_code is None),
             "closed": sum(codes.values()),
             "close_codes": {str(code): n for code, n in codes.items()},
-            "ready": self.recorder.ready_count,
             "other_frames": self.recorder.other_frames,
         }
 

@@ -139,7 +139,6 @@ class LoadSide:
             "seconds": time.monotonic() - started,
             "opened": sum(r["opened"] for r in replies),
             "failed": failed,
-            "ready": sum(r["ready"] for r in replies),
             "errors": errors,
         }
 

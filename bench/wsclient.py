@@ -131,8 +131,9 @@ Sink = Callable[["ClientConnection", int, bytes, int], None]
 
 class ClientConnection(asyncio.Protocol):
     """One WebSocket connection. `opened` resolves after the handshake (or fails with
-    `HandshakeError`/`ConnectionError`); `closed` resolves with the close code (1006 when the
-    TCP connection dropped without a close frame). `close()` is idempotent."""
+    `HandshakeError`/`ConnectionError`), `greeted` when the first data message arrives, `closed`
+    with the close code (1006 when the TCP connection dropped without a close frame).
+    `close()` is idempotent."""
 
     __slots__ = (
         "_accept",
@@ -143,6 +144,7 @@ class ClientConnection(asyncio.Protocol):
         "_transport",
         "close_code",
         "closed",
+        "greeted",
         "index",
         "opened",
     )
@@ -157,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
         self._handshake_buffer = b""
         self.index = index
         self.opened: asyncio.Future[None] = loop.create_future()
+        self.greeted: asyncio.Future[None] = loop.create_future()  # first message arrived
         self.closed: asyncio.Future[int] = loop.create_future()
         self.close_code: int | None = None
 
@@ -184,6 +187,8 @@ class ClientConnection(asyncio.Protocol):
                 self._abort(code)
                 return
             else:
+                if not self.greeted.done():
+                    self.greeted.set_result(None)
                 self._sink(self, opcode, payload, now)
 
     def _finish_handshake(self, data: bytes) -> bytes:

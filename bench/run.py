@@ -126,6 +126,12 @@ def run(out: Path) -> dict[str, Any]:
     return results
 
 
+def _gateway_module() -> str:
+    """`BENCH_GATEWAY_MODULE` (a module run with `python -m`, to try a variant of the gateway
+    on the same workload), else `gateway`."""
+    return os.environ.get("BENCH_GATEWAY_MODULE") or "gateway"
+
+
 def _profiles(stack: Stack) -> Path | None:
     """Where py-spy profiles go when `BENCH_PROFILE=1`, else None (no profiling)."""
     return stack.logs.parent / "profiles" if os.environ.get("BENCH_PROFILE") == "1" else None
@@ -156,7 +162,7 @@ def _http_scenarios(
         return
     try:
         gateway = stack.start(
-            "gateway", "gateway", stack.ports["gateway"], pinned=True, extra_env=GATEWAY_ENV
+            "gateway", _gateway_module(), stack.ports["gateway"], pinned=True, extra_env=GATEWAY_ENV
         )
     except Exception as exc:
         for name in ("chat", "rest"):
@@ -211,7 +217,9 @@ def _websocket(
 ) -> dict[str, Any]:
     if name == "gateway":
         port = stack.ports["gateway"]
-        service = stack.start("gateway", "gateway", port, pinned=True, extra_env=GATEWAY_ENV)
+        service = stack.start(
+            "gateway", _gateway_module(), port, pinned=True, extra_env=GATEWAY_ENV
+        )
     elif name == "lean":
         port = free_port()
         service = stack.start(

@@ -100,6 +100,7 @@ class ConnectionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
         self._empty = asyncio.Event()
+        self._detaching = 0
 
     # Lifecycle.
 
@@ -219,15 +220,19 @@ class ConnectionManager:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         metrics.OPEN_CONNECTIONS.dec()
-        if not self.connections:
-            self._empty.set()
         self._everyone.discard(conn)
-        await self._fanout.leave(conn, conn.channels)
+        self._detaching += 1
         try:
+            await self._fanout.leave(conn, conn.channels)
             await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
         except (redis.RedisError, OSError) as exc:
-            # The heartbeat sweep or the key expiry removes it later.
+            # `stop()` (this instance's own entries), the others' sweep or the key expiry
+            # removes it later.
             log.warning("registry detach failed", extra={"error": repr(exc)})
+        finally:
+            self._detaching -= 1
+            if not self.connections and not self._detaching:
+                self._empty.set()
 
     async def send_to_session(self, session_id: UUID | str, frame: Frame) -> int:
         """Publish to every connection of the session on any instance; returns how many

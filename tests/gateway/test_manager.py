@@ -137,3 +137,21 @@ async def test_redis_restart_mid_traffic_loses_nothing(
         assert await collect(ws, seqs[-1], timeout=30) == seqs
     for ws in (on_a, on_b):
         await ws.close()
+
+
+async def test_fresh_connections_get_only_new_notifications(
+    cluster: Cluster, token_for: Token
+) -> None:
+    """Without `last_seq`, a connection gets the notifications created after it connected, once,
+    whether it is the user's first connection on its gateway or joins a sibling there."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    async with httpx.AsyncClient() as client:
+        await create(client, cluster.notifications, user, 0)
+        first = await open_ws(cluster.a, uuid.uuid4(), token)
+        second = await open_ws(cluster.a, uuid.uuid4(), token)  # adopts the sibling's baseline
+        other = await open_ws(cluster.b, uuid.uuid4(), token)
+        later = [await create(client, cluster.notifications, user, i) for i in range(1, 4)]
+    for ws in (first, second, other):
+        assert await collect(ws, later[-1]) == later
+        await ws.close()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from gateway import chat
 from shared import redis_client
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.settings import Settings
@@ -28,5 +29,5 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await redis.aclose()
 
-    routes = [*health_routes(_checks), metrics_route()]
+    routes = [*health_routes(_checks), metrics_route(), *chat.routes]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))

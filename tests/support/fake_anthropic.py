@@ -213,6 +213,7 @@ class FakeAnthropic:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._scripts: dict[str, deque[Reply]] = {}
+        self._last: dict[str, Reply] = {}
         self._lock = threading.Lock()
         app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
         config = uvicorn.Config(
@@ -253,12 +254,20 @@ class FakeAnthropic:
             return [r for r in self.requests if key in _latest_user_text(r)]
 
     def _next_reply(self, body: dict[str, Any]) -> Reply | None:
+        """The next scripted reply; a request continuing a prefill gets the text reply it
+        continues again (a deterministic model says the same thing twice)."""
         prompt = _latest_user_text(body)
         with self._lock:
             self.requests.append(body)
             for key, replies in self._scripts.items():
-                if key in prompt and replies:
-                    return replies.popleft()
+                if key not in prompt:
+                    continue
+                last = self._last.get(key)
+                if _prefill(body) and last is not None and last.text_chunks is not None:
+                    return last
+                if replies:
+                    self._last[key] = replies.popleft()
+                    return self._last[key]
         return None
 
     async def _messages(self, request: Request) -> Response:

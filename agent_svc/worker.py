@@ -166,6 +166,9 @@ class Worker:
             tokens_used=out.tokens_used,
             status=status,
         )
+        # The turn is stored: the session may take its next question while the last event is
+        # written, so a client that asks again the moment it sees `end` is never told CHAT_BUSY.
+        await self._release(request)
         if error is not None:
             await out.emit(chat_wire.error_event(request.message_id, error.code, error.message))
         else:
@@ -245,6 +248,12 @@ class Worker:
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
             await pipe.execute()
+
+    async def _release(self, request: ChatRequest) -> None:
+        """Free the session for its next question (only if this answer still holds it)."""
+        await self._p.redis.eval(
+            _RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
+        )
 
     async def _ack(self, entry_id: str) -> None:
         await self._p.redis.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)

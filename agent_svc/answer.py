@@ -9,6 +9,7 @@ when continuing (the API refuses a prefill ending in whitespace) is not sent twi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import redis.asyncio as redis
@@ -67,7 +68,8 @@ class Answer:
 
     async def finish_tool(self, call: ToolCall) -> ToolOutcome:
         """Run an announced call and append its result."""
-        outcome = await self.registry.run(call.name, call.input, self.tool_context)
+        context = dataclasses.replace(self.tool_context, call_id=call.id)
+        outcome = await self.registry.run(call.name, call.input, context)
         await self.emit(
             ToolResult(
                 id=call.id, name=call.name, content=outcome.content, is_error=outcome.is_error

@@ -79,9 +79,11 @@ class ScheduledNotification(msgspec.Struct, frozen=True):
     attempts: int = 0
 
 
-def create_body(item: ScheduledNotification) -> dict[str, Any]:
-    """The notifications_svc internal create body (docs/internal-api.md field names)."""
+def create_body(item: ScheduledNotification, dedupe_key: str) -> dict[str, Any]:
+    """The notifications_svc internal create body (docs/notifications.md). `dedupe_key` makes
+    a repeated create (a reclaimed answer, a retried delivery) return the first notification."""
     return {
+        "dedupe_key": dedupe_key,
         "user_id": item.user_id,
         "title": item.title,
         "content": item.content,
@@ -137,8 +139,9 @@ async def notify_user(ctx: ToolContext, params: NotifyParams) -> dict[str, Any]:
     )
     due = _due_time(params)
     if due is None:
+        body = create_body(item, f"agent:{ctx.message_id}:{ctx.call_id or item.id}")
         created = await post_notification(
-            ctx.http, ctx.settings.notifications_url, ctx.settings.internal_token, create_body(item)
+            ctx.http, ctx.settings.notifications_url, ctx.settings.internal_token, body
         )
         return {"status": "sent", "notification_id": created.get("id")}
     scheduled = msgspec.structs.replace(item, type=REMINDER_TYPE)
@@ -166,9 +169,14 @@ async def _user_api(
     return response.json() if response.content else {}
 
 
+_LISTED_FIELDS = ("id", "title", "content", "type", "is_read", "created_at")
+
+
 async def list_notifications(ctx: ToolContext, params: ListParams) -> Any:
     query = {"page": 1, "page_size": params.limit, "unread_only": str(params.unread_only).lower()}
-    return await _user_api(ctx, "GET", "", query)
+    page = await _user_api(ctx, "GET", "", query)
+    items = [{k: item.get(k) for k in _LISTED_FIELDS} for item in page.get("items", [])]
+    return {"total": page.get("total"), "items": items}
 
 
 async def count_unread(ctx: ToolContext, params: NoParams) -> Any:

@@ -1,10 +1,11 @@
 """Delivery of notifications the agent scheduled for later (`notify_user` with a time).
 
 Scheduled items live in one Redis sorted set scored by due time, so they survive agent restarts
-and any number of agent processes can poll it: an item belongs to whoever removes it (`ZREM`
-returns 1 to exactly one caller). A failed delivery is put back a little later, at most
-`MAX_ATTEMPTS` times. Delivery is at-most-once per attempt: a process killed between `ZREM` and
-the HTTP call loses that one item (logged on every failure path we can see).
+and every agent process polls it. Delivery is at-least-once and idempotent, hence exactly once:
+an item is created with the dedupe key `agent-reminder:{id}` and removed from the set only after
+notifications_svc accepted it, so a crash in between, or two processes delivering the same item,
+creates one notification. A failed delivery is moved `RETRY_DELAY` later, at most `MAX_ATTEMPTS`
+times, by whichever process removes the item (`ZREM` returns 1 to exactly one of them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ MAX_ATTEMPTS = 10
 _decode = msgspec.json.Decoder(ScheduledNotification).decode
 
 
+def dedupe_key(item: ScheduledNotification) -> str:
+    return f"agent-reminder:{item.id}"
+
+
 async def deliver_due(
     client: redis.Redis, http: httpx.AsyncClient, settings: Settings, now: float, batch: int = 50
 ) -> int:
@@ -39,20 +44,24 @@ async def deliver_due(
         keys.AGENT_SCHEDULED_NOTIFICATIONS, "-inf", now, start=0, num=batch
     )
     for member in members:
-        if await client.zrem(keys.AGENT_SCHEDULED_NOTIFICATIONS, member) != 1:
-            continue  # another agent process took it
         try:
             item = _decode(member)
         except msgspec.DecodeError:
             log.error("dropping malformed scheduled notification")
+            await client.zrem(keys.AGENT_SCHEDULED_NOTIFICATIONS, member)
             continue
         try:
             await post_notification(
-                http, settings.notifications_url, settings.internal_token, create_body(item)
+                http,
+                settings.notifications_url,
+                settings.internal_token,
+                create_body(item, dedupe_key(item)),
             )
         except ToolError as exc:
-            await _retry_later(client, item, now, str(exc))
+            if await client.zrem(keys.AGENT_SCHEDULED_NOTIFICATIONS, member) == 1:
+                await _retry_later(client, item, now, str(exc))
             continue
+        await client.zrem(keys.AGENT_SCHEDULED_NOTIFICATIONS, member)
         delivered += 1
     return delivered
 

@@ -41,6 +41,7 @@ class ToolContext:
     settings: Settings
     redis: redis.Redis
     http: httpx.AsyncClient
+    call_id: str = ""  # the model's tool_use id: stable across a reclaimed answer's retries
 
 
 @dataclass(frozen=True, slots=True)

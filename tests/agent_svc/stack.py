@@ -47,8 +47,14 @@ class ChatStack:
 
 
 def start_stack(
-    spawn_service: SpawnService, root: Path, *, offline: bool = False, **env: str
+    spawn_service: SpawnService,
+    root: Path,
+    *,
+    offline: bool = False,
+    notifications: bool = False,
+    **env: str,
 ) -> ChatStack:
+    """Start the stack (with notifications_svc, which the agent's tools then use, if asked)."""
     redis = EmbeddedRedis(root / "redis")
     redis.start()
     fake = None if offline else FakeAnthropic().start()
@@ -57,9 +63,13 @@ def start_stack(
         full_env["ANTHROPIC_BASE_URL"] = fake.url
     else:
         full_env["ANTHROPIC_API_KEY"] = ""
+    extra = []
+    if notifications:
+        extra.append(spawn_service("notifications_svc", **full_env))
+        full_env["NOTIFICATIONS_URL"] = extra[0].url
     agent = spawn_service("agent_svc", **full_env)
     gateway = spawn_service("gateway", AGENT_URL=agent.url, **full_env)
-    return ChatStack(redis, fake, full_env, agent, gateway)
+    return ChatStack(redis, fake, full_env, agent, gateway, extra)
 
 
 @dataclass

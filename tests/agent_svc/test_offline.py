@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 import redis
 
@@ -49,7 +50,7 @@ def stack(
 ) -> Iterator[ChatStack]:
     chat = start_stack(
         spawn_service, tmp_path_factory.mktemp("chat-offline"), offline=True,
-        AGENT_OFFLINE_DELAY="0.005",
+        notifications=True, AGENT_OFFLINE_DELAY="0.005",
     )  # fmt: skip
     try:
         yield chat
@@ -86,3 +87,18 @@ def test_offline_reminder_calls_the_notification_tool(
     finally:
         client.close()
     assert any(str(user_id).encode() in item for item in scheduled)
+
+
+def test_offline_notify_me_creates_a_notification(
+    stack: ChatStack, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """ "notify me ..." with no API key creates the notification through notifications_svc."""
+    token = token_for(user_id)
+    _, events = ask(stack.gateway, token, "notify me that the build is green")
+    result = next(e.data for e in events if e.type == "tool_result")
+    assert result["is_error"] is False and '"status":"sent"' in result["content"]
+    assert text_of(events).startswith(LABEL + " Done")
+    listed = httpx.get(
+        stack.extra[0].url + "/api/v1/notifications", headers={"Authorization": f"Bearer {token}"}
+    ).json()["items"]
+    assert [(n["title"], n["content"]) for n in listed] == [("Notification", "the build is green")]

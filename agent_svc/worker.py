@@ -34,6 +34,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 import redis.asyncio as redis
+from prometheus_client import Counter
 
 from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer
@@ -46,7 +47,14 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+ANSWERS = Counter("chat_answers_total", "Answers finished, by status", ["status"])
+MODEL_ERRORS = Counter("chat_model_errors_total", "Answers that failed, by error code", ["code"])
+RECLAIMED = Counter("chat_requests_reclaimed_total", "Requests taken over from a stopped worker")
+TOKENS = Counter("chat_tokens_total", "Tokens used by finished answers (model-reported)")
+
 MAX_DELIVERIES = 5
+CONSUMER_PRUNE_INTERVAL = 300.0
+CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
 READ_BLOCK_MS = 1000  # below the Redis client's socket timeout
 _RELEASE_LOCK = """
@@ -130,6 +138,7 @@ class Worker:
             await self._ack(entry_id)
             return
         if reclaimed:
+            RECLAIMED.inc()
             log.warning(
                 "reclaimed chat request",
                 extra={"message_id": request.message_id, "entry": entry_id},
@@ -170,9 +179,12 @@ class Worker:
         # written, so a client that asks again the moment it sees `end` is never told CHAT_BUSY.
         await self._release(request)
         if error is not None:
+            MODEL_ERRORS.labels(error.code).inc()
             await out.emit(chat_wire.error_event(request.message_id, error.code, error.message))
         else:
             await out.emit(End(request.message_id, out.tokens_used, status))
+        ANSWERS.labels(status).inc()
+        TOKENS.inc(out.tokens_used)
         log.info(
             "answer finished",
             extra={"message_id": request.message_id, "status": status, "model": p.model.name},
@@ -317,18 +329,40 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> WorkerPool:
-        await ensure_group(self.redis)
+        try:
+            await ensure_group(self.redis)
+        except (redis.RedisError, OSError) as exc:
+            # Start anyway (readyz reports Redis down); workers recreate the group on NOGROUP.
+            log.warning("could not create the chat consumer group", extra={"error": repr(exc)})
         for index in range(self.settings.agent_workers):
             self._tasks.append(asyncio.create_task(Worker(self, index).run()))
         if self.settings.agent_workers:
             self._tasks.append(
                 asyncio.create_task(scheduler.run(self.redis, self.http, self.settings))
             )
+            self._tasks.append(asyncio.create_task(self._prune_consumers()))
         log.info(
             "chat workers started",
             extra={"workers": self.settings.agent_workers, "model": self.model.name},
         )
         return self
+
+    async def _prune_consumers(self) -> None:
+        """Every few minutes, forget consumers of stopped processes: no pending request (a
+        live worker reclaimed it) and idle for an hour. Keeps `XINFO CONSUMERS` readable."""
+        while True:
+            await asyncio.sleep(CONSUMER_PRUNE_INTERVAL)
+            try:
+                consumers: Any = await self.redis.xinfo_consumers(
+                    keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP
+                )
+                for consumer in consumers:
+                    if consumer["pending"] == 0 and consumer["idle"] > CONSUMER_MAX_IDLE_MS:
+                        await self.redis.xgroup_delconsumer(
+                            keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, consumer["name"]
+                        )
+            except (redis.RedisError, OSError) as exc:
+                log.warning("consumer pruning failed", extra={"error": repr(exc)})
 
     async def __aexit__(
         self,

@@ -247,10 +247,10 @@ async def resume_stream(request: Request) -> Response:
         raise ValidationFailed("Last-Event-ID must be an event id like 1700000000000-0")
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)
-    last = await client.xrevrange(keys.chat_reply_stream(message_id), count=1)
+    last: Any = await client.xrevrange(keys.chat_reply_stream(message_id), count=1)
     if (
         last
-        and last[0][0].decode() == after
+        and _entry_id(last[0][0].decode()) <= _entry_id(after)
         and chat_wire.is_terminal(last[0][1].get(chat_wire.EVENT_FIELD, b""))
     ):
         return Response(status_code=204)  # nothing left: EventSource stops reconnecting
@@ -269,6 +269,11 @@ async def cancel_stream(request: Request) -> Response:
     await owned_answer(client, message_id, user_id)
     await request_cancel(client, request.app.state.settings, message_id)
     return json_response({"message_id": message_id, "status": "cancelling"}, 202)
+
+
+def _entry_id(event_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = event_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _message_id(request: Request) -> str:

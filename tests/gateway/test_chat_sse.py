@@ -65,6 +65,8 @@ def test_text_answer_streams_real_deltas(
     assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-5"
     assert sent["messages"] == [{"role": "user", "content": f"{key} say hello"}]
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
+    metrics = httpx.get(stack.agent.url + "/metrics").text
+    assert 'chat_answers_total{status="complete"}' in metrics
 
 
 def test_tool_use_loop(
@@ -169,6 +171,7 @@ def test_disconnect_then_resume_exactly_once(
     assert _ids_increasing(ids)
     again, _ = resume(stack.gateway, token, message_id, rest[-1].id)
     assert again.status_code == 204
+    assert resume(stack.gateway, token, message_id, "99999999999999-0")[0].status_code == 204
     _, whole = resume(stack.gateway, token, message_id, None)
     assert [e.data for e in whole] == [e.data for e in first + rest]
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.types import Message
 
 from agent_svc.answer import Answer
 from agent_svc.model import HistoryMessage, ModelError, Turn
@@ -150,7 +151,7 @@ class ClaudeModel:
             messages.append({"role": "user", "content": results})
         raise ModelError("MODEL_TOOL_LOOP", f"more than {MAX_TOOL_ROUNDS} tool rounds")
 
-    async def _stream_round(self, messages: list[dict[str, Any]], out: Answer) -> Any:
+    async def _stream_round(self, messages: list[dict[str, Any]], out: Answer) -> Message:
         tools = self._registry.specs()
         async with self._client.messages.stream(
             model=self._settings.anthropic_model,

@@ -86,5 +86,7 @@ async def run(client: redis.Redis, http: httpx.AsyncClient, settings: Settings) 
         try:
             await deliver_due(client, http, settings, time.time())
         except (redis.RedisError, OSError) as exc:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # see worker.raise_if_cancelling
             log.warning("scheduler poll failed", extra={"error": repr(exc)})
         await asyncio.sleep(POLL_INTERVAL)

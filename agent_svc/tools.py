@@ -44,6 +44,9 @@ class ToolContext:
     call_id: str = ""  # the model's tool_use id: stable across a reclaimed answer's retries
 
 
+ToolFunc = Callable[[ToolContext, P], Awaitable[Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
     content: str
@@ -55,7 +58,7 @@ class Tool(Generic[P]):
     name: str
     description: str
     params: type[P]
-    func: Callable[[ToolContext, P], Awaitable[Any]]
+    func: ToolFunc[P]
 
     def input_schema(self) -> dict[str, Any]:
         """The params struct as a self-contained JSON schema object (nested types in `$defs`)."""
@@ -83,12 +86,10 @@ class ToolRegistry:
 
     def tool(
         self, name: str, description: str, params: type[P]
-    ) -> Callable[[Callable[[ToolContext, P], Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-        """Decorator form of `register`."""
+    ) -> Callable[[ToolFunc[P]], ToolFunc[P]]:
+        """Decorator form of `register`: `@registry.tool("name", "what it does", Params)`."""
 
-        def decorate(
-            func: Callable[[ToolContext, P], Awaitable[Any]],
-        ) -> Callable[[ToolContext, P], Awaitable[Any]]:
+        def decorate(func: ToolFunc[P]) -> ToolFunc[P]:
             self.register(Tool(name, description, params, func))
             return func
 

@@ -33,6 +33,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import msgspec
 import redis.asyncio as redis
 from prometheus_client import Counter
 
@@ -61,6 +62,16 @@ _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise a cancellation that a client library turned into its own error.
+
+    A cancel that lands while redis-py waits under its socket timeout can surface as a
+    `TimeoutError`; a retry loop that caught it would then never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 async def ensure_group(client: redis.Redis) -> None:
@@ -101,6 +112,7 @@ class Worker:
                     await self._handle(*entry)
                 backoff.reset()
             except (redis.RedisError, OSError, asyncpg.PostgresError) as exc:
+                raise_if_cancelling(exc)
                 log.warning("worker error; retrying", extra={"error": repr(exc)})
                 await backoff.sleep()
 
@@ -133,7 +145,7 @@ class Worker:
         raw = (fields or {}).get(chat_wire.REQUEST_FIELD)
         try:
             request = chat_wire.decode_request(raw or b"")
-        except Exception:
+        except msgspec.DecodeError:
             log.error("dropping malformed chat request", extra={"entry": entry_id})
             await self._ack(entry_id)
             return
@@ -299,12 +311,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def session_lock_ms(settings: Settings) -> int:
-    """How long a session stays busy without a worker's heartbeat (also the gateway's initial
-    lock: a request waiting in the queue keeps its session busy this long)."""
-    return int(max(60.0, 3 * settings.agent_reclaim_idle) * 1000)
-
-
 class WorkerPool:
     """`AGENT_WORKERS` workers and the scheduled-notification poller, as an async context: the
     tasks stop and the clients close on exit (an answer in flight is left pending, and another
@@ -325,7 +331,7 @@ class WorkerPool:
         self.registry = registry or build_registry(settings)
         self.model = model or create_model(settings, self.registry)
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
-        self.lock_ms = session_lock_ms(settings)
+        self.lock_ms = chat_wire.session_lock_ms(settings)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> WorkerPool:
@@ -362,6 +368,7 @@ class WorkerPool:
                             keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, consumer["name"]
                         )
             except (redis.RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
                 log.warning("consumer pruning failed", extra={"error": repr(exc)})
 
     async def __aexit__(
@@ -372,7 +379,10 @@ class WorkerPool:
     ) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=10)
+            if stuck:
+                log.error("chat worker tasks did not stop", extra={"tasks": len(stuck)})
         self._tasks.clear()
         await self.http.aclose()
         await self.model.aclose()

@@ -85,11 +85,6 @@ _decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
 # The answer's streams.
 
 
-def lock_ms(settings: Settings) -> int:
-    """How long a session stays busy without a worker heartbeat (see agent_svc.worker)."""
-    return int(max(60.0, 3 * settings.agent_reclaim_idle) * 1000)
-
-
 async def open_answer(
     client: redis.Redis, settings: Settings, user_id: UUID, session_id: UUID, message: str
 ) -> str:
@@ -101,7 +96,7 @@ async def open_answer(
         raise ValidationFailed("message must not be empty")
     message_id = str(uuid4())
     lock = keys.chat_active(session_id)
-    if not await client.set(lock, message_id, nx=True, px=lock_ms(settings)):
+    if not await client.set(lock, message_id, nx=True, px=chat_wire.session_lock_ms(settings)):
         running: bytes | None = await client.get(lock)  # type: ignore[assignment]
         raise Conflict(
             "an answer is already streaming in this session",

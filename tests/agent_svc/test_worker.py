@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import httpx
+import asyncpg
 import pytest
 import redis
 
 from shared import keys
+from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
 from tests.conftest import SpawnService
 from tests.support import fake_anthropic as fa
@@ -48,15 +54,62 @@ def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[...,
         client.close()
 
 
+class StandaloneWorker:
+    """`python -m agent_svc.worker`: workers without the HTTP API, ready once they log so."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent_svc.worker"],
+                env=env | {"PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        while b"chat workers started" not in log_path.read_bytes():
+            assert self.process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "standalone worker did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"worker ignored SIGTERM:\n{self.log_path.read_text()}") from None
+
+
+async def _stored(settings: Settings, session: uuid.UUID) -> list[tuple[str, str, str]]:
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT role, content, status FROM chat.messages WHERE session_id = $1 "
+            "ORDER BY created_at, id",
+            session,
+        )
+    finally:
+        await conn.close()
+    return [(r["role"], r["content"], r["status"]) for r in rows]
+
+
 def test_worker_killed_mid_answer_is_reclaimed_and_finished(
-    stack: ChatStack, spawn_service: SpawnService, token_for: Callable[..., str]
+    stack: ChatStack,
+    base_env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    token_for: Callable[..., str],
 ) -> None:
-    """SIGKILL the worker mid-answer: another worker reclaims the request and continues the
-    answer (the model continues a prefill of what was said), so a reader resuming by event id
-    gets the whole answer exactly once, and the stored answer is complete."""
+    """SIGKILL the worker mid-answer: a standalone worker (`python -m agent_svc.worker`)
+    reclaims the request and continues the answer (the model continues a prefill of what was
+    said), so a reader resuming by event id gets the whole answer exactly once, and the stored
+    answer is complete."""
     assert stack.fake is not None
-    user = uuid.uuid4()
-    token = token_for(user)
+    token = token_for(uuid.uuid4())
     key = f"crash-{uuid.uuid4().hex[:8]}"
     chunks = [f"word{i} " for i in range(30)]
     stack.fake.script(key, fa.text(*chunks, delay=0.1))
@@ -64,9 +117,11 @@ def test_worker_killed_mid_answer_is_reclaimed_and_finished(
     _, first = ask(stack.gateway, token, f"{key} tell me", session, stop_after_tokens=4)
     message_id = first[0].data["message_id"]
     stack.agent.kill()
-    successor = spawn_service("agent_svc", **stack.env)
-    stack.extra.append(successor)
-    response, rest = resume(stack.gateway, token, message_id, first[-1].data["event_id"])
+    successor = StandaloneWorker(base_env | stack.env, tmp_path / "worker.log")
+    try:
+        response, rest = resume(stack.gateway, token, message_id, first[-1].data["event_id"])
+    finally:
+        assert successor.stop() == 0  # SIGTERM: a clean stop
     assert response.status_code == 200
     assert rest[-1].type == "end" and rest[-1].data["status"] == "complete"
     assert text_of(first) + text_of(rest) == "".join(chunks)
@@ -76,12 +131,8 @@ def test_worker_killed_mid_answer_is_reclaimed_and_finished(
     assert prefill["role"] == "assistant"
     assert "".join(chunks).startswith(prefill["content"])
     assert len(prefill["content"]) >= len(text_of(first).rstrip())
-    history = httpx.get(
-        f"{successor.url}/api/v1/sessions/{session}/messages",
-        headers={"Authorization": f"Bearer {token}"},
-    ).json()["items"]
-    assert [(m["role"], m["status"]) for m in history] == [
-        ("user", "complete"),
-        ("assistant", "complete"),
+    assert asyncio.run(_stored(settings, session)) == [
+        ("user", f"{key} tell me", "complete"),
+        ("assistant", "".join(chunks), "complete"),
     ]
-    assert history[1]["content"] == "".join(chunks)
+    assert b"reclaimed chat request" in successor.log_path.read_bytes()

@@ -107,6 +107,7 @@ class Worker:
         backoff = Backoff(base=0.2, maximum=5.0)
         while True:
             try:
+                await self._p.redis.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
                 entry = await self._next()
                 if entry is not None:
                     await self._handle(*entry)
@@ -238,6 +239,7 @@ class Worker:
             justid=True,
         )
         await r.pexpire(keys.chat_active(request.session_id), self._p.lock_ms)
+        await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
 
     async def _transcript(self, request: ChatRequest) -> Transcript:
         transcript = Transcript()
@@ -333,6 +335,7 @@ class WorkerPool:
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
         self.lock_ms = chat_wire.session_lock_ms(settings)
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumers: list[str] = []
 
     async def __aenter__(self) -> WorkerPool:
         try:
@@ -341,7 +344,9 @@ class WorkerPool:
             # Start anyway (readyz reports Redis down); workers recreate the group on NOGROUP.
             log.warning("could not create the chat consumer group", extra={"error": repr(exc)})
         for index in range(self.settings.agent_workers):
-            self._tasks.append(asyncio.create_task(Worker(self, index).run()))
+            worker = Worker(self, index)
+            self._consumers.append(worker.consumer)
+            self._tasks.append(asyncio.create_task(worker.run()))
         if self.settings.agent_workers:
             self._tasks.append(
                 asyncio.create_task(scheduler.run(self.redis, self.http, self.settings))
@@ -355,7 +360,7 @@ class WorkerPool:
 
     async def _prune_consumers(self) -> None:
         """Every few minutes, forget consumers of stopped processes: no pending request (a
-        live worker reclaimed it) and idle for an hour. Keeps `XINFO CONSUMERS` readable."""
+        live worker reclaimed it) and idle for an hour; likewise their heartbeats."""
         while True:
             await asyncio.sleep(CONSUMER_PRUNE_INTERVAL)
             try:
@@ -367,6 +372,9 @@ class WorkerPool:
                         await self.redis.xgroup_delconsumer(
                             keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, consumer["name"]
                         )
+                await self.redis.zremrangebyscore(
+                    keys.CHAT_WORKERS, "-inf", time.time() - CONSUMER_MAX_IDLE_MS / 1000
+                )
             except (redis.RedisError, OSError) as exc:
                 raise_if_cancelling(exc)
                 log.warning("consumer pruning failed", extra={"error": repr(exc)})
@@ -384,6 +392,10 @@ class WorkerPool:
             if stuck:
                 log.error("chat worker tasks did not stop", extra={"tasks": len(stuck)})
         self._tasks.clear()
+        if self._consumers:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.redis.zrem(keys.CHAT_WORKERS, *self._consumers)  # gone: say so now
+            self._consumers.clear()
         await self.http.aclose()
         await self.model.aclose()
 

@@ -48,6 +48,8 @@ CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
 READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
+WORKER_SILENCE = 5.0  # seconds beyond AGENT_RECLAIM_IDLE before a silent worker counts as gone
+# (also absorbs clock skew between worker and gateway hosts)
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -55,7 +57,7 @@ _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 class ChatContext:
     """What chat needs to know about the connection a frame came from."""
 
-    app_state: Any  # the gateway app's `app.state` (settings, redis, http clients)
+    app_state: Any  # the gateway app's `app.state` (settings, redis, verifier, upstreams)
     user_id: UUID
     session_id: UUID
     connection_id: str
@@ -90,10 +92,13 @@ async def open_answer(
 ) -> str:
     """Queue a question for the agent; returns the answer's message id.
 
-    Raises `ValidationFailed` for an empty message and `Conflict` (`CHAT_BUSY`, details name the
-    running answer) while another answer streams in the session."""
+    Raises `ValidationFailed` for an empty message, `Unavailable` (`CHAT_UNAVAILABLE`) when no
+    agent worker is running, and `Conflict` (`CHAT_BUSY`, details name the running answer) while
+    another answer streams in the session."""
     if not message.strip():
         raise ValidationFailed("message must not be empty")
+    if not await workers_alive(client, settings):
+        raise Unavailable("no agent worker is running; try again later", code="CHAT_UNAVAILABLE")
     message_id = str(uuid4())
     lock = keys.chat_active(session_id)
     if not await client.set(lock, message_id, nx=True, px=chat_wire.session_lock_ms(settings)):
@@ -122,6 +127,14 @@ async def open_answer(
         pipe.xadd(keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)})
         await pipe.execute()
     return message_id
+
+
+async def workers_alive(client: redis.Redis, settings: Settings) -> bool:
+    """Whether some agent worker sent a heartbeat lately (`chat:workers`: every second when idle,
+    every third of `AGENT_RECLAIM_IDLE` while answering), so a question is not queued for nobody:
+    with every worker gone the client hears so at once instead of waiting."""
+    since = time.time() - settings.agent_reclaim_idle - WORKER_SILENCE
+    return bool(await client.zcount(keys.CHAT_WORKERS, since, "+inf"))
 
 
 async def owned_answer(client: redis.Redis, message_id: str, user_id: UUID) -> None:
@@ -166,17 +179,19 @@ async def request_cancel(client: redis.Redis, settings: Settings, message_id: st
     await client.set(keys.chat_cancel(message_id), b"1", ex=settings.chat_reply_ttl)
 
 
-async def claim_session(settings: Settings, session_id: UUID, user_id: UUID) -> None:
-    """Make sure the session is the user's (first use claims it) through agent_svc.
+async def claim_session(
+    agent: httpx.AsyncClient, settings: Settings, session_id: UUID, user_id: UUID
+) -> None:
+    """Make sure the session is the user's (first use claims it) through agent_svc (`agent` is
+    the gateway's upstream client, based at `AGENT_URL`).
 
     Raises `NotFound` for another user's session and `Unavailable` if agent_svc cannot say."""
     try:
-        async with httpx.AsyncClient(timeout=settings.upstream_timeout) as http:
-            response = await http.post(
-                f"{settings.agent_url}/internal/v1/sessions/claim",
-                json={"session_id": str(session_id), "user_id": str(user_id)},
-                headers={"Authorization": f"Bearer {settings.internal_token}"},
-            )
+        response = await agent.post(
+            "/internal/v1/sessions/claim",
+            json={"session_id": str(session_id), "user_id": str(user_id)},
+            headers={"Authorization": f"Bearer {settings.internal_token}"},
+        )
     except httpx.HTTPError:
         raise Unavailable("the agent service is unreachable") from None
     if response.status_code == 403:
@@ -188,20 +203,13 @@ async def claim_session(settings: Settings, session_id: UUID, user_id: UUID) -> 
 # HTTP routes.
 
 
-def _verifier(request: Request) -> TokenVerifier:
-    state = request.app.state
-    verifier: TokenVerifier | None = getattr(state, "chat_verifier", None)
-    if verifier is None:
-        verifier = state.chat_verifier = TokenVerifier(state.settings)
-    return verifier
-
-
 def _caller(request: Request, *, allow_query: bool = False) -> UUID:
     token = bearer_token(request)
     if token is None and allow_query:
         token = request.query_params.get("token")  # EventSource cannot send headers
     try:
-        return _verifier(request).verify(token).user_id
+        verifier: TokenVerifier = request.app.state.verifier
+        return verifier.verify(token).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
 
@@ -223,7 +231,7 @@ async def chat_stream(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     body = await read_json(request, ChatBody, settings.http_max_body_bytes)
     session_id = body.session_id or uuid4()
-    await claim_session(settings, session_id, user_id)
+    await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
     client = request.app.state.redis
     message_id = await open_answer(client, settings, user_id, session_id, body.message)
     stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)

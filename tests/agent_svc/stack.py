@@ -7,6 +7,7 @@ requests (every agent consumes `chat:requests` of the Redis it is given).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from shared.infra import EmbeddedRedis
@@ -52,9 +54,11 @@ def start_stack(
     *,
     offline: bool = False,
     notifications: bool = False,
+    notifications_database: str = "",
     **env: str,
 ) -> ChatStack:
-    """Start the stack (with notifications_svc, which the agent's tools then use, if asked)."""
+    """Start the stack. With `notifications`, also notifications_svc (which the agent's tools
+    then use), all on a new database of the PostgreSQL at `notifications_database`."""
     redis = EmbeddedRedis(root / "redis")
     redis.start()
     fake = None if offline else FakeAnthropic().start()
@@ -65,11 +69,25 @@ def start_stack(
         full_env["ANTHROPIC_API_KEY"] = ""
     extra = []
     if notifications:
+        # A database of its own: the session's other notifications_svc processes relay every
+        # unpublished row of their database to *their* Redis.
+        assert notifications_database, "notifications need the server to create a database on"
+        full_env["DATABASE_URL"] = asyncio.run(_create_database(notifications_database))
         extra.append(spawn_service("notifications_svc", **full_env))
         full_env["NOTIFICATIONS_URL"] = extra[0].url
     agent = spawn_service("agent_svc", **full_env)
     gateway = spawn_service("gateway", AGENT_URL=agent.url, **full_env)
     return ChatStack(redis, fake, full_env, agent, gateway, extra)
+
+
+async def _create_database(url: str) -> str:
+    name = f"chat_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 @dataclass

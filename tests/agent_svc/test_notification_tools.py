@@ -23,9 +23,16 @@ from tests.support import fake_anthropic as fa
 
 @pytest.fixture(scope="module")
 def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
+    spawn_service: SpawnService,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
 ) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-notify"), notifications=True)
+    chat = start_stack(
+        spawn_service,
+        tmp_path_factory.mktemp("chat-notify"),
+        notifications=True,
+        notifications_database=base_env["DATABASE_URL"],
+    )
     try:
         yield chat
     finally:

@@ -46,11 +46,14 @@ def test_replies_are_labelled() -> None:
 
 @pytest.fixture(scope="module")
 def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
+    spawn_service: SpawnService,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
 ) -> Iterator[ChatStack]:
     chat = start_stack(
         spawn_service, tmp_path_factory.mktemp("chat-offline"), offline=True,
-        notifications=True, AGENT_OFFLINE_DELAY="0.005",
+        notifications=True, notifications_database=base_env["DATABASE_URL"],
+        AGENT_OFFLINE_DELAY="0.005",
     )  # fmt: skip
     try:
         yield chat

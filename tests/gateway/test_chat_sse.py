@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.infra import EmbeddedRedis
 from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
 from tests.conftest import SpawnService
 from tests.support import fake_anthropic as fa
@@ -386,3 +387,21 @@ def test_seed_javascript_client_streams_an_answer(
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Streaming complete ")
     assert lines[-1] == '["Hi ","from ","the ","gateway."]'
+
+
+def test_no_worker_running_is_503(
+    stack: ChatStack,
+    spawn_service: SpawnService,
+    private_redis: EmbeddedRedis,
+    token_for: Callable[..., str],
+    user_id: uuid.UUID,
+) -> None:
+    """With no agent worker consuming the request stream, a question is refused at once with
+    503 CHAT_UNAVAILABLE instead of waiting for nobody."""
+    lonely = spawn_service("gateway", REDIS_URL=private_redis.url, AGENT_URL=stack.agent.url)
+    try:
+        response, _ = ask(lonely, token_for(user_id), "anyone there?")
+    finally:
+        lonely.stop()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "CHAT_UNAVAILABLE"

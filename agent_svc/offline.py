@@ -10,6 +10,7 @@ crashed worker continues exactly where the stream stopped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Any
@@ -56,7 +57,13 @@ def compose(message: str, tool_result: tuple[str, bool] | None) -> str:
     content, is_error = tool_result
     if is_error:
         return f"{LABEL} I could not create that notification: {content}"
-    return f"{LABEL} Done, your notification is set up ({content})."
+    try:
+        deliver_at = json.loads(content).get("deliver_at")
+    except (ValueError, AttributeError):
+        deliver_at = None
+    if deliver_at:
+        return f"{LABEL} Done: I will notify you at {deliver_at}."
+    return f"{LABEL} Done: I sent you a notification."
 
 
 def _words(text: str) -> list[str]:

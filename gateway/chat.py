@@ -221,8 +221,18 @@ async def _sse(
     keepalive: float,
     frame: Callable[[bytes, str], bytes],
 ) -> AsyncIterator[bytes]:
+    finished = False
     async for item in read_events(client, message_id, after, keepalive):
-        yield chat_wire.SSE_KEEPALIVE if item is None else frame(item[1], item[0])
+        if item is None:
+            yield chat_wire.SSE_KEEPALIVE
+            continue
+        finished = chat_wire.is_terminal(item[1])
+        yield frame(item[1], item[0])
+    if not finished:  # the reply stream expired under the reader: say so rather than just stop
+        lost = chat_wire.error_event(
+            message_id, "ANSWER_EXPIRED", "the answer is no longer available"
+        )
+        yield b"data: " + chat_wire.encode(lost) + b"\n\n"
 
 
 async def chat_stream(request: Request) -> Response:
@@ -333,6 +343,10 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
             await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
         transcript.feed(chat_wire.decode_event(event_json))
     ending = transcript.ending
+    if ending is None:
+        details = {"message_id": message_id, "reply": transcript.reply}
+        await ctx.send(error_frame("ANSWER_EXPIRED", "the answer is no longer available", details))
+        return
     if isinstance(ending, chat_wire.Error):
         details = {"message_id": message_id, "reply": transcript.reply}
         await ctx.send(error_frame(ending.error.code, ending.error.message, details))
@@ -341,7 +355,7 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
         id=message_id,
         reply=transcript.reply,
         tool_calls=transcript.tool_calls(),
-        tokens_used=ending.tokens_used if ending else 0,
+        tokens_used=ending.tokens_used,
         created_at=utc_now_iso(),
     )
     await ctx.send(encode(Message(data=data)))

@@ -41,7 +41,9 @@ def test_replies_are_labelled() -> None:
     """Every offline reply says it comes from the offline model."""
     assert compose("hi", None).startswith(LABEL)
     assert compose("x", ("boom", True)).startswith(LABEL)
-    assert compose("x", ('{"status":"sent"}', False)).startswith(LABEL)
+    assert compose("x", ('{"status":"sent"}', False)) == f"{LABEL} Done: I sent you a notification."
+    scheduled = '{"status":"scheduled","deliver_at":"2030-01-01T00:00:00+00:00"}'
+    assert compose("x", (scheduled, False)).endswith("at 2030-01-01T00:00:00+00:00.")
 
 
 @pytest.fixture(scope="module")

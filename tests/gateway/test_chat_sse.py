@@ -4,6 +4,7 @@ Anthropic server."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from shared import chat_wire, keys
 from shared.infra import EmbeddedRedis
 from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
 from tests.conftest import SpawnService
@@ -405,3 +408,34 @@ def test_no_worker_running_is_503(
         lonely.stop()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "CHAT_UNAVAILABLE"
+
+
+def test_answer_expiring_under_a_reader_ends_with_an_error(
+    stack: ChatStack, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """A reply stream that disappears while a client reads it (it expired) ends the SSE stream
+    with an `ANSWER_EXPIRED` error event instead of silence."""
+    message_id = str(uuid.uuid4())
+    key = keys.chat_reply_stream(message_id)
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        start = chat_wire.Start(session_id=str(uuid.uuid4()), message_id=message_id)
+        client.xadd(
+            key,
+            {chat_wire.EVENT_FIELD: chat_wire.encode(start), chat_wire.OWNER_FIELD: str(user_id)},
+        )
+        client.xadd(key, {chat_wire.EVENT_FIELD: chat_wire.encode(chat_wire.Token(content="x"))})
+        with httpx.stream(
+            "GET",
+            f"{stack.gateway.url}/api/v1/chat/stream/{message_id}",
+            headers={"Authorization": f"Bearer {token_for(user_id)}"},
+            timeout=10,
+        ) as response:
+            lines = response.iter_lines()
+            seen = [line for line in itertools.islice(lines, 6) if line.startswith("data: ")]
+            client.delete(key)
+            rest = [line for line in lines if line.startswith("data: ")]
+    finally:
+        client.close()
+    assert len(seen) == 2
+    assert json.loads(rest[-1][6:])["error"]["code"] == "ANSWER_EXPIRED"

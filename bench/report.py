@@ -4,7 +4,8 @@ per-token latency CDF).
 
 `targets()` and `markdown()` are pure functions of the results; `write()` adds the files. Plots
 need matplotlib (the `bench` extra); without it the report says so and carries no plots.
-`python -m bench.report results.json [out-dir]` rebuilds the report from saved results.
+`python -m bench.report results.json [out-dir]` rebuilds the report from saved results;
+`python -m bench.report --summary results.json` prints the targets table (the README's).
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The targets table alone, for the README."""
+    rows = [[t["target"], t["measured"], _mark(t["met"])] for t in targets(results)]
+    return "\n".join(_table(["Target", "Measured", "Verdict"], rows)) + "\n"
 
 
 def _mark(met: bool | None) -> str:
@@ -460,9 +467,16 @@ def write(results: dict[str, Any], out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m bench.report results.json [out-dir]", file=sys.stderr)
+    if not argv or (argv[0] == "--summary" and len(argv) < 2):
+        print(
+            "usage: python -m bench.report results.json [out-dir]\n"
+            "       python -m bench.report --summary results.json   (targets table to stdout)",
+            file=sys.stderr,
+        )
         return 2
+    if argv[0] == "--summary":
+        print(summary(json.loads(Path(argv[1]).read_text())), end="")
+        return 0
     source = Path(argv[0])
     out = Path(argv[1]) if len(argv) > 1 else source.parent
     print(write(json.loads(source.read_text()), out))

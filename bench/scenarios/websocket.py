@@ -33,6 +33,10 @@ PROBE_INTERVAL = 0.01
 LATENCY_TARGET_MS = 50.0  # a step "passes" with p99 below this and nothing lost
 FAILURE_P99_MS = 1000.0  # past this the server is overloaded: the ramp stops
 SETTLE_SECONDS = 1.0
+# A frame not received after QUIET_SECONDS without any arrival (or DRAIN_TIMEOUT in all) is lost:
+# long enough to ride out a garbage-collection pause, short enough to bound a step.
+QUIET_SECONDS = 3.0
+DRAIN_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def idle_connections(
 
 
 def _wait_delivered(load: LoadSide, kind: str, expected: int, timeout: float) -> int:
-    """Poll until `expected` frames of `kind` arrived, or arrivals stop for a second, or
+    """Poll until `expected` frames of `kind` arrived, or none arrived for `QUIET_SECONDS`, or
     `timeout` passes. Returns the count seen."""
     deadline = time.monotonic() + timeout
     seen, last_change = -1, time.monotonic()
@@ -172,7 +176,7 @@ def _wait_delivered(load: LoadSide, kind: str, expected: int, timeout: float) ->
         now = time.monotonic()
         if count != seen:
             seen, last_change = count, now
-        if count >= expected or now > deadline or now - last_change > 1.0:
+        if count >= expected or now > deadline or now - last_change > QUIET_SECONDS:
             return count
         time.sleep(0.02)
 
@@ -196,7 +200,7 @@ def targeted_fanout(
             meter.start()
         began = time.monotonic()
         published = load.publish("targeted", step, rate, scale.step_seconds)
-        _wait_delivered(load, "targeted", published["sent"], timeout=10.0)
+        _wait_delivered(load, "targeted", published["sent"], DRAIN_TIMEOUT)
         elapsed = time.monotonic() - began
         cpu = {name: round(meter.stop(), 3) for name, meter in meters.items()}
         latencies, distinct = load.targeted(step)
@@ -271,7 +275,7 @@ def broadcast_all(
         load.probe_rtts()
         cpu.start()
         load.publish("broadcast", k)
-        _wait_delivered(load, "broadcast", receivers, timeout=10.0)
+        _wait_delivered(load, "broadcast", receivers, DRAIN_TIMEOUT)
         server_cpu = cpu.stop()
         latencies = load.broadcast_latencies(k)
         everything.extend(latencies)

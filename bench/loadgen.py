@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
 import threading
 import time
@@ -202,10 +203,14 @@ class Worker:
         return {"closed": closed}
 
 
-def main(pipe: Connection, host: str, port: int, cores: frozenset[int]) -> None:
-    """Process entry point (multiprocessing target)."""
+def main(pipe: Connection, host: str, port: int, cores: frozenset[int], priority: int = 0) -> None:
+    """Process entry point (multiprocessing target). A negative `priority` (the stall probe's)
+    lets the process run ahead of the busy generator on the shared core, where permitted."""
     import uvloop
 
     system.pin(0, cores)
+    if priority:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, priority)
     system.raise_nofile()
     uvloop.run(Worker(pipe, host, port).run())

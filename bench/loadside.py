@@ -20,6 +20,7 @@ from bench import loadgen, publisher
 
 _CTX = multiprocessing.get_context("spawn")
 _REPLY_TIMEOUT = 120.0
+PROBE_PRIORITY = -10  # the probe must not wait behind the generator it shares a core with
 
 
 class WorkerError(RuntimeError):
@@ -85,7 +86,9 @@ class LoadSide:
                 self.workers.append(
                     Remote(f"loadgen-{i}", loadgen.main, (self.host, self.port, self.cores))
                 )
-            self.probe = Remote("probe", loadgen.main, (self.host, self.port, self.cores))
+            self.probe = Remote(
+                "probe", loadgen.main, (self.host, self.port, self.cores, PROBE_PRIORITY)
+            )
             self.publisher = Remote("publisher", publisher.main, (self.redis_url, self.cores))
         except BaseException:
             self.close()

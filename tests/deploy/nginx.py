@@ -121,7 +121,9 @@ class Nginx:
         (nginx writes a line just after the response, so a client may read it first)."""
         deadline = time.monotonic() + timeout
         while True:
-            lines = [line for line in self.log().splitlines() if f" {path} HTTP/" in line]
+            text = self.log()
+            complete = text[: text.rfind("\n") + 1]  # a line being written is not read yet
+            lines = [line for line in complete.splitlines() if f" {path} HTTP/" in line]
             if len(lines) >= at_least or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)

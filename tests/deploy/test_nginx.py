@@ -91,6 +91,6 @@ def test_killed_gateway_traffic_moves_to_survivor(
     before = len(proxy.access_lines("/readyz"))
     with httpx.Client(base_url=proxy.url) as client:
         for _ in range(6):
-            assert client.get("/readyz").status_code == 200
+            assert client.get("/readyz").status_code == 200, proxy.log()
     served = upstream_ports(proxy.access_lines("/readyz", at_least=before + 6)[before:])
-    assert served == [survivor.port] * 6
+    assert served == [survivor.port] * 6, proxy.log()

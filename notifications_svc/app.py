@@ -1,14 +1,21 @@
-"""notifications_svc's Starlette application: lifespan (pool, Redis, migrations) and routes."""
+"""notifications_svc's Starlette application: lifespan (migrations, pool, Redis, the outbox relay
+and the ingest consumer) and routes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from notifications_svc import api, internal_api
+from notifications_svc.ingest import IngestConsumer
+from notifications_svc.outbox import Outbox
 from shared import db, migrate, redis_client
+from shared.auth import TokenVerifier
 from shared.backoff import retry
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.settings import Settings
@@ -28,12 +35,29 @@ def create_app(settings: Settings) -> Starlette:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings)
+        outbox = Outbox(pool, redis)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
+        app.state.verifier = TokenVerifier(settings)
+        app.state.outbox = outbox
+        tasks = [
+            asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
+            asyncio.create_task(IngestConsumer(pool, redis, outbox).run(), name="ingest"),
+        ]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await redis.aclose()
             await pool.close()
 
-    routes = [*health_routes(_checks), metrics_route()]
+    routes = [
+        *health_routes(_checks),
+        metrics_route(),
+        *api.routes,
+        *internal_api.routes,
+    ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))

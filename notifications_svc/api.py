@@ -1,0 +1,109 @@
+"""The public REST API, the seed's paths and shapes: a user's own notifications, JWT required.
+
+The gateway proxies these paths unchanged with the client's Authorization header, so the service
+verifies the JWT itself. Authentication comes before any other check (a request without a valid
+token learns nothing, not even that its id was malformed); the caller's id is then part of every
+SQL statement, so another user's notification answers 404 exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from notifications_svc import model, store
+from shared.auth import TokenError, TokenVerifier
+from shared.errors import NotFound, Unauthorized
+from shared.http import bearer_token, json_response
+
+
+def caller(request: Request) -> UUID:
+    """The user the request's bearer JWT speaks for; `Unauthorized` saying why otherwise."""
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        return verifier.verify(bearer_token(request)).user_id
+    except TokenError as exc:
+        raise Unauthorized(exc.reason) from None
+
+
+def _not_found(notification_id: UUID) -> NotFound:
+    return NotFound("notification not found", details={"id": str(notification_id)})
+
+
+async def list_notifications(request: Request) -> Response:
+    """`GET /api/v1/notifications?page&page_size&unread_only&notification_type&cursor`."""
+    user_id = caller(request)
+    query = request.query_params
+    page = model.parse_int(query.get("page"), "page", default=1, low=1, high=model.MAX_PAGE)
+    page_size = model.parse_int(
+        query.get("page_size"), "page_size", default=20, low=1, high=model.MAX_PAGE_SIZE
+    )
+    filters = store.Filters(
+        unread_only=model.parse_bool(query.get("unread_only"), "unread_only"),
+        notification_type=model.parse_type(query.get("notification_type")),
+    )
+    cursor = query.get("cursor")
+    before_seq = None if cursor is None else model.decode_cursor(cursor)
+    rows, total, has_more = await store.list_page(
+        request.app.state.pool,
+        user_id,
+        filters,
+        limit=page_size,
+        offset=(page - 1) * page_size,
+        before_seq=before_seq,
+    )
+    body: dict[str, Any] = {
+        "items": [model.item(row) for row in rows],
+        "total": total,
+        "page": page,
+        "page_size": page_size,
+        "has_more": has_more,
+        "next_cursor": model.encode_cursor(rows[-1].seq) if has_more else None,
+    }
+    return json_response(body)
+
+
+async def mark_read(request: Request) -> Response:
+    """`PATCH /api/v1/notifications/{id}/read` → the notification, now read (idempotent)."""
+    user_id = caller(request)
+    notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
+    row = await store.mark_read(request.app.state.pool, user_id, notification_id)
+    if row is None:
+        raise _not_found(notification_id)
+    return json_response(model.item(row))
+
+
+async def mark_all_read(request: Request) -> Response:
+    """`POST /api/v1/notifications/read-all` → how many were marked."""
+    user_id = caller(request)
+    count = await store.mark_all_read(request.app.state.pool, user_id)
+    return json_response({"marked_read": count})
+
+
+async def delete_notification(request: Request) -> Response:
+    """`DELETE /api/v1/notifications/{id}` → 204."""
+    user_id = caller(request)
+    notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
+    if not await store.delete(request.app.state.pool, user_id, notification_id):
+        raise _not_found(notification_id)
+    return Response(status_code=204)
+
+
+async def unread_count(request: Request) -> Response:
+    """`GET /api/v1/notifications/unread/count` → `{"unread_count": n}`."""
+    user_id = caller(request)
+    count = await store.unread_count(request.app.state.pool, user_id)
+    return json_response({"unread_count": count})
+
+
+routes = [
+    Route("/api/v1/notifications", list_notifications, methods=["GET"]),
+    Route("/api/v1/notifications/read-all", mark_all_read, methods=["POST"]),
+    Route("/api/v1/notifications/unread/count", unread_count, methods=["GET"]),
+    Route("/api/v1/notifications/{notification_id}/read", mark_read, methods=["PATCH"]),
+    Route("/api/v1/notifications/{notification_id}", delete_notification, methods=["DELETE"]),
+]

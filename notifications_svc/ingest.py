@@ -1,0 +1,209 @@
+"""The `notifications:ingest` Redis stream consumer: producers create notifications without HTTP.
+
+Entry format (see docs/notifications.md): one field `payload` holding the JSON body of
+`POST /internal/v1/notifications`. Entries are read through the consumer group
+`notifications_svc`, so every instance shares the work and each entry is handled by one of them.
+
+Contract: an entry is acknowledged only after its notification committed (at-least-once); a
+redelivered entry creates nothing new, because each entry is deduplicated by its producer's
+`dedupe_key` or, failing that, by its own stream id. An entry that can never succeed (not JSON,
+wrong fields, a value PostgreSQL refuses) is copied to `notifications:ingest:dead` with the reason
+and acknowledged in one transaction, so it neither blocks the stream nor disappears. Entries left
+pending by a crashed consumer are claimed after `CLAIM_IDLE_MS` by a live one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+from prometheus_client import Counter
+from redis.exceptions import RedisError, ResponseError
+
+from notifications_svc import store
+from notifications_svc.model import CreateNotification
+from notifications_svc.outbox import Outbox
+from shared import keys
+from shared.backoff import Backoff
+from shared.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_FIELD = b"payload"
+CLAIM_IDLE_MS = 60_000  # an entry pending this long belongs to a consumer presumed dead
+_CLAIM_EVERY = 15.0  # seconds between XAUTOCLAIM sweeps
+_READ_COUNT = 50
+_BLOCK_MS = 2_000  # below the client's socket timeout, so a quiet stream is not an error
+_DEAD_MAXLEN = 100_000
+
+INGESTED = Counter("notifications_ingested_total", "Ingest stream entries turned into rows")
+DEAD_LETTERED = Counter("notifications_dead_lettered_total", "Ingest entries moved to dead letter")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class InvalidEntry(Exception):
+    """The entry can never become a notification; the message is the dead-letter reason."""
+
+
+def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> CreateNotification:
+    """The create request an entry carries, its dedupe key defaulting to the entry id.
+
+    Raises `InvalidEntry` naming what is wrong. Pure.
+    """
+    payload = fields.get(PAYLOAD_FIELD)
+    if payload is None:
+        raise InvalidEntry("missing field 'payload'")
+    try:
+        request = msgspec.json.decode(payload, type=CreateNotification)
+    except msgspec.ValidationError as exc:
+        raise InvalidEntry(f"invalid notification: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEntry(f"payload is not valid JSON: {exc}") from None
+    if request.dedupe_key is None:
+        request = msgspec.structs.replace(request, dedupe_key=f"ingest:{entry_id.decode()}")
+    return request
+
+
+class IngestConsumer:
+    """One consumer of the group; `run` is its background loop (cancel to stop)."""
+
+    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, outbox: Outbox) -> None:
+        self._pool = pool
+        self._redis = client
+        self._outbox = outbox
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self._group_ready = False
+        # Re-read our own pending entries (id "0") after any failure: they were delivered to us
+        # but not acknowledged, and ">" will never show them again.
+        self._pending = True
+        self._next_claim = 0.0
+
+    async def run(self) -> None:
+        backoff = Backoff(base=0.2, maximum=5.0)
+        while True:
+            try:
+                await self._step()
+            except ResponseError as exc:
+                # NOGROUP: the stream or group vanished (Redis restarted without its data).
+                self._group_ready, self._pending = False, True
+                if "NOGROUP" not in str(exc):
+                    log.error("ingest: redis refused a command", extra={"error": repr(exc)})
+                    await backoff.sleep()
+            except RedisError as exc:
+                log.warning("ingest: redis unreachable", extra={"error": repr(exc)})
+                self._group_ready, self._pending = False, True
+                await backoff.sleep()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("ingest: postgres unreachable", extra={"error": repr(exc)})
+                self._pending = True
+                await backoff.sleep()
+            except Exception:
+                # Ingestion must outlive any surprise; the entry stays pending and is retried.
+                log.exception("ingest: unexpected error")
+                self._pending = True
+                await backoff.sleep()
+            else:
+                backoff.reset()
+
+    async def _step(self) -> None:
+        if not self._group_ready:
+            await self._ensure_group()
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + _CLAIM_EVERY
+            await self._claim_stale()
+        if self._pending:
+            entries = await self._read("0", block=None)
+            if not entries:
+                self._pending = False
+        else:
+            entries = await self._read(">", block=_BLOCK_MS)
+        await self._handle_all(entries)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(
+                keys.NOTIFICATIONS_INGEST_STREAM,
+                keys.NOTIFICATIONS_INGEST_GROUP,
+                id="0",
+                mkstream=True,
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _read(self, start: str, block: int | None) -> list[Entry]:
+        # redis-py types the reply loosely: [[stream, [(id, fields), ...]], ...] or None.
+        response: Any = await self._redis.xreadgroup(
+            keys.NOTIFICATIONS_INGEST_GROUP,
+            self.name,
+            {keys.NOTIFICATIONS_INGEST_STREAM: start},
+            count=_READ_COUNT,
+            block=block,
+        )
+        return [entry for _, entries in response or [] for entry in entries]
+
+    async def _claim_stale(self) -> None:
+        start = "0-0"
+        while True:
+            next_start, entries, *_ = await self._redis.xautoclaim(
+                keys.NOTIFICATIONS_INGEST_STREAM,
+                keys.NOTIFICATIONS_INGEST_GROUP,
+                self.name,
+                min_idle_time=CLAIM_IDLE_MS,
+                start_id=start,
+                count=_READ_COUNT,
+            )
+            await self._handle_all(entries)
+            start = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
+            if start == "0-0":
+                return
+
+    async def _handle_all(self, entries: Iterable[Entry]) -> None:
+        for entry_id, fields in entries:
+            if fields:  # a claimed entry trimmed from the stream comes back without fields
+                await self._handle(entry_id, fields)
+            else:
+                await self._ack(entry_id)
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            request = parse_entry(entry_id, fields)
+            created = await store.create(self._pool, request)
+        except (InvalidEntry, ValidationFailed) as exc:
+            await self._dead_letter(entry_id, fields, str(exc))
+            return
+        if created.created:
+            INGESTED.inc()
+            await self._outbox.after_commit(request.user_id)
+        await self._ack(entry_id)
+
+    async def _ack(self, entry_id: bytes) -> None:
+        await self._redis.xack(
+            keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id
+        )
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        dead = {**fields, b"dead_reason": reason.encode(), b"dead_source_id": entry_id}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                keys.NOTIFICATIONS_DEAD_LETTER_STREAM,
+                dead,  # type: ignore[arg-type]  # redis-py's stub wants str keys; bytes work
+                maxlen=_DEAD_MAXLEN,
+                approximate=True,
+            )
+            pipe.xack(keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id)
+            await pipe.execute()
+        DEAD_LETTERED.inc()
+        log.warning(
+            "ingest entry dead-lettered",
+            extra={"entry_id": entry_id.decode(), "reason": reason[:200]},
+        )

@@ -1,0 +1,96 @@
+"""Internal HTTP endpoints (Bearer `INTERNAL_TOKEN`): create, batch create, replay for the gateway.
+
+Never routed by the gateway's public facade. Contracts in docs/internal-api.md and
+docs/notifications.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from notifications_svc import model, store
+from notifications_svc.outbox import Outbox
+from shared.errors import ValidationFailed
+from shared.http import json_response, read_json, require_internal
+from shared.settings import Settings
+
+MAX_BATCH = 500
+REPLAY_DEFAULT_LIMIT = 500
+REPLAY_MAX_LIMIT = 1000
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    notifications: Annotated[
+        list[model.CreateNotification], msgspec.Meta(min_length=1, max_length=MAX_BATCH)
+    ]
+
+
+def _authorised(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    require_internal(request, settings.internal_token)
+    return settings
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 characters", details={"field": "Idempotency-Key"}
+        )
+    return key
+
+
+async def create(request: Request) -> Response:
+    """`POST /internal/v1/notifications` → 201 with the notification; 200 with the same one when
+    its `Idempotency-Key`/`dedupe_key` was seen before. Redis being down never fails it."""
+    settings = _authorised(request)
+    key = _idempotency_key(request)
+    body = await read_json(request, model.CreateNotification, settings.http_max_body_bytes)
+    result = await store.create(request.app.state.pool, body, idempotency_key=key)
+    if result.created and body.send_push:
+        outbox: Outbox = request.app.state.outbox
+        await outbox.after_commit(body.user_id)
+    return json_response(model.item(result.row), 201 if result.created else 200)
+
+
+async def create_batch(request: Request) -> Response:
+    """`POST /internal/v1/notifications/batch` `{"notifications": [...]}`: all or none, in one
+    transaction → `{"items": [{"created", "notification"}, ...]}` in request order; 201 when at
+    least one was created, 200 when every item was a dedupe hit. The relay publishes them."""
+    settings = _authorised(request)
+    body = await read_json(request, BatchRequest, settings.http_max_body_bytes)
+    results = await store.create_many(request.app.state.pool, body.notifications)
+    if any(r.created for r in results):
+        outbox: Outbox = request.app.state.outbox
+        outbox.wake()
+    items = [{"created": r.created, "notification": model.item(r.row)} for r in results]
+    return json_response({"items": items}, 201 if any(r.created for r in results) else 200)
+
+
+async def replay(request: Request) -> Response:
+    """`GET /internal/v1/users/{user_id}/notifications/replay?after_seq=N&limit=L` → the user's
+    pushed notifications with seq > N as frames, ascending, with `has_more` and `last_seq`."""
+    _authorised(request)
+    user_id = model.parse_uuid(request.path_params["user_id"], "user_id")
+    query = request.query_params
+    after_seq = model.parse_int(
+        query.get("after_seq"), "after_seq", default=0, low=0, high=model.MAX_SEQ
+    )
+    limit = model.parse_int(
+        query.get("limit"), "limit", default=REPLAY_DEFAULT_LIMIT, low=1, high=REPLAY_MAX_LIMIT
+    )
+    rows, has_more, last_seq = await store.replay(request.app.state.pool, user_id, after_seq, limit)
+    body = {"items": [model.frame(row) for row in rows], "has_more": has_more, "last_seq": last_seq}
+    return json_response(body)
+
+
+routes = [
+    Route("/internal/v1/notifications", create, methods=["POST"]),
+    Route("/internal/v1/notifications/batch", create_batch, methods=["POST"]),
+    Route("/internal/v1/users/{user_id}/notifications/replay", replay, methods=["GET"]),
+]

@@ -1,0 +1,156 @@
+"""The outbox: every committed notification reaches its user's pub/sub channel, in seq order.
+
+After a create commits, the request publishes the user's unpublished rows itself (the fast path).
+Whatever that could not publish (Redis down, the process died between commit and publish) stays
+marked unpublished in PostgreSQL, and the relay, a background task of every instance, publishes
+it as soon as Redis answers again: nobody has to retry.
+
+Ordering: a user's rows are only ever published by `Outbox.publish_user`, which holds a
+transaction-scoped advisory lock for that user (across instances) and publishes everything still
+unpublished in seq order before marking it. Seqs are handed out in commit order, so whoever holds
+the lock next only finds higher seqs: a channel never sees seq k after seq k+1. Delivery is
+at-least-once: a publish whose marking is lost (the database failed right after) is sent again
+with the same seq, which the gateway drops (it ignores seq <= the last one it delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+import asyncpg
+import redis.asyncio as redis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from notifications_svc import store
+from notifications_svc.model import frame_bytes
+from shared import publish, redis_client
+from shared.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+# Key space of the per-user advisory lock: pg_advisory_xact_lock(LOCK_NAMESPACE, hashtext(user)).
+LOCK_NAMESPACE = 0x6E6F7466  # "notf"
+RELAY_POLL_INTERVAL = 1.0  # seconds; also how soon another instance's orphans are picked up
+_BATCH = 200
+
+PUBLISHED = Counter("notifications_published_total", "Notification frames published to Redis")
+PUBLISH_FAILURES = Counter(
+    "notifications_publish_failures_total", "Publish attempts that failed (rows left to the relay)"
+)
+
+# redis-py wraps socket errors and timeouts into RedisError subclasses.
+RedisDown = RedisError
+
+
+class Outbox:
+    """Publishes unpublished notifications. One per process; `run_relay` is its background loop."""
+
+    def __init__(self, pool: asyncpg.Pool, client: redis.Redis) -> None:
+        self._pool = pool
+        self._redis = client
+        self._wake = asyncio.Event()
+        # False after a failed publish: creates stop trying Redis inline (a blackholed Redis
+        # would cost each of them a connect timeout) until the relay gets through again.
+        self._redis_ok = True
+
+    async def publish_user(self, user_id: UUID) -> int:
+        """Publish the user's unpublished rows in seq order and mark them; returns how many.
+
+        Raises the Redis error that stopped it; rows published before the failure stay marked.
+        """
+        total = 0
+        while True:
+            failure: BaseException | None = None
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_NAMESPACE, str(user_id)
+                )
+                rows = await store.unpublished(conn, user_id, _BATCH)
+                sent: list[UUID] = []
+                for row in rows:
+                    try:
+                        await publish.to_user(self._redis, user_id, frame_bytes(row), seq=row.seq)
+                    except RedisDown as exc:
+                        failure = exc
+                        break
+                    sent.append(row.id)
+                if sent:
+                    await store.mark_published(conn, user_id, sent)
+            total += len(sent)
+            PUBLISHED.inc(len(sent))
+            if failure is not None:
+                raise failure
+            if len(rows) < _BATCH:
+                return total
+
+    def wake(self) -> None:
+        """Have the relay drain the outbox now (e.g. after a batch create)."""
+        self._wake.set()
+
+    async def after_commit(self, user_id: UUID) -> None:
+        """The fast path after a create committed. Never raises: the notification is safe in
+        PostgreSQL whatever happens here, and the relay takes over what is left."""
+        if not self._redis_ok:
+            self._wake.set()
+            return
+        try:
+            await self.publish_user(user_id)
+        except RedisDown as exc:
+            self._redis_ok = False
+            PUBLISH_FAILURES.inc()
+            log.warning("publish failed; relay will retry", extra={"error": repr(exc)})
+            self._wake.set()
+        except Exception:
+            # The database failed after our commit: the rows stay unpublished for the relay.
+            PUBLISH_FAILURES.inc()
+            log.exception("publish failed; relay will retry")
+            self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish every unpublished row of every user; returns how many. Raises on failure."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                users = await store.unpublished_users(conn, _BATCH)
+            if not users:
+                break
+            for user_id in users:
+                total += await self.publish_user(user_id)
+        if not self._redis_ok:
+            await redis_client.ping(self._redis)
+            self._redis_ok = True
+            log.info("redis reachable again; publishing inline")
+        return total
+
+    async def run_relay(self) -> None:
+        """Forever: wake on a failed inline publish or every `RELAY_POLL_INTERVAL` seconds, and
+        drain the outbox; after a failure retry with backoff. Cancel to stop."""
+        backoff = Backoff(base=0.2, maximum=5.0)
+        while True:
+            try:
+                async with asyncio.timeout(RELAY_POLL_INTERVAL):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                published = await self.relay_once()
+            except RedisDown as exc:
+                self._redis_ok = False
+                log.warning("relay: redis unreachable", extra={"error": repr(exc)})
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("relay: postgres unreachable", extra={"error": repr(exc)})
+            except Exception:
+                # The relay is what makes delivery reliable: it must outlive any surprise.
+                log.exception("relay: unexpected error")
+            else:
+                if published:
+                    log.info("relay published", extra={"count": published})
+                backoff.reset()
+                continue
+            PUBLISH_FAILURES.inc()
+            await backoff.sleep()
+            self._wake.set()

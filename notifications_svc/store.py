@@ -1,0 +1,275 @@
+"""Every SQL statement on `notifications.*`: create, list, read, delete, count, replay, outbox.
+
+Ownership is part of each statement (`WHERE user_id = $caller`), never a fetch-then-check, so a
+notification of another user is indistinguishable from a missing one. Functions take a pool or a
+connection and never touch Redis; publishing lives in `notifications_svc.outbox`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from notifications_svc.model import COLUMNS, CreateNotification, Stored
+from shared.errors import ValidationFailed
+from shared.users import ensure_user
+
+_T = "notifications.notifications"
+
+# Every fixed statement, named, so tests can EXPLAIN exactly what the service runs.
+ENSURE_COUNTER = (
+    "INSERT INTO notifications.user_counters (user_id) VALUES ($1) ON CONFLICT DO NOTHING"
+)
+LOCK_COUNTER = "SELECT last_seq FROM notifications.user_counters WHERE user_id = $1 FOR UPDATE"
+BUMP_COUNTER = "UPDATE notifications.user_counters SET last_seq = $2 WHERE user_id = $1"
+LAST_SEQ = "SELECT last_seq FROM notifications.user_counters WHERE user_id = $1"
+FIND_DEDUPE = f"SELECT {COLUMNS} FROM {_T} WHERE user_id = $1 AND dedupe_key = $2"
+INSERT = f"""
+INSERT INTO {_T} (id, user_id, seq, title, content, type, action, related_entity_type,
+                  related_entity_id, push, published_at, dedupe_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $10 THEN NULL ELSE now() END, $11)
+RETURNING {COLUMNS}
+"""
+MARK_READ = f"""
+UPDATE {_T}
+SET is_read = true,
+    read_at = coalesce(read_at, now()),
+    updated_at = CASE WHEN is_read THEN updated_at ELSE now() END
+WHERE user_id = $1 AND id = $2
+RETURNING {COLUMNS}
+"""
+MARK_ALL_READ = (
+    f"UPDATE {_T} SET is_read = true, read_at = now(), updated_at = now()"
+    " WHERE user_id = $1 AND NOT is_read"
+)
+DELETE = f"DELETE FROM {_T} WHERE user_id = $1 AND id = $2"
+UNREAD_COUNT = f"SELECT count(*) FROM {_T} WHERE user_id = $1 AND NOT is_read"
+REPLAY = (
+    f"SELECT {COLUMNS} FROM {_T} WHERE user_id = $1 AND seq > $2 AND push ORDER BY seq LIMIT $3"
+)
+UNPUBLISHED_USERS = f"SELECT DISTINCT user_id FROM {_T} WHERE published_at IS NULL LIMIT $1"
+UNPUBLISHED = (
+    f"SELECT {COLUMNS} FROM {_T} WHERE user_id = $1 AND published_at IS NULL ORDER BY seq LIMIT $2"
+)
+MARK_PUBLISHED = f"UPDATE {_T} SET published_at = now() WHERE user_id = $1 AND id = ANY($2::uuid[])"
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A create's outcome: the row, and whether this call inserted it (False: a dedupe hit)."""
+
+    row: Stored
+    created: bool
+
+
+async def _create_one(
+    conn: asyncpg.Connection, request: CreateNotification, dedupe_key: str | None
+) -> Created:
+    await ensure_user(conn, request.user_id)
+    await conn.execute(ENSURE_COUNTER, request.user_id)
+    # The counter row lock serialises this user's creates until commit: the dedupe lookup below
+    # sees every committed earlier create, and seqs are handed out in commit order.
+    last_seq = await conn.fetchval(LOCK_COUNTER, request.user_id)
+    if dedupe_key is not None:
+        existing = await conn.fetchrow(FIND_DEDUPE, request.user_id, dedupe_key)
+        if existing is not None:
+            return Created(Stored.from_record(existing), created=False)
+    seq = last_seq + 1
+    await conn.execute(BUMP_COUNTER, request.user_id, seq)
+    record = await conn.fetchrow(
+        INSERT,
+        uuid.uuid4(),
+        request.user_id,
+        seq,
+        request.title,
+        request.content,
+        request.type,
+        request.action,
+        request.related_entity_type,
+        request.related_entity_id,
+        request.send_push,
+        dedupe_key,
+    )
+    return Created(Stored.from_record(record), created=True)
+
+
+async def create(
+    pool: asyncpg.Pool, request: CreateNotification, *, idempotency_key: str | None = None
+) -> Created:
+    """Insert one notification with the user's next seq, in one transaction.
+
+    Idempotent by key: with `request.dedupe_key` (or `idempotency_key`) a repeat returns the
+    first notification unchanged with `created=False`. Raises `ValidationFailed` when the two keys
+    disagree or PostgreSQL refuses a value (e.g. a NUL character).
+    """
+    key = _dedupe_key(request, idempotency_key)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            return await _create_one(conn, request, key)
+    except asyncpg.DataError as exc:
+        raise ValidationFailed(f"value refused by the database: {exc}") from None
+
+
+async def create_many(pool: asyncpg.Pool, requests: Sequence[CreateNotification]) -> list[Created]:
+    """Insert many notifications atomically (all or none); results in request order.
+
+    Users' counter rows are locked in user-id order, so two concurrent batches never deadlock.
+    Each item is idempotent by its own `dedupe_key`, also within one batch.
+    """
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].user_id.bytes, i))
+    results: dict[int, Created] = {}
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for index in order:
+                request = requests[index]
+                results[index] = await _create_one(conn, request, request.dedupe_key)
+    except asyncpg.DataError as exc:
+        raise ValidationFailed(f"value refused by the database: {exc}") from None
+    return [results[i] for i in range(len(requests))]
+
+
+def _dedupe_key(request: CreateNotification, idempotency_key: str | None) -> str | None:
+    if idempotency_key is not None and request.dedupe_key not in (None, idempotency_key):
+        raise ValidationFailed(
+            "Idempotency-Key header and dedupe_key differ; send one or make them equal",
+            details={"field": "dedupe_key"},
+        )
+    return request.dedupe_key or idempotency_key
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    unread_only: bool = False
+    notification_type: str | None = None
+
+
+def _where(user_id: UUID, filters: Filters) -> tuple[str, list[object]]:
+    clauses: list[str] = ["user_id = $1"]
+    args: list[object] = [user_id]
+    if filters.unread_only:
+        clauses.append("NOT is_read")
+    if filters.notification_type is not None:
+        args.append(filters.notification_type)
+        clauses.append(f"type = ${len(args)}")
+    return " AND ".join(clauses), args
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    count_sql: str
+    count_args: list[object]
+    page_sql: str  # fetches one row more than the page, to tell whether more exist
+    page_args: list[object]
+
+
+def list_query(
+    user_id: UUID, filters: Filters, *, limit: int, offset: int = 0, before_seq: int | None = None
+) -> ListQuery:
+    """The two statements of a list request (total and page), with their arguments."""
+    where, args = _where(user_id, filters)
+    page_args = list(args)
+    page_where = where
+    if before_seq is not None:
+        page_args.append(before_seq)
+        page_where += f" AND seq < ${len(page_args)}"
+        offset = 0
+    page_args += [limit + 1, offset]
+    page_sql = (
+        f"SELECT {COLUMNS} FROM {_T} WHERE {page_where} ORDER BY seq DESC"
+        f" LIMIT ${len(page_args) - 1} OFFSET ${len(page_args)}"
+    )
+    return ListQuery(f"SELECT count(*) FROM {_T} WHERE {where}", args, page_sql, page_args)
+
+
+async def list_page(
+    pool: asyncpg.Pool,
+    user_id: UUID,
+    filters: Filters,
+    *,
+    limit: int,
+    offset: int = 0,
+    before_seq: int | None = None,
+) -> tuple[list[Stored], int, bool]:
+    """The user's notifications newest first: (rows, total matching, more rows exist).
+
+    `before_seq` (keyset) pages start below that seq and ignore `offset`; `total` counts every
+    row matching the filters, regardless of the page.
+    """
+    query = list_query(user_id, filters, limit=limit, offset=offset, before_seq=before_seq)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # One snapshot for both, so total and the page agree.
+        total = await conn.fetchval(query.count_sql, *query.count_args)
+        records = await conn.fetch(query.page_sql, *query.page_args)
+    rows = [Stored.from_record(r) for r in records[:limit]]
+    return rows, int(total), len(records) > limit
+
+
+async def mark_read(pool: asyncpg.Pool, user_id: UUID, notification_id: UUID) -> Stored | None:
+    """Mark one notification read; None if the user has no such notification. Idempotent: an
+    already read notification keeps its first `read_at`."""
+    record = await pool.fetchrow(
+        MARK_READ,
+        user_id,
+        notification_id,
+    )
+    return None if record is None else Stored.from_record(record)
+
+
+async def mark_all_read(pool: asyncpg.Pool, user_id: UUID) -> int:
+    """Mark every unread notification of the user read; returns how many changed."""
+    status: str = await pool.execute(MARK_ALL_READ, user_id)
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def delete(pool: asyncpg.Pool, user_id: UUID, notification_id: UUID) -> bool:
+    """Delete one notification; False if the user has no such notification."""
+    status: str = await pool.execute(DELETE, user_id, notification_id)
+    return status == "DELETE 1"
+
+
+async def unread_count(pool: asyncpg.Pool, user_id: UUID) -> int:
+    """How many of the user's notifications are unread (served by the partial unread index)."""
+    return int(await pool.fetchval(UNREAD_COUNT, user_id))
+
+
+async def replay(
+    pool: asyncpg.Pool, user_id: UUID, after_seq: int, limit: int
+) -> tuple[list[Stored], bool, int]:
+    """Pushed notifications with seq > `after_seq`, ascending: (rows, more exist, last seq).
+
+    The last seq is the user's highest committed seq (0 for a user with none); a gap between
+    consecutive rows is a deleted or push-less notification, never a lost one.
+    """
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        records = await conn.fetch(
+            REPLAY,
+            user_id,
+            after_seq,
+            limit + 1,
+        )
+        last_seq = await conn.fetchval(LAST_SEQ, user_id)
+    rows = [Stored.from_record(r) for r in records[:limit]]
+    return rows, len(records) > limit, int(last_seq or 0)
+
+
+# Outbox.
+
+
+async def unpublished_users(conn: asyncpg.Connection, limit: int) -> list[UUID]:
+    """Users with rows still to publish (read from the outbox partial index)."""
+    records = await conn.fetch(UNPUBLISHED_USERS, limit)
+    return [r["user_id"] for r in records]
+
+
+async def unpublished(conn: asyncpg.Connection, user_id: UUID, limit: int) -> list[Stored]:
+    """The user's rows still to publish, in seq order."""
+    records = await conn.fetch(UNPUBLISHED, user_id, limit)
+    return [Stored.from_record(r) for r in records]
+
+
+async def mark_published(conn: asyncpg.Connection, user_id: UUID, ids: Sequence[UUID]) -> None:
+    await conn.execute(MARK_PUBLISHED, user_id, list(ids))

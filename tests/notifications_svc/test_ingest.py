@@ -1,0 +1,142 @@
+"""The `notifications:ingest` stream consumer against a real service and Redis: valid entries
+become notifications (once), invalid ones land in the dead-letter stream with their reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from notifications_svc.ingest import InvalidEntry, parse_entry
+from shared import keys
+from shared.settings import Settings
+from tests.notifications_svc.conftest import payload
+
+Auth = Callable[[uuid.UUID], dict[str, str]]
+
+
+@pytest.fixture
+async def rds(settings: Settings) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _listed(
+    http: httpx.AsyncClient, headers: dict[str, str], count: int, timeout: float = 15
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        items: list[dict[str, Any]] = (
+            await http.get("/api/v1/notifications", headers=headers)
+        ).json()["items"]
+        if len(items) >= count or time.monotonic() > deadline:
+            return items
+        await asyncio.sleep(0.1)
+
+
+async def _dead_entry(
+    rds: redis.Redis, source_id: bytes, timeout: float = 15
+) -> dict[bytes, bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, fields in await rds.xrevrange(keys.NOTIFICATIONS_DEAD_LETTER_STREAM, count=200):
+            if fields.get(b"dead_source_id") == source_id:
+                return dict(fields)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{source_id!r} never reached the dead-letter stream")
+
+
+def _id(entry_id: bytes) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition(b"-")
+    return int(millis), int(sequence)
+
+
+async def _processed(rds: redis.Redis, *entry_ids: bytes, timeout: float = 15) -> None:
+    """Wait until the group has delivered and acknowledged every one of `entry_ids`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        groups = await rds.xinfo_groups(keys.NOTIFICATIONS_INGEST_STREAM)
+        [group] = [g for g in groups if g["name"] == keys.NOTIFICATIONS_INGEST_GROUP.encode()]
+        delivered = _id(group["last-delivered-id"]) >= max(_id(i) for i in entry_ids)
+        pending = await rds.xpending_range(
+            keys.NOTIFICATIONS_INGEST_STREAM,
+            keys.NOTIFICATIONS_INGEST_GROUP,
+            min=min(entry_ids, key=_id),
+            max=max(entry_ids, key=_id),
+            count=1000,
+        )
+        if delivered and not {p["message_id"] for p in pending} & set(entry_ids):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"entries {entry_ids!r} not acknowledged in {timeout}s")
+
+
+async def test_entry_becomes_notification_and_is_acked(
+    http: httpx.AsyncClient, rds: redis.Redis, auth: Auth
+) -> None:
+    """A valid entry is stored for its user (seq 1), and acknowledged after commit."""
+    user = uuid.uuid4()
+    body = payload(user, title="from the stream")
+    entry_id = await rds.xadd(keys.NOTIFICATIONS_INGEST_STREAM, {"payload": json.dumps(body)})
+    await _processed(rds, entry_id)
+    [item] = await _listed(http, auth(user), 1)
+    assert item["title"] == "from the stream"
+    assert item["seq"] == 1
+
+
+async def test_dedupe_key_makes_repeated_entries_one(
+    http: httpx.AsyncClient, rds: redis.Redis, auth: Auth
+) -> None:
+    """Two entries with one dedupe_key (a producer retrying) create one notification."""
+    user = uuid.uuid4()
+    body = json.dumps(payload(user, dedupe_key="order-42-shipped"))
+    entry_ids = [
+        await rds.xadd(keys.NOTIFICATIONS_INGEST_STREAM, {"payload": body}) for _ in range(2)
+    ]
+    await _processed(rds, *entry_ids)
+    items = await _listed(http, auth(user), 1)
+    assert [(i["title"], i["seq"]) for i in items] == [("New Task Created", 1)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"payload": "{not json"}, "not valid JSON"),
+        ({"something": "else"}, "missing field 'payload'"),
+        ({"payload": json.dumps({"title": "no user"})}, "invalid notification"),
+        ({"payload": json.dumps(payload(uuid.uuid4(), title="x" * 256))}, "invalid notification"),
+        ({"payload": json.dumps(payload(uuid.uuid4(), content="nul \u0000"))}, "refused"),
+    ],
+)
+async def test_invalid_entry_is_dead_lettered(
+    rds: redis.Redis, fields: dict[str, str], reason: str
+) -> None:
+    """An entry that can never succeed moves to the dead-letter stream with its fields and the
+    reason, and is acknowledged so it does not block the stream."""
+    entry_id = await rds.xadd(keys.NOTIFICATIONS_INGEST_STREAM, fields)  # type: ignore[arg-type]
+    dead = await _dead_entry(rds, entry_id)
+    assert reason in dead[b"dead_reason"].decode()
+    for name, value in fields.items():
+        assert dead[name.encode()] == value.encode()
+    await _processed(rds, entry_id)
+
+
+def test_parse_entry_defaults_dedupe_key_to_entry_id() -> None:
+    """Without a producer dedupe_key, the entry id is the key, so a redelivery is a no-op."""
+    user = uuid.uuid4()
+    request = parse_entry(b"1-0", {b"payload": json.dumps(payload(user)).encode()})
+    assert request.dedupe_key == "ingest:1-0"
+    keyed = parse_entry(b"1-0", {b"payload": json.dumps(payload(user, dedupe_key="k")).encode()})
+    assert keyed.dedupe_key == "k"
+    with pytest.raises(InvalidEntry, match="payload"):
+        parse_entry(b"1-0", {})

@@ -1,0 +1,282 @@
+"""Internal endpoints through HTTP: create (idempotent, ordered, validated), batch, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.notifications_svc.conftest import INTERNAL, create, payload
+
+Auth = Callable[[uuid.UUID], dict[str, str]]
+
+
+async def test_create_returns_201_with_seq(http: httpx.AsyncClient) -> None:
+    """A create answers 201 with the stored notification; a user's seqs start at 1."""
+    user = uuid.uuid4()
+    body = payload(user)
+    created = await create(http, user, **body)
+    assert created["seq"] == 1
+    assert uuid.UUID(created["id"])
+    for field in ("title", "content", "type", "action", "related_entity_type"):
+        assert created[field] == body[field]
+    assert created["related_entity_id"] == body["related_entity_id"]
+    assert created["is_read"] is False
+    assert (await create(http, user))["seq"] == 2
+
+
+async def test_optional_fields_may_be_omitted(http: httpx.AsyncClient) -> None:
+    """action and the related entity are optional (null)."""
+    user = uuid.uuid4()
+    response = await http.post(
+        "/internal/v1/notifications",
+        json={"user_id": str(user), "title": "t", "content": "", "type": "system"},
+        headers=INTERNAL,
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["action"] is None
+    assert body["related_entity_id"] is None
+
+
+async def test_idempotency_key_header(http: httpx.AsyncClient) -> None:
+    """A retry with the same Idempotency-Key answers 200 with the same notification, once."""
+    user = uuid.uuid4()
+    headers = INTERNAL | {"Idempotency-Key": "retry-1"}
+    first = await http.post("/internal/v1/notifications", json=payload(user), headers=headers)
+    second = await http.post("/internal/v1/notifications", json=payload(user), headers=headers)
+    assert first.status_code == 201
+    assert second.status_code == 200
+    assert second.json() == first.json()
+    other_user = await http.post(
+        "/internal/v1/notifications", json=payload(uuid.uuid4()), headers=headers
+    )
+    assert other_user.status_code == 201, "keys are scoped per user"
+
+
+async def test_dedupe_key_concurrent_retries(http: httpx.AsyncClient) -> None:
+    """Ten concurrent creates with one dedupe_key store one notification and use one seq."""
+    user = uuid.uuid4()
+    body = payload(user, dedupe_key="task-7-due")
+    responses = await asyncio.gather(
+        *(http.post("/internal/v1/notifications", json=body, headers=INTERNAL) for _ in range(10))
+    )
+    assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert (await create(http, user))["seq"] == 2
+
+
+async def test_header_and_dedupe_key_must_agree(http: httpx.AsyncClient) -> None:
+    """An Idempotency-Key differing from the body's dedupe_key is a 422."""
+    response = await http.post(
+        "/internal/v1/notifications",
+        json=payload(uuid.uuid4(), dedupe_key="a"),
+        headers=INTERNAL | {"Idempotency-Key": "b"},
+    )
+    assert response.status_code == 422
+
+
+async def test_fifty_concurrent_creates_get_seq_1_to_50(http: httpx.AsyncClient) -> None:
+    """50 concurrent creates for one user get seqs 1..50, no gap, no duplicate."""
+    user = uuid.uuid4()
+    responses = await asyncio.gather(
+        *(
+            http.post("/internal/v1/notifications", json=payload(user), headers=INTERNAL)
+            for _ in range(50)
+        )
+    )
+    assert all(r.status_code == 201 for r in responses)
+    assert sorted(r.json()["seq"] for r in responses) == list(range(1, 51))
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"title": "x" * 256}, 422),
+        ({"title": ""}, 422),
+        ({"title": 5}, 422),
+        ({"user_id": "not-a-uuid"}, 422),
+        ({"type": None}, 422),
+        ({"type": "t" * 51}, 422),
+        ({"action": "not-an-object"}, 422),
+        ({"related_entity_id": 12}, 422),
+        ({"send_push": "yes"}, 422),
+        ({"unknown_field": 1}, 422),
+        ({"content": "nul \u0000 byte"}, 422),
+    ],
+)
+async def test_bad_fields_are_422(
+    http: httpx.AsyncClient, change: dict[str, Any], status: int
+) -> None:
+    """Wrong types, a title over 255 characters, unknown fields or values PostgreSQL refuses are
+    a 422 JSON error, never a 500."""
+    response = await http.post(
+        "/internal/v1/notifications", json=payload(uuid.uuid4()) | change, headers=INTERNAL
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_title_of_255_is_accepted(http: httpx.AsyncClient) -> None:
+    """The longest allowed title is 255 characters."""
+    user = uuid.uuid4()
+    assert (await create(http, user, title="é" * 255))["title"] == "é" * 255
+
+
+async def test_missing_field_is_422(http: httpx.AsyncClient) -> None:
+    """A body without a required field is a 422 naming it."""
+    body = payload(uuid.uuid4())
+    del body["title"]
+    response = await http.post("/internal/v1/notifications", json=body, headers=INTERNAL)
+    assert response.status_code == 422
+    assert "title" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"user_id": '])
+async def test_malformed_json_is_400(http: httpx.AsyncClient, raw: bytes) -> None:
+    """A body that is not JSON answers 400 INVALID_JSON."""
+    response = await http.post(
+        "/internal/v1/notifications",
+        content=raw,
+        headers=INTERNAL | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "INVALID_JSON"
+
+
+async def test_body_over_limit_is_413(http: httpx.AsyncClient) -> None:
+    """A body over HTTP_MAX_BODY_BYTES (64 KiB by default) answers 413, declared or streamed."""
+    body = payload(uuid.uuid4(), content="x" * 70_000)
+    response = await http.post("/internal/v1/notifications", json=body, headers=INTERNAL)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b" " * 4096
+
+    streamed = await http.post(
+        "/internal/v1/notifications",
+        content=chunks(),
+        headers=INTERNAL | {"Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/internal/v1/notifications"),
+        ("POST", "/internal/v1/notifications/batch"),
+        ("GET", f"/internal/v1/users/{uuid.uuid4()}/notifications/replay"),
+    ],
+)
+async def test_internal_token_required(
+    http: httpx.AsyncClient, auth: Auth, method: str, path: str
+) -> None:
+    """Internal endpoints refuse no token, a wrong one and a user's JWT with 401."""
+    for headers in ({}, {"Authorization": "Bearer wrong"}, auth(uuid.uuid4())):
+        response = await http.request(method, path, json=payload(uuid.uuid4()), headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+async def test_batch_creates_for_many_users(http: httpx.AsyncClient) -> None:
+    """A batch creates one notification per item in request order, and a retried batch creates
+    nothing new (200) thanks to per-item dedupe keys."""
+    users = [uuid.uuid4() for _ in range(5)]
+    items = [payload(u, title=f"for {n}", dedupe_key="broadcast-1") for n, u in enumerate(users)]
+    items.append(payload(users[0], title="second for 0"))
+    response = await http.post(
+        "/internal/v1/notifications/batch", json={"notifications": items}, headers=INTERNAL
+    )
+    assert response.status_code == 201
+    results = response.json()["items"]
+    assert [r["created"] for r in results] == [True] * 6
+    assert [r["notification"]["title"] for r in results] == [i["title"] for i in items]
+    assert [r["notification"]["seq"] for r in results] == [1, 1, 1, 1, 1, 2]
+
+    retry = await http.post(
+        "/internal/v1/notifications/batch", json={"notifications": items[:5]}, headers=INTERNAL
+    )
+    assert retry.status_code == 200
+    assert [r["created"] for r in retry.json()["items"]] == [False] * 5
+    assert [r["notification"] for r in retry.json()["items"]] == [
+        r["notification"] for r in results[:5]
+    ]
+
+
+async def test_batch_is_all_or_none(http: httpx.AsyncClient, auth: Auth) -> None:
+    """One invalid item rejects the whole batch: nothing is created."""
+    user = uuid.uuid4()
+    items = [payload(user), payload(user, title="x" * 256)]
+    response = await http.post(
+        "/internal/v1/notifications/batch", json={"notifications": items}, headers=INTERNAL
+    )
+    assert response.status_code == 422
+    listed = await http.get("/api/v1/notifications", headers=auth(user))
+    assert listed.json()["total"] == 0
+    empty = await http.post(
+        "/internal/v1/notifications/batch", json={"notifications": []}, headers=INTERNAL
+    )
+    assert empty.status_code == 422
+
+
+async def test_replay_after_seq(http: httpx.AsyncClient, auth: Auth) -> None:
+    """Replay returns the frames with seq > N ascending, bounded, with has_more and last_seq;
+    deleted and push-less notifications are skipped, and last_seq still counts them."""
+    user = uuid.uuid4()
+    made = [await create(http, user, title=f"n{n}") for n in range(5)]
+    await create(http, user, title="quiet", send_push=False)
+    await http.delete(f"/api/v1/notifications/{made[2]['id']}", headers=auth(user))
+    url = f"/internal/v1/users/{user}/notifications/replay"
+
+    page = (await http.get(url, params={"after_seq": 1, "limit": 2}, headers=INTERNAL)).json()
+    assert [i["data"]["seq"] for i in page["items"]] == [2, 4]
+    assert page["has_more"] is True
+    assert page["last_seq"] == 6
+    frame = page["items"][0]
+    assert frame["type"] == "notification"
+    assert frame["timestamp"] == frame["data"]["created_at"]
+    assert frame["data"] | {"seq": 0} == {
+        "id": made[1]["id"],
+        "title": "n1",
+        "content": made[1]["content"],
+        "notification_type": "task_created",
+        "action": made[1]["action"],
+        "created_at": made[1]["created_at"],
+        "related_entity_type": "task",
+        "related_entity_id": made[1]["related_entity_id"],
+        "is_read": False,
+        "seq": 0,
+    }
+
+    rest = (await http.get(url, params={"after_seq": 4}, headers=INTERNAL)).json()
+    assert [i["data"]["seq"] for i in rest["items"]] == [5]
+    assert rest["has_more"] is False
+
+    nobody = (
+        await http.get(f"/internal/v1/users/{uuid.uuid4()}/notifications/replay", headers=INTERNAL)
+    ).json()
+    assert nobody == {"items": [], "has_more": False, "last_seq": 0}
+
+
+@pytest.mark.parametrize(
+    "params", [{"after_seq": "-1"}, {"after_seq": "x"}, {"limit": "0"}, {"limit": "1001"}]
+)
+async def test_replay_bad_query_is_422(http: httpx.AsyncClient, params: dict[str, str]) -> None:
+    """Replay rejects a negative or non-integer after_seq and a limit outside 1..1000."""
+    response = await http.get(
+        f"/internal/v1/users/{uuid.uuid4()}/notifications/replay", params=params, headers=INTERNAL
+    )
+    assert response.status_code == 422
+
+
+async def test_replay_malformed_user_is_422(http: httpx.AsyncClient) -> None:
+    """A user id that is not a UUID is a 422."""
+    response = await http.get("/internal/v1/users/nope/notifications/replay", headers=INTERNAL)
+    assert response.status_code == 422

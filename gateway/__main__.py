@@ -1,6 +1,13 @@
 """`python -m gateway`: run a gateway instance."""
 
+from typing import Any
+
 from gateway.app import create_app
 from shared.service import serve
 
-serve("gateway", create_app, lambda settings: settings.gateway_port)
+
+async def _drain(app: Any) -> None:
+    await app.state.manager.drain()
+
+
+serve("gateway", create_app, lambda settings: settings.gateway_port, drain=_drain)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import Response
 
 from notifications_svc import api, internal_api
 from notifications_svc.ingest import IngestConsumer
@@ -17,8 +22,25 @@ from notifications_svc.outbox import Outbox
 from shared import db, migrate, redis_client
 from shared.auth import TokenVerifier
 from shared.backoff import retry
-from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.errors import Unavailable
+from shared.http import EXCEPTION_HANDLERS, Check, error_response, health_routes, metrics_route
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL unreachable, restarting, shedding load or timing out: the request may succeed
+# later, so 503 rather than a 500 that reads as a bug. (Socket errors and timeouts are OSError.)
+DATABASE_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", extra={"path": request.url.path, "error": repr(exc)})
+    return error_response(Unavailable("database unavailable, retry later"))
 
 
 def _checks(request: Request) -> dict[str, Check]:
@@ -35,13 +57,20 @@ def create_app(settings: Settings) -> Starlette:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings)
+        # One immediate retry (a pooled connection gone stale across a Redis restart), no more:
+        # redis-py's default of ten would hold a user's publish lock through a long outage, and
+        # the outbox relay and the ingest consumer already retry with their own backoff.
+        redis.set_retry(Retry(NoBackoff(), 1))
         outbox = Outbox(pool, redis)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
         app.state.verifier = TokenVerifier(settings)
         app.state.outbox = outbox
         tasks = [
             asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
-            asyncio.create_task(IngestConsumer(pool, redis, outbox).run(), name="ingest"),
+            asyncio.create_task(
+                IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes).run(),
+                name="ingest",
+            ),
         ]
         try:
             yield
@@ -60,4 +89,5 @@ def create_app(settings: Settings) -> Starlette:
         *api.routes,
         *internal_api.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))
+    handlers = dict(EXCEPTION_HANDLERS) | dict.fromkeys(DATABASE_DOWN, _database_down)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

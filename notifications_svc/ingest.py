@@ -53,14 +53,17 @@ class InvalidEntry(Exception):
     """The entry can never become a notification; the message is the dead-letter reason."""
 
 
-def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> CreateNotification:
+def parse_entry(entry_id: bytes, fields: dict[bytes, bytes], max_bytes: int) -> CreateNotification:
     """The create request an entry carries, its dedupe key defaulting to the entry id.
 
-    Raises `InvalidEntry` naming what is wrong. Pure.
+    A payload over `max_bytes` is refused like an HTTP body over the limit. Raises
+    `InvalidEntry` naming what is wrong. Pure.
     """
     payload = fields.get(PAYLOAD_FIELD)
     if payload is None:
         raise InvalidEntry("missing field 'payload'")
+    if len(payload) > max_bytes:
+        raise InvalidEntry(f"payload over {max_bytes} bytes")
     try:
         request = msgspec.json.decode(payload, type=CreateNotification)
     except msgspec.ValidationError as exc:
@@ -75,8 +78,11 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> CreateNotificati
 class IngestConsumer:
     """One consumer of the group; `run` is its background loop (cancel to stop)."""
 
-    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, outbox: Outbox) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, client: redis.Redis, outbox: Outbox, max_payload_bytes: int
+    ) -> None:
         self._pool = pool
+        self._max_payload_bytes = max_payload_bytes
         self._redis = client
         self._outbox = outbox
         self.name = f"{socket.gethostname()}-{os.getpid()}"
@@ -176,7 +182,7 @@ class IngestConsumer:
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
-            request = parse_entry(entry_id, fields)
+            request = parse_entry(entry_id, fields, self._max_payload_bytes)
             created = await store.create(self._pool, request)
         except (InvalidEntry, ValidationFailed) as exc:
             await self._dead_letter(entry_id, fields, str(exc))

@@ -63,6 +63,13 @@ async def create_batch(request: Request) -> Response:
     transaction → `{"items": [{"created", "notification"}, ...]}` in request order; 201 when at
     least one was created, 200 when every item was a dedupe hit. The relay publishes them."""
     settings = _authorised(request)
+    if "idempotency-key" in request.headers:
+        # Refused rather than ignored: a retry relying on it would silently create duplicates.
+        raise ValidationFailed(
+            "batch creates are idempotent per item: give each a dedupe_key instead of an "
+            "Idempotency-Key header",
+            details={"field": "Idempotency-Key"},
+        )
     body = await read_json(request, BatchRequest, settings.http_max_body_bytes)
     results = await store.create_many(request.app.state.pool, body.notifications)
     if any(r.created for r in results):

@@ -20,6 +20,20 @@ def user_sessions(user_id: UUID | str) -> str:
     return f"user:sessions:{user_id}"
 
 
+# Gateway instance liveness, so the registry heals when an instance dies without cleaning up.
+GATEWAY_INSTANCES = "gw:instances"  # set of instance ids that may hold registry entries
+
+
+def gateway_alive(instance_id: str) -> str:
+    """Expires about two heartbeats after the instance's last beat."""
+    return f"gw:instance:{instance_id}"
+
+
+def gateway_connections(instance_id: str) -> str:
+    """Hash: connection id -> "<session_id> <user_id>" for every connection the instance holds."""
+    return f"gw:instance:{instance_id}:conns"
+
+
 # Fan-out channels (pub/sub). Payloads are envelopes: see shared.wire.
 def user_channel(user_id: UUID | str) -> str:
     return f"ch:user:{user_id}"

@@ -8,6 +8,7 @@ and replays it — as notifications do with their per-user `seq` and outbox.
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 import msgspec
@@ -29,7 +30,7 @@ async def to_user(
     seq: int | None = None,
 ) -> int:
     """Publish to every connection of `user_id`; returns how many gateways received it."""
-    meta = EnvelopeMeta(seq=seq, user_id=str(user_id))
+    meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
     return int(
         await client.publish(keys.user_channel(user_id), encode_envelope(_bytes(frame), meta))
     )
@@ -39,8 +40,9 @@ async def to_session(
     client: redis.Redis, session_id: UUID | str, frame: bytes | msgspec.Struct | dict[str, object]
 ) -> int:
     """Publish to every connection attached to `session_id`."""
+    meta = EnvelopeMeta(ts=time.time())
     return int(
-        await client.publish(keys.session_channel(session_id), encode_envelope(_bytes(frame)))
+        await client.publish(keys.session_channel(session_id), encode_envelope(_bytes(frame), meta))
     )
 
 
@@ -51,5 +53,7 @@ async def to_everyone(
     exclude_session: UUID | str | None = None,
 ) -> int:
     """Publish to every connection on every gateway, except those of `exclude_session`."""
-    meta = EnvelopeMeta(exclude_session=str(exclude_session) if exclude_session else None)
+    meta = EnvelopeMeta(
+        exclude_session=str(exclude_session) if exclude_session else None, ts=time.time()
+    )
     return int(await client.publish(keys.BROADCAST_CHANNEL, encode_envelope(_bytes(frame), meta)))

@@ -2,12 +2,17 @@
 
 Each service's `__main__` calls `serve()` with its app factory and port. uvicorn turns SIGTERM and
 SIGINT into the app's lifespan shutdown, so every service closes its sockets, pools and tasks
-before exiting.
+before exiting. A service holding long-lived connections passes `drain`: it runs first on
+shutdown, while the listening socket is still open, so the service closes its connections itself
+(the gateway: close code 1012 with a reason) before uvicorn's own shutdown cuts the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -15,14 +20,34 @@ from starlette.types import ASGIApp
 from shared import log
 from shared.settings import Settings, load_or_exit
 
+Drain = Callable[[Any], Awaitable[None]]
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: ASGIApp, drain: Drain) -> None:
+        super().__init__(config)
+        self._app, self._drain = app, drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self._drain(self._app)
+        except Exception:
+            logging.getLogger(__name__).exception("drain failed")
+        await super().shutdown(sockets)
+
 
 def serve(
-    name: str, factory: Callable[[Settings], ASGIApp], port: Callable[[Settings], int]
+    name: str,
+    factory: Callable[[Settings], ASGIApp],
+    port: Callable[[Settings], int],
+    *,
+    drain: Drain | None = None,
 ) -> None:
     settings = load_or_exit()
     log.configure(name, settings.log_level, settings.secrets())
-    uvicorn.run(
-        factory(settings),
+    app = factory(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.bind_host,
         port=port(settings),
         log_config=None,
@@ -30,6 +55,15 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=10,
         ws_max_size=settings.ws_max_message_bytes,
+        # Compression costs ~50 KiB of zlib state per connection and CPU per frame; our frames
+        # are small JSON. Off, so an instance can hold tens of thousands of connections.
+        ws_per_message_deflate=False,
+        # Protocol-level pings are the server heartbeat: they find dead peers (half-open TCP)
+        # and browsers answer them without any application code.
+        ws_ping_interval=settings.ws_heartbeat_interval,
+        ws_ping_timeout=settings.ws_heartbeat_interval,
         server_header=False,
         proxy_headers=True,
     )
+    server = uvicorn.Server(config) if drain is None else _DrainingServer(config, app, drain)
+    server.run()

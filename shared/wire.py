@@ -101,6 +101,7 @@ class EnvelopeMeta(msgspec.Struct, omit_defaults=True):
     seq: int | None = None  # per-user notification sequence, for gap detection and dedupe
     user_id: str | None = None
     exclude_session: str | None = None  # broadcast: skip this session's connections
+    ts: float | None = None  # publish time (Unix seconds), for the gateway's fan-out latency
 
 
 _meta_decoder = msgspec.json.Decoder(EnvelopeMeta)

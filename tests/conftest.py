@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,16 +42,24 @@ class Infra:
 
 
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
-    """Embedded PostgreSQL and Redis for the whole session, migrations applied."""
-    stack = Infra(tmp_path_factory.mktemp("infra"))
-    stack.postgres.start()
-    stack.redis.start()
+def infra() -> Iterator[Infra]:
+    """Embedded PostgreSQL and Redis for the whole session, migrations applied.
+
+    Their data lives outside pytest's temporary root on purpose: run as root, PostgreSQL runs as
+    an unprivileged user that needs to traverse the folders above its data, and every pytest
+    session that starts (another engineer's, CI's) resets `/tmp/pytest-of-<user>` to mode 0700,
+    which would pull the data folder from under a running server.
+    """
+    root = Path(tempfile.mkdtemp(prefix="realtime-test-infra-"))
+    stack = Infra(root)
     try:
+        stack.postgres.start()
+        stack.redis.start()
         yield stack
     finally:
         stack.redis.stop()
         stack.postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

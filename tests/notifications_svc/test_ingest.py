@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from notifications_svc.ingest import InvalidEntry, parse_entry
+from notifications_svc.ingest import CLAIM_IDLE_MS, InvalidEntry, parse_entry
 from shared import keys
 from shared.settings import Settings
+from tests.conftest import SpawnService
 from tests.notifications_svc.conftest import payload
 
 Auth = Callable[[uuid.UUID], dict[str, str]]
@@ -116,6 +117,7 @@ async def test_dedupe_key_makes_repeated_entries_one(
         ({"payload": json.dumps({"title": "no user"})}, "invalid notification"),
         ({"payload": json.dumps(payload(uuid.uuid4(), title="x" * 256))}, "invalid notification"),
         ({"payload": json.dumps(payload(uuid.uuid4(), content="nul \u0000"))}, "refused"),
+        ({"payload": json.dumps(payload(uuid.uuid4(), content="x" * 70_000))}, "over 65536 bytes"),
     ],
 )
 async def test_invalid_entry_is_dead_lettered(
@@ -131,12 +133,50 @@ async def test_invalid_entry_is_dead_lettered(
     await _processed(rds, entry_id)
 
 
+async def test_entry_pending_on_a_dead_consumer_is_claimed(
+    spawn_service: SpawnService, rds: redis.Redis, auth: Auth
+) -> None:
+    """An entry delivered to a consumer that died before acknowledging it is claimed by a live
+    instance (its start-up sweep) and becomes a notification."""
+    user = uuid.uuid4()
+    body = json.dumps(payload(user, title="orphaned entry"))
+    async with rds.pipeline(transaction=True) as pipe:
+        # Atomically: append, deliver to a consumer that then "dies", and age the delivery past
+        # the claim threshold, so no live instance can read it first.
+        pipe.xadd(keys.NOTIFICATIONS_INGEST_STREAM, {"payload": body})
+        pipe.xreadgroup(
+            keys.NOTIFICATIONS_INGEST_GROUP,
+            "ghost",
+            {keys.NOTIFICATIONS_INGEST_STREAM: ">"},
+            count=1,
+        )
+        entry_id, _ = await pipe.execute()
+    await rds.xclaim(
+        keys.NOTIFICATIONS_INGEST_STREAM,
+        keys.NOTIFICATIONS_INGEST_GROUP,
+        "ghost",
+        min_idle_time=0,
+        message_ids=[entry_id],
+        idle=CLAIM_IDLE_MS * 2,
+    )
+    service = spawn_service("notifications_svc")
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            await _processed(rds, entry_id)
+            items = await _listed(http, auth(user), 1)
+        assert [i["title"] for i in items] == ["orphaned entry"]
+    finally:
+        service.stop()
+
+
 def test_parse_entry_defaults_dedupe_key_to_entry_id() -> None:
     """Without a producer dedupe_key, the entry id is the key, so a redelivery is a no-op."""
     user = uuid.uuid4()
-    request = parse_entry(b"1-0", {b"payload": json.dumps(payload(user)).encode()})
+    request = parse_entry(b"1-0", {b"payload": json.dumps(payload(user)).encode()}, 65536)
     assert request.dedupe_key == "ingest:1-0"
-    keyed = parse_entry(b"1-0", {b"payload": json.dumps(payload(user, dedupe_key="k")).encode()})
+    keyed = parse_entry(
+        b"1-0", {b"payload": json.dumps(payload(user, dedupe_key="k")).encode()}, 65536
+    )
     assert keyed.dedupe_key == "k"
     with pytest.raises(InvalidEntry, match="payload"):
-        parse_entry(b"1-0", {})
+        parse_entry(b"1-0", {}, 65536)

@@ -224,6 +224,13 @@ async def test_batch_is_all_or_none(http: httpx.AsyncClient, auth: Auth) -> None
         "/internal/v1/notifications/batch", json={"notifications": []}, headers=INTERNAL
     )
     assert empty.status_code == 422
+    keyed = await http.post(
+        "/internal/v1/notifications/batch",
+        json={"notifications": [payload(user)]},
+        headers=INTERNAL | {"Idempotency-Key": "k"},
+    )
+    assert keyed.status_code == 422, "a batch-wide key would be silently ignored"
+    assert (await http.get("/api/v1/notifications", headers=auth(user))).json()["total"] == 0
 
 
 async def test_replay_after_seq(http: httpx.AsyncClient, auth: Auth) -> None:

@@ -80,13 +80,21 @@ async def test_subscriber_receives_frame_with_seq(
 async def test_send_push_false_is_stored_not_published(
     http: httpx.AsyncClient, settings: Settings, conn: asyncpg.Connection
 ) -> None:
-    """send_push=false stores the notification (it is listed) but never publishes it."""
+    """send_push=false stores the notification but never publishes it (nor leaves it to the
+    relay)."""
     user = uuid.uuid4()
     async with subscribed(settings.redis_url, user) as subscriber:
         await create(http, user, title="quiet", send_push=False)
         await create(http, user, title="loud")
-        received = await subscriber.frames(2, timeout=2)
+        received = await subscriber.frames(1)
+        assert await subscriber.nothing_more(wait=1)
     assert [(seq, f.data.title) for seq, f in received] == [(2, "loud")]
+    rows = await conn.fetch(
+        "SELECT title, published_at IS NOT NULL AS settled FROM notifications.notifications"
+        " WHERE user_id = $1 ORDER BY seq",
+        user,
+    )
+    assert [(r["title"], r["settled"]) for r in rows] == [("quiet", True), ("loud", True)]
 
 
 async def test_relay_publishes_rows_left_by_a_crash(
@@ -110,53 +118,55 @@ async def test_relay_publishes_rows_left_by_a_crash(
 
 
 async def test_redis_down_during_create_then_relay_publishes(
-    spawn_service: SpawnService,
-    private_redis: EmbeddedRedis,
-    conn: asyncpg.Connection,
+    spawn_service: SpawnService, private_redis: EmbeddedRedis, private_database: str
 ) -> None:
     """With Redis stopped, creates still answer 201 and are kept unpublished; once Redis is
     back the relay publishes them, in seq order, without any caller retrying."""
-    service = spawn_service("notifications_svc", REDIS_URL=private_redis.url)
+    service = spawn_service(
+        "notifications_svc", REDIS_URL=private_redis.url, DATABASE_URL=private_database
+    )
     user = uuid.uuid4()
-    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-        private_redis.stop()
-        started = time.monotonic()
-        made = [await create(http, user, title=f"offline {n}") for n in range(3)]
-        assert time.monotonic() - started < 10
-        assert [m["seq"] for m in made] == [1, 2, 3]
-        unpublished = await conn.fetchval(
-            "SELECT count(*) FROM notifications.notifications"
-            " WHERE user_id = $1 AND published_at IS NULL",
-            user,
-        )
-        assert unpublished == 3
+    conn = await asyncpg.connect(private_database)
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            private_redis.stop()
+            started = time.monotonic()
+            made = [await create(http, user, title=f"offline {n}") for n in range(3)]
+            assert time.monotonic() - started < 10
+            assert [m["seq"] for m in made] == [1, 2, 3]
+            assert await _unpublished(conn, user) == 3
 
-        # Hold the user's publish lock until we listen, so the relay cannot publish before the
-        # subscriber exists (pub/sub keeps nothing for late subscribers).
-        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", LOCK_NAMESPACE, str(user))
-        try:
+            # Hold the user's publish lock until we listen, so the relay cannot publish before
+            # the subscriber exists (pub/sub keeps nothing for late subscribers).
+            await conn.execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))", LOCK_NAMESPACE, str(user)
+            )
             private_redis.start()
             async with subscribed(private_redis.url, user) as subscriber:
-                await conn.execute(
-                    "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_NAMESPACE, str(user)
-                )
+                await conn.execute("SELECT pg_advisory_unlock_all()")
                 received = await subscriber.frames(3)
                 assert [(seq, f.data.id) for seq, f in received] == [
                     (m["seq"], m["id"]) for m in made
-                ]
+                ], service.log()
                 after = await create(http, user, title="online")
                 [(seq, frame)] = await subscriber.frames(1)
                 assert seq == after["seq"] == 4
                 assert frame.data.title == "online"
                 assert await subscriber.nothing_more(wait=1)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock_all()")
-    published = await conn.fetchval(
-        "SELECT count(*) FROM notifications.notifications"
-        " WHERE user_id = $1 AND published_at IS NOT NULL",
-        user,
+        assert await _unpublished(conn, user) == 0
+    finally:
+        await conn.close()
+        service.stop()
+
+
+async def _unpublished(conn: asyncpg.Connection, user: uuid.UUID) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM notifications.notifications"
+            " WHERE user_id = $1 AND published_at IS NULL",
+            user,
+        )
     )
-    assert published == 4
 
 
 async def test_two_instances_publish_in_seq_order(

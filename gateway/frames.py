@@ -1,0 +1,79 @@
+"""Client -> server frames the gateway itself understands, and the gateway's own server frames.
+
+Pure code. `classify()` reads only a frame's `type` (one msgspec pass, unknown fields ignored), so
+chat frames are handed on as the raw bytes they arrived as. Besides the seed's `ping`, the gateway
+understands `refresh_token`; it emits `token_expiring` and `token_refreshed` (documented in
+docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from shared.wire import Pong, encode, error_frame, utc_now_iso
+
+
+class _Head(msgspec.Struct):
+    type: str
+
+
+class RefreshToken(msgspec.Struct, tag="refresh_token", tag_field="type"):
+    token: str
+
+
+class TokenExpiring(msgspec.Struct, tag="token_expiring", tag_field="type"):
+    expires_at: str
+
+
+class TokenRefreshed(msgspec.Struct, tag="token_refreshed", tag_field="type"):
+    expires_at: str
+
+
+class FrameError(Exception):
+    """A client frame the gateway cannot use; `frame` is the `error` frame to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.frame = error_frame(code, message)
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_refresh = msgspec.json.Decoder(RefreshToken).decode
+
+
+def classify(raw: str | bytes) -> str:
+    """The frame's `type`; raises `FrameError` (INVALID_JSON, INVALID_MESSAGE) otherwise."""
+    try:
+        return _decode_head(raw).type
+    except msgspec.ValidationError as exc:
+        raise FrameError(
+            "INVALID_MESSAGE", f"a frame is a JSON object with a string type: {exc}"
+        ) from None
+    except msgspec.DecodeError:
+        raise FrameError("INVALID_JSON", "frame is not valid JSON") from None
+
+
+def refresh_token(raw: str | bytes) -> str:
+    """The token of a `refresh_token` frame; raises `FrameError` (INVALID_MESSAGE)."""
+    try:
+        return _decode_refresh(raw).token
+    except msgspec.DecodeError as exc:
+        raise FrameError("INVALID_MESSAGE", f"refresh_token needs a string token: {exc}") from None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def pong() -> str:
+    return encode(Pong(timestamp=utc_now_iso())).decode()
+
+
+def token_expiring(expires_at: float) -> str:
+    return encode(TokenExpiring(expires_at=_iso(expires_at))).decode()
+
+
+def token_refreshed(expires_at: float) -> str:
+    return encode(TokenRefreshed(expires_at=_iso(expires_at))).decode()

@@ -1,0 +1,74 @@
+"""The WebSocket handshake's pure decisions: where the client's token is, whether its Origin is
+allowed, and which subprotocol to echo.
+
+No I/O: the endpoint feeds it the ASGI scope's headers, query string and offered subprotocols. The
+three ways to authenticate, in the order they are looked at: the subprotocol pair
+`bearer, <JWT>` (browsers), `Authorization: Bearer <JWT>` (non-browser clients), `?token=<JWT>`
+(the seed's way, kept for compatibility).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+BEARER_SUBPROTOCOL = "bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the client presented: the token (if any), the subprotocol to echo, its resume point."""
+
+    token: str | None
+    subprotocol: str | None
+    last_seq: int | None
+
+
+class HandshakeError(Exception):
+    """The handshake is refused; `reason` is the close reason shown to the client (1008)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def credentials(
+    query_string: bytes, authorization: str | None, subprotocols: Sequence[str]
+) -> Credentials:
+    """The client's token and resume point; raises `HandshakeError` for a malformed `last_seq`."""
+    query = parse_qs(query_string.decode("latin-1"))
+    token: str | None = None
+    subprotocol: str | None = None
+    if BEARER_SUBPROTOCOL in subprotocols:
+        # Browsers cannot set headers on a WebSocket: they offer `bearer, <JWT>` and require the
+        # server to echo `bearer`, or they drop the connection.
+        subprotocol = BEARER_SUBPROTOCOL
+        index = subprotocols.index(BEARER_SUBPROTOCOL)
+        if index + 1 < len(subprotocols):
+            token = subprotocols[index + 1]
+    if token is None and authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            token = value.strip()
+    if token is None and query.get("token"):
+        token = query["token"][0]
+    return Credentials(token=token, subprotocol=subprotocol, last_seq=_last_seq(query))
+
+
+def _last_seq(query: dict[str, list[str]]) -> int | None:
+    values = query.get("last_seq")
+    if not values:
+        return None
+    raw = values[0]
+    if not raw.isdigit() or len(raw) > 18:
+        raise HandshakeError("last_seq must be a non-negative integer")
+    return int(raw)
+
+
+def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+    """A handshake without `Origin` comes from a non-browser client and is allowed (it could forge
+    the header anyway); a browser's `Origin` must be listed in `CORS_ORIGINS` unless `*` is."""
+    if origin is None:
+        return True
+    return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}

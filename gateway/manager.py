@@ -1,0 +1,362 @@
+"""The connection manager: every WebSocket this instance holds, and the seed's manager API made
+correct across instances.
+
+It ties together the registry (who is connected where, the per-session cap), the fan-out (which
+channels this instance needs), and the notifications replay (resume and gap fill). Delivery of a
+published frame is synchronous and allocation-light: for each local recipient, filter (excluded
+session, duplicate or out-of-order `seq`) and queue the same text.
+
+Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
+for a connection (`replaying`), live notifications are held back — only the highest held seq is
+remembered — and the replay continues until it has passed it; afterwards a live seq at or below
+`last_seq` is a duplicate (dropped). A gap between live seqs is normal (deleted or push-less
+notifications); frames are lost only when the pub/sub link drops, and then every user held is
+caught up by replay once the link is back. So each connection sees every notification once, in seq
+order, whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Coroutine, Iterable
+from typing import Any
+from uuid import UUID
+
+import httpx
+import msgspec
+import redis.asyncio as redis
+
+from gateway import frames, metrics
+from gateway.connection import Connection
+from gateway.fanout import Fanout, FanoutUnavailable
+from gateway.registry import Registry
+from gateway.replay import LATEST, ReplayClient, ReplayError
+from shared import publish
+from shared.backoff import Backoff
+from shared.settings import Settings
+from shared.wire import (
+    ConnectionEstablished,
+    ConnectionEstablishedData,
+    EnvelopeMeta,
+    encode,
+    utc_now_iso,
+)
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT = 5.0
+EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` is sent
+REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
+DRAIN_TIMEOUT = 5.0
+_USER_CHANNEL_PREFIX = b"ch:user:"
+
+Frame = bytes | msgspec.Struct | dict[str, object]
+
+
+class Refused(Exception):
+    """The connection cannot be served: close it with `code` and `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class ConnectionManager:
+    """Owns this instance's connections. Create in the lifespan, `start()`, `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        notifications: httpx.AsyncClient,
+        agent: httpx.AsyncClient,
+        app_state: Any,
+    ) -> None:
+        self.settings = settings
+        self.app_state = app_state
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.connections: dict[str, Connection] = {}
+        self.draining = False
+        self.redis = redis_client
+        self._agent = agent
+        self._internal = {"authorization": f"Bearer {settings.internal_token}"}
+        self._registry = Registry(redis_client, self.instance_id, settings.ws_heartbeat_interval)
+        self._replay = ReplayClient(notifications, settings.internal_token)
+        self._everyone: set[Connection] = set()
+        self._fanout: Fanout[Connection] = Fanout(
+            settings.redis_url,
+            self._everyone,
+            self._deliver,
+            self._resync,
+            ping_interval=min(5.0, settings.ws_heartbeat_interval),
+        )
+        self._ids = itertools.count(1)
+        self._slots = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
+        self._empty = asyncio.Event()
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        await self._fanout.start()
+        self._spawn(self._heartbeat())
+        self._spawn(self._watch())
+
+    async def drain(self) -> None:
+        """Graceful shutdown, first half: refuse newcomers, close every connection with 1012
+        and wait (bounded) until their handlers have deregistered them."""
+        self.draining = True
+        held = list(self.connections.values())
+        if not held:
+            return
+        self._empty.clear()
+        await asyncio.gather(*(c.close(1012, "server restarting: reconnect") for c in held))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await self._empty.wait()
+
+    async def stop(self) -> None:
+        """Second half: stop background work, remove this instance from the registry."""
+        await self.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._fanout.stop()
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._registry.leave()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def close_later(self, conn: Connection, code: int, reason: str) -> None:
+        """Close from synchronous code (the fan-out path must never wait)."""
+        self._spawn(conn.close(code, reason))
+
+    # Admission.
+
+    def reserve(self) -> None:
+        """Take one of the instance's `WS_MAX_CONNECTIONS` slots; `release_slot()` it after."""
+        if self.draining:
+            raise Refused(1012, "server restarting: reconnect")
+        if self._slots >= self.settings.ws_max_connections:
+            raise Refused(1013, "server at capacity: try again later")
+        self._slots += 1
+
+    def release_slot(self) -> None:
+        self._slots -= 1
+
+    def new_connection_id(self) -> str:
+        return f"{self.instance_id}:{next(self._ids):x}"
+
+    async def claim(self, session_id: UUID, user_id: UUID) -> None:
+        """Make sure the session is the user's, durably (agent_svc); raises `Refused`."""
+        try:
+            response = await self._agent.post(
+                "/internal/v1/sessions/claim",
+                json={"session_id": str(session_id), "user_id": str(user_id)},
+                headers=self._internal,
+            )
+        except httpx.HTTPError:
+            raise Refused(1013, "session service unavailable: try again later") from None
+        if response.status_code == 403:
+            raise Refused(1008, "session belongs to another user")
+        if response.status_code != 200:
+            raise Refused(1013, "session service unavailable: try again later")
+
+    # The seed's manager API.
+
+    async def connect(self, conn: Connection, last_seq: int | None) -> None:
+        """Register, subscribe, greet, then replay (resume) or take the seq baseline; raises
+        `Refused`. Whatever happens, call `disconnect(conn)` afterwards."""
+        settings = self.settings
+        try:
+            attached = await self._registry.attach(
+                conn.conn_id, conn.session_id, conn.user_id, settings.ws_max_connections_per_session
+            )
+        except (redis.RedisError, OSError):
+            raise Refused(1013, "registry unavailable: try again later") from None
+        if not attached:
+            raise Refused(1013, "too many connections for this session")
+        self.connections[conn.conn_id] = conn
+        metrics.OPEN_CONNECTIONS.inc()
+        greeting = ConnectionEstablished(
+            ConnectionEstablishedData(
+                session_id=conn.session_key, user_id=str(conn.user_id), connected_at=utc_now_iso()
+            )
+        )
+        # The greeting is queued first, but the writer starts only once Redis confirmed the
+        # subscriptions: a client told "established" receives everything published after.
+        conn.offer(encode(greeting).decode())
+        self._everyone.add(conn)
+        try:
+            await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
+        except FanoutUnavailable:
+            raise Refused(1013, "fan-out unavailable: try again later") from None
+        conn.start_writer()
+        try:
+            await self._catch_up([conn], last_seq)
+        except ReplayError as exc:
+            if last_seq is not None:
+                log.warning("resume failed", extra={"error": str(exc)})
+                raise Refused(1013, "notifications unavailable: reconnect with last_seq") from None
+            conn.replaying, conn.last_seq = False, None  # no baseline: accept what comes
+
+    async def disconnect(self, conn: Connection) -> None:
+        """Forget the connection everywhere; idempotent."""
+        if self.connections.pop(conn.conn_id, None) is None:
+            return
+        metrics.OPEN_CONNECTIONS.dec()
+        if not self.connections:
+            self._empty.set()
+        self._everyone.discard(conn)
+        await self._fanout.leave(conn, conn.channels)
+        try:
+            await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
+        except (redis.RedisError, OSError) as exc:
+            # The heartbeat sweep or the key expiry removes it later.
+            log.warning("registry detach failed", extra={"error": repr(exc)})
+
+    async def send_to_session(self, session_id: UUID | str, frame: Frame) -> int:
+        """Publish to every connection of the session on any instance; returns how many
+        instances received it."""
+        return await publish.to_session(self.redis, session_id, frame)
+
+    async def send_to_user(self, user_id: UUID | str, frame: Frame) -> int:
+        return await publish.to_user(self.redis, user_id, frame)
+
+    async def broadcast(self, frame: Frame, exclude_session: UUID | str | None = None) -> int:
+        return await publish.to_everyone(self.redis, frame, exclude_session=exclude_session)
+
+    async def is_session_connected(self, session_id: UUID | str) -> bool:
+        return await self._registry.session_count(session_id) > 0
+
+    async def get_active_sessions(self) -> list[UUID]:
+        return await self._registry.active_sessions()
+
+    async def get_connection_count(self, session_id: UUID | str | None = None) -> int:
+        """Live connections of one session, or of the whole cluster."""
+        if session_id is not None:
+            return await self._registry.session_count(session_id)
+        return await self._registry.connection_count()
+
+    # Delivery (runs on the fan-out reader, synchronously).
+
+    def _deliver(self, members: Iterable[Connection], meta: EnvelopeMeta, text: str) -> None:
+        seq, exclude = meta.seq, meta.exclude_session
+        for conn in members:
+            if exclude is not None and conn.session_key == exclude:
+                continue
+            if seq is not None:
+                if conn.replaying:
+                    conn.pending_seq = max(conn.pending_seq, seq)
+                    continue
+                last = conn.last_seq
+                if last is not None and seq <= last:
+                    metrics.DROPPED.labels("duplicate").inc()
+                    continue
+                conn.last_seq = seq
+            conn.offer(text)
+
+    def _resync(self) -> None:
+        """Redis came back: replay, per user, what was published while the link was down."""
+        for channel, members in list(self._fanout.routes.items()):
+            if not channel.startswith(_USER_CHANNEL_PREFIX):
+                continue
+            idle = [c for c in members if not c.replaying]
+            for conn in idle:
+                conn.replaying, conn.pending_seq = True, 0
+            if idle:
+                self._spawn(self._gap_fill(idle))
+
+    async def _gap_fill(self, conns: list[Connection]) -> None:
+        """Replay into `conns` (one user's, all `replaying`), retrying with backoff until it
+        works or they close."""
+        backoff = Backoff(base=0.2, maximum=5.0)
+        async with self._replay_slots:
+            while True:
+                live = [c for c in conns if c.close_code is None]
+                if not live:
+                    return
+                known = [c.last_seq for c in live if c.last_seq is not None]
+                try:
+                    await self._catch_up(live, min(known) if known else None)
+                    return
+                except ReplayError as exc:
+                    log.warning("gap fill failed, retrying", extra={"error": str(exc)})
+                    await backoff.sleep()
+
+    async def _catch_up(self, conns: list[Connection], after: int | None) -> None:
+        """Deliver the user's notifications after `after` (None: only take the current seq as
+        baseline) to `conns`, all `replaying`, then switch them to live. Raises `ReplayError`."""
+        user_id = conns[0].user_id
+        cursor = after
+        idle_rounds = 0
+        while True:
+            page = await self._replay.page(user_id, LATEST if cursor is None else cursor)
+            if cursor is None:
+                cursor = page.last_seq
+            for seq, text in page.frames:
+                for conn in conns:
+                    if conn.close_code is None and (conn.last_seq is None or seq > conn.last_seq):
+                        await conn.put(text)
+                        conn.last_seq = seq
+                        metrics.GAP_FILLS.inc()
+                cursor = max(cursor, seq)
+            if page.has_more and page.frames:
+                continue
+            idle_rounds = 0 if page.frames else idle_rounds + 1
+            # No await between this check and the switch: a live frame arrives either before
+            # (held back, so one more round fetches it) or after (delivered live).
+            held = max(conn.pending_seq for conn in conns)
+            if held > cursor and idle_rounds < 2:
+                continue
+            for conn in conns:
+                conn.last_seq = cursor if conn.last_seq is None else max(conn.last_seq, cursor)
+                conn.replaying, conn.pending_seq = False, 0
+            log.debug("caught up", extra={"user": str(user_id), "seq": cursor})
+            return
+
+    # Timers: one loop per instance, not one per connection.
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.ws_heartbeat_interval / 2
+        while True:
+            try:
+                await self._registry.beat(
+                    (c.conn_id, c.session_key, str(c.user_id)) for c in self.connections.values()
+                )
+            except (redis.RedisError, OSError) as exc:
+                log.warning("registry heartbeat failed", extra={"error": repr(exc)})
+            await asyncio.sleep(interval)
+
+    async def _watch(self) -> None:
+        """Idle timeout (1000), token expiry (warning, then 1008)."""
+        settings = self.settings
+        interval = min(1.0, settings.ws_heartbeat_interval / 2)
+        while True:
+            await asyncio.sleep(interval)
+            idle_before = time.monotonic() - settings.ws_connection_timeout
+            now = time.time()
+            for conn in list(self.connections.values()):
+                if conn.close_code is not None:
+                    continue
+                if conn.last_seen < idle_before:
+                    self.close_later(conn, 1000, "idle timeout")
+                elif now >= conn.expires_at:
+                    self.close_later(conn, 1008, "token expired")
+                elif not conn.warned and now >= conn.expires_at - EXPIRY_WARNING:
+                    conn.warned = True
+                    conn.offer(frames.token_expiring(conn.expires_at))

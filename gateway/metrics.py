@@ -1,0 +1,26 @@
+"""The gateway's Prometheus metrics (exposed on `/metrics` by `shared.http.metrics_route`).
+
+Counters are incremented in batches on the fan-out path (one call per published message, not one
+per recipient), so metrics cost stays flat as connections grow.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OPEN_CONNECTIONS = Gauge("gateway_ws_connections", "WebSocket connections open on this instance")
+FRAMES_IN = Counter("gateway_ws_frames_in_total", "Client frames received")
+FRAMES_OUT = Counter("gateway_ws_frames_out_total", "Frames queued for clients")
+DROPPED = Counter(
+    "gateway_ws_frames_dropped_total", "Frames not delivered to a connection, by reason", ["reason"]
+)
+CLOSES = Counter(
+    "gateway_ws_closes_total", "Connections closed, by close code and reason", ["code", "reason"]
+)
+FANOUT_LATENCY = Histogram(
+    "gateway_fanout_latency_seconds",
+    "Publish (EnvelopeMeta.ts) to frame queued on every local recipient",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
+GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")

@@ -1,0 +1,96 @@
+"""`WS /api/v1/ws/{session_id}`: the handshake, then the connection's life.
+
+A refused connection is accepted first and then closed, so a browser sees the close code and
+reason (closing before accept becomes a bare HTTP 403). Checks, cheapest first: instance capacity,
+`last_seq` syntax, Origin, token, session id, session ownership (agent_svc, durable), the
+per-session cap (Redis, atomic across instances). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from gateway import metrics
+from gateway.connection import Connection
+from gateway.handshake import HandshakeError, credentials, origin_allowed
+from gateway.manager import ConnectionManager, Refused
+from shared.auth import Identity, TokenError, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    manager: ConnectionManager = websocket.app.state.manager
+    verifier: TokenVerifier = websocket.app.state.verifier
+    scope = websocket.scope
+    try:
+        creds = credentials(
+            scope.get("query_string", b""),
+            websocket.headers.get("authorization"),
+            scope.get("subprotocols") or [],
+        )
+    except HandshakeError as exc:
+        await websocket.accept()
+        await _refuse(websocket, 1008, exc.reason)
+        return
+    await websocket.accept(subprotocol=creds.subprotocol)
+    try:
+        manager.reserve()
+    except Refused as exc:
+        await _refuse(websocket, exc.code, exc.reason)
+        return
+    conn: Connection | None = None
+    try:
+        if not origin_allowed(websocket.headers.get("origin"), manager.settings.cors_origins):
+            raise Refused(1008, "origin not allowed")
+        identity = await _verify(verifier, creds.token, manager.settings.jwt_jwks_url != "")
+        try:
+            session_id = UUID(websocket.path_params["session_id"])
+        except ValueError:
+            raise Refused(1008, "session id is not a UUID") from None
+        await manager.claim(session_id, identity.user_id)
+        conn = Connection(
+            manager,
+            websocket,
+            manager.new_connection_id(),
+            identity.user_id,
+            session_id,
+            identity.expires_at,
+        )
+        await manager.connect(conn, creds.last_seq)
+        await conn.run(verifier)
+    except Refused as exc:
+        if conn is not None:
+            await conn.close(exc.code, exc.reason)
+        else:
+            await _refuse(websocket, exc.code, exc.reason)
+    finally:
+        if conn is not None:
+            await manager.disconnect(conn)
+        manager.release_slot()
+
+
+async def _verify(verifier: TokenVerifier, token: str | None, remote_keys: bool) -> Identity:
+    try:
+        if remote_keys:
+            # A JWKS lookup may fetch over HTTP (PyJWKClient is synchronous).
+            return await asyncio.to_thread(verifier.verify, token)
+        return verifier.verify(token)
+    except TokenError as exc:
+        raise Refused(1008, exc.reason) from None
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    metrics.CLOSES.labels(str(code), reason.partition(":")[0]).inc()
+    try:
+        await websocket.close(code, reason)
+    except (OSError, RuntimeError):
+        log.debug("client left before the close frame")
+
+
+routes = [WebSocketRoute("/api/v1/ws/{session_id}", websocket_endpoint)]

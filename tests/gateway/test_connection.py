@@ -1,0 +1,140 @@
+"""Per-connection limits on a real gateway configured small: frame size (1009), rate (RATE_LIMITED
+then 1008), slow consumer (1013), instance capacity (1013), idle timeout (1000), and the server
+heartbeat (protocol pings)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+import redis.asyncio as redis
+from websockets.asyncio.client import connect
+
+from shared import publish as shared_publish
+from shared.wire import encode
+from tests.conftest import Infra, SpawnService
+from tests.gateway.conftest import (
+    Cluster,
+    closed_with,
+    open_ws,
+    recv_json,
+    ws_url,
+)
+from tests.support.processes import ServiceProcess
+
+Token = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def limited(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+    """A gateway with tiny limits."""
+    return spawn_service(
+        "gateway",
+        WS_HEARTBEAT_INTERVAL="0.5",
+        WS_CONNECTION_TIMEOUT="2",
+        WS_MAX_MESSAGE_BYTES="1024",
+        WS_MAX_CONNECTIONS="3",
+        WS_SEND_QUEUE_SIZE="4",
+        WS_RATE_LIMIT="5",
+        WS_RATE_BURST="5",
+        **cluster.upstream_env,
+    )
+
+
+async def test_oversized_frame_closes_1009(limited: ServiceProcess, token_for: Token) -> None:
+    """A frame over WS_MAX_MESSAGE_BYTES closes the connection with 1009."""
+    ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    await ws.send('{"type": "ping", "pad": "' + "x" * 2000 + '"}')
+    code, reason = await closed_with(ws)
+    assert code == 1009 and reason
+
+
+async def test_rate_limit_then_disconnect(limited: ServiceProcess, token_for: Token) -> None:
+    """Within the burst every ping is answered; beyond it RATE_LIMITED errors; a flood that goes
+    on is closed 1008."""
+    ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    for _ in range(5):
+        await ws.send('{"type": "ping"}')
+    for _ in range(5):
+        assert (await recv_json(ws))["type"] == "pong"
+    await ws.send('{"type": "ping"}')
+    limited_frame = await recv_json(ws)
+    assert limited_frame["type"] == "error" and limited_frame["error"]["code"] == "RATE_LIMITED"
+    for _ in range(20):
+        await ws.send('{"type": "ping"}')
+    assert await closed_with(ws) == (1008, "rate limit exceeded")
+
+
+async def test_slow_consumer_closed_1013(
+    limited: ServiceProcess, infra: Infra, token_for: Token
+) -> None:
+    """A client that stops reading while frames keep coming is closed 1013; other connections of
+    the same gateway keep working."""
+    session = uuid.uuid4()
+    # max_queue=1 and a tiny read buffer: the client stops reading from the socket almost at once.
+    slow = await connect(
+        ws_url(limited, session, token=token_for(uuid.uuid4())),
+        compression=None,
+        max_queue=1,
+        max_size=None,
+    )
+    assert (await recv_json(slow))["type"] == "connection_established"
+    healthy = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    big = encode({"type": "bulk", "blob": "y" * 60_000})
+    client = redis.Redis.from_url(infra.redis.url)
+    # ~5 MB at once: more than the socket buffers and the 4-frame queue can hold.
+    await asyncio.gather(*(shared_publish.to_session(client, session, big) for _ in range(80)))
+    await client.aclose()
+    code, reason = await closed_with(slow, timeout=15)
+    assert code == 1013 and reason.startswith("slow consumer")
+    await healthy.send('{"type": "ping"}')
+    assert (await recv_json(healthy))["type"] == "pong"
+    await healthy.close()
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(limited.url + "/metrics")).text
+    assert 'gateway_ws_frames_dropped_total{reason="slow_consumer"}' in metrics
+
+
+async def test_instance_capacity(limited: ServiceProcess, token_for: Token) -> None:
+    """WS_MAX_CONNECTIONS per instance: the next connection is closed 1013."""
+    held = [await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4())) for _ in range(3)]
+    extra = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()), greet=False)
+    code, reason = await closed_with(extra)
+    assert code == 1013 and reason.startswith("server at capacity")
+    for ws in held:
+        await ws.close()
+
+
+async def test_idle_timeout_closes_1000(limited: ServiceProcess, token_for: Token) -> None:
+    """No client frame for WS_CONNECTION_TIMEOUT: closed 1000 "idle timeout"; pings keep a
+    connection alive."""
+    idle = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    chatty = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    for _ in range(6):
+        await asyncio.sleep(0.5)
+        await chatty.send('{"type": "ping"}')
+        assert (await recv_json(chatty))["type"] == "pong"
+    assert await closed_with(idle) == (1000, "idle timeout")
+    await chatty.close()
+
+
+async def test_server_heartbeat_pings(limited: ServiceProcess, token_for: Token) -> None:
+    """The server sends a WebSocket ping every WS_HEARTBEAT_INTERVAL (here 0.5 s)."""
+    seen: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger(f"test.heartbeat.{uuid.uuid4()}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(Recorder())
+    ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()), logger=logger)
+    await asyncio.sleep(1.3)
+    await ws.close()
+    assert sum(1 for line in seen if line.startswith("< PING")) >= 2

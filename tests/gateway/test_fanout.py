@@ -1,0 +1,150 @@
+"""Fan-out across two gateway processes sharing Redis: to a user, to a session, to everyone with
+an exclusion, published bytes forwarded as is, and subscriptions only for what is held."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as redis
+
+from shared import keys, publish
+from shared.wire import Notification, NotificationData, encode
+from tests.conftest import Infra
+from tests.gateway.conftest import Cluster, equals, eventually, open_ws, recv_json, silent
+from tests.gateway.conftest import publish as publish_http
+
+Token = Callable[..., str]
+
+
+@pytest.fixture
+async def r(infra: Infra) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(infra.redis.url)
+    yield client
+    await client.aclose()
+
+
+async def test_user_frame_reaches_every_instance(
+    cluster: Cluster, token_for: Token, r: redis.Redis
+) -> None:
+    """A frame for a user reaches that user's sessions on both gateways, byte for byte as
+    published, and no other user."""
+    user, other = uuid.uuid4(), uuid.uuid4()
+    on_a = await open_ws(cluster.a, uuid.uuid4(), token_for(user))
+    on_b = await open_ws(cluster.b, uuid.uuid4(), token_for(user))
+    bystander = await open_ws(cluster.b, uuid.uuid4(), token_for(other))
+    frame = encode(
+        Notification(
+            NotificationData(
+                id=str(uuid.uuid4()),
+                title="New Task Created",
+                content="Buy milk",
+                notification_type="task_created",
+                action={"type": "open_task", "url": "/tasks/1"},
+                created_at="2025-12-26T10:00:00+00:00",
+            ),
+            timestamp="2025-12-26T10:00:00.5+00:00",
+        )
+    )
+    assert await publish.to_user(r, user, frame) == 2  # both gateways, nobody else
+    for ws in (on_a, on_b):
+        raw = await asyncio.wait_for(ws.recv(), 5)
+        assert raw == frame.decode()
+    assert await silent(bystander)
+    for ws in (on_a, on_b, bystander):
+        await ws.close()
+
+
+async def test_session_frame_reaches_its_connections_only(
+    cluster: Cluster, token_for: Token
+) -> None:
+    """The publish endpoint on gateway A reaches the session's connections on A and B only."""
+    user, session = uuid.uuid4(), uuid.uuid4()
+    token = token_for(user)
+    first = await open_ws(cluster.a, session, token)
+    second = await open_ws(cluster.b, session, token)
+    elsewhere = await open_ws(cluster.b, uuid.uuid4(), token)
+    frame = {
+        "type": "message",
+        "data": {
+            "id": "m1",
+            "reply": "hi",
+            "tool_calls": [],
+            "tokens_used": 3,
+            "created_at": "2025-12-26T10:00:00+00:00",
+        },
+    }
+    response = await publish_http(cluster.a, session_id=str(session), frame=frame)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"receivers": 2}
+    for ws in (first, second):
+        assert await recv_json(ws) == frame
+    assert await silent(elsewhere)
+    for ws in (first, second, elsewhere):
+        await ws.close()
+
+
+async def test_broadcast_with_exclusion(cluster: Cluster, token_for: Token) -> None:
+    """A broadcast reaches every connection on both gateways except the excluded session's."""
+    excluded_session = uuid.uuid4()
+    sockets = [
+        await open_ws(cluster.a, uuid.uuid4(), token_for(uuid.uuid4())),
+        await open_ws(cluster.b, uuid.uuid4(), token_for(uuid.uuid4())),
+    ]
+    excluded = await open_ws(cluster.b, excluded_session, token_for(uuid.uuid4()))
+    marker = str(uuid.uuid4())
+    response = await publish_http(
+        cluster.b,
+        broadcast=True,
+        exclude_session=str(excluded_session),
+        frame={"type": "announcement", "text": marker},
+    )
+    assert response.status_code == 202
+    for ws in sockets:
+        frame = await recv_json(ws)
+        assert frame == {"type": "announcement", "text": marker}
+    assert await silent(excluded)
+    for ws in [*sockets, excluded]:
+        await ws.close()
+
+
+async def test_subscribes_only_to_held_channels(
+    cluster: Cluster, token_for: Token, r: redis.Redis
+) -> None:
+    """Gateways subscribe to a user's and session's channels while they hold one of its
+    connections, and unsubscribe after the last one leaves."""
+    user, session = uuid.uuid4(), uuid.uuid4()
+    channels = [keys.user_channel(user), keys.session_channel(session)]
+
+    async def subscribers() -> list[int]:
+        return [count for _, count in await r.pubsub_numsub(*channels)]
+
+    assert await subscribers() == [0, 0]
+    first = await open_ws(cluster.a, session, token_for(user))
+    second = await open_ws(cluster.a, session, token_for(user))
+    assert await subscribers() == [1, 1]  # one subscription per instance, not per connection
+    third = await open_ws(cluster.b, session, token_for(user))
+    assert await subscribers() == [2, 2]
+    for ws in (first, second, third):
+        await ws.close()
+    await eventually(lambda: equals(subscribers(), [0, 0]))
+
+
+async def test_publish_endpoint_validation(cluster: Cluster) -> None:
+    """The publish endpoint needs the internal token and exactly one target."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        url = cluster.a.url + "/internal/v1/publish"
+        unauthorized = await client.post(url, json={"broadcast": True, "frame": {"type": "x"}})
+        assert unauthorized.status_code == 401
+    two_targets = await publish_http(
+        cluster.a, broadcast=True, user_id=str(uuid.uuid4()), frame={"type": "x"}
+    )
+    assert two_targets.status_code == 422
+    no_type = await publish_http(cluster.a, broadcast=True, frame={"kind": "x"})
+    assert no_type.status_code == 422
+    assert json.loads(no_type.text)["error"]["code"] == "VALIDATION_ERROR"

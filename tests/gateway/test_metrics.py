@@ -1,0 +1,38 @@
+"""/metrics of a gateway: the Prometheus series operators watch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from tests.gateway.conftest import Cluster, open_ws, publish, recv_json
+
+Token = Callable[..., str]
+
+
+async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
+    """/metrics carries connections, frames, closes and the fan-out latency histogram."""
+    user = uuid.uuid4()
+    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(user))
+    assert (await publish(cluster.b, user_id=str(user), frame={"type": "x"})).status_code == 202
+    assert (await recv_json(ws))["type"] == "x"
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(cluster.a.url + "/metrics")).text
+    await ws.close()
+    for name in (
+        "gateway_ws_connections ",
+        "gateway_ws_frames_in_total",
+        "gateway_ws_frames_out_total",
+        "gateway_ws_closes_total",
+        "gateway_ws_frames_dropped_total",
+        "gateway_fanout_latency_seconds_bucket",
+    ):
+        assert name in text, name
+    count = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("gateway_fanout_latency_seconds_count")
+    )
+    assert float(count.split()[-1]) >= 1

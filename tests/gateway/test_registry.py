@@ -1,0 +1,136 @@
+"""The Redis registry across gateway processes: exact seed keys, the per-session cap held across
+instances, healing after `kill -9`, cleaning on graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as redis
+from websockets.exceptions import ConnectionClosed
+
+from shared import keys
+from tests.conftest import Infra, SpawnService
+from tests.gateway.conftest import (
+    Cluster,
+    closed_with,
+    equals,
+    eventually,
+    open_ws,
+    recv_json,
+)
+
+Token = Callable[..., str]
+
+
+@pytest.fixture
+async def r(infra: Infra) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(infra.redis.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def test_seed_keys_stay_exact(cluster: Cluster, token_for: Token, r: redis.Redis) -> None:
+    """`ws:session:{id}` holds one member per live connection and `user:sessions:{id}` the user's
+    connected sessions, whichever gateway holds them; both empty out as connections close."""
+    user, s1, s2 = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    token = token_for(user)
+    a1 = await open_ws(cluster.a, s1, token)
+    b1 = await open_ws(cluster.b, s1, token)
+    b2 = await open_ws(cluster.b, s2, token)
+    assert await r.scard(keys.ws_session(s1)) == 2
+    assert await r.scard(keys.ws_session(s2)) == 1
+    assert await r.smembers(keys.user_sessions(user)) == {str(s1), str(s2)}
+    await b2.close()
+    await eventually(lambda: equals(r.exists(keys.ws_session(s2)), 0), 5)
+    assert await r.smembers(keys.user_sessions(user)) == {str(s1)}
+    await a1.close()
+    await eventually(lambda: equals(r.scard(keys.ws_session(s1)), 1), 5)
+    await b1.close()
+    await eventually(lambda: equals(r.exists(keys.user_sessions(user)), 0), 5)
+    assert not await r.exists(keys.ws_session(s1))
+
+
+async def test_session_cap_holds_across_instances(
+    cluster: Cluster, token_for: Token, r: redis.Redis
+) -> None:
+    """Five connections of one session spread over two gateways; the sixth, anywhere, gets 1013;
+    once one leaves, a new one fits."""
+    user, session = uuid.uuid4(), uuid.uuid4()
+    token = token_for(user)
+    gateways = [cluster.a, cluster.b, cluster.a, cluster.b, cluster.a]
+    held = [await open_ws(g, session, token) for g in gateways]
+    for gateway in (cluster.a, cluster.b):
+        sixth = await open_ws(gateway, session, token, greet=False)
+        assert await closed_with(sixth) == (1013, "too many connections for this session")
+    assert await r.scard(keys.ws_session(session)) == 5
+    await held.pop().close()
+    await eventually(lambda: equals(r.scard(keys.ws_session(session)), 4), 5)
+    held.append(await open_ws(cluster.b, session, token))
+    for ws in held:
+        await ws.close()
+
+
+async def test_concurrent_connects_never_exceed_cap(
+    cluster: Cluster, token_for: Token, r: redis.Redis
+) -> None:
+    """Twelve simultaneous connects to one session over two gateways: exactly five are admitted."""
+    user, session = uuid.uuid4(), uuid.uuid4()
+    token = token_for(user)
+
+    async def attempt(i: int) -> object:
+        ws = await open_ws((cluster.a, cluster.b)[i % 2], session, token, greet=False)
+        first = await recv_json(ws)
+        return ws if first.get("type") == "connection_established" else None
+
+    results = await asyncio.gather(*(attempt(i) for i in range(12)), return_exceptions=True)
+    admitted = [ws for ws in results if ws is not None and not isinstance(ws, BaseException)]
+    assert len(admitted) == 5
+    assert await r.scard(keys.ws_session(session)) == 5
+    for ws in admitted:
+        await ws.close()  # type: ignore[attr-defined]
+
+
+async def test_killed_instance_heals_within_two_heartbeats(
+    cluster: Cluster, spawn_service: SpawnService, token_for: Token, r: redis.Redis
+) -> None:
+    """`kill -9` of a gateway: its registry entries vanish within about two heartbeats (1 s here),
+    the other gateway's entries stay, and the session's slots are usable again."""
+    doomed = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **cluster.upstream_env)
+    user, session = uuid.uuid4(), uuid.uuid4()
+    token = token_for(user)
+    survivor = await open_ws(cluster.a, session, token)
+    victims = [await open_ws(doomed, session, token) for _ in range(4)]
+    assert await r.scard(keys.ws_session(session)) == 5
+    doomed.kill()
+    for ws in victims:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await eventually(lambda: equals(r.scard(keys.ws_session(session)), 1), 6)
+    assert loop.time() - started < 3.5  # about two heartbeats after the death became visible
+    assert await r.smembers(keys.user_sessions(user)) == {str(session)}
+    replacement = [await open_ws(cluster.b, session, token) for _ in range(4)]
+    for ws in [survivor, *replacement]:
+        await ws.close()
+
+
+async def test_graceful_shutdown_closes_1012_and_cleans_registry(
+    cluster: Cluster, spawn_service: SpawnService, token_for: Token, r: redis.Redis
+) -> None:
+    """SIGTERM: every client gets 1012 with a reason, and the registry holds nothing of it."""
+    leaving = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **cluster.upstream_env)
+    user, session = uuid.uuid4(), uuid.uuid4()
+    clients = [await open_ws(leaving, session, token_for(user)) for _ in range(3)]
+    assert await r.scard(keys.ws_session(session)) == 3
+    stopping = asyncio.get_running_loop().run_in_executor(None, leaving.stop)
+    for ws in clients:
+        code, reason = await closed_with(ws, timeout=10)
+        assert code == 1012 and reason
+    await stopping
+    assert "Application shutdown complete" in leaving.log()
+    assert not await r.exists(keys.ws_session(session))
+    assert not await r.exists(keys.user_sessions(user))

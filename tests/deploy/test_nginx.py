@@ -53,9 +53,28 @@ def upstreams(spawn_service: SpawnService) -> Upstreams:
     )
 
 
+@pytest.fixture(scope="module")
+def gateways(spawn_service: SpawnService, upstreams: Upstreams) -> list[ServiceProcess]:
+    """Two real gateways shared by the module's tests that leave them running."""
+    return [spawn_service("gateway", **upstreams.env), spawn_service("gateway", **upstreams.env)]
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    nginx_path: str, gateways: list[ServiceProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nginx]:
+    """deploy/nginx.conf in front of the module's two gateways."""
+    shared = Nginx(tmp_path_factory.mktemp("nginx"), [g.port for g in gateways], nginx_path)
+    shared.start()
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def gateways(spawn_service: SpawnService, upstreams: Upstreams) -> Iterator[list[ServiceProcess]]:
-    """Two real gateway processes of this test's own (a test may kill one)."""
+def own_gateways(
+    spawn_service: SpawnService, upstreams: Upstreams
+) -> Iterator[list[ServiceProcess]]:
+    """Two gateways of this test's own, which it may kill."""
     pair = [spawn_service("gateway", **upstreams.env), spawn_service("gateway", **upstreams.env)]
     yield pair
     for gateway in pair:
@@ -63,8 +82,8 @@ def gateways(spawn_service: SpawnService, upstreams: Upstreams) -> Iterator[list
 
 
 @pytest.fixture
-def proxy(start_nginx: StartNginx, gateways: list[ServiceProcess]) -> Nginx:
-    return start_nginx([gateway.port for gateway in gateways])
+def own_proxy(start_nginx: StartNginx, own_gateways: list[ServiceProcess]) -> Nginx:
+    return start_nginx([gateway.port for gateway in own_gateways])
 
 
 async def _create_notification(upstreams: Upstreams, user: uuid.UUID, title: str) -> int:
@@ -107,12 +126,13 @@ def _ws_connections(gateway: ServiceProcess) -> float:
 
 def test_requests_reach_every_gateway(proxy: Nginx, gateways: list[ServiceProcess]) -> None:
     """Requests through nginx succeed and are spread over both gateways."""
+    before = len(proxy.access_lines("/readyz"))
     with httpx.Client(base_url=proxy.url) as client:
         for _ in range(8):
             response = client.get("/readyz")
             assert response.status_code == 200
             assert response.json()["status"] == "ready"
-    served = upstream_ports(proxy.access_lines("/readyz", at_least=8))
+    served = upstream_ports(proxy.access_lines("/readyz", at_least=before + 8)[before:])
     assert sorted(set(served)) == sorted(gateway.port for gateway in gateways)
 
 
@@ -155,10 +175,10 @@ def test_no_gateway_left_answers_json_503(start_nginx: StartNginx) -> None:
 
 
 def test_killed_gateway_traffic_moves_to_survivor(
-    proxy: Nginx, gateways: list[ServiceProcess]
+    own_proxy: Nginx, own_gateways: list[ServiceProcess]
 ) -> None:
     """After one gateway is killed (SIGKILL), every request still succeeds via the other."""
-    dead, survivor = gateways
+    proxy, (dead, survivor) = own_proxy, own_gateways
     dead.kill()
     before = len(proxy.access_lines("/readyz"))
     with httpx.Client(base_url=proxy.url) as client:
@@ -280,14 +300,16 @@ class _ResumingClient:
 
 
 async def test_killed_gateway_clients_resume_through_nginx_without_loss(
-    proxy: Nginx, gateways: list[ServiceProcess], upstreams: Upstreams, token_for: Token
+    own_proxy: Nginx, own_gateways: list[ServiceProcess], upstreams: Upstreams, token_for: Token
 ) -> None:
     """Six sessions of one user spread over both gateways; notifications keep being created
     while one gateway is SIGKILLed. Its clients reconnect through nginx (to the survivor) with
     ?last_seq=, the others never drop, and every client ends with every seq once, in order."""
     user = uuid.uuid4()
     token = token_for(user)
-    clients = [_ResumingClient(f"{proxy.ws_url}/api/v1/ws/{uuid.uuid4()}", token) for _ in range(6)]
+    clients = [
+        _ResumingClient(f"{own_proxy.ws_url}/api/v1/ws/{uuid.uuid4()}", token) for _ in range(6)
+    ]
     last: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     connected = [asyncio.Event() for _ in clients]
     tasks = [
@@ -298,7 +320,7 @@ async def test_killed_gateway_clients_resume_through_nginx_without_loss(
         async with asyncio.timeout(10):
             for event in connected:
                 await event.wait()
-        victim, survivor = gateways
+        victim, survivor = own_gateways
         # least_conn spreads the long-lived connections evenly.
         assert (_ws_connections(victim), _ws_connections(survivor)) == (3, 3)
 

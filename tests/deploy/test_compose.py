@@ -131,10 +131,18 @@ def test_depends_on_waits_for_health(services: dict[str, Any]) -> None:
 
 
 def test_environment_names_are_settings(services: dict[str, Any]) -> None:
-    """Every variable given to an app service is one shared/settings.py reads (no typos)."""
-    known = {variable.name for variable in VARIABLES}
+    """Every variable given to an app service is one shared/settings.py reads, or uvicorn's
+    FORWARDED_ALLOW_IPS (no typos)."""
+    known = {variable.name for variable in VARIABLES} | {"FORWARDED_ALLOW_IPS"}
     for name in APP_SERVICES:
         assert set(services[name]["environment"]) <= known, name
+
+
+def test_gateways_believe_nginx_forwarded_headers(services: dict[str, Any]) -> None:
+    """The gateways trust X-Forwarded-For from nginx (a compose-network peer), and are reachable
+    only through it, so no client can forge its address."""
+    assert services["gateway"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert "ports" not in services["gateway"] and "expose" not in services["gateway"]
 
 
 def test_internal_urls_use_service_names(services: dict[str, Any]) -> None:

@@ -193,14 +193,27 @@ def test_ingress_routes_only_the_public_api_to_the_gateway() -> None:
     assert streams["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
-def test_internal_services_only_reachable_from_the_application() -> None:
-    """The NetworkPolicy covers notifications and agent and admits only this app's pods (and the
-    monitoring namespace) on the http port."""
-    (policy,) = _named("NetworkPolicy").values()
-    (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
+def test_network_policies_guard_every_service() -> None:
+    """notifications and agent admit only this application's pods (and monitoring); the gateway
+    also admits the ingress controller, whose X-Forwarded-For it believes."""
+    policies = _named("NetworkPolicy")
+    internal = policies["internal-services"]["spec"]
+    (selector,) = internal["podSelector"]["matchExpressions"]
     assert set(selector["values"]) == {"notifications", "agent"}
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["ports"] == [{"port": "http"}]
+    gateway = policies["gateway"]["spec"]
+    assert gateway["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
+    sources = [peer for rule in gateway["ingress"] for peer in rule["from"]]
+    namespaces = {
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for p in sources
+        if "namespaceSelector" in p
+    }
+    assert namespaces == {"ingress-nginx", "monitoring"}
+    env = _container(_named("Deployment")["gateway"])["env"]
+    assert {"name": "FORWARDED_ALLOW_IPS", "value": "*"} in env
+    for policy in policies.values():
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": "http"}]
 
 
 def test_secrets_env_is_not_committed() -> None:

@@ -1,22 +1,35 @@
-"""agent_svc's HTTP routes: internal endpoints the gateway calls."""
+"""agent_svc's HTTP routes: the sessions API (public paths, proxied by the gateway's facade) and
+the internal session claim the gateway calls.
+
+Public routes verify the client's JWT themselves (the facade forwards the `Authorization`
+header) and only ever touch the caller's own sessions: another user's session answers 404,
+exactly like a missing one.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from agent_svc import sessions
-from shared.errors import Forbidden
-from shared.http import json_response, read_json, require_internal
+from shared.auth import TokenError, TokenVerifier
+from shared.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from shared.http import bearer_token, json_response, read_json, require_internal
 
 
 class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
     session_id: UUID
     user_id: UUID
+
+
+class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(max_length=255)] | None = None
 
 
 async def claim_session(request: Request) -> Response:
@@ -33,4 +46,87 @@ async def claim_session(request: Request) -> Response:
     )
 
 
-routes = [Route("/internal/v1/sessions/claim", claim_session, methods=["POST"])]
+def _caller(request: Request) -> UUID:
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        return verifier.verify(bearer_token(request)).user_id
+    except TokenError as exc:
+        raise Unauthorized(exc.reason) from None
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _session(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+async def create_session(request: Request) -> Response:
+    """`POST /api/v1/sessions` (body optional: `{"title"}`) → 201 with the new session."""
+    user_id = _caller(request)
+    settings = request.app.state.settings
+    body = CreateSession()
+    if (request.headers.get("content-length") or "0") != "0":
+        body = await read_json(request, CreateSession, settings.http_max_body_bytes)
+    row = await sessions.create(request.app.state.pool, user_id, body.title)
+    return json_response(_session(row), 201)
+
+
+async def list_sessions(request: Request) -> Response:
+    """`GET /api/v1/sessions?page&page_size`: the caller's sessions, most recent first."""
+    user_id = _caller(request)
+    page = _int_param(request, "page", 1, 1, 1_000_000)
+    size = _int_param(request, "page_size", 20, 1, 100)
+    rows, total = await sessions.list_mine(request.app.state.pool, user_id, size, (page - 1) * size)
+    return json_response(
+        {"items": [_session(r) for r in rows], "total": total, "page": page, "page_size": size}
+    )
+
+
+async def session_messages(request: Request) -> Response:
+    """`GET /api/v1/sessions/{id}/messages?limit`: the session's history, oldest first."""
+    user_id = _caller(request)
+    try:
+        session_id = UUID(request.path_params["session_id"])
+    except ValueError:
+        raise NotFound("no such session", code="SESSION_NOT_FOUND") from None
+    limit = _int_param(request, "limit", 100, 1, 500)
+    rows = await sessions.messages_of(request.app.state.pool, session_id, user_id, limit)
+    if rows is None:
+        raise NotFound("no such session", code="SESSION_NOT_FOUND")
+    items = [
+        {
+            "id": r["id"],
+            "role": r["role"],
+            "content": r["content"],
+            "tool_calls": r["tool_calls"],
+            "tokens_used": r["tokens_used"],
+            "status": r["status"],
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]
+    return json_response({"session_id": session_id, "items": items})
+
+
+routes = [
+    Route("/internal/v1/sessions/claim", claim_session, methods=["POST"]),
+    Route("/api/v1/sessions", create_session, methods=["POST"]),
+    Route("/api/v1/sessions", list_sessions, methods=["GET"]),
+    Route("/api/v1/sessions/{session_id}/messages", session_messages, methods=["GET"]),
+]

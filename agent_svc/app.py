@@ -1,4 +1,8 @@
-"""agent_svc's Starlette application: lifespan (pool, Redis, migrations) and routes."""
+"""agent_svc's Starlette application: lifespan (pool, Redis, migrations, chat workers) and routes.
+
+The chat workers (`AGENT_WORKERS` of them, none with 0) run inside this process's event loop and
+stop with it; `python -m agent_svc.worker` runs them without the HTTP API.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from agent_svc import api
+from agent_svc.worker import WorkerPool
 from shared import db, migrate, redis_client
+from shared.auth import TokenVerifier
 from shared.backoff import retry
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.settings import Settings
@@ -30,8 +36,10 @@ def create_app(settings: Settings) -> Starlette:
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
+        app.state.verifier = TokenVerifier(settings)
         try:
-            yield
+            async with WorkerPool(settings, pool, redis):
+                yield
         finally:
             await redis.aclose()
             await pool.close()

@@ -6,7 +6,7 @@ any number of instances. Every query is scoped by the caller's user id.
 
 from __future__ import annotations
 
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -32,3 +32,58 @@ async def claim(pool: asyncpg.Pool, session_id: UUID, user_id: UUID) -> tuple[bo
         # Read committed: this statement sees a row a concurrent claimer just committed.
         owner = await conn.fetchval("SELECT user_id FROM chat.sessions WHERE id = $1", session_id)
         return owner == user_id, False
+
+
+async def create(pool: asyncpg.Pool, user_id: UUID, title: str | None) -> asyncpg.Record:
+    """A new session owned by `user_id`."""
+    async with pool.acquire() as conn, conn.transaction():
+        await ensure_user(conn, user_id)
+        row: asyncpg.Record = await conn.fetchrow(
+            "INSERT INTO chat.sessions (id, user_id, title) VALUES ($1, $2, $3) "
+            "RETURNING id, title, created_at, updated_at",
+            uuid4(),
+            user_id,
+            title,
+        )
+        return row
+
+
+async def list_mine(
+    pool: asyncpg.Pool, user_id: UUID, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """The user's sessions, most recently used first, and how many there are in all."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, title, created_at, updated_at FROM chat.sessions WHERE user_id = $1 "
+            "ORDER BY updated_at DESC, id DESC LIMIT $2 OFFSET $3",
+            user_id,
+            limit,
+            offset,
+        )
+        total = await conn.fetchval(
+            "SELECT count(*) FROM chat.sessions WHERE user_id = $1", user_id
+        )
+    return list(rows), int(total)
+
+
+async def messages_of(
+    pool: asyncpg.Pool, session_id: UUID, user_id: UUID, limit: int
+) -> list[asyncpg.Record] | None:
+    """The session's last `limit` messages, oldest first; None when the session is not the
+    user's (missing and foreign look the same)."""
+    async with pool.acquire() as conn:
+        owned = await conn.fetchval(
+            "SELECT true FROM chat.sessions WHERE id = $1 AND user_id = $2", session_id, user_id
+        )
+        if not owned:
+            return None
+        rows = await conn.fetch(
+            "SELECT m.id, m.role, m.content, m.tool_calls, m.tokens_used, m.status, m.created_at "
+            "FROM chat.messages m JOIN chat.sessions s ON s.id = m.session_id "
+            "WHERE m.session_id = $1 AND s.user_id = $2 "
+            "ORDER BY m.created_at DESC, m.id DESC LIMIT $3",
+            session_id,
+            user_id,
+            limit,
+        )
+    return list(reversed(rows))

@@ -57,9 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics_route(),
         *websocket.routes,
         *internal.routes,
-        # Chat's HTTP routes (SSE, its REST API) are owned by gateway/chat.py, which exports
-        # them as `routes` once they exist.
-        *getattr(chat, "routes", ()),
+        *chat.routes,
         *proxy.proxy_routes(),
     ]
     allow_all = "*" in settings.cors_origins

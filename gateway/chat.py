@@ -1,33 +1,374 @@
-"""Chat over the gateway: the seam between the WebSocket connection loop and the agent.
+"""Chat over the gateway: SSE routes, the WebSocket chat frames, and the answer's Redis streams.
 
-The connection loop (gateway) hands every client frame whose `type` is in `CHAT_FRAME_TYPES` to
-`handle_ws_frame` as raw bytes; this module decodes it with its own types and answers through
-`ChatContext.send` (the connection's bounded send path). Until the agent pipeline lands (issue 4),
-chat frames are answered with an `error` frame `CHAT_UNAVAILABLE`.
+A question becomes an answer in three steps, the same for SSE and WebSocket: the session's
+single-answer lock is taken (`chat:active:{session_id}`; a second question while one is streaming
+gets `CHAT_BUSY` with the running answer's id, which the client can resume or cancel), the
+answer's reply stream is opened with its `start` event (carrying the owner), and the request is
+added to `chat:requests` for the agent workers. The gateway then only reads the reply stream, so
+any gateway instance can serve any answer, and an answer outlives the connection that asked.
+
+HTTP: `POST /api/v1/chat/stream` (the seed's SSE: `data:` lines only, entry id inside the JSON as
+`event_id`), `GET /api/v1/chat/stream/{message_id}` (standard SSE with `id:` lines, resuming after
+`Last-Event-ID`; 204 once the answer is over, so EventSource stops reconnecting) and
+`POST /api/v1/chat/stream/{message_id}/cancel`. SSE streams send `: keep-alive` after
+`SSE_KEEPALIVE_INTERVAL` seconds of silence. See docs/chat.md.
+
+WebSocket: the connection loop (gateway) hands every frame whose `type` is in `CHAT_FRAME_TYPES`
+to `handle_ws_frame`, which answers through `ChatContext.send` (the connection's bounded send
+path): the seed's `message` frame with the complete reply, preceded by `chat_event` frames when
+the client asked for `"stream": true`; `{"type": "cancel"}` stops the session's running answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from uuid import UUID
+from typing import Annotated, Any
+from uuid import UUID, uuid4
 
-from shared.wire import error_frame
+import httpx
+import msgspec
+import redis.asyncio as redis
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
-CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message"})
+from shared import chat_wire, keys
+from shared.auth import TokenError, TokenVerifier
+from shared.chat_wire import ChatRequest, Start, Transcript
+from shared.errors import AppError, Conflict, NotFound, Unauthorized, Unavailable, ValidationFailed
+from shared.http import bearer_token, json_response, read_json
+from shared.settings import Settings
+from shared.wire import Message, MessageData, encode, error_frame, utc_now_iso
+
+CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
+READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
+WORKER_SILENCE = 5.0  # seconds beyond AGENT_RECLAIM_IDLE before a silent worker counts as gone
+# (also absorbs clock skew between worker and gateway hosts)
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 @dataclass(frozen=True, slots=True)
 class ChatContext:
     """What chat needs to know about the connection a frame came from."""
 
-    app_state: Any  # the gateway app's `app.state` (settings, redis, http clients)
+    app_state: Any  # the gateway app's `app.state` (settings, redis, verifier, upstreams)
     user_id: UUID
     session_id: UUID
     connection_id: str
     send: Callable[[bytes], Awaitable[None]]
 
 
+# Client input.
+
+
+class ChatBody(msgspec.Struct):
+    message: Annotated[str, msgspec.Meta(max_length=32_000)]
+    session_id: UUID | None = None
+
+
+class WsMessage(msgspec.Struct, tag="message", tag_field="type"):
+    message: Annotated[str, msgspec.Meta(max_length=32_000)]
+    stream: bool = False
+
+
+class WsCancel(msgspec.Struct, tag="cancel", tag_field="type"):
+    message_id: UUID | None = None
+
+
+_decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
+
+
+# The answer's streams.
+
+
+async def open_answer(
+    client: redis.Redis, settings: Settings, user_id: UUID, session_id: UUID, message: str
+) -> str:
+    """Queue a question for the agent; returns the answer's message id.
+
+    Raises `ValidationFailed` for an empty message, `Unavailable` (`CHAT_UNAVAILABLE`) when no
+    agent worker is running, and `Conflict` (`CHAT_BUSY`, details name the running answer) while
+    another answer streams in the session."""
+    if not message.strip():
+        raise ValidationFailed("message must not be empty")
+    if not await workers_alive(client, settings):
+        raise Unavailable("no agent worker is running; try again later", code="CHAT_UNAVAILABLE")
+    message_id = str(uuid4())
+    lock = keys.chat_active(session_id)
+    if not await client.set(lock, message_id, nx=True, px=chat_wire.session_lock_ms(settings)):
+        running: bytes | None = await client.get(lock)  # type: ignore[assignment]
+        raise Conflict(
+            "an answer is already streaming in this session",
+            code="CHAT_BUSY",
+            details={"message_id": running.decode() if running else None},
+        )
+    request = ChatRequest(
+        message_id=message_id,
+        user_message_id=str(uuid4()),
+        session_id=str(session_id),
+        user_id=str(user_id),
+        message=message,
+        created_at=utc_now_iso(),
+    )
+    reply = keys.chat_reply_stream(message_id)
+    start = Start(session_id=str(session_id), message_id=message_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(
+            reply,
+            {chat_wire.EVENT_FIELD: chat_wire.encode(start), chat_wire.OWNER_FIELD: str(user_id)},
+        )
+        pipe.expire(reply, ORPHAN_TTL)
+        pipe.xadd(keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)})
+        await pipe.execute()
+    return message_id
+
+
+async def workers_alive(client: redis.Redis, settings: Settings) -> bool:
+    """Whether some agent worker sent a heartbeat lately (`chat:workers`: every second when idle,
+    every third of `AGENT_RECLAIM_IDLE` while answering), so a question is not queued for nobody:
+    with every worker gone the client hears so at once instead of waiting."""
+    since = time.time() - settings.agent_reclaim_idle - WORKER_SILENCE
+    return bool(await client.zcount(keys.CHAT_WORKERS, since, "+inf"))
+
+
+async def owned_answer(client: redis.Redis, message_id: str, user_id: UUID) -> None:
+    """Raise `NotFound` unless the answer exists (not expired) and belongs to `user_id`."""
+    first: Any = await client.xrange(keys.chat_reply_stream(message_id), count=1)
+    owner = first[0][1].get(chat_wire.OWNER_FIELD) if first else None
+    if owner is None or owner.decode() != str(user_id):
+        raise NotFound("no such answer", code="ANSWER_NOT_FOUND")
+
+
+async def read_events(
+    client: redis.Redis, message_id: str, after: str, keepalive: float
+) -> AsyncIterator[tuple[str, bytes] | None]:
+    """The answer's events after entry id `after`, in order, until its last event; `None` after
+    each `keepalive` seconds of silence. Ends early if the stream expires."""
+    key = keys.chat_reply_stream(message_id)
+    last, quiet_since = after, time.monotonic()
+    block_ms = max(1, int(min(READ_BLOCK, keepalive) * 1000))
+    while True:
+        read: Any = await client.xread({key: last}, count=100, block=block_ms)
+        if not read:
+            if time.monotonic() - quiet_since >= keepalive:
+                quiet_since = time.monotonic()
+                if not await client.exists(key):
+                    return
+                yield None
+            continue
+        quiet_since = time.monotonic()
+        for _, entries in read:
+            for entry_id, fields in entries:
+                last = entry_id.decode()
+                event = fields.get(chat_wire.EVENT_FIELD)
+                if event is None:
+                    continue
+                yield last, event
+                if chat_wire.is_terminal(event):
+                    return
+
+
+async def request_cancel(client: redis.Redis, settings: Settings, message_id: str) -> None:
+    """Ask the worker to stop the answer (idempotent; it keeps the partial answer)."""
+    await client.set(keys.chat_cancel(message_id), b"1", ex=settings.chat_reply_ttl)
+
+
+async def claim_session(
+    agent: httpx.AsyncClient, settings: Settings, session_id: UUID, user_id: UUID
+) -> None:
+    """Make sure the session is the user's (first use claims it) through agent_svc (`agent` is
+    the gateway's upstream client, based at `AGENT_URL`).
+
+    Raises `NotFound` for another user's session and `Unavailable` if agent_svc cannot say."""
+    try:
+        response = await agent.post(
+            "/internal/v1/sessions/claim",
+            json={"session_id": str(session_id), "user_id": str(user_id)},
+            headers={"Authorization": f"Bearer {settings.internal_token}"},
+        )
+    except httpx.HTTPError:
+        raise Unavailable("the agent service is unreachable") from None
+    if response.status_code == 403:
+        raise NotFound("no such session", code="SESSION_NOT_FOUND")
+    if response.status_code != 200:
+        raise Unavailable(f"the agent service answered {response.status_code}")
+
+
+# HTTP routes.
+
+
+def _caller(request: Request, *, allow_query: bool = False) -> UUID:
+    token = bearer_token(request)
+    if token is None and allow_query:
+        token = request.query_params.get("token")  # EventSource cannot send headers
+    try:
+        verifier: TokenVerifier = request.app.state.verifier
+        return verifier.verify(token).user_id
+    except TokenError as exc:
+        raise Unauthorized(exc.reason) from None
+
+
+async def _sse(
+    client: redis.Redis,
+    message_id: str,
+    after: str,
+    keepalive: float,
+    frame: Callable[[bytes, str], bytes],
+) -> AsyncIterator[bytes]:
+    finished = False
+    async for item in read_events(client, message_id, after, keepalive):
+        if item is None:
+            yield chat_wire.SSE_KEEPALIVE
+            continue
+        finished = chat_wire.is_terminal(item[1])
+        yield frame(item[1], item[0])
+    if not finished:  # the reply stream expired under the reader: say so rather than just stop
+        lost = chat_wire.error_event(
+            message_id, "ANSWER_EXPIRED", "the answer is no longer available"
+        )
+        yield b"data: " + chat_wire.encode(lost) + b"\n\n"
+
+
+async def chat_stream(request: Request) -> Response:
+    """`POST /api/v1/chat/stream`: ask, and stream the answer as the seed's SSE."""
+    user_id = _caller(request)
+    settings: Settings = request.app.state.settings
+    body = await read_json(request, ChatBody, settings.http_max_body_bytes)
+    session_id = body.session_id or uuid4()
+    await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
+    client = request.app.state.redis
+    message_id = await open_answer(client, settings, user_id, session_id, body.message)
+    stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def resume_stream(request: Request) -> Response:
+    """`GET /api/v1/chat/stream/{message_id}`: the answer's events after `Last-Event-ID`."""
+    user_id = _caller(request, allow_query=True)
+    settings: Settings = request.app.state.settings
+    message_id = _message_id(request)
+    after = (
+        request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0-0"
+    )
+    if not _EVENT_ID.match(after):
+        raise ValidationFailed("Last-Event-ID must be an event id like 1700000000000-0")
+    client = request.app.state.redis
+    await owned_answer(client, message_id, user_id)
+    last: Any = await client.xrevrange(keys.chat_reply_stream(message_id), count=1)
+    if (
+        last
+        and _entry_id(last[0][0].decode()) <= _entry_id(after)
+        and chat_wire.is_terminal(last[0][1].get(chat_wire.EVENT_FIELD, b""))
+    ):
+        return Response(status_code=204)  # nothing left: EventSource stops reconnecting
+    stream = _sse(
+        client, message_id, after, settings.sse_keepalive_interval, chat_wire.sse_resumable
+    )
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def cancel_stream(request: Request) -> Response:
+    """`POST /api/v1/chat/stream/{message_id}/cancel` → 202; the answer ends with `end`
+    (`status: cancelled`) and keeps what was said."""
+    user_id = _caller(request)
+    message_id = _message_id(request)
+    client = request.app.state.redis
+    await owned_answer(client, message_id, user_id)
+    await request_cancel(client, request.app.state.settings, message_id)
+    return json_response({"message_id": message_id, "status": "cancelling"}, 202)
+
+
+def _entry_id(event_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = event_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _message_id(request: Request) -> str:
+    try:
+        return str(UUID(request.path_params["message_id"]))
+    except ValueError:
+        raise NotFound("no such answer", code="ANSWER_NOT_FOUND") from None
+
+
+routes: list[Route] = [
+    Route("/api/v1/chat/stream", chat_stream, methods=["POST"]),
+    Route("/api/v1/chat/stream/{message_id}", resume_stream, methods=["GET"]),
+    Route("/api/v1/chat/stream/{message_id}/cancel", cancel_stream, methods=["POST"]),
+]
+
+
+# WebSocket.
+
+
 async def handle_ws_frame(ctx: ChatContext, raw: bytes) -> None:
-    await ctx.send(error_frame("CHAT_UNAVAILABLE", "chat is not available on this gateway yet"))
+    """Answer one chat frame of a connection. Never raises for bad input or a failed answer:
+    the client gets an `error` frame with a stable code instead."""
+    try:
+        frame = _decode_ws(raw)
+    except msgspec.ValidationError as exc:
+        await ctx.send(error_frame("INVALID_MESSAGE", str(exc)))
+        return
+    except msgspec.DecodeError:
+        await ctx.send(error_frame("INVALID_JSON", "frame is not valid JSON"))
+        return
+    try:
+        if isinstance(frame, WsCancel):
+            await _ws_cancel(ctx, frame)
+        else:
+            await _ws_message(ctx, frame)
+    except AppError as exc:
+        await ctx.send(error_frame(exc.code, exc.message, exc.details))
+    except (redis.RedisError, OSError):
+        await ctx.send(error_frame("PROCESSING_ERROR", "chat is unavailable; try again"))
+
+
+async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
+    state = ctx.app_state
+    settings: Settings = state.settings
+    message_id = await open_answer(
+        state.redis, settings, ctx.user_id, ctx.session_id, frame.message
+    )
+    transcript = Transcript()
+    async for item in read_events(state.redis, message_id, "0-0", settings.sse_keepalive_interval):
+        if item is None:
+            continue
+        entry_id, event_json = item
+        if frame.stream:
+            await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
+        transcript.feed(chat_wire.decode_event(event_json))
+    ending = transcript.ending
+    if ending is None:
+        details = {"message_id": message_id, "reply": transcript.reply}
+        await ctx.send(error_frame("ANSWER_EXPIRED", "the answer is no longer available", details))
+        return
+    if isinstance(ending, chat_wire.Error):
+        details = {"message_id": message_id, "reply": transcript.reply}
+        await ctx.send(error_frame(ending.error.code, ending.error.message, details))
+        return
+    data = MessageData(
+        id=message_id,
+        reply=transcript.reply,
+        tool_calls=transcript.tool_calls(),
+        tokens_used=ending.tokens_used,
+        created_at=utc_now_iso(),
+    )
+    await ctx.send(encode(Message(data=data)))
+
+
+async def _ws_cancel(ctx: ChatContext, frame: WsCancel) -> None:
+    state = ctx.app_state
+    if frame.message_id is not None:
+        message_id = str(frame.message_id)
+    else:
+        running = await state.redis.get(keys.chat_active(ctx.session_id))
+        if running is None:
+            raise NotFound("no answer is streaming in this session", code="NOTHING_TO_CANCEL")
+        message_id = running.decode()
+    await owned_answer(state.redis, message_id, ctx.user_id)
+    await request_cancel(state.redis, state.settings, message_id)

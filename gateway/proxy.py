@@ -22,7 +22,10 @@ from shared.http import read_body
 log = logging.getLogger(__name__)
 
 # Public prefix -> upstream name (a key of `app.state.upstreams`). Adding a proxied API is one line.
-PUBLIC_PROXY: tuple[tuple[str, str], ...] = (("/api/v1/notifications", "notifications"),)
+PUBLIC_PROXY: tuple[tuple[str, str], ...] = (
+    ("/api/v1/notifications", "notifications"),
+    ("/api/v1/sessions", "agent"),
+)
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _REQUEST_HEADERS = ("authorization", "content-type", "accept", "if-none-match", "x-request-id")

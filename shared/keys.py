@@ -63,3 +63,17 @@ def chat_reply_stream(message_id: UUID | str) -> str:
 def chat_cancel(message_id: UUID | str) -> str:
     """Set when a client cancels an answer; workers poll it between deltas."""
     return f"chat:cancel:{message_id}"
+
+
+def chat_active(session_id: UUID | str) -> str:
+    """The message id of the answer streaming in a session (one at a time); expires on its own
+    when no worker refreshes it."""
+    return f"chat:active:{session_id}"
+
+
+# Live chat workers: a sorted set of consumer names scored by their last heartbeat (epoch
+# seconds), so a gateway can tell a question would wait for nobody.
+CHAT_WORKERS = "chat:workers"
+
+# Notifications the agent scheduled for later: a sorted set scored by due time (epoch seconds).
+AGENT_SCHEDULED_NOTIFICATIONS = "agent:scheduled"

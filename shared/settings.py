@@ -284,6 +284,25 @@ VARIABLES: tuple[Variable, ...] = (
         "3600",
         "Seconds a finished answer's reply stream stays readable for resume.",
     ),
+    Variable(
+        "AGENT_RECLAIM_IDLE",
+        _positive_float,
+        "30",
+        "Seconds a chat request may sit unacknowledged with no worker heartbeat before another "
+        "worker reclaims it and finishes the answer.",
+    ),
+    Variable(
+        "AGENT_TOOL_MODULES",
+        _text,
+        "",
+        "Comma-separated Python modules whose `register(registry)` adds deployer tools.",
+    ),
+    Variable(
+        "SSE_KEEPALIVE_INTERVAL",
+        _positive_float,
+        "15",
+        "Seconds of silence after which an SSE stream sends a `: keep-alive` comment.",
+    ),
 )
 
 _BY_NAME = {variable.name: variable for variable in VARIABLES}
@@ -330,6 +349,9 @@ class Settings:
     agent_workers: int
     agent_offline_delay: float
     chat_reply_ttl: int
+    agent_reclaim_idle: float
+    agent_tool_modules: str
+    sse_keepalive_interval: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

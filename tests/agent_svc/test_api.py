@@ -1,0 +1,86 @@
+"""The sessions API of agent_svc: create, list mine, history; ownership and auth."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import SpawnService
+from tests.support.processes import ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def agent(spawn_service: SpawnService) -> ServiceProcess:
+    return spawn_service("agent_svc", AGENT_WORKERS="0")
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_create_list_and_read_sessions(
+    agent: ServiceProcess, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """A user creates sessions and lists only their own, newest first; history starts empty."""
+    token = token_for(user_id)
+    first = httpx.post(agent.url + "/api/v1/sessions", headers=_auth(token))
+    second = httpx.post(
+        agent.url + "/api/v1/sessions", json={"title": "Plans"}, headers=_auth(token)
+    )
+    assert first.status_code == second.status_code == 201
+    assert second.json()["title"] == "Plans"
+    httpx.post(agent.url + "/api/v1/sessions", headers=_auth(token_for(uuid.uuid4())))
+    listed = httpx.get(agent.url + "/api/v1/sessions", headers=_auth(token)).json()
+    assert listed["total"] == 2
+    assert [s["id"] for s in listed["items"]] == [second.json()["id"], first.json()["id"]]
+    page = httpx.get(
+        agent.url + "/api/v1/sessions", params={"page": 2, "page_size": 1}, headers=_auth(token)
+    ).json()
+    assert [s["id"] for s in page["items"]] == [first.json()["id"]]
+    history = httpx.get(
+        f"{agent.url}/api/v1/sessions/{first.json()['id']}/messages", headers=_auth(token)
+    )
+    assert history.status_code == 200 and history.json()["items"] == []
+
+
+def test_foreign_and_missing_sessions_are_404(
+    agent: ServiceProcess, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """Another user's session answers exactly like a missing one."""
+    created = httpx.post(agent.url + "/api/v1/sessions", headers=_auth(token_for(user_id))).json()
+    intruder = _auth(token_for(uuid.uuid4()))
+    for session in (created["id"], str(uuid.uuid4()), "not-a-uuid"):
+        response = httpx.get(f"{agent.url}/api/v1/sessions/{session}/messages", headers=intruder)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "SESSION_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/sessions"),
+        ("GET", "/api/v1/sessions"),
+        ("GET", f"/api/v1/sessions/{uuid.uuid4()}/messages"),
+    ],
+)
+def test_token_required(agent: ServiceProcess, method: str, path: str) -> None:
+    """Every sessions route needs a valid token (401 JSON error otherwise)."""
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        response = httpx.request(method, agent.url + path, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_bad_paging_is_422(
+    agent: ServiceProcess, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """Out-of-range paging parameters answer 422."""
+    response = httpx.get(
+        agent.url + "/api/v1/sessions",
+        params={"page_size": 1000},
+        headers=_auth(token_for(user_id)),
+    )
+    assert response.status_code == 422

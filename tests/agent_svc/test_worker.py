@@ -1,0 +1,138 @@
+"""agent_svc workers against real processes: malformed requests, a worker killed mid-answer
+(last: it kills the stack's agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from shared import keys
+from shared.settings import Settings
+from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
+from tests.conftest import SpawnService
+from tests.support import fake_anthropic as fa
+
+
+@pytest.fixture(scope="module")
+def stack(
+    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChatStack]:
+    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-worker"))
+    try:
+        yield chat
+    finally:
+        chat.stop()
+
+
+def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[..., str]) -> None:
+    """A request entry that does not decode is acknowledged and dropped; the worker keeps
+    answering."""
+    assert stack.fake is not None
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        client.xadd(keys.CHAT_REQUESTS_STREAM, {"r": b"{not a request"})
+        key = f"after-{uuid.uuid4().hex[:8]}"
+        stack.fake.script(key, fa.text("still here"))
+        _, events = ask(stack.gateway, token_for(uuid.uuid4()), key)
+        assert text_of(events) == "still here", events
+        deadline = time.monotonic() + 5
+        while client.xpending(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP)["pending"]:
+            assert time.monotonic() < deadline, "a request stayed pending"
+            time.sleep(0.05)
+        assert client.xlen(keys.CHAT_REQUESTS_STREAM) == 0
+    finally:
+        client.close()
+
+
+class StandaloneWorker:
+    """`python -m agent_svc.worker`: workers without the HTTP API, ready once they log so."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent_svc.worker"],
+                env=env | {"PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        while b"chat workers started" not in log_path.read_bytes():
+            assert self.process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "standalone worker did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"worker ignored SIGTERM:\n{self.log_path.read_text()}") from None
+
+
+async def _stored(settings: Settings, session: uuid.UUID) -> list[tuple[str, str, str]]:
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT role, content, status FROM chat.messages WHERE session_id = $1 "
+            "ORDER BY created_at, id",
+            session,
+        )
+    finally:
+        await conn.close()
+    return [(r["role"], r["content"], r["status"]) for r in rows]
+
+
+def test_worker_killed_mid_answer_is_reclaimed_and_finished(
+    stack: ChatStack,
+    base_env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    token_for: Callable[..., str],
+) -> None:
+    """SIGKILL the worker mid-answer: a standalone worker (`python -m agent_svc.worker`)
+    reclaims the request and continues the answer (the model continues a prefill of what was
+    said), so a reader resuming by event id gets the whole answer exactly once, and the stored
+    answer is complete."""
+    assert stack.fake is not None
+    token = token_for(uuid.uuid4())
+    key = f"crash-{uuid.uuid4().hex[:8]}"
+    chunks = [f"word{i} " for i in range(30)]
+    stack.fake.script(key, fa.text(*chunks, delay=0.1))
+    session = uuid.uuid4()
+    _, first = ask(stack.gateway, token, f"{key} tell me", session, stop_after_tokens=4)
+    message_id = first[0].data["message_id"]
+    stack.agent.kill()
+    successor = StandaloneWorker(base_env | stack.env, tmp_path / "worker.log")
+    try:
+        response, rest = resume(stack.gateway, token, message_id, first[-1].data["event_id"])
+    finally:
+        assert successor.stop() == 0  # SIGTERM: a clean stop
+    assert response.status_code == 200
+    assert rest[-1].type == "end" and rest[-1].data["status"] == "complete"
+    assert text_of(first) + text_of(rest) == "".join(chunks)
+    requests = stack.fake.requests_for(key)
+    assert len(requests) == 2
+    prefill = requests[1]["messages"][-1]
+    assert prefill["role"] == "assistant"
+    assert "".join(chunks).startswith(prefill["content"])
+    assert len(prefill["content"]) >= len(text_of(first).rstrip())
+    assert asyncio.run(_stored(settings, session)) == [
+        ("user", f"{key} tell me", "complete"),
+        ("assistant", "".join(chunks), "complete"),
+    ]
+    assert b"reclaimed chat request" in successor.log_path.read_bytes()

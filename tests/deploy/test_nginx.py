@@ -1,11 +1,12 @@
 """deploy/nginx.conf, live: Debian's nginx running the deployed file in front of real gateways.
 
-WebSocket (all three auth methods, resume), REST and health checks go through the balancer to both
-gateways; what must stay private answers 404 at the edge; oversized bodies and a dead upstream get
-the API's JSON errors; tokens in query strings never reach the access log. Then the failure that
-matters: one gateway is killed while notifications are being created, its clients reconnect
-through nginx to the survivor with `?last_seq=`, and every client ends with every notification
-exactly once, in order.
+WebSocket (all three auth methods, close codes), Server-Sent Events (streamed as produced, resumed
+with Last-Event-ID), REST and health checks go through the balancer to both gateways; what must
+stay private answers 404 at the edge; oversized bodies and a dead upstream get the API's JSON
+errors; tokens in query strings never reach the access log. Then the failure that matters: one
+gateway is killed while notifications are being created, its clients reconnect through nginx to
+the survivor with `?last_seq=`, and every client ends with every notification exactly once, in
+order.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ class Upstreams:
 
 @pytest.fixture(scope="module")
 def upstreams(spawn_service: SpawnService) -> Upstreams:
-    """notifications_svc and agent_svc (sessions API only), shared by the module's gateways."""
-    return Upstreams(
-        notifications=spawn_service("notifications_svc"),
-        agent=spawn_service("agent_svc", AGENT_WORKERS="0"),
-    )
+    """notifications_svc and agent_svc (one chat worker, the offline model streaming a word every
+    AGENT_OFFLINE_DELAY = 30 ms), shared by the module's gateways."""
+    notifications = spawn_service("notifications_svc")
+    agent = spawn_service("agent_svc", AGENT_WORKERS="1", NOTIFICATIONS_URL=notifications.url)
+    return Upstreams(notifications=notifications, agent=agent)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,78 @@ async def test_rest_api_through_nginx(proxy: Nginx, upstreams: Upstreams, token_
         anonymous = await client.get("/api/v1/notifications", headers={"Authorization": ""})
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+def _sse_events(body: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """(id, event) pairs of an SSE body: `id:` lines are optional, `:` comments skipped."""
+    events = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            events.append((fields.get("id"), json.loads(fields["data"])))
+    return events
+
+
+async def test_sse_chat_streams_through_nginx_as_produced_and_resumes(
+    proxy: Nginx, token_for: Token
+) -> None:
+    """POST /api/v1/chat/stream through nginx: seed-format `data:` events from `start` to `end`,
+    each token delivered as the model produces it (a buffering proxy would hand them over all at
+    once); the GET resume with Last-Event-ID through nginx returns exactly the later events."""
+    headers = {"Authorization": f"Bearer {token_for(uuid.uuid4())}"}
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    async with httpx.AsyncClient(base_url=proxy.url, headers=headers, timeout=30) as client:
+        async with client.stream(
+            "POST", "/api/v1/chat/stream", json={"message": "hello through nginx"}
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    arrivals.append((loop.time(), json.loads(line.removeprefix("data: "))))
+        events = [event for _, event in arrivals]
+        assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+        tokens = [(at, event) for at, event in arrivals if event["type"] == "token"]
+        assert len(tokens) >= 10
+        assert "".join(event["content"] for _, event in tokens).startswith("[offline model]")
+        # ~30 ms between words at the source: delivered one by one, they arrive spread out.
+        assert tokens[-1][0] - tokens[0][0] > 0.1 * len(tokens) * 0.03
+
+        middle = len(events) // 2
+        resumed = await client.get(
+            f"/api/v1/chat/stream/{events[0]['message_id']}",
+            headers={"Last-Event-ID": events[middle]["event_id"]},
+        )
+    assert resumed.status_code == 200
+    later = _sse_events(resumed.text)
+    assert [event for _, event in later] == events[middle + 1 :]
+    assert [event_id for event_id, _ in later] == [e["event_id"] for e in events[middle + 1 :]]
+
+
+async def test_chat_tool_notification_reaches_websocket_through_nginx(
+    proxy: Nginx, token_for: Token
+) -> None:
+    """A chat question asked over SSE makes the agent create a notification (tool call), which
+    reaches the same user's WebSocket — every hop through nginx."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    ws = await _open(proxy.ws_url + f"/api/v1/ws/{uuid.uuid4()}?token={token}")
+    try:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as client:
+            response = await client.post(
+                "/api/v1/chat/stream",
+                json={"message": "notify me to stretch"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        types = [event["type"] for _, event in _sse_events(response.text)]
+        assert types[0] == "start" and types[-1] == "end"
+        assert "tool_call" in types and "tool_result" in types
+        frame = await _recv(ws)
+        assert frame["type"] == "notification"
+        assert frame["data"]["content"] == "stretch"
+    finally:
+        await ws.close()
 
 
 async def test_graceful_restart_close_code_reaches_the_client(

@@ -414,3 +414,18 @@ async def test_killed_gateway_clients_resume_through_nginx_without_loss(
     assert sorted(client.reconnects for client in clients) == [0, 0, 0, 1, 1, 1]
     for client in clients:
         assert client.seqs == created
+
+
+def test_encoded_dot_segments_cannot_reach_internal(proxy: Nginx) -> None:
+    """`/api/v1/%2e%2e/%2e%2e/internal/...` is normalised by nginx to /internal/ and refused at
+    the edge, even carrying the internal token: no gateway sees it."""
+    before = len(proxy.access_lines("/internal/v1/publish"))
+    response = httpx.post(
+        proxy.url + "/api/v1/%2e%2e/%2e%2e/internal/v1/publish",
+        json={"frame": {"type": "x"}, "broadcast": True},
+        headers=INTERNAL,
+    )
+    assert response.status_code == 404
+    lines = proxy.access_lines("/internal/v1/publish", at_least=before + 1)[before:]
+    assert len(lines) == 1
+    assert upstream_ports(lines) == []

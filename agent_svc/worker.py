@@ -62,6 +62,10 @@ _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_REFRESH_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
@@ -169,7 +173,13 @@ class Worker:
         stored = await messages.stored_answer(p.db, request)
         out = Answer(p.redis, request, transcript, p.registry, self._tool_context(request))
         if stored is not None:  # stored, then the worker died before the last event
-            await out.emit(End(request.message_id, stored["tokens_used"], stored["status"]))
+            if stored["status"] == "error":
+                failed = chat_wire.error_event(
+                    request.message_id, "MODEL_ERROR", "the answer failed"
+                )
+                await out.emit(failed)
+            else:
+                await out.emit(End(request.message_id, stored["tokens_used"], stored["status"]))
             return
         owned, _ = await sessions.claim(p.db, UUID(request.session_id), UUID(request.user_id))
         if not owned:
@@ -238,7 +248,13 @@ class Worker:
             [entry_id],
             justid=True,
         )
-        await r.pexpire(keys.chat_active(request.session_id), self._p.lock_ms)
+        await r.eval(
+            _REFRESH_LOCK,
+            1,
+            keys.chat_active(request.session_id),
+            request.message_id,
+            self._p.lock_ms,
+        )
         await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
 
     async def _transcript(self, request: ChatRequest) -> Transcript:

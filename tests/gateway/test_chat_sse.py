@@ -439,3 +439,11 @@ def test_answer_expiring_under_a_reader_ends_with_an_error(
         client.close()
     assert len(seen) == 2
     assert json.loads(rest[-1][6:])["error"]["code"] == "ANSWER_EXPIRED"
+
+
+def test_agent_logged_no_worker_errors(stack: ChatStack) -> None:
+    """After every scenario above, the worker never had to fall back to retrying (a failing
+    heartbeat or store would otherwise heal itself through a reclaim and go unnoticed)."""
+    log = stack.agent.log(tail=100_000)
+    assert "worker error" not in log
+    assert "reclaimed chat request" not in log

@@ -58,10 +58,6 @@ CONSUMER_PRUNE_INTERVAL = 300.0
 CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
 READ_BLOCK_MS = 1000  # below the Redis client's socket timeout
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 _REFRESH_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -286,7 +282,9 @@ class Worker:
         async with r.pipeline(transaction=False) as pipe:
             pipe.expire(keys.chat_reply_stream(request.message_id), self._p.settings.chat_reply_ttl)
             pipe.delete(keys.chat_cancel(request.message_id))
-            pipe.eval(_RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id)
+            pipe.eval(
+                chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
+            )
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
             await pipe.execute()
@@ -294,7 +292,7 @@ class Worker:
     async def _release(self, request: ChatRequest) -> None:
         """Free the session for its next question (only if this answer still holds it)."""
         await self._p.redis.eval(
-            _RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
+            chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
         )
 
     async def _ack(self, entry_id: str) -> None:

@@ -126,7 +126,8 @@ class Connection:
         return True
 
     async def put(self, text: str) -> None:
-        """Queue a frame, waiting for room (replay and chat: they can afford to wait)."""
+        """Queue a frame, waiting for room (replay and chat: they can afford to wait). Returns at
+        once on a closed connection (the frame is dropped with it)."""
         if self.close_code is None:
             await self._queue.put(text)
 
@@ -162,6 +163,10 @@ class Connection:
                     async with asyncio.timeout(0.5):
                         await self._queue.join()
             self._writer.cancel()
+        # Free the queued frames now, and wake any `put()` waiting for room (it finds the
+        # connection closed and adds nothing more).
+        while not self._queue.empty():
+            self._queue.get_nowait()
         for task in self._chat_tasks:
             task.cancel()
         with contextlib.suppress(Exception):

@@ -1,6 +1,7 @@
-"""`POST /internal/v1/publish`: internal services send a frame to a user, a session or everyone.
+"""The gateway's internal HTTP API (internal bearer token; never routed publicly): publishing to
+clients, and the connection manager's queries across every instance.
 
-Requires the internal bearer token; never routed publicly. Body (JSON):
+`POST /internal/v1/publish` body (JSON):
 `{"frame": {"type": ..., ...}, "user_id" | "session_id" | "broadcast": true, "exclude_session"?,
 "seq"?}` with exactly one target. Answers 202 `{"receivers": n}`, the number of gateway instances
 that received it (0 when nobody holds the target). Delivery is fire-and-forget (pub/sub); producers
@@ -61,4 +62,38 @@ async def publish_frame(request: Request) -> Response:
     return json_response({"receivers": receivers}, 202)
 
 
-routes = [Route("/internal/v1/publish", publish_frame, methods=["POST"])]
+async def connections(request: Request) -> Response:
+    """`GET /internal/v1/connections`: live connections and active sessions on every gateway."""
+    require_internal(request, request.app.state.settings.internal_token)
+    manager: ConnectionManager = request.app.state.manager
+    try:
+        total = await manager.get_connection_count()
+        sessions = await manager.get_active_sessions()
+    except (redis.RedisError, OSError):
+        raise Unavailable("Redis unavailable") from None
+    return json_response({"connections": total, "active_sessions": sorted(map(str, sessions))})
+
+
+async def session_connections(request: Request) -> Response:
+    """`GET /internal/v1/sessions/{session_id}/connections`: is it connected, how many times."""
+    require_internal(request, request.app.state.settings.internal_token)
+    try:
+        session_id = UUID(request.path_params["session_id"])
+    except ValueError:
+        raise ValidationFailed("session_id is not a UUID") from None
+    manager: ConnectionManager = request.app.state.manager
+    try:
+        count = await manager.get_connection_count(session_id)
+        connected = await manager.is_session_connected(session_id)
+    except (redis.RedisError, OSError):
+        raise Unavailable("Redis unavailable") from None
+    return json_response(
+        {"session_id": str(session_id), "connected": connected, "connections": count}
+    )
+
+
+routes = [
+    Route("/internal/v1/publish", publish_frame, methods=["POST"]),
+    Route("/internal/v1/connections", connections, methods=["GET"]),
+    Route("/internal/v1/sessions/{session_id}/connections", session_connections, methods=["GET"]),
+]

@@ -53,6 +53,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` is sent
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
+OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]
@@ -96,10 +97,12 @@ class ConnectionManager:
             ping_interval=min(5.0, settings.ws_heartbeat_interval),
         )
         self._ids = itertools.count(1)
+        self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
         self._empty = asyncio.Event()
+        self._detaching = 0
 
     # Lifecycle.
 
@@ -162,7 +165,13 @@ class ConnectionManager:
         return f"{self.instance_id}:{next(self._ids):x}"
 
     async def claim(self, session_id: UUID, user_id: UUID) -> None:
-        """Make sure the session is the user's, durably (agent_svc); raises `Refused`."""
+        """Make sure the session is the user's, durably (agent_svc); raises `Refused`.
+
+        A session never changes owner, so a positive answer is remembered (bounded): a client
+        reconnecting to the same instance costs no round trip.
+        """
+        if self._owners.get(session_id) == user_id:
+            return
         try:
             response = await self._agent.post(
                 "/internal/v1/sessions/claim",
@@ -175,6 +184,9 @@ class ConnectionManager:
             raise Refused(1008, "session belongs to another user")
         if response.status_code != 200:
             raise Refused(1013, "session service unavailable: try again later")
+        if len(self._owners) >= OWNER_CACHE_SIZE:
+            del self._owners[next(iter(self._owners))]  # oldest first
+        self._owners[session_id] = user_id
 
     # The seed's manager API.
 
@@ -206,6 +218,8 @@ class ConnectionManager:
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
         conn.start_writer()
+        if last_seq is None and self._adopt_baseline(conn):
+            return
         try:
             await self._catch_up([conn], last_seq)
         except ReplayError as exc:
@@ -214,20 +228,36 @@ class ConnectionManager:
                 raise Refused(1013, "notifications unavailable: reconnect with last_seq") from None
             conn.replaying, conn.last_seq = False, None  # no baseline: accept what comes
 
+    def _adopt_baseline(self, conn: Connection) -> bool:
+        """Take the seq baseline of a live sibling (same user, this instance) instead of asking
+        the notifications service. Sound because both are routed by the same subscription: every
+        notification dispatched before `conn` joined reached the sibling, every later one
+        reaches both."""
+        members = self._fanout.routes.get(conn.channels[0], ())
+        for sibling in members:
+            if sibling is not conn and not sibling.replaying and sibling.last_seq is not None:
+                conn.last_seq, conn.replaying = sibling.last_seq, False
+                return True
+        return False
+
     async def disconnect(self, conn: Connection) -> None:
         """Forget the connection everywhere; idempotent."""
         if self.connections.pop(conn.conn_id, None) is None:
             return
         metrics.OPEN_CONNECTIONS.dec()
-        if not self.connections:
-            self._empty.set()
         self._everyone.discard(conn)
-        await self._fanout.leave(conn, conn.channels)
+        self._detaching += 1
         try:
+            await self._fanout.leave(conn, conn.channels)
             await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
         except (redis.RedisError, OSError) as exc:
-            # The heartbeat sweep or the key expiry removes it later.
+            # `stop()` (this instance's own entries), the others' sweep or the key expiry
+            # removes it later.
             log.warning("registry detach failed", extra={"error": repr(exc)})
+        finally:
+            self._detaching -= 1
+            if not self.connections and not self._detaching:
+                self._empty.set()
 
     async def send_to_session(self, session_id: UUID | str, frame: Frame) -> int:
         """Publish to every connection of the session on any instance; returns how many

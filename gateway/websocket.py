@@ -69,6 +69,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await conn.close(exc.code, exc.reason)
         else:
             await _refuse(websocket, exc.code, exc.reason)
+    except Exception:
+        log.exception("connection failed")
+        if conn is not None:
+            await conn.close(1011, "internal error")
+        else:
+            await _refuse(websocket, 1011, "internal error")
     finally:
         if conn is not None:
             await manager.disconnect(conn)

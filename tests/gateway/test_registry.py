@@ -127,10 +127,10 @@ async def test_graceful_shutdown_closes_1012_and_cleans_registry(
     clients = [await open_ws(leaving, session, token_for(user)) for _ in range(3)]
     assert await r.scard(keys.ws_session(session)) == 3
     stopping = asyncio.get_running_loop().run_in_executor(None, leaving.stop)
-    for ws in clients:
-        code, reason = await closed_with(ws, timeout=10)
-        assert code == 1012 and reason
+    closes = [await closed_with(ws, timeout=10) for ws in clients]
     await stopping
-    assert "Application shutdown complete" in leaving.log()
-    assert not await r.exists(keys.ws_session(session))
-    assert not await r.exists(keys.user_sessions(user))
+    log = leaving.log()
+    assert all(code == 1012 and reason for code, reason in closes), (closes, log)
+    assert "Application shutdown complete" in log, log
+    assert not await r.exists(keys.ws_session(session)), log
+    assert not await r.exists(keys.user_sessions(user)), log

@@ -74,7 +74,7 @@ def test_text_answer_streams_real_deltas(
     assert end["tokens_used"] == 25 + 12 and end["status"] == "complete"
     assert _ids_increasing([e.data["event_id"] for e in events])
     sent = fake.requests_for(key)[0]
-    assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-5"
+    assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-6"
     assert sent["messages"] == [{"role": "user", "content": f"{key} say hello"}]
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
     metrics = httpx.get(stack.agent.url + "/metrics").text

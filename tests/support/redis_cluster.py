@@ -75,13 +75,18 @@ class LocalRedisCluster:
         return process
 
     def start(self, timeout: float = 20) -> LocalRedisCluster:
-        for index, port in enumerate(self.ports):
-            (self.root / str(port)).mkdir(parents=True)
-            self._processes.append(self._spawn(index))
-        deadline = time.monotonic() + timeout
-        self._wait_listening(self.ports, deadline)
-        self._assign_slots_and_meet()
-        self._wait_ok(deadline)
+        """Start and form the cluster; on any failure every node started is stopped again."""
+        try:
+            for index, port in enumerate(self.ports):
+                (self.root / str(port)).mkdir(parents=True)
+                self._processes.append(self._spawn(index))
+            deadline = time.monotonic() + timeout
+            self._wait_listening(self.ports, deadline)
+            self._assign_slots_and_meet()
+            self._wait_ok(deadline)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def restart(self, index: int, timeout: float = 20) -> None:

@@ -21,6 +21,7 @@ the client asked for `"stream": true`; `{"type": "cancel"}` stops the session's 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,14 +119,25 @@ async def open_answer(
     )
     reply = keys.chat_reply_stream(message_id)
     start = Start(session_id=str(session_id), message_id=message_id)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(
-            reply,
-            {chat_wire.EVENT_FIELD: chat_wire.encode(start), chat_wire.OWNER_FIELD: str(user_id)},
-        )
-        pipe.expire(reply, ORPHAN_TTL)
-        pipe.xadd(keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)})
-        await pipe.execute()
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                reply,
+                {
+                    chat_wire.EVENT_FIELD: chat_wire.encode(start),
+                    chat_wire.OWNER_FIELD: str(user_id),
+                },
+            )
+            pipe.expire(reply, ORPHAN_TTL)
+            pipe.xadd(
+                keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)}
+            )
+            await pipe.execute()
+    except BaseException:
+        # Nothing was queued (MULTI/EXEC is all or nothing): free the session again.
+        with contextlib.suppress(redis.RedisError, OSError):
+            await client.eval(chat_wire.RELEASE_LOCK, 1, lock, message_id)
+        raise
     return message_id
 
 

@@ -191,8 +191,8 @@ class ConnectionManager:
     # The seed's manager API.
 
     async def connect(self, conn: Connection, last_seq: int | None) -> None:
-        """Register, subscribe, greet, then replay (resume) or take the seq baseline; raises
-        `Refused`. Whatever happens, call `disconnect(conn)` afterwards."""
+        """Register, subscribe, then greet and replay (resume), or take the seq baseline and
+        greet; raises `Refused`. Whatever happens, call `disconnect(conn)` afterwards."""
         settings = self.settings
         try:
             attached = await self._registry.attach(
@@ -217,28 +217,41 @@ class ConnectionManager:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
-        conn.start_writer()
-        if last_seq is None and self._adopt_baseline(conn):
-            return
-        try:
-            await self._catch_up([conn], last_seq)
-        except ReplayError as exc:
-            if last_seq is not None:
+        if last_seq is not None:
+            conn.start_writer()  # the replay follows the greeting through the queue
+            try:
+                await self._catch_up([conn], last_seq)
+            except ReplayError as exc:
                 log.warning("resume failed", extra={"error": str(exc)})
                 raise Refused(1013, "notifications unavailable: reconnect with last_seq") from None
+            return
+        # A fresh connection gets what is created after its greeting: the baseline is taken
+        # before the writer sends the greeting, after the subscription is in place.
+        baseline = self._sibling_baseline(conn)
+        if baseline is None:
+            try:
+                baseline = (await self._replay.page(conn.user_id, LATEST)).last_seq
+            except ReplayError as exc:
+                log.warning("no seq baseline", extra={"error": str(exc)})
+        conn.start_writer()
+        if baseline is None:
             conn.replaying, conn.last_seq = False, None  # no baseline: accept what comes
+        elif conn.pending_seq <= baseline:
+            conn.replaying, conn.last_seq = False, baseline
+        else:
+            # Created and published while the baseline was fetched: replay past it.
+            conn.last_seq = baseline
+            self._spawn(self._gap_fill([conn]))
 
-    def _adopt_baseline(self, conn: Connection) -> bool:
-        """Take the seq baseline of a live sibling (same user, this instance) instead of asking
+    def _sibling_baseline(self, conn: Connection) -> int | None:
+        """The seq baseline of a live sibling (same user, this instance), saving a round trip to
         the notifications service. Sound because both are routed by the same subscription: every
         notification dispatched before `conn` joined reached the sibling, every later one
         reaches both."""
-        members = self._fanout.routes.get(conn.channels[0], ())
-        for sibling in members:
+        for sibling in self._fanout.routes.get(conn.channels[0], ()):
             if sibling is not conn and not sibling.replaying and sibling.last_seq is not None:
-                conn.last_seq, conn.replaying = sibling.last_seq, False
-                return True
-        return False
+                return sibling.last_seq
+        return None
 
     async def disconnect(self, conn: Connection) -> None:
         """Forget the connection everywhere; idempotent."""

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_QUERY_TOKEN = re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer\s+)[^\s\"',]+", re.IGNORECASE)
+# A backslash ends a value too: lines are scrubbed after JSON encoding, where `\"` closes a string.
+_QUERY_TOKEN = re.compile(r"((?:access_)?token=)[^&\s\"'\\]+", re.IGNORECASE)
+_BEARER = re.compile(r"(Bearer\s+)[^\s\"',\\]+", re.IGNORECASE)
 _REDACTED = "[redacted]"
 
 _STANDARD_ATTRS = frozenset(

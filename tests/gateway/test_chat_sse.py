@@ -16,7 +16,15 @@ import redis
 
 from shared import chat_wire, keys
 from shared.infra import EmbeddedRedis
-from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
+from tests.agent_svc.stack import (
+    ChatStack,
+    SseEvent,
+    ask,
+    parse_sse,
+    resume,
+    start_stack,
+    text_of,
+)
 from tests.conftest import SpawnService
 from tests.support import fake_anthropic as fa
 
@@ -66,7 +74,7 @@ def test_text_answer_streams_real_deltas(
     assert end["tokens_used"] == 25 + 12 and end["status"] == "complete"
     assert _ids_increasing([e.data["event_id"] for e in events])
     sent = fake.requests_for(key)[0]
-    assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-5"
+    assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-6"
     assert sent["messages"] == [{"role": "user", "content": f"{key} say hello"}]
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
     metrics = httpx.get(stack.agent.url + "/metrics").text
@@ -180,6 +188,42 @@ def test_disconnect_then_resume_exactly_once(
     assert [e.data for e in whole] == [e.data for e in first + rest]
 
 
+def test_gateway_crash_mid_answer_resumes_on_another_gateway(
+    stack: ChatStack,
+    fake: fa.FakeAnthropic,
+    spawn_service: SpawnService,
+    token_for: Callable[..., str],
+    user_id: uuid.UUID,
+) -> None:
+    """The answer lives in Redis, not in the gateway: when the gateway streaming it dies, the
+    client resumes on another instance and gets the rest, exactly once."""
+    key = _key()
+    chunks = [f"piece{i} " for i in range(15)]
+    fake.script(key, fa.text(*chunks, delay=0.05))
+    token = token_for(user_id)
+    doomed = spawn_service("gateway", AGENT_URL=stack.agent.url, **stack.env)
+    try:
+        with httpx.stream(
+            "POST",
+            doomed.url + "/api/v1/chat/stream",
+            json={"message": key},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ) as response:
+            first: list[SseEvent] = []
+            with pytest.raises(httpx.HTTPError):
+                for item in parse_sse(response.iter_lines()):
+                    if isinstance(item, SseEvent):
+                        first.append(item)
+                    if len(first) == 3:
+                        doomed.kill()
+    finally:
+        doomed.stop()
+    _, rest = resume(stack.gateway, token, first[0].data["message_id"], first[-1].data["event_id"])
+    assert text_of(first) + text_of(rest) == "".join(chunks)
+    assert rest[-1].type == "end"
+
+
 def test_resume_with_query_token(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
@@ -202,7 +246,7 @@ def test_cancel_keeps_partial_answer(
     """Cancel over HTTP stops the model call; the answer ends `cancelled` with its partial text
     stored."""
     key = _key()
-    fake.script(key, fa.text(*[f"w{i} " for i in range(40)], delay=0.05))
+    fake.script(key, fa.text(*[f"w{i} " for i in range(300)], delay=0.05))
     token = token_for(user_id)
     session = uuid.uuid4()
     _, first = ask(stack.gateway, token, f"{key} go", session, stop_after_tokens=2)
@@ -216,7 +260,7 @@ def test_cancel_keeps_partial_answer(
     end = rest[-1].data
     assert end["type"] == "end" and end["status"] == "cancelled"
     partial = text_of(first) + text_of(rest)
-    assert 0 < len(partial) < len("".join(f"w{i} " for i in range(40)))
+    assert 0 < len(partial) < len("".join(f"w{i} " for i in range(300)))
     history = httpx.get(
         f"{stack.agent.url}/api/v1/sessions/{session}/messages",
         headers={"Authorization": f"Bearer {token}"},
@@ -299,7 +343,7 @@ def test_second_question_while_streaming_is_busy(
     """One answer at a time per session: a second question gets 409 CHAT_BUSY naming the
     running answer; once it ends, the session takes questions again."""
     key, key2 = _key(), _key()
-    fake.script(key, fa.text(*["x "] * 10, delay=0.05))
+    fake.script(key, fa.text(*["x "] * 40, delay=0.05))
     fake.script(key2, fa.text("next"))
     token = token_for(user_id)
     session = uuid.uuid4()
@@ -439,3 +483,11 @@ def test_answer_expiring_under_a_reader_ends_with_an_error(
         client.close()
     assert len(seen) == 2
     assert json.loads(rest[-1][6:])["error"]["code"] == "ANSWER_EXPIRED"
+
+
+def test_agent_logged_no_worker_errors(stack: ChatStack) -> None:
+    """After every scenario above, the worker never had to fall back to retrying (a failing
+    heartbeat or store would otherwise heal itself through a reclaim and go unnoticed)."""
+    log = stack.agent.log(tail=100_000)
+    assert "worker error" not in log
+    assert "reclaimed chat request" not in log

@@ -137,7 +137,7 @@ async def test_cancel_frame_keeps_partial_reply(
     """A `cancel` frame stops the session's running answer; the `message` frame carries the
     partial reply."""
     key = _key()
-    words = [f"w{i} " for i in range(40)]
+    words = [f"w{i} " for i in range(300)]
     fake.script(key, fa.text(*words, delay=0.05))
     conn = connect()
     asking = asyncio.create_task(conn.frame({"type": "message", "message": key, "stream": True}))
@@ -164,7 +164,7 @@ async def test_errors_are_frames(fake: fa.FakeAnthropic, connect: Callable[[], C
         "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "NOTHING_TO_CANCEL",
     ]  # fmt: skip
     key, key2 = _key(), _key()
-    fake.script(key, fa.text(*["x "] * 10, delay=0.05))
+    fake.script(key, fa.text(*["x "] * 40, delay=0.05))
     fake.script(key2, fa.http_error(529, "overloaded_error", {"x-should-retry": "false"}))
     streaming = connect()
     first = asyncio.create_task(

@@ -155,3 +155,22 @@ async def test_fresh_connections_get_only_new_notifications(
     for ws in (first, second, other):
         assert await collect(ws, later[-1]) == later
         await ws.close()
+
+
+async def test_client_of_killed_gateway_resumes_elsewhere(
+    cluster: Cluster, spawn_service: SpawnService, token_for: Token
+) -> None:
+    """A client whose gateway is killed (-9) reconnects to another with its last seq and gets
+    what was created meanwhile, once, in order."""
+    doomed = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **cluster.upstream_env)
+    user = uuid.uuid4()
+    token = token_for(user)
+    ws = await open_ws(doomed, uuid.uuid4(), token)
+    async with httpx.AsyncClient() as client:
+        seen = [await create(client, cluster.notifications, user, i) for i in range(3)]
+        assert await collect(ws, seen[-1]) == seen
+        doomed.kill()
+        missed = [await create(client, cluster.notifications, user, i) for i in range(3, 6)]
+    resumed = await open_ws(cluster.b, uuid.uuid4(), token, query={"last_seq": seen[-1]})
+    assert await collect(resumed, missed[-1]) == missed
+    await resumed.close()

@@ -34,3 +34,12 @@ def test_formatter_emits_json_with_extra_fields() -> None:
     assert entry["level"] == "WARNING" and entry["service"] == "gateway"
     assert entry["msg"] == "closing conn" and entry["session_id"] == "s-1"
     assert JWT not in line
+
+
+def test_scrubbed_line_stays_valid_json() -> None:
+    """A message ending in a token query value still parses as JSON after scrubbing."""
+    formatter = JsonFormatter("gateway", Scrubber())
+    message = '"GET /api/v1/ws/s?token=opaque123" 101'
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, message, None, None)
+    entry = json.loads(formatter.format(record))
+    assert entry["msg"] == '"GET /api/v1/ws/s?token=[redacted]" 101'

@@ -161,7 +161,12 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
         f"{machine.get('kernel', '?')}, Python {machine.get('python', '?')}. Server under test "
         f"pinned to core(s) {cores.get('server')}, load generator, publisher, Redis, PostgreSQL "
         f"and the other services to {cores.get('load')}"
-        + (" (shared: one core only)." if cores.get("shared") else "."),
+        + (" (shared: one core only)." if cores.get("shared") else ".")
+        + (
+            " Scheduling priority raised (server nice -10, load side nice -5)."
+            if results.get("raised_priority")
+            else ""
+        ),
         "",
         "Packages: "
         + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items()))

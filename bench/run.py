@@ -86,6 +86,7 @@ def run(out: Path) -> dict[str, Any]:
     cores = system.plan_cores()
     system.pin(0, cores.load)
     nofile = system.raise_nofile()
+    prioritized = system.raise_priority(system.LOAD_PRIORITY)
     results: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
@@ -96,6 +97,7 @@ def run(out: Path) -> dict[str, Any]:
             "shared": cores.shared,
         },
         "nofile_limit": nofile,
+        "raised_priority": prioritized,
         "websocket": {},
     }
     planned = {

@@ -4,8 +4,8 @@ Infrastructure is embedded PostgreSQL and Redis in a throw-away folder (fsync of
 measures the services, not the disk), unless `DATABASE_URL` and `REDIS_URL` are given. Services are
 real `python -m <module>` processes on free loopback ports. The process that starts the stack has
 already pinned itself to the load cores, so Redis, PostgreSQL and the other services inherit them;
-only a server under test (`pinned=True`) is moved to the server cores. Every child gets the raised
-open-file limit of its parent. `close()` stops everything started, in reverse order, and is
+only a server under test (`pinned=True`) is moved to the server cores, at a raised scheduling
+priority (when running as root). Every child gets the raised open-file limit of its parent. `close()` stops everything started, in reverse order, and is
 idempotent.
 """
 
@@ -157,7 +157,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(cores),
+                preexec_fn=_child_setup(cores, pinned),
             )
         service = Service(name, process, port or 0, log_path)
         self.services.append(service)
@@ -195,10 +195,12 @@ def _answers(port: int, path: str | None) -> bool:
         return False
 
 
-def _child_setup(cores: frozenset[int]) -> Callable[[], None]:
+def _child_setup(cores: frozenset[int], server: bool) -> Callable[[], None]:
     def setup() -> None:
         system.pin(0, cores)
         system.raise_nofile()
+        if server:
+            system.raise_priority(system.SERVER_PRIORITY)
 
     return setup
 

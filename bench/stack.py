@@ -5,8 +5,8 @@ measures the services, not the disk), unless `DATABASE_URL` and `REDIS_URL` are 
 real `python -m <module>` processes on free loopback ports. The process that starts the stack has
 already pinned itself to the load cores, so Redis, PostgreSQL and the other services inherit them;
 only a server under test (`pinned=True`) is moved to the server cores, at a raised scheduling
-priority (when running as root). Every child gets the raised open-file limit of its parent. `close()` stops everything started, in reverse order, and is
-idempotent.
+priority (when running as root). Every child gets the raised open-file limit of its parent.
+`close()` stops everything started, in reverse order, and is idempotent.
 """
 
 from __future__ import annotations

@@ -224,6 +224,33 @@ def test_gateway_crash_mid_answer_resumes_on_another_gateway(
     assert rest[-1].type == "end"
 
 
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["1-0\n", "1-", "-1", "x-0", "18446744073709551616-0", "0-18446744073709551616"],
+    ids=["newline", "no-seq", "no-ms", "letters", "ms-over-64-bit", "seq-over-64-bit"],
+)
+def test_resume_bad_last_event_id_is_422(
+    stack: ChatStack,
+    fake: fa.FakeAnthropic,
+    token_for: Callable[..., str],
+    user_id: uuid.UUID,
+    last_event_id: str,
+) -> None:
+    """A Last-Event-ID that is not a Redis stream id answers 422 JSON before the stream starts
+    (Redis would refuse it only once a 200 stream had begun, cutting the response)."""
+    key = _key()
+    fake.script(key, fa.text("ok"))
+    token = token_for(user_id)
+    _, events = ask(stack.gateway, token, key)
+    response = httpx.get(
+        f"{stack.gateway.url}/api/v1/chat/stream/{events[0].data['message_id']}",
+        params={"last_event_id": last_event_id},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
 def test_resume_with_query_token(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
@@ -382,9 +409,12 @@ def test_keepalive_comments_while_model_is_silent(
         ({}, {"message": "hi"}, 401, "UNAUTHORIZED"),
         (None, b"{not json", 400, "INVALID_JSON"),
         (None, {"message": "   "}, 422, "VALIDATION_ERROR"),
+        (None, {"message": "nul \u0000 byte"}, 422, "VALIDATION_ERROR"),
+        (None, {"message": 5}, 422, "VALIDATION_ERROR"),
         (None, {"message": "hi", "session_id": "nope"}, 422, "VALIDATION_ERROR"),
+        (None, {"message": "x" * 70_000}, 413, "PAYLOAD_TOO_LARGE"),
     ],
-    ids=["no-token", "bad-json", "empty", "bad-session"],
+    ids=["no-token", "bad-json", "empty", "nul", "wrong-type", "bad-session", "too-large"],
 )
 def test_bad_requests(
     stack: ChatStack,
@@ -395,7 +425,8 @@ def test_bad_requests(
     status: int,
     code: str,
 ) -> None:
-    """Bad chat requests answer the JSON error body with the right status."""
+    """Bad chat requests answer the JSON error body with the right status, before any answer is
+    queued (a NUL character, which PostgreSQL cannot store, included)."""
     sent_headers = {"Authorization": f"Bearer {token_for(user_id)}"} if headers is None else {}
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
     response = httpx.post(

@@ -153,15 +153,17 @@ async def test_cancel_frame_keeps_partial_reply(
 
 
 async def test_errors_are_frames(fake: fa.FakeAnthropic, connect: Callable[[], Connection]) -> None:
-    """Bad frames, a busy session, nothing to cancel and a provider failure each give an
-    `error` frame with a stable code."""
+    """Bad frames (a NUL character included), a busy session, nothing to cancel and a provider
+    failure each give an `error` frame with a stable code."""
     conn = connect()
     await conn.frame(b"{nope")
     await conn.frame({"type": "message"})
     await conn.frame({"type": "message", "message": "  "})
+    await conn.frame({"type": "message", "message": "nul \u0000 byte"})
     await conn.frame({"type": "cancel"})
     assert [f["error"]["code"] for f in conn.sent] == [
-        "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "NOTHING_TO_CANCEL",
+        "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "VALIDATION_ERROR",
+        "NOTHING_TO_CANCEL",
     ]  # fmt: skip
     key, key2 = _key(), _key()
     fake.script(key, fa.text(*["x "] * 40, delay=0.05))

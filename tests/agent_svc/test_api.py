@@ -84,3 +84,44 @@ def test_bad_paging_is_422(
         headers=_auth(token_for(user_id)),
     )
     assert response.status_code == 422
+
+
+def test_create_session_body_sent_chunked(
+    agent: ServiceProcess, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """A body without Content-Length (chunked) is read like any other: its title is kept."""
+    response = httpx.post(
+        agent.url + "/api/v1/sessions",
+        content=iter([b'{"title": ', b'"Chunked"}']),
+        headers=_auth(token_for(user_id)) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "Chunked"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b'{"title": 5}', 422, "VALIDATION_ERROR"),
+        (b'{"title": "nul \\u0000 byte"}', 422, "VALIDATION_ERROR"),
+        (b'{"title": "' + b"t" * 256 + b'"}', 422, "VALIDATION_ERROR"),
+        (b'{"title": "x"', 400, "INVALID_JSON"),
+        (b'{"title": "' + b"t" * 70_000 + b'"}', 413, "PAYLOAD_TOO_LARGE"),
+    ],
+    ids=["wrong-type", "nul", "title-too-long", "malformed", "too-large"],
+)
+def test_create_session_bad_body(
+    agent: ServiceProcess,
+    token_for: Callable[..., str],
+    user_id: uuid.UUID,
+    content: bytes,
+    status: int,
+    code: str,
+) -> None:
+    """A bad create body answers its JSON error (a NUL PostgreSQL cannot store included),
+    never a 500, and creates nothing."""
+    headers = _auth(token_for(user_id)) | {"Content-Type": "application/json"}
+    response = httpx.post(agent.url + "/api/v1/sessions", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert httpx.get(agent.url + "/api/v1/sessions", headers=headers).json()["total"] == 0

@@ -340,7 +340,8 @@ def test_provider_errors_end_with_error_event(
 def test_foreign_session_and_answer_are_404(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """Another user's session, answer, cancel and history all answer 404."""
+    """Through the gateway, another user's session, answer, cancel and history all answer 404
+    exactly like missing ones, and the session is not in the intruder's list."""
     key = _key()
     fake.script(key, fa.text("mine"))
     owner = token_for(user_id)
@@ -351,17 +352,35 @@ def test_foreign_session_and_answer_are_404(
     response, _ = ask(stack.gateway, intruder, f"{key} again", session)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "SESSION_NOT_FOUND"
-    assert resume(stack.gateway, intruder, message_id, None)[0].status_code == 404
-    cancel = httpx.post(
-        f"{stack.gateway.url}/api/v1/chat/stream/{message_id}/cancel",
-        headers={"Authorization": f"Bearer {intruder}"},
+    missing = str(uuid.uuid4())
+    foreign_resume = resume(stack.gateway, intruder, message_id, None)[0]
+    missing_resume = resume(stack.gateway, intruder, missing, None)[0]
+    assert foreign_resume.status_code == 404
+    assert foreign_resume.json() == missing_resume.json()
+    for answer in (message_id, missing):
+        cancel = httpx.post(
+            f"{stack.gateway.url}/api/v1/chat/stream/{answer}/cancel",
+            headers={"Authorization": f"Bearer {intruder}"},
+        )
+        assert cancel.status_code == 404
+        assert cancel.json()["error"]["code"] == "ANSWER_NOT_FOUND"
+    foreign_history, missing_history = (
+        httpx.get(
+            f"{stack.gateway.url}/api/v1/sessions/{s}/messages",
+            headers={"Authorization": f"Bearer {intruder}"},
+        )
+        for s in (session, missing)
     )
-    assert cancel.status_code == 404
-    history = httpx.get(
-        f"{stack.agent.url}/api/v1/sessions/{session}/messages",
-        headers={"Authorization": f"Bearer {intruder}"},
+    assert foreign_history.status_code == missing_history.status_code == 404
+    assert foreign_history.json() == missing_history.json()
+    sessions = httpx.get(
+        f"{stack.gateway.url}/api/v1/sessions", headers={"Authorization": f"Bearer {intruder}"}
     )
-    assert history.status_code == 404
+    assert sessions.status_code == 200 and sessions.json()["items"] == []
+    mine = httpx.get(
+        f"{stack.gateway.url}/api/v1/sessions", headers={"Authorization": f"Bearer {owner}"}
+    ).json()
+    assert str(session) in [s["id"] for s in mine["items"]]
 
 
 def test_second_question_while_streaming_is_busy(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,6 +20,7 @@ import redis
 from shared import chat_wire, keys
 from shared.infra import EmbeddedRedis
 from tests.agent_svc.stack import (
+    STACK_ENV,
     ChatStack,
     SseEvent,
     ask,
@@ -25,7 +29,7 @@ from tests.agent_svc.stack import (
     start_stack,
     text_of,
 )
-from tests.conftest import SpawnService
+from tests.conftest import TEST_INTERNAL_TOKEN, TEST_SECRET_KEY, SpawnService
 from tests.support import fake_anthropic as fa
 
 
@@ -404,6 +408,42 @@ def test_second_question_while_streaming_is_busy(
     assert again.status_code == 200 and text_of(events) == "next"
 
 
+def test_two_simultaneous_questions_in_one_session(
+    stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """Two questions sent at the same instant to one (new) session: exactly one is answered,
+    the other gets 409 CHAT_BUSY naming the answer that won, and the session's history holds
+    only the winner's turn."""
+    keys_ = [_key(), _key()]
+    for key in keys_:
+        fake.script(key, fa.text(f"{key} ", "answered", delay=0.1))
+    token = token_for(user_id)
+    session = uuid.uuid4()
+    barrier = threading.Barrier(2)
+
+    def send(key: str) -> tuple[httpx.Response, list[SseEvent]]:
+        barrier.wait(5)
+        return ask(stack.gateway, token, key, session)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(send, keys_))
+    statuses = sorted(response.status_code for response, _ in results)
+    assert statuses == [200, 409], [r.text for r, _ in results]
+    (_, events), (loser, _) = sorted(results, key=lambda r: r[0].status_code)
+    assert loser.json()["error"]["code"] == "CHAT_BUSY"
+    assert loser.json()["error"]["details"]["message_id"] == events[0].data["message_id"]
+    assert events[-1].type == "end"
+    won = next(k for k in keys_ if text_of(events).startswith(k))
+    history = httpx.get(
+        f"{stack.gateway.url}/api/v1/sessions/{session}/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["items"]
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", won),
+        ("assistant", f"{won} answered"),
+    ]
+
+
 def test_keepalive_comments_while_model_is_silent(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
@@ -541,3 +581,16 @@ def test_agent_logged_no_worker_errors(stack: ChatStack) -> None:
     log = stack.agent.log(tail=100_000)
     assert "worker error" not in log
     assert "reclaimed chat request" not in log
+
+
+def test_logs_hold_no_secrets(stack: ChatStack) -> None:
+    """After every scenario above (query tokens, tool calls with the internal token, provider
+    errors), no process of the stack logged the signing key, the internal token, the model API
+    key or a JWT."""
+    secrets = [TEST_SECRET_KEY, TEST_INTERNAL_TOKEN, STACK_ENV["ANTHROPIC_API_KEY"]]
+    for process in (stack.gateway, stack.agent):
+        log = process.log(tail=100_000)
+        assert log, f"{process.module} logged nothing"
+        for secret in secrets:
+            assert secret not in log, f"{process.module} logged a secret"
+        assert not re.search(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}", log), f"{process.module} logged a JWT"

@@ -62,7 +62,8 @@ def _ids_increasing(ids: list[str]) -> bool:
 def test_text_answer_streams_real_deltas(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """A text answer arrives as start, one token per model delta, end with real usage."""
+    """A text answer arrives as start, one token per model delta, end with real usage; then its
+    reply stream is set to expire and the session is free."""
     key = _key()
     fake.script(key, fa.text("Hel", "lo ", "world"))
     response, events = ask(stack.gateway, token_for(user_id), f"{key} say hello")
@@ -83,6 +84,15 @@ def test_text_answer_streams_real_deltas(
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
     metrics = httpx.get(stack.agent.url + "/metrics").text
     assert 'chat_answers_total{status="complete"}' in metrics
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:  # the lock is freed before `end`; the stream's TTL drops from 24 h to CHAT_REPLY_TTL
+        assert client.get(keys.chat_active(uuid.UUID(start["session_id"]))) is None
+        deadline = time.monotonic() + 5
+        while not 0 < client.ttl(keys.chat_reply_stream(start["message_id"])) <= 3600:
+            assert time.monotonic() < deadline, "the finished reply stream kept its orphan TTL"
+            time.sleep(0.02)
+    finally:
+        client.close()
 
 
 def test_tool_use_loop(

@@ -146,6 +146,33 @@ def test_failing_tool_is_an_error_result(
     assert sent["is_error"] is True
 
 
+def test_nul_characters_from_the_model_are_stored(
+    stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """A model that streams NUL characters (in text and in a tool's input) gets its answer
+    completed and stored in one call, NULs stored as U+FFFD, instead of an unstorable answer
+    calling the model again on every redelivery."""
+    key = _key()
+    fake.script(
+        key,
+        fa.tool_use("toolu_nul", "current_time", {"timezone": "U\u0000TC"}),
+        fa.text("a\u0000b ", "done"),
+    )
+    token = token_for(user_id)
+    session = uuid.uuid4()
+    _, events = ask(stack.gateway, token, f"{key} nul", session)
+    assert events[-1].type == "end" and events[-1].data["status"] == "complete", events[-1]
+    assert text_of(events) == "Let me check.a\u0000b done"
+    assert len(fake.requests_for(key)) == 2  # the tool round and the answer, nothing retried
+    history = httpx.get(
+        f"{stack.gateway.url}/api/v1/sessions/{session}/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["items"]
+    answer = history[-1]
+    assert (answer["content"], answer["status"]) == ("Let me check.a\ufffdb done", "complete")
+    assert answer["tool_calls"][0]["input"] == {"timezone": "U\ufffdTC"}
+
+
 def test_multi_turn_history(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:

@@ -225,6 +225,7 @@ class Worker:
                 if await self._p.redis.exists(cancel_key):
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+                    await out.settled()
                     return "cancelled", None
                 if time.monotonic() >= next_beat:
                     await self._heartbeat(entry_id, request)

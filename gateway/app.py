@@ -1,5 +1,13 @@
 """The gateway's Starlette application: lifespan (Redis, upstream clients, connection manager)
-and routes (WebSocket, REST facade, internal publish, chat, health, metrics)."""
+and routes (WebSocket, REST facade, internal publish, chat, health, metrics).
+
+A WebSocket handshake to `WS /api/v1/ws/{session_id}` goes straight to its endpoint instead of
+through the middleware stack and the router. Those layers do nothing for it (CORS and error pages
+are HTTP concerns; the endpoint answers every failure itself with a close code), but each one stays
+on the connection's task for the connection's whole life: about ten coroutine frames, their
+closures and a second `WebSocket` object per connection, which at 10k connections is tens of MB
+and hundreds of thousands of objects for the garbage collector to walk.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway import chat, internal, proxy, websocket
 from gateway.manager import ConnectionManager
@@ -24,6 +34,20 @@ from shared.settings import Settings
 def _checks(request: Request) -> dict[str, Check]:
     state = request.app.state
     return {"redis": lambda: redis_client.ping(state.redis)}
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the WebSocket connection route dispatched before the middleware stack."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            match, child_scope = websocket.route.matches(scope)
+            if match is Match.FULL:
+                scope["app"] = self
+                scope.update(child_scope)
+                await websocket.websocket_endpoint(WebSocket(scope, receive, send))
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -70,7 +94,7 @@ def create_app(settings: Settings) -> Starlette:
             allow_credentials=not allow_all,
         )
     ]
-    return Starlette(
+    return GatewayApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,

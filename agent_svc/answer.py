@@ -9,6 +9,7 @@ when continuing (the API refuses a prefill ending in whitespace) is not sent twi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -38,10 +39,26 @@ class Answer:
         self._redis = client
         self._key = keys.chat_reply_stream(request.message_id)
         self._skip = ""  # whitespace already sent that a continuing model will send again
+        self._writing: asyncio.Future[None] | None = None
 
     async def emit(self, event: ReplyEvent) -> None:
+        """Append `event` to the stream and the transcript, as one step.
+
+        A cancel (the client's, or shutdown) that lands mid-write must not separate the two: the
+        stored answer would then miss text a reader saw. The write is shielded, and `settled()`
+        waits for a write the cancelled caller left in flight.
+        """
+        self._writing = asyncio.ensure_future(self._append(event))
+        await asyncio.shield(self._writing)
+
+    async def _append(self, event: ReplyEvent) -> None:
         await self._redis.xadd(self._key, {chat_wire.EVENT_FIELD: chat_wire.encode(event)})
         self.transcript.feed(event)
+
+    async def settled(self) -> None:
+        """Return once no write is in flight (errors of that write are the writer's to report)."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
 
     async def token(self, text: str) -> None:
         """Append a text delta (empty deltas are dropped)."""

@@ -108,7 +108,7 @@ class ClaudeModel:
 
     def __init__(self, settings: Settings, registry: ToolRegistry) -> None:
         self._settings = settings
-        self._registry = registry
+        self._tools = registry.specs() or anthropic.omit  # tools are registered at start-up
         self._client = anthropic.AsyncAnthropic(
             api_key=settings.anthropic_api_key,
             base_url=settings.anthropic_base_url or None,
@@ -152,13 +152,12 @@ class ClaudeModel:
         raise ModelError("MODEL_TOOL_LOOP", f"more than {MAX_TOOL_ROUNDS} tool rounds")
 
     async def _stream_round(self, messages: list[dict[str, Any]], out: Answer) -> Message:
-        tools = self._registry.specs()
         async with self._client.messages.stream(
             model=self._settings.anthropic_model,
             max_tokens=self._settings.anthropic_max_tokens,
             system=self._settings.agent_system_prompt,
             messages=messages,  # type: ignore[arg-type]  # plain dicts of the documented shape
-            tools=tools,  # type: ignore[arg-type]
+            tools=self._tools,  # type: ignore[arg-type]
         ) as stream:
             async for event in stream:
                 if event.type == "text":

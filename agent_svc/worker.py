@@ -58,8 +58,8 @@ CONSUMER_PRUNE_INTERVAL = 300.0
 CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
 READ_BLOCK_MS = 1000  # below the Redis client's socket timeout
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+_REFRESH_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -169,7 +169,13 @@ class Worker:
         stored = await messages.stored_answer(p.db, request)
         out = Answer(p.redis, request, transcript, p.registry, self._tool_context(request))
         if stored is not None:  # stored, then the worker died before the last event
-            await out.emit(End(request.message_id, stored["tokens_used"], stored["status"]))
+            if stored["status"] == "error":
+                failed = chat_wire.error_event(
+                    request.message_id, "MODEL_ERROR", "the answer failed"
+                )
+                await out.emit(failed)
+            else:
+                await out.emit(End(request.message_id, stored["tokens_used"], stored["status"]))
             return
         owned, _ = await sessions.claim(p.db, UUID(request.session_id), UUID(request.user_id))
         if not owned:
@@ -219,6 +225,7 @@ class Worker:
                 if await self._p.redis.exists(cancel_key):
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+                    await out.settled()
                     return "cancelled", None
                 if time.monotonic() >= next_beat:
                     await self._heartbeat(entry_id, request)
@@ -238,7 +245,13 @@ class Worker:
             [entry_id],
             justid=True,
         )
-        await r.pexpire(keys.chat_active(request.session_id), self._p.lock_ms)
+        await r.eval(
+            _REFRESH_LOCK,
+            1,
+            keys.chat_active(request.session_id),
+            request.message_id,
+            self._p.lock_ms,
+        )
         await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
 
     async def _transcript(self, request: ChatRequest) -> Transcript:
@@ -270,7 +283,9 @@ class Worker:
         async with r.pipeline(transaction=False) as pipe:
             pipe.expire(keys.chat_reply_stream(request.message_id), self._p.settings.chat_reply_ttl)
             pipe.delete(keys.chat_cancel(request.message_id))
-            pipe.eval(_RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id)
+            pipe.eval(
+                chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
+            )
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
             await pipe.execute()
@@ -278,7 +293,7 @@ class Worker:
     async def _release(self, request: ChatRequest) -> None:
         """Free the session for its next question (only if this answer still holds it)."""
         await self._p.redis.eval(
-            _RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
+            chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
         )
 
     async def _ack(self, entry_id: str) -> None:

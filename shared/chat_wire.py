@@ -32,6 +32,13 @@ def session_lock_ms(settings: Settings) -> int:
     return int(max(60.0, 3 * settings.agent_reclaim_idle) * 1000)
 
 
+# Lua for `chat:active:{session_id}`: delete it only if it still names this answer (ARGV[1]).
+RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
 class ChatRequest(msgspec.Struct, frozen=True):
     """One question for the agent workers. `message_id` names the answer (and its reply stream);
     `user_message_id` the stored question, so a reclaimed request stores it only once."""

@@ -252,7 +252,7 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds the gateway waits for an internal service before answering 503.",
     ),
     Variable("ANTHROPIC_BASE_URL", _text, "", "Claude API base URL. Empty: the SDK's default."),
-    Variable("ANTHROPIC_MODEL", _text, "claude-sonnet-4-5", "Claude model name."),
+    Variable("ANTHROPIC_MODEL", _text, "claude-sonnet-4-6", "Claude model name."),
     Variable("ANTHROPIC_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per model reply."),
     Variable(
         "ANTHROPIC_TIMEOUT",

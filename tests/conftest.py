@@ -2,8 +2,9 @@
 
 Integration tests get URLs and a `Settings` for them, a factory for real service processes on
 loopback ports, and helpers to mint tokens. Each test uses fresh random user ids, so tests share
-the databases without seeing each other's data. Tests that stop Redis use `private_redis`, a
-server of their own, so an outage never leaks into other tests.
+the databases without seeing each other's data. Tests that stop Redis or PostgreSQL use
+`private_redis` / `private_postgres`, servers of their own, so an outage never leaks into other
+tests; `private_database` gives a notifications_svc an outbox of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from shared import migrate
@@ -119,6 +121,37 @@ def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, free to be stopped and restarted (its data lives
+    outside pytest's tmp root for the reason given in `infra`)."""
+    root = Path(tempfile.mkdtemp(prefix="realtime-test-pg-"))
+    server = EmbeddedPostgres(root / "postgres", durable=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def private_database(settings: Settings) -> AsyncIterator[str]:
+    """The URL of a fresh, empty database of this test's own on the session's PostgreSQL.
+
+    For a notifications_svc that must not share its outbox with the session's instances (their
+    relays would publish its rows to the session's Redis, not to the test's private one).
+    """
+    name = f"private_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield settings.asyncpg_dsn.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

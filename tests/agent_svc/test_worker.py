@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -27,7 +28,7 @@ from tests.support import fake_anthropic as fa
 def stack(
     spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-worker"))
+    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-worker"), AGENT_WORKERS="2")
     try:
         yield chat
     finally:
@@ -52,6 +53,32 @@ def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[...,
         assert client.xlen(keys.CHAT_REQUESTS_STREAM) == 0
     finally:
         client.close()
+
+
+def _entry(event_id: str) -> tuple[int, int]:
+    milliseconds, sequence = event_id.split("-")
+    return int(milliseconds), int(sequence)
+
+
+def test_workers_answer_sessions_concurrently(
+    stack: ChatStack, token_for: Callable[..., str]
+) -> None:
+    """With two workers, two sessions' answers stream at the same time (each starts before the
+    other ends) rather than one after the other."""
+    assert stack.fake is not None
+    keys_ = [f"par-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for key in keys_:
+        stack.fake.script(key, fa.text(*[f"{key} "] * 12, delay=0.1))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(lambda key: ask(stack.gateway, token_for(uuid.uuid4()), key), keys_)
+        )
+    spans = []
+    for _, events in results:
+        tokens = [_entry(e.data["event_id"]) for e in events if e.type == "token"]
+        assert len(tokens) == 12 and events[-1].type == "end"
+        spans.append((tokens[0], tokens[-1]))
+    assert max(first for first, _ in spans) < min(last for _, last in spans)
 
 
 class StandaloneWorker:

@@ -10,13 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import TEST_INTERNAL_TOKEN, Infra, SpawnService
+from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.support.processes import ServiceProcess
 
 INTERNAL = {"authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
@@ -43,20 +42,6 @@ def cluster(spawn_service: SpawnService) -> Cluster:
     a = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **upstream)
     b = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **upstream)
     return Cluster(a=a, b=b, notifications=notifications, agent=agent)
-
-
-@pytest.fixture
-async def private_database(infra: Infra) -> str:
-    """A fresh database on the session's PostgreSQL, for services that must not share their
-    outbox with the session's other notifications_svc (it would publish this test's rows to
-    another Redis)."""
-    name = f"gw_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(infra.postgres.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return infra.postgres.url.rsplit("/", 1)[0] + "/" + name
 
 
 def ws_url(gateway: ServiceProcess, session_id: uuid.UUID | str, **query: object) -> str:

@@ -98,7 +98,7 @@ async def test_streaming_frames_and_cancel(
     """`"stream": true` streams `chat_event` frames; a `cancel` frame stops the answer, which
     ends `cancelled` and is delivered with its partial reply."""
     key = _key()
-    words = [f"w{i} " for i in range(40)]
+    words = [f"w{i} " for i in range(300)]
     fake.script(key, fa.text(*words, delay=0.05))
     ws = await _open(stack, uuid.uuid4(), token_for(user_id))
     try:

@@ -66,23 +66,6 @@ async def create(
 
 
 @pytest.fixture
-async def private_database(settings: Settings) -> AsyncIterator[str]:
-    """The URL of a fresh, empty database of this test's own on the session's PostgreSQL.
-
-    For a service that must not share its outbox with the session's instances (their relays
-    would publish its rows to the session's Redis, not to the test's private one).
-    """
-    name = f"notif_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(settings.asyncpg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield settings.asyncpg_dsn.rsplit("/", 1)[0] + f"/{name}"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
 def auth(token_for: Callable[..., str]) -> Callable[[uuid.UUID], dict[str, str]]:
     """Authorization headers for a user."""
 

@@ -3,32 +3,14 @@ once it is back, the process alive throughout."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
 
 from shared.infra import EmbeddedPostgres
 from tests.conftest import SpawnService
 from tests.notifications_svc.conftest import INTERNAL, payload
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL server of this test's own, free to be stopped and restarted (its data lives
-    outside pytest's tmp root for the reason given in tests/conftest.py)."""
-    root = Path(tempfile.mkdtemp(prefix="realtime-test-pg-"))
-    server = EmbeddedPostgres(root / "postgres", durable=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_database_outage_answers_503_then_recovers(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -30,9 +32,11 @@ def test_redis_keeps_data_across_restart(tmp_path: Path) -> None:
         server.stop()  # idempotent
 
 
-def test_postgres_keeps_data_across_restart(tmp_path: Path) -> None:
+def test_postgres_keeps_data_across_restart() -> None:
     """A second start on the same folder sees the first run's rows."""
-    first = EmbeddedPostgres(tmp_path / "pg")
+    # Outside pytest's tmp root, which other pytest sessions may reset to 0700 (see infra).
+    root = Path(tempfile.mkdtemp(prefix="realtime-test-pg-"))
+    first = EmbeddedPostgres(root / "pg")
 
     async def write() -> None:
         conn = await asyncpg.connect(first.url)
@@ -44,7 +48,7 @@ def test_postgres_keeps_data_across_restart(tmp_path: Path) -> None:
         asyncio.run(write())
     finally:
         first.stop()
-    second = EmbeddedPostgres(tmp_path / "pg")
+    second = EmbeddedPostgres(root / "pg")
     second.start()
 
     async def read() -> int:
@@ -58,4 +62,5 @@ def test_postgres_keeps_data_across_restart(tmp_path: Path) -> None:
         assert asyncio.run(read()) == 42
     finally:
         second.stop()
+        shutil.rmtree(root, ignore_errors=True)
     assert not port_open(second.port)

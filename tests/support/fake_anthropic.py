@@ -64,7 +64,7 @@ def _message_start(input_tokens: int) -> Frame:
             "type": "message",
             "role": "assistant",
             "content": [],
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-4-6",
             "stop_reason": None,
             "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": 1},

@@ -1,0 +1,243 @@
+"""deploy/k8s: schema-valid manifests that fit together and match what the services do.
+
+Each resource is validated against the Kubernetes OpenAPI schemas (kubernetes-validate, the
+schemas kubeconform uses, shipped in the package: no network), strictly (unknown fields are
+errors), for the oldest and the newest Kubernetes we support. Then the cross-references a schema
+cannot see: selectors, Service ports, ConfigMap/Secret names, probes on /readyz and /healthz, a
+preStop drain inside the termination grace period, the HPA and PDB on the gateway, and an Ingress
+that routes only /api/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.settings import VARIABLES
+from tests.deploy.nginx import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+MODULES = {"gateway": "gateway", "notifications": "notifications_svc", "agent": "agent_svc"}
+PORT_VARS = {
+    "gateway": "GATEWAY_PORT",
+    "notifications": "NOTIFICATIONS_PORT",
+    "agent": "AGENT_PORT",
+}
+SETTINGS = {variable.name for variable in VARIABLES}
+
+
+def _kustomization() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return document
+
+
+def _resources() -> Iterator[dict[str, Any]]:
+    for name in _kustomization()["resources"]:
+        for document in yaml.safe_load_all((K8S / name).read_text()):
+            if document:
+                yield document
+
+
+RESOURCES = list(_resources())
+
+
+def _named(kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in RESOURCES if r["kind"] == kind}
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _graceful_shutdown_seconds() -> int:
+    """uvicorn's graceful-shutdown budget, as shared/service.py configures it."""
+    source = (ROOT / "shared" / "service.py").read_text()
+    match = re.search(r"timeout_graceful_shutdown=(\d+)", source)
+    assert match, "shared/service.py no longer sets timeout_graceful_shutdown"
+    return int(match[1])
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    """Every YAML file in deploy/k8s is applied by the kustomization, and none is missing."""
+    listed = set(_kustomization()["resources"])
+    present = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize(
+    "resource", RESOURCES, ids=[f"{r['kind']}/{r['metadata']['name']}" for r in RESOURCES]
+)
+def test_resource_is_schema_valid(resource: dict[str, Any], version: str) -> None:
+    """The resource validates strictly against the Kubernetes schema of that version."""
+    kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_a_deployment_and_service_per_service() -> None:
+    """Each service has a Deployment running its module and a Service selecting its pods."""
+    deployments, services = _named("Deployment"), _named("Service")
+    assert set(deployments) == set(MODULES) == set(services)
+    for name, module in MODULES.items():
+        deployment = deployments[name]
+        assert _container(deployment)["command"] == ["python", "-m", module]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert services[name]["spec"]["selector"].items() <= labels.items()
+        port_names = {p["name"] for p in _container(deployment)["ports"]}
+        assert {p["targetPort"] for p in services[name]["spec"]["ports"]} <= port_names
+
+
+def test_container_ports_match_configuration() -> None:
+    """Container ports equal the ports the ConfigMap tells the services to listen on, and the
+    internal URLs name the Services on their ports."""
+    config = _named("ConfigMap")["realtime-config"]["data"]
+    services = _named("Service")
+    for name, deployment in _named("Deployment").items():
+        (port,) = _container(deployment)["ports"]
+        assert port["containerPort"] == int(config[PORT_VARS[name]])
+    for name, variable in (("notifications", "NOTIFICATIONS_URL"), ("agent", "AGENT_URL")):
+        (service_port,) = services[name]["spec"]["ports"]
+        assert config[variable] == f"http://{name}:{service_port['port']}"
+
+
+def test_configuration_names_are_settings() -> None:
+    """The ConfigMap and the secrets template hold only variables the settings table knows, and
+    the secrets every deployment needs."""
+    config = _named("ConfigMap")["realtime-config"]["data"]
+    assert set(config) <= SETTINGS
+    template = (K8S / "secrets.env.example").read_text().splitlines()
+    secrets = {line.split("=", 1)[0] for line in template if line and not line.startswith("#")}
+    assert secrets <= SETTINGS
+    assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"} <= secrets
+    assert not set(config) & secrets
+    (generator,) = _kustomization()["secretGenerator"]
+    assert generator["envs"] == ["secrets.env"]
+    for deployment in _named("Deployment").values():
+        sources = _container(deployment)["envFrom"]
+        assert {"configMapRef": {"name": "realtime-config"}} in sources
+        assert {"secretRef": {"name": generator["name"]}} in sources
+
+
+def test_probes_preStop_and_grace_period() -> None:
+    """Readiness on /readyz, liveness on /healthz, and a preStop pause that, with uvicorn's
+    graceful shutdown after it, fits in the termination grace period."""
+    graceful = _graceful_shutdown_seconds()
+    for name, deployment in _named("Deployment").items():
+        container = _container(deployment)
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert int(command[1]) + graceful < grace, name
+
+
+def test_pods_run_locked_down() -> None:
+    """Non-root (the image's numeric uid), read-only root filesystem, no capabilities."""
+    for deployment in _named("Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        container = _container(deployment)["securityContext"]
+        assert container["readOnlyRootFilesystem"] is True
+        assert container["allowPrivilegeEscalation"] is False
+        assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_gateway_autoscales_and_keeps_a_disruption_budget() -> None:
+    """The HPA scales the gateway Deployment from at least two pods; the PDB lets only one go
+    at a time, and selects exactly the gateway's pods."""
+    gateway = _named("Deployment")["gateway"]
+    (hpa,) = _named("HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gateway",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [
+        {"type": "Pods", "value": 1, "periodSeconds": 120}
+    ]
+    (pdb,) = _named("PodDisruptionBudget").values()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == gateway["spec"]["selector"]
+    assert gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_ingress_routes_only_the_public_api_to_the_gateway() -> None:
+    """Every Ingress path is under /api/ and goes to the gateway Service's port; the streaming
+    paths get hour-long timeouts and no buffering."""
+    ingresses = _named("Ingress")
+    paths: dict[str, str] = {}
+    for name, ingress in ingresses.items():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["path"].startswith("/api/")
+                assert path["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
+                paths[path["path"]] = name
+    assert set(paths) == {"/api/", "/api/v1/ws/", "/api/v1/chat/"}
+    streams = ingresses[paths["/api/v1/ws/"]]["metadata"]["annotations"]
+    assert paths["/api/v1/chat/"] == paths["/api/v1/ws/"]
+    assert int(streams["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert streams["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+def test_network_policies_guard_every_service() -> None:
+    """notifications and agent admit only this application's pods (and monitoring); the gateway
+    also admits the ingress controller, whose X-Forwarded-For it believes."""
+    policies = _named("NetworkPolicy")
+    internal = policies["internal-services"]["spec"]
+    (selector,) = internal["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == {"notifications", "agent"}
+    gateway = policies["gateway"]["spec"]
+    assert gateway["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
+    sources = [peer for rule in gateway["ingress"] for peer in rule["from"]]
+    namespaces = {
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for p in sources
+        if "namespaceSelector" in p
+    }
+    assert namespaces == {"ingress-nginx", "monitoring"}
+    env = _container(_named("Deployment")["gateway"])["env"]
+    assert {"name": "FORWARDED_ALLOW_IPS", "value": "*"} in env
+    for policy in policies.values():
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": "http"}]
+
+
+def test_secrets_env_is_not_committed() -> None:
+    """The real secrets file is git-ignored; only the template is in the repository."""
+    ignore = (ROOT / "deploy" / ".gitignore").read_text().splitlines()
+    assert "k8s/secrets.env" in ignore
+
+
+def test_kustomize_renders_valid_resources(tmp_path: Path) -> None:
+    """`kubectl kustomize` (where kubectl exists) renders the tree, secrets template filled in,
+    into resources that all validate and all live in the application's namespace."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the manifests were validated one by one above")
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    shutil.copy(tree / "secrets.env.example", tree / "secrets.env")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(tree)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [r for r in yaml.safe_load_all(result.stdout) if r]
+    assert {r["kind"] for r in rendered} == {r["kind"] for r in RESOURCES} | {"Secret"}
+    for resource in rendered:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSIONS[-1], strict=True)
+        if resource["kind"] != "Namespace":
+            assert resource["metadata"]["namespace"] == "realtime"

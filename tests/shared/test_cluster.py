@@ -1,0 +1,158 @@
+"""shared.cluster against a real three-primary Redis Cluster (Debian's redis-server 7).
+
+SPUBLISH reaches a sharded subscriber on whichever shard owns the channel's slot as soon as
+`subscribe` returns, channels of one subscriber spread over every shard, unsubscribing stops
+delivery, and a subscription survives its slot moving to another primary and its primary
+restarting — each time the owner is told, so it can replay what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from shared import cluster, keys
+from tests.support.redis_cluster import LocalRedisCluster, redis_server_7
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    binary = redis_server_7()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
+        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
+    nodes = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), binary).start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+async def client(local_cluster: LocalRedisCluster) -> AsyncIterator[RedisCluster]:
+    connection = cluster.create_client(local_cluster.url)
+    await connection.initialize()
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+async def _receive(subscriber: cluster.ShardedSubscriber, count: int) -> list[tuple[str, bytes]]:
+    async with asyncio.timeout(5):
+        return [await subscriber.get() for _ in range(count)]
+
+
+class _Resubscribed:
+    """Records `on_resubscribed` calls and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, channels: frozenset[str]) -> None:
+        self.calls.append(channels)
+        self.event.set()
+
+    async def wait(self, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            await self.event.wait()
+
+
+async def test_spublish_reaches_subscribers_on_every_shard(
+    client: RedisCluster, local_cluster: LocalRedisCluster
+) -> None:
+    """Channels on all three shards deliver through one subscriber, in order per channel, from
+    the moment `subscribe` returns."""
+    by_shard: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    while any(len(names) < 3 for names in by_shard.values()):
+        channel = keys.user_channel(uuid.uuid4())
+        by_shard[local_cluster.owner_of(client.keyslot(channel))].append(channel)
+    channels = [channel for names in by_shard.values() for channel in names]
+    async with cluster.ShardedSubscriber(client) as subscriber:
+        await subscriber.subscribe(*channels)
+        for channel in channels:
+            assert await cluster.spublish(client, channel, b"first") == 1
+            assert await cluster.spublish(client, channel, b"second") == 1
+        received = await _receive(subscriber, 2 * len(channels))
+    for channel in channels:
+        assert [data for name, data in received if name == channel] == [b"first", b"second"]
+
+
+async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> None:
+    """After unsubscribe, SPUBLISH finds no subscriber and nothing arrives."""
+    kept, dropped = keys.user_channel(uuid.uuid4()), keys.session_channel(uuid.uuid4())
+    async with cluster.ShardedSubscriber(client) as subscriber:
+        await subscriber.subscribe(kept, dropped)
+        await subscriber.unsubscribe(dropped)
+        assert subscriber.channels == {kept}
+        async with asyncio.timeout(5):
+            # SUNSUBSCRIBE is not acknowledged to the caller: poll the server.
+            while await cluster.spublish(client, dropped, b"x"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert await cluster.spublish(client, kept, b"kept") == 1
+        assert await _receive(subscriber, 1) == [(kept, b"kept")]
+
+
+async def test_plain_publish_is_not_sharded(client: RedisCluster) -> None:
+    """A shard-channel subscriber does not receive classic PUBLISH on the same name: publishers
+    and subscribers must switch together."""
+    channel = keys.user_channel(uuid.uuid4())
+    async with cluster.ShardedSubscriber(client) as subscriber:
+        await subscriber.subscribe(channel)
+        assert await client.publish(channel, b"classic") == 0
+        assert await cluster.spublish(client, channel, b"sharded") == 1
+        assert await _receive(subscriber, 1) == [(channel, b"sharded")]
+
+
+async def test_subscription_follows_a_moved_slot(
+    client: RedisCluster, local_cluster: LocalRedisCluster
+) -> None:
+    """When the channel's slot moves to another primary, the subscriber re-subscribes there,
+    tells its owner, and later messages arrive."""
+    channel = keys.user_channel(uuid.uuid4())
+    slot = client.keyslot(channel)
+    owner = local_cluster.owner_of(slot)
+    resubscribed = _Resubscribed()
+    async with cluster.ShardedSubscriber(client, on_resubscribed=resubscribed) as subscriber:
+        await subscriber.subscribe(channel)
+        assert await cluster.spublish(client, channel, b"before") == 1
+        local_cluster.move_slot(slot, to=(owner + 1) % 3)
+        try:
+            await resubscribed.wait()
+            assert resubscribed.calls == [{channel}]
+            assert await cluster.spublish(client, channel, b"after") == 1
+            assert [data for _, data in await _receive(subscriber, 2)] == [b"before", b"after"]
+        finally:
+            local_cluster.move_slot(slot, to=owner)
+
+
+async def test_subscription_survives_its_primary_restarting(
+    client: RedisCluster, local_cluster: LocalRedisCluster
+) -> None:
+    """A primary restart drops the shard connection; the subscriber re-subscribes once the node
+    is back, tells its owner, and delivery resumes (channels on other shards never stopped)."""
+    channel = keys.user_channel(uuid.uuid4())
+    owner = local_cluster.owner_of(client.keyslot(channel))
+    other = keys.user_channel(uuid.uuid4())
+    while local_cluster.owner_of(client.keyslot(other)) == owner:
+        other = keys.user_channel(uuid.uuid4())
+    resubscribed = _Resubscribed()
+    async with cluster.ShardedSubscriber(
+        client, on_resubscribed=resubscribed, ping_interval=0.5
+    ) as subscriber:
+        await subscriber.subscribe(channel, other)
+        await asyncio.to_thread(local_cluster.restart, owner)
+        await resubscribed.wait()
+        assert resubscribed.calls == [{channel}]
+        assert await cluster.spublish(client, other, b"other") == 1
+        assert await cluster.spublish(client, channel, b"back") == 1
+        assert sorted(await _receive(subscriber, 2)) == sorted(
+            [(other, b"other"), (channel, b"back")]
+        )

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test migrate token lint format check clean-data
+.PHONY: run test bench migrate token lint format check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+# The benchmark also needs the `bench` extra (plots, profiler).
+$(VENV)/.installed-bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,bench]'
+	touch $@
+
 run: $(STAMP)
 	$(PY) -m shared.devstack
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make bench` (BENCH_SCALE=small for a smoke run): results in bench/results/, see docs/performance.md.
+bench: $(VENV)/.installed-bench
+	$(PY) -m bench
 
 migrate: $(STAMP)
 	$(PY) -m shared.migrate
@@ -29,7 +38,7 @@ token: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared gateway notifications_svc agent_svc
+	$(PY) -m mypy shared gateway notifications_svc agent_svc bench
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -1,0 +1,487 @@
+"""Turning `results.json` into what people read: `report.md` (targets met or not, then one table
+per scenario) and PNG plots (fan-out latency CDF per server, latency against offered rate, chat
+per-token latency CDF).
+
+`targets()` and `markdown()` are pure functions of the results; `write()` adds the files. Plots
+need matplotlib (the `bench` extra); without it the report says so and carries no plots.
+`python -m bench.report results.json [out-dir]` rebuilds the report from saved results;
+`python -m bench.report --summary results.json` prints the targets table (the README's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+STALL_TARGET_MS = 20.0
+
+
+def _gateway(results: dict[str, Any], name: str = "gateway") -> dict[str, Any]:
+    body = results.get("websocket", {}).get(name) or {}
+    return body if "error" not in body else {}
+
+
+def _fanout_window(server: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fan-out steps up to and including the best passing one (the load the server sustains)."""
+    fanout = server.get("fanout") or {}
+    best = fanout.get("best_passing_step")
+    steps = fanout.get("steps", [])
+    return [s for s in steps if best is not None and s["step"] <= best]
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 6 with what was measured and whether it is met (None: not measured)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, measured: str, met: bool | None) -> None:
+        rows.append({"name": name, "target": target, "measured": measured, "met": met})
+
+    gateway, lean = _gateway(results), _gateway(results, "lean")
+    idle = (gateway.get("idle") or [{}])[-1]
+    if idle.get("connections"):
+        per = idle["rss_per_connection_bytes"]
+        add(
+            "idle connections",
+            "10k idle connections at <= 10 KB each",
+            f"{idle['open']:,} open, {per / 1000:.1f} KB each",
+            idle["open"] >= 10_000 and per <= 10_000,
+        )
+    else:
+        add("idle connections", "10k idle connections at <= 10 KB each", "not measured", None)
+    fanout = gateway.get("fanout") or {}
+    if fanout:
+        best = fanout.get("best_passing_rate", 0)
+        add(
+            "targeted fan-out",
+            ">= 20k notifications/s delivered, p99 < 50 ms, nothing lost",
+            f"{best:,}/s (highest passing step)",
+            best >= 20_000,
+        )
+    else:
+        add("targeted fan-out", ">= 20k/s, p99 < 50 ms, nothing lost", "not measured", None)
+    broadcast = gateway.get("broadcast") or {}
+    if broadcast:
+        p99 = broadcast["completion_p99_ms"]
+        add(
+            "broadcast",
+            "broadcast to 10k clients complete in < 100 ms p99",
+            f"{broadcast['receivers']:,} clients, last one after {p99:.1f} ms p99"
+            + ("" if broadcast["all_received"] else " (some missed it)"),
+            broadcast["receivers"] >= 10_000 and p99 < 100 and broadcast["all_received"],
+        )
+    else:
+        add("broadcast", "10k clients in < 100 ms p99", "not measured", None)
+    chat = results.get("chat") or {}
+    if "added_per_token" in chat:
+        p50 = chat["added_per_token"]["p50_ms"]
+        add(
+            "SSE per-token latency",
+            "the SSE pipeline adds < 2 ms p50 per token",
+            f"{p50:.2f} ms p50 ({chat['streams']} streams)",
+            p50 < 2 and chat["completed"] == chat["streams"],
+        )
+    else:
+        add("SSE per-token latency", "< 2 ms p50 per token", "not measured", None)
+    rest = results.get("rest") or {}
+    listing = rest.get("via", {}).get("gateway", {}).get("list")
+    if listing:
+        rows_loaded = rest["load"]["rows"]
+        add(
+            "REST list",
+            "REST list p99 < 10 ms at 1M rows",
+            f"{listing['p99_ms']:.1f} ms p99 at {rows_loaded:,} rows (through the gateway)",
+            listing["p99_ms"] < 10 and rows_loaded >= 1_000_000,
+        )
+    else:
+        add("REST list", "p99 < 10 ms at 1M rows", "not measured", None)
+    if fanout and lean.get("fanout"):
+        ours, theirs = fanout["best_passing_rate"], lean["fanout"]["best_passing_rate"]
+        ratio = ours / theirs if theirs else 0.0
+        add(
+            "fan-out vs lean reference",
+            "at least 0.8x the lean reference",
+            f"{ratio:.2f}x ({ours:,}/s vs {theirs:,}/s)",
+            ratio >= 0.8,
+        )
+    else:
+        add("fan-out vs lean reference", ">= 0.8x", "not measured", None)
+    stall = worst_stall(gateway)
+    if stall is not None:
+        add(
+            "event-loop stall",
+            f"no stall over {STALL_TARGET_MS:.0f} ms at 10k connections",
+            f"{stall:.1f} ms worst (probe ping RTT; idle at full count, sustained fan-out, "
+            "broadcast)",
+            stall <= STALL_TARGET_MS and idle.get("open", 0) >= 10_000,
+        )
+    else:
+        add("event-loop stall", f"<= {STALL_TARGET_MS:.0f} ms at 10k", "not measured", None)
+    return rows
+
+
+def worst_stall(server: dict[str, Any]) -> float | None:
+    """Worst probe RTT with every connection up: last idle level, sustained fan-out, broadcast."""
+    samples: list[float] = []
+    if server.get("idle"):
+        samples.append(server["idle"][-1]["worst_stall_ms"])
+    samples += [s["worst_stall_ms"] for s in _fanout_window(server)]
+    if server.get("broadcast"):
+        samples.append(server["broadcast"]["worst_stall_ms"])
+    return max(samples) if samples else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The targets table alone, for the README."""
+    rows = [[t["target"], t["measured"], _mark(t["met"])] for t in targets(results)]
+    return "\n".join(_table(["Target", "Measured", "Verdict"], rows)) + "\n"
+
+
+def _mark(met: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[met]
+
+
+def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
+    machine = results.get("machine", {})
+    scale = results.get("scale", {})
+    cores = results.get("cores", {})
+    out = [
+        "# Benchmark report",
+        "",
+        f"Run {results.get('started_at', '?')} to {results.get('finished_at', '?')}, scale "
+        f"`{scale.get('name', '?')}`. Machine: {machine.get('cpu', '?')}, "
+        f"{machine.get('cores', '?')} cores, {machine.get('memory_gib', '?')} GiB, Linux "
+        f"{machine.get('kernel', '?')}, Python {machine.get('python', '?')}. Server under test "
+        f"pinned to core(s) {cores.get('server')}, load generator, publisher, Redis, PostgreSQL "
+        f"and the other services to {cores.get('load')}"
+        + (" (shared: one core only)." if cores.get("shared") else "."),
+        "",
+        "Packages: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items()))
+        + ".",
+        "",
+    ]
+    if scale.get("name") != "full":
+        out += [
+            "Targets are defined at full scale; this run is smaller, so verdicts are not "
+            "comparable to them.",
+            "",
+        ]
+    out += ["## Targets", ""]
+    out += _table(
+        ["Target", "Measured", "Verdict"],
+        [[t["target"], t["measured"], _mark(t["met"])] for t in targets(results)],
+    )
+    for name in ("gateway", "lean"):
+        server = results.get("websocket", {}).get(name)
+        if server is None:
+            continue
+        title = "Gateway" if name == "gateway" else "Lean reference (websockets + redis-py)"
+        out += ["", f"## {title}", ""]
+        if "error" in server:
+            out += [f"Failed: `{server['error'].splitlines()[0]}`"]
+            continue
+        out += _websocket_sections(server)
+    out += _chat_section(results.get("chat"))
+    out += _rest_section(results.get("rest"))
+    out += _profile_section(results)
+    if plots is not None:
+        out += ["", "## Plots", ""]
+        out += [f"![{p}]({p})" for p in plots] if plots else ["matplotlib not installed: no plots."]
+    return "\n".join(out) + "\n"
+
+
+def _websocket_sections(server: dict[str, Any]) -> list[str]:
+    out = ["### Idle connections", ""]
+    out += _table(
+        [
+            "Connections",
+            "Open",
+            "Time to connect all (s)",
+            "Connects/s",
+            "RSS per connection",
+            "Worst stall (ms)",
+        ],
+        [
+            [
+                f"{r['connections']:,}",
+                f"{r['open']:,}",
+                r["connect_seconds"],
+                r["connect_rate"],
+                f"{r['rss_per_connection_bytes'] / 1000:.1f} KB",
+                r["worst_stall_ms"],
+            ]
+            for r in server.get("idle", [])
+        ],
+    )
+    fanout = server.get("fanout") or {}
+    out += ["", f"### Targeted fan-out ({fanout.get('users', 0):,} users connected)", ""]
+    out += _table(
+        [
+            "Offered/s",
+            "Delivered/s",
+            "Lost",
+            "p50",
+            "p95",
+            "p99",
+            "max (ms)",
+            "Server CPU",
+            "Server µs/msg",
+            "Generator CPU",
+            "Redis CPU",
+            "Worst stall (ms)",
+            "Pass",
+        ],
+        [
+            [
+                f"{s['offered_rate']:,}",
+                f"{s['delivered_rate']:,}",
+                s["lost"],
+                s["p50_ms"],
+                s["p95_ms"],
+                s["p99_ms"],
+                s["max_ms"],
+                s["cpu"]["server"],
+                s.get("server_us_per_message") or "-",
+                s["cpu"]["generator"],
+                s["cpu"].get("redis", "-"),
+                s["worst_stall_ms"],
+                "yes" if s["passed"] else "no",
+            ]
+            for s in fanout.get("steps", [])
+        ],
+    )
+    out += [
+        "",
+        f"Highest passing rate (p99 < 50 ms, nothing lost): "
+        f"**{fanout.get('best_passing_rate', 0):,}/s**. Ramp stopped: "
+        f"{fanout.get('stop_reason', '?')}. CPU is in cores (1.0 = one core busy); server "
+        "µs/msg is the server's CPU time per delivered message.",
+    ]
+    broadcast = server.get("broadcast") or {}
+    if broadcast:
+        latency = broadcast["recipient_latency"]
+        out += ["", "### Broadcast", ""]
+        out += _table(
+            [
+                "Clients",
+                "Repeats",
+                "All received",
+                "Last client p50 (ms)",
+                "Last client p99 (ms)",
+                "Last client max (ms)",
+                "Per-client p50 / p99 (ms)",
+                "Worst stall (ms)",
+            ],
+            [
+                [
+                    f"{broadcast['receivers']:,}",
+                    len(broadcast["repeats"]),
+                    "yes" if broadcast["all_received"] else "no",
+                    broadcast["completion_p50_ms"],
+                    broadcast["completion_p99_ms"],
+                    broadcast["completion_max_ms"],
+                    f"{latency['p50_ms']} / {latency['p99_ms']}",
+                    broadcast["worst_stall_ms"],
+                ]
+            ],
+        )
+    return out
+
+
+def _chat_section(chat: dict[str, Any] | None) -> list[str]:
+    if not chat:
+        return []
+    out = ["", "## Chat (SSE through gateway, agent, Redis streams; fake model)", ""]
+    if "error" in chat:
+        return [*out, f"Failed: `{chat['error'].splitlines()[0]}`"]
+    first, added = chat["time_to_first_token"], chat["added_per_token"]
+    out += _table(
+        [
+            "Streams",
+            "Completed",
+            "Tokens received",
+            "First token p50 / p99 (ms)",
+            "Added per token p50 / p95 / p99 / max (ms)",
+            "CPU (cores)",
+        ],
+        [
+            [
+                chat["streams"],
+                chat["completed"],
+                f"{chat['tokens_received']:,} of {chat['tokens_expected']:,}",
+                f"{first['p50_ms']} / {first['p99_ms']}",
+                f"{added['p50_ms']} / {added['p95_ms']} / {added['p99_ms']} / {added['max_ms']}",
+                ", ".join(f"{k} {v}" for k, v in chat["cpu"].items()),
+            ]
+        ],
+    )
+    out += [
+        "",
+        f"The fake model writes {chat['tokens_per_answer']} tokens "
+        f"{chat['token_interval_ms']:.0f} ms apart; first-token time includes that first "
+        "interval. Added per token = arrival at the client minus the model's write time.",
+    ]
+    if chat.get("errors"):
+        out += ["", "Errors: " + ", ".join(f"`{k}` x{v}" for k, v in chat["errors"].items())]
+    return out
+
+
+def _rest_section(rest: dict[str, Any] | None) -> list[str]:
+    if not rest:
+        return []
+    out = ["", "## REST", ""]
+    if "error" in rest:
+        return [*out, f"Failed: `{rest['error'].splitlines()[0]}`"]
+    load = rest["load"]
+    out += [
+        f"{load['rows']:,} notifications over {rest['users']:,} users, bulk-loaded with COPY "
+        f"in {load['copy_seconds']} s; {rest['concurrency']} connections in flight.",
+        "",
+    ]
+    rows = []
+    for via, endpoints in rest["via"].items():
+        for name, r in endpoints.items():
+            rows.append(
+                [
+                    via,
+                    name,
+                    r["count"],
+                    r["p50_ms"],
+                    r["p95_ms"],
+                    r["p99_ms"],
+                    r["max_ms"],
+                    r["throughput"],
+                    ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
+                ]
+            )
+    out += _table(
+        ["Via", "Endpoint", "Requests", "p50", "p95", "p99", "max (ms)", "Requests/s", "Statuses"],
+        rows,
+    )
+    return out
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    for name, server in results.get("websocket", {}).items():
+        for phase, profile in (server.get("profiles") or {}).items():
+            found.append((f"{name}, {phase}", profile))
+    for name in ("chat", "rest"):
+        profile = (results.get(name) or {}).get("profile")
+        if profile:
+            found.append((f"gateway, {name}", profile))
+    if not found:
+        return []
+    out = ["", "## Profiles (py-spy, busy samples only)", ""]
+    for title, profile in found:
+        out += [f"### {title} ({profile['samples']:,} samples)", ""]
+        out += _table(
+            ["Function", "Own %", "Inclusive %"],
+            [[f"`{f['function']}`", f["self_pct"], f["total_pct"]] for f in profile["functions"]],
+        )
+        out.append("")
+    return out
+
+
+def plot(results: dict[str, Any], out: Path) -> list[str]:
+    """Write the PNG plots; returns their file names ([] without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names: list[str] = []
+    servers = {n: s for n, s in results.get("websocket", {}).items() if "error" not in s}
+    for name, server in servers.items():
+        steps = (server.get("fanout") or {}).get("steps", [])
+        if not steps:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for s in steps:
+            if s["cdf"]:
+                ax.plot(
+                    [ms for _, ms in s["cdf"]],
+                    [q for q, _ in s["cdf"]],
+                    label=f"{s['offered_rate']:,}/s",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("publish-to-receive latency (ms, log)")
+        ax.set_ylabel("percentile")
+        ax.set_title(f"{name}: targeted fan-out latency CDF per offered rate")
+        ax.legend(fontsize="small", ncol=2)
+        ax.grid(True, which="both", alpha=0.3)
+        file = f"fanout_cdf_{name}.png"
+        fig.savefig(out / file, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        names.append(file)
+    if servers:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, server in servers.items():
+            steps = (server.get("fanout") or {}).get("steps", [])
+            rates = [s["offered_rate"] for s in steps]
+            ax.plot(rates, [s["p50_ms"] for s in steps], "o--", label=f"{name} p50")
+            ax.plot(rates, [s["p99_ms"] for s in steps], "o-", label=f"{name} p99")
+        ax.axhline(50, color="grey", linestyle=":", label="50 ms target")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered rate (messages/s, log)")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_title("Targeted fan-out: latency against offered rate")
+        ax.legend(fontsize="small")
+        ax.grid(True, which="both", alpha=0.3)
+        fig.savefig(out / "fanout_latency_vs_rate.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        names.append("fanout_latency_vs_rate.png")
+    chat = results.get("chat") or {}
+    if chat.get("added_per_token_cdf"):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        cdf = chat["added_per_token_cdf"]
+        ax.plot([ms for _, ms in cdf], [q for q, _ in cdf])
+        ax.set_xlabel("latency added per token (ms)")
+        ax.set_ylabel("percentile")
+        ax.set_title(f"Chat: per-token latency added by the pipeline ({chat['streams']} streams)")
+        ax.grid(True, alpha=0.3)
+        fig.savefig(out / "chat_token_latency_cdf.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        names.append("chat_token_latency_cdf.png")
+    return names
+
+
+def write(results: dict[str, Any], out: Path) -> Path:
+    """Write the plots and `report.md` into `out`; returns the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = plot(results, out)
+    path = out / "report.md"
+    path.write_text(markdown(results, names))
+    return path
+
+
+def main(argv: list[str]) -> int:
+    if not argv or (argv[0] == "--summary" and len(argv) < 2):
+        print(
+            "usage: python -m bench.report results.json [out-dir]\n"
+            "       python -m bench.report --summary results.json   (targets table to stdout)",
+            file=sys.stderr,
+        )
+        return 2
+    if argv[0] == "--summary":
+        print(summary(json.loads(Path(argv[1]).read_text())), end="")
+        return 0
+    source = Path(argv[0])
+    out = Path(argv[1]) if len(argv) > 1 else source.parent
+    print(write(json.loads(source.read_text()), out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

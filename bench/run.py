@@ -1,0 +1,271 @@
+"""`make bench` / `python -m bench`: start the stack, run every scenario, write the results.
+
+Order: the WebSocket scenarios against each server of `Scale.servers` (the gateway, then the lean
+reference, each alone on the server core), then chat over SSE, then REST. Results go to
+`BENCH_OUT` (default `bench/results/`): `results.json` (everything measured), `report.md` (the
+tables, targets met or not) and PNG plots. A scenario that fails is recorded with its error and the
+run goes on, so one broken part never hides the others' numbers; the exit status is non-zero if
+any scenario failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report, system
+from bench import scale as scales
+from bench.loadside import LoadSide
+from bench.profile import Profiler, hot_functions
+from bench.progress import Progress
+from bench.scenarios import chat, rest, websocket
+from bench.stack import Stack
+from shared.infra import free_port
+
+SERVER_MODULES = {"gateway": "gateway", "lean": "bench.lean_server"}
+AGENT_WORKERS_PER_PROCESS = 50
+GATEWAY_ENV = {
+    # Benchmark clients only answer protocol pings; they never send application frames, which
+    # the gateway's idle timeout would otherwise count as inactivity during a long run.
+    "WS_CONNECTION_TIMEOUT": "3600",
+}
+
+
+class ScenarioError(RuntimeError):
+    """A scenario failed; the message carries the server's log tail."""
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    packages = {}
+    for name in ("uvicorn", "websockets", "starlette", "redis", "uvloop", "httptools", "msgspec"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = "not installed"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": packages,
+    }
+
+
+def _guarded(
+    name: str, results: dict[str, Any], progress: Progress, body: Callable[[], Any]
+) -> None:
+    try:
+        results[name] = body()
+    except Exception as exc:
+        results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        progress.step(f"{name} FAILED: {type(exc).__name__}: {exc}", count=False)
+
+
+def run(out: Path) -> dict[str, Any]:
+    scale = scales.from_env()
+    cores = system.plan_cores()
+    system.pin(0, cores.load)
+    nofile = system.raise_nofile()
+    results: dict[str, Any] = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "scale": asdict(scale),
+        "cores": {
+            "server": sorted(cores.server),
+            "load": sorted(cores.load),
+            "shared": cores.shared,
+        },
+        "nofile_limit": nofile,
+        "websocket": {},
+    }
+    planned = {
+        "websocket": len(scale.servers) * websocket.steps_planned(scale),
+        "chat": chat.STEPS,
+        "rest": rest.STEPS,
+    }
+    progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
+    shutil.rmtree(out / "logs", ignore_errors=True)
+    shutil.rmtree(out / "profiles", ignore_errors=True)
+    with Stack(cores, logs=out / "logs") as stack:
+        progress.step("infrastructure up, migrations applied", count=False)
+        _start_backends(stack, scale)
+        progress.step("fake model, notifications_svc and agent_svc up", count=False)
+        for name in scale.servers if "websocket" in scale.scenarios else ():
+            _guarded(
+                name,
+                results["websocket"],
+                progress,
+                lambda name=name: _websocket(stack, name, scale, cores, progress),  # type: ignore[misc]
+            )
+        _http_scenarios(stack, scale, results, progress)
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write(results, out)
+    progress.step(f"results written to {out}/", count=False)
+    return results
+
+
+def _gateway_module() -> str:
+    """`BENCH_GATEWAY_MODULE` (a module run with `python -m`, to try a variant of the gateway
+    on the same workload), else `gateway`."""
+    return os.environ.get("BENCH_GATEWAY_MODULE") or "gateway"
+
+
+def _profiles(stack: Stack) -> Path | None:
+    """Where py-spy profiles go when `BENCH_PROFILE=1`, else None (no profiling)."""
+    return stack.logs.parent / "profiles" if os.environ.get("BENCH_PROFILE") == "1" else None
+
+
+def _profiled(stack: Stack, pid: int, name: str, body: Callable[[], Any]) -> Callable[[], Any]:
+    """`body`, sampled with py-spy into `profiles/<name>.txt` when profiling is on; the
+    summary lands in the body's result under `profile`."""
+    folder = _profiles(stack)
+    if folder is None:
+        return body
+
+    def profiled() -> Any:
+        path = folder / f"{name}.txt"
+        with Profiler(pid, path):
+            result = body()
+        result["profile"] = hot_functions(path)
+        return result
+
+    return profiled
+
+
+def _http_scenarios(
+    stack: Stack, scale: scales.Scale, results: dict[str, Any], progress: Progress
+) -> None:
+    """Chat and REST, through one gateway on the server core."""
+    if not {"chat", "rest"} & set(scale.scenarios):
+        return
+    try:
+        gateway = stack.start(
+            "gateway", _gateway_module(), stack.ports["gateway"], pinned=True, extra_env=GATEWAY_ENV
+        )
+    except Exception as exc:
+        for name in ("chat", "rest"):
+            results[name] = {"error": f"gateway did not start: {exc}"}
+        progress.step(f"chat, rest FAILED: gateway did not start: {exc}", count=False)
+        return
+    pids = {"gateway": gateway.pid}
+    pids |= {s.name: s.pid for s in stack.services if s.name.startswith(("agent", "notifications"))}
+    ports = {"gateway": gateway.port, "notifications_svc": stack.ports["notifications_svc"]}
+    bodies = {
+        "chat": lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
+        "rest": lambda: rest.run(scale, stack.settings, ports, pids, progress),
+    }
+    for name, body in bodies.items():
+        if name in scale.scenarios:
+            _guarded(
+                name, results, progress, _profiled(stack, gateway.pid, f"gateway-{name}", body)
+            )
+    stack.stop(gateway)
+
+
+def _start_backends(stack: Stack, scale: scales.Scale) -> None:
+    """The fake model, then the services the gateway calls (session claims, replay, chat)."""
+    model_port = free_port()
+    stack.start(
+        "fake_model",
+        "bench.fake_model",
+        model_port,
+        ready=None,
+        extra_env={
+            "FAKE_MODEL_PORT": str(model_port),
+            "FAKE_MODEL_TOKENS": str(scale.chat_tokens),
+            "FAKE_MODEL_INTERVAL": str(scale.chat_token_interval),
+        },
+    )
+    stack.start("notifications_svc", "notifications_svc", stack.ports["notifications_svc"])
+    # A chat worker answers one question at a time, so there are as many as streams, spread over
+    # processes (one Redis connection each; redis-py pools stop at 100 connections).
+    processes = max(1, -(-scale.chat_streams // AGENT_WORKERS_PER_PROCESS))
+    agent_env = {
+        "ANTHROPIC_API_KEY": "bench-key-not-a-secret",
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_port}",
+        "AGENT_WORKERS": str(-(-scale.chat_streams // processes)),
+    }
+    stack.start("agent_svc", "agent_svc", stack.ports["agent_svc"], extra_env=agent_env)
+    for index in range(1, processes):
+        stack.start(f"agent_worker_{index}", "agent_svc.worker", None, extra_env=agent_env)
+
+
+def _websocket(
+    stack: Stack, name: str, scale: scales.Scale, cores: system.Cores, progress: Progress
+) -> dict[str, Any]:
+    if name == "gateway":
+        port = stack.ports["gateway"]
+        service = stack.start(
+            "gateway", _gateway_module(), port, pinned=True, extra_env=GATEWAY_ENV
+        )
+    elif name == "lean":
+        port = free_port()
+        service = stack.start(
+            "lean",
+            SERVER_MODULES[name],
+            port,
+            pinned=True,
+            ready=None,
+            extra_env={"LEAN_PORT": str(port)},
+        )
+    else:
+        raise ValueError(f"unknown server {name!r}: expected one of {sorted(SERVER_MODULES)}")
+    try:
+        with LoadSide(
+            "127.0.0.1", port, stack.redis_url, scale.loadgen_workers, cores.load
+        ) as load:
+            server = websocket.Server(name, service.pid, stack.redis_pid)
+            return websocket.run(server, load, scale, stack.settings, progress, _profiles(stack))
+    except Exception as exc:
+        raise ScenarioError(f"{exc}\n--- {name} log ---\n{service.log_tail()}") from exc
+    finally:
+        stack.stop(service)
+
+
+def failed(results: dict[str, Any]) -> list[str]:
+    """Names of the scenarios that raised."""
+    sections = {
+        **results.get("websocket", {}),
+        "chat": results.get("chat"),
+        "rest": results.get("rest"),
+    }
+    return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
+
+
+def main() -> int:
+    out = Path(os.environ.get("BENCH_OUT", "bench/results"))
+    try:
+        results = run(out)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    broken = failed(results)
+    if broken:
+        print(
+            f"bench: scenarios failed: {', '.join(broken)} (see {out}/results.json)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

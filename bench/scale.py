@@ -1,0 +1,120 @@
+"""How big a benchmark run is: `BENCH_SCALE=full` (the published numbers, about ten minutes) or
+`BENCH_SCALE=small` (seconds: a smoke run that exercises every scenario at toy size).
+
+Individual knobs can be overridden by environment variables named after the fields, upper-cased
+with a `BENCH_` prefix (`BENCH_IDLE_LEVELS=1000,2000`, `BENCH_STEP_SECONDS=2`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    idle_levels: tuple[int, ...]  # connection counts measured in turn (the last one stays up)
+    loadgen_workers: int  # generator processes sharing the connections
+    connect_concurrency: int  # handshakes in flight per generator process
+    rate_start: int  # targeted fan-out: first offered rate (messages/s)
+    rate_factor: float  # each step offers this much more than the previous one
+    rate_steps: int  # upper bound on steps (the ramp stops earlier at the first failure)
+    step_seconds: float  # how long each rate is offered
+    broadcasts: int  # broadcast repetitions
+    chat_streams: int  # concurrent SSE chat streams
+    chat_tokens: int  # tokens per fake-model answer
+    chat_token_interval: float  # seconds between the fake model's tokens
+    rest_users: int  # users owning the bulk-loaded notifications
+    rest_rows: int  # notifications bulk-loaded for the REST scenario
+    rest_requests: int  # requests per REST endpoint measured
+    rest_concurrency: int  # REST requests in flight
+    servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest run
+
+
+SERVERS = ("gateway", "lean")
+SCENARIOS = ("websocket", "chat", "rest")
+
+SCALES = {
+    "full": Scale(
+        name="full",
+        idle_levels=(1000, 5000, 10000),
+        loadgen_workers=2,
+        connect_concurrency=100,
+        rate_start=2000,
+        rate_factor=1.4,
+        rate_steps=16,
+        step_seconds=3.0,
+        broadcasts=20,
+        chat_streams=200,
+        chat_tokens=40,
+        chat_token_interval=0.02,
+        rest_users=10_000,
+        rest_rows=1_000_000,
+        rest_requests=3000,
+        rest_concurrency=8,
+        servers=("gateway", "lean"),
+        scenarios=("websocket", "chat", "rest"),
+    ),
+    "small": Scale(
+        name="small",
+        idle_levels=(50, 200),
+        loadgen_workers=2,
+        connect_concurrency=50,
+        rate_start=200,
+        rate_factor=2.0,
+        rate_steps=3,
+        step_seconds=0.5,
+        broadcasts=3,
+        chat_streams=5,
+        chat_tokens=5,
+        chat_token_interval=0.01,
+        rest_users=100,
+        rest_rows=5_000,
+        rest_requests=100,
+        rest_concurrency=4,
+        servers=("gateway", "lean"),
+        scenarios=("websocket", "chat", "rest"),
+    ),
+}
+
+
+def _parse(kind: object, raw: str) -> object:
+    if kind == "tuple[int, ...]":
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Scale:
+    """The preset named by `BENCH_SCALE` (default `full`) with `BENCH_<FIELD>` overrides.
+    Raises `ValueError` naming the variable on an unknown preset or a malformed value."""
+    env = os.environ if environ is None else environ
+    name = env.get("BENCH_SCALE", "full") or "full"
+    if name not in SCALES:
+        raise ValueError(f"BENCH_SCALE must be one of {sorted(SCALES)}, got {name!r}")
+    scale = SCALES[name]
+    overrides: dict[str, object] = {}
+    for field in fields(Scale):
+        variable = f"BENCH_{field.name.upper()}"
+        if field.name != "name" and env.get(variable):
+            try:
+                overrides[field.name] = _parse(field.type, env[variable])
+            except ValueError as exc:
+                raise ValueError(f"{variable}: {exc}") from None
+    chosen = replace(scale, **overrides)  # type: ignore[arg-type]
+    for variable, values, known in (
+        ("BENCH_SERVERS", chosen.servers, SERVERS),
+        ("BENCH_SCENARIOS", chosen.scenarios, SCENARIOS),
+    ):
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{variable}: unknown {unknown}, expected some of {list(known)}")
+    return chosen

@@ -1,0 +1,140 @@
+"""d. Chat: `chat_streams` concurrent `POST /api/v1/chat/stream` SSE streams through the gateway,
+the agent and Redis streams, against the fake model (`bench.fake_model`) at fixed pacing.
+
+Reported: time to first token (request sent to first `token` event read, which includes the
+model's own first-token delay of one pacing interval), and the latency the pipeline adds to each
+token (arrival at the client minus the moment the fake model wrote it; both are CLOCK_MONOTONIC).
+Every stream must end with `end`; tokens received are checked against tokens sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvloop
+
+from bench import stats, system
+from bench.fake_model import stamps
+from bench.httpclient import HttpConnection
+from bench.progress import Progress
+from bench.scale import Scale
+from shared.auth import mint_token
+from shared.settings import Settings
+
+STEPS = 1
+STREAM_TIMEOUT = 60.0
+
+
+@dataclass
+class StreamResult:
+    status: int = 0
+    first_token_ns: int | None = None
+    tokens: int = 0
+    ended: str = ""  # "end", "error" or "" (cut off)
+    added_ns: array[int] = field(default_factory=lambda: array("q"))
+    error: str = ""
+
+
+async def one_stream(port: int, token: str, question: str) -> StreamResult:
+    """Ask one question and read its SSE answer to the end."""
+    result = StreamResult()
+    conn = HttpConnection("127.0.0.1", port)
+    body = json.dumps({"message": question}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    sent = time.monotonic_ns()
+    try:
+        async with asyncio.timeout(STREAM_TIMEOUT):
+            result.status, pieces = await conn.stream("POST", "/api/v1/chat/stream", headers, body)
+            buffer = b""
+            async for piece in pieces:
+                now = time.monotonic_ns()
+                buffer += piece
+                *events, buffer = buffer.split(b"\n\n")
+                for raw in events:
+                    if _read_event(raw, now, sent, result):
+                        return result
+    except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    return result
+
+
+def _read_event(raw: bytes, now: int, sent: int, result: StreamResult) -> bool:
+    """Account one SSE event; True when it ends the stream."""
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data: "):
+            continue
+        event = json.loads(line[6:])
+        kind = event.get("type")
+        if kind == "token":
+            result.tokens += 1
+            if result.first_token_ns is None:
+                result.first_token_ns = now - sent
+            for stamp in stamps(str(event.get("content", "")).encode()):
+                result.added_ns.append(now - stamp)
+        elif kind in ("end", "error"):
+            result.ended = kind
+            if kind == "error":
+                result.error = json.dumps(event.get("error", event))[:200]
+            return True
+    return False
+
+
+async def _all_streams(port: int, tokens: list[str]) -> tuple[list[StreamResult], float]:
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(one_stream(port, token, f"benchmark question {i}") for i, token in enumerate(tokens))
+    )
+    return list(results), time.monotonic() - started
+
+
+def run(
+    scale: Scale,
+    settings: Settings,
+    gateway_port: int,
+    pids: dict[str, int],
+    progress: Progress,
+) -> dict[str, Any]:
+    tokens = [mint_token(settings, uuid.uuid4(), ttl=3600) for _ in range(scale.chat_streams)]
+    meters = {name: system.CpuMeter([pid]) for name, pid in pids.items()}
+    for meter in meters.values():
+        meter.start()
+    results, seconds = uvloop.run(_all_streams(gateway_port, tokens))
+    cpu = {name: round(meter.stop(), 3) for name, meter in meters.items()}
+    first = [r.first_token_ns for r in results if r.first_token_ns is not None]
+    added: array[int] = array("q")
+    for r in results:
+        added.extend(r.added_ns)
+    errors: dict[str, int] = {}
+    for r in results:
+        if r.error:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    first_token, per_token = stats.summarize(first), stats.summarize(added)
+    report: dict[str, Any] = {
+        "streams": scale.chat_streams,
+        "tokens_per_answer": scale.chat_tokens,
+        "token_interval_ms": scale.chat_token_interval * 1000,
+        "completed": sum(1 for r in results if r.ended == "end"),
+        "tokens_expected": scale.chat_streams * scale.chat_tokens,
+        "tokens_received": sum(r.tokens for r in results),
+        "statuses": sorted({r.status for r in results}),
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "time_to_first_token": first_token,
+        "added_per_token": per_token,
+        "added_per_token_cdf": stats.cdf(added),
+        "cpu": cpu,
+    }
+    progress.step(
+        f"chat {scale.chat_streams} streams: {report['completed']} completed, first token p50 "
+        f"{first_token['p50_ms']:.1f} / p99 {first_token['p99_ms']:.1f} ms, added per token "
+        f"p50 {per_token['p50_ms']:.2f} / p99 {per_token['p99_ms']:.2f} ms"
+    )
+    return report

@@ -1,0 +1,91 @@
+"""What the benchmark needs from the operating system: CPU pinning, file-descriptor limits, and
+per-process CPU time and resident memory read from `/proc` (Linux only).
+
+The gateway under test gets core 0 to itself; the load generator, publisher, Redis and everything
+else share the remaining cores, so the generator never steals the gateway's CPU. On a one-core
+machine both sides share core 0 and the report says so.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Which CPUs the server under test and the load side run on."""
+
+    server: frozenset[int]
+    load: frozenset[int]
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.server & self.load)
+
+
+def plan_cores() -> Cores:
+    """Core 0 for the server; the others (or core 0 too, on one core) for the load side."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return Cores(frozenset(available), frozenset(available))
+    return Cores(frozenset(available[:1]), frozenset(available[1:]))
+
+
+def pin(pid: int, cores: frozenset[int]) -> None:
+    """Restrict `pid` (0: this process) and the threads it creates from now on to `cores`."""
+    os.sched_setaffinity(pid, cores)
+
+
+def raise_nofile(wanted: int = 65536) -> int:
+    """Raise this process's open-file limit as far as the hard limit allows; children inherit
+    it. Returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # after the command name: state is field 3, utime field 14, stime field 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+class CpuMeter:
+    """CPU used by a group of processes between `start()` and `stop()`, as cores busy."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = list(pids)
+        self._cpu0 = 0.0
+        self._wall0 = 0.0
+
+    def start(self) -> None:
+        self._cpu0 = sum(cpu_seconds(pid) for pid in self.pids)
+        self._wall0 = time.monotonic()
+
+    def stop(self) -> float:
+        """Cores used on average since `start()` (1.0 = one core fully busy)."""
+        wall = max(time.monotonic() - self._wall0, 1e-9)
+        return (sum(cpu_seconds(pid) for pid in self.pids) - self._cpu0) / wall

@@ -1,0 +1,261 @@
+"""A minimal, fast WebSocket client for the load generator: one asyncio `Protocol` per connection.
+
+The benchmark must not measure its own client. A `websockets` client costs a task, futures and a
+queue per connection and per message; here a connection is one small object whose
+`data_received` parses frames in place and hands each complete message to a shared `sink`
+callback with the arrival time (one `monotonic_ns()` per socket read). Ten thousand connections
+fit comfortably in one process.
+
+Protocol coverage is what a benchmark client needs, per RFC 6455: the opening handshake (with
+`Sec-WebSocket-Accept` checked), unmasked server frames of any length, fragmented messages, ping
+(answered with pong), pong (reported, for stall probes) and close (answered, code recorded).
+Client frames are masked as the RFC requires. Frame parsing (`FrameParser`) is pure code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Final, cast
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_CONT: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+
+class HandshakeError(Exception):
+    """The server refused the upgrade or answered something that is not a WebSocket."""
+
+
+class FrameParser:
+    """Incremental RFC 6455 frame parser for server-to-client (unmasked) frames.
+
+    `feed(data)` returns the complete `(opcode, payload)` messages that `data` finished, in order;
+    fragments of a data message are joined and reported with the first fragment's opcode. Control
+    frames may arrive between fragments and are reported on their own. Raises `ValueError` on a
+    masked server frame or a continuation without a start.
+    """
+
+    __slots__ = ("_buffer", "_fragment_op", "_fragments")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._fragments: list[bytes] = []
+        self._fragment_op = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buffer = self._buffer + data if self._buffer else data
+        out: list[tuple[int, bytes]] = []
+        pos, end = 0, len(buffer)
+        while end - pos >= 2:
+            b0, b1 = buffer[pos], buffer[pos + 1]
+            if b1 & 0x80:
+                raise ValueError("server frames must not be masked")
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, pos + 2)
+                head = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, pos + 2)
+                head = 10
+            if end - pos < head + length:
+                break
+            payload = buffer[pos + head : pos + head + length]
+            pos += head + length
+            self._emit(b0 & 0x80, b0 & 0x0F, payload, out)
+        self._buffer = buffer[pos:]
+        return out
+
+    def _emit(self, fin: int, opcode: int, payload: bytes, out: list[tuple[int, bytes]]) -> None:
+        if opcode >= OP_CLOSE:
+            out.append((opcode, payload))
+        elif opcode == OP_CONT:
+            if not self._fragments:
+                raise ValueError("continuation frame without a message to continue")
+            self._fragments.append(payload)
+            if fin:
+                out.append((self._fragment_op, b"".join(self._fragments)))
+                self._fragments = []
+        elif fin:
+            out.append((opcode, payload))
+        else:
+            self._fragment_op, self._fragments = opcode, [payload]
+
+
+def encode_client_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One masked, final client frame (RFC 6455 section 5.3: clients always mask)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    repeated = (mask * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        length, "big"
+    )
+    return head + mask + masked
+
+
+def handshake_request(host: str, port: int, target: str, key: bytes) -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def expected_accept(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+# sink(connection, opcode, payload, arrival_ns) receives every text/binary message and pong.
+Sink = Callable[["ClientConnection", int, bytes, int], None]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One WebSocket connection. `opened` resolves after the handshake (or fails with
+    `HandshakeError`/`ConnectionError`), `greeted` when the first data message arrives, `closed`
+    with the close code (1006 when the TCP connection dropped without a close frame).
+    `close()` is idempotent."""
+
+    __slots__ = (
+        "_accept",
+        "_handshake_buffer",
+        "_parser",
+        "_request",
+        "_sink",
+        "_transport",
+        "close_code",
+        "closed",
+        "greeted",
+        "index",
+        "opened",
+    )
+
+    def __init__(self, request: bytes, key: bytes, sink: Sink, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._request = request
+        self._accept: bytes | None = expected_accept(key)
+        self._sink = sink
+        self._parser = FrameParser()
+        self._transport: asyncio.Transport | None = None
+        self._handshake_buffer = b""
+        self.index = index
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.greeted: asyncio.Future[None] = loop.create_future()  # first message arrived
+        self.closed: asyncio.Future[int] = loop.create_future()
+        self.close_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        if self._accept is not None:
+            data = self._finish_handshake(data)
+            if not data:
+                return
+        try:
+            messages = self._parser.feed(data)
+        except ValueError:
+            self._abort(1002)
+            return
+        for opcode, payload in messages:
+            if opcode == OP_PING:
+                self.send(OP_PONG, payload)
+            elif opcode == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self.send(OP_CLOSE, payload[:2])
+                self._abort(code)
+                return
+            else:
+                if not self.greeted.done():
+                    self.greeted.set_result(None)
+                self._sink(self, opcode, payload, now)
+
+    def _finish_handshake(self, data: bytes) -> bytes:
+        """Consume the HTTP 101 answer; return the bytes after it (frames that came along)."""
+        self._handshake_buffer += data
+        head, sep, rest = self._handshake_buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return b""
+        self._handshake_buffer = b""
+        status_line, _, headers = head.partition(b"\r\n")
+        accept, self._accept = self._accept or b"", None
+        if not status_line.startswith(b"HTTP/1.1 101"):
+            self._fail(HandshakeError(status_line.decode(errors="replace")))
+            return b""
+        if accept not in headers:
+            self._fail(HandshakeError("Sec-WebSocket-Accept missing or wrong"))
+            return b""
+        if not self.opened.done():
+            self.opened.set_result(None)
+        return rest
+
+    def send(self, opcode: int, payload: bytes = b"") -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode_client_frame(opcode, payload))
+
+    def close(self, code: int = 1000) -> None:
+        if self.close_code is None and self._transport is not None:
+            self.send(OP_CLOSE, struct.pack("!H", code))
+            self._abort(code)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+        self._abort(1006)
+
+    def _abort(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_code is None:
+            self.close_code = 1006
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed during handshake: {exc}"))
+        if not self.closed.done():
+            self.closed.set_result(self.close_code)
+        self._transport = None
+
+
+async def connect(
+    host: str, port: int, target: str, sink: Sink, index: int = 0, timeout: float = 15.0
+) -> ClientConnection:
+    """Open a connection to `ws://host:port{target}` and wait for the handshake to finish.
+    Raises `HandshakeError`, `ConnectionError`/`OSError`, or `TimeoutError` after `timeout`."""
+    key = base64.b64encode(os.urandom(16))
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _, connection = await loop.create_connection(
+            lambda: ClientConnection(handshake_request(host, port, target, key), key, sink, index),
+            host,
+            port,
+        )
+        try:
+            await connection.opened
+        except BaseException:
+            connection.close(1001)
+            raise
+    return connection

@@ -1,0 +1,84 @@
+"""The WebSocket harness end to end at toy scale, against the lean reference server on the test
+session's Redis: every frame published is counted, delivered exactly once, and reported in the
+shape the report reads. No timing is asserted: this machine's speed is not under test here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from bench import system
+from bench.loadside import LoadSide
+from bench.progress import Progress
+from bench.scale import SCALES
+from bench.scenarios import websocket
+from bench.stack import Stack
+from shared.infra import free_port
+from shared.settings import Settings
+
+TINY = replace(
+    SCALES["small"],
+    idle_levels=(10, 30),
+    rate_start=100,
+    rate_factor=2.0,
+    rate_steps=2,
+    step_seconds=0.3,
+    broadcasts=2,
+)
+
+
+@pytest.fixture(scope="module")
+def lean_results(settings: Settings) -> Iterator[dict[str, Any]]:
+    cores = system.plan_cores()
+    environ = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    with Stack(cores, environ) as stack:
+        port = free_port()
+        service = stack.start(
+            "lean", "bench.lean_server", port, ready=None, extra_env={"LEAN_PORT": str(port)}
+        )
+        with LoadSide("127.0.0.1", port, stack.redis_url, 2, cores.load) as load:
+            server = websocket.Server("lean", service.pid, None)
+            yield websocket.run(server, load, TINY, stack.settings, Progress(10))
+
+
+def test_idle_levels_all_connect(lean_results: dict[str, Any]) -> None:
+    """Each idle level is reached with every connection open and a memory figure."""
+    idle = lean_results["idle"]
+    assert [row["connections"] for row in idle] == [10, 30]
+    assert [row["open"] for row in idle] == [10, 30]
+    assert all(row["failed"] == 0 and row["rss_bytes"] > 0 for row in idle)
+
+
+def test_targeted_frames_are_delivered_exactly_once(lean_results: dict[str, Any]) -> None:
+    """At a tiny rate delivered == sent, nothing lost, duplicated or unrouted, in every step."""
+    steps = lean_results["fanout"]["steps"]
+    assert len(steps) == TINY.rate_steps
+    for step in steps:
+        assert step["sent"] > 0
+        assert step["delivered"] == step["sent"]
+        assert (step["lost"], step["duplicates"], step["unrouted"]) == (0, 0, 0)
+        assert 0 < step["p50_ms"] <= step["p99_ms"] <= step["max_ms"]
+        assert step["connections_dropped"] == 0
+        assert step["worst_stall_ms"] > 0  # the probe's pings were answered
+
+
+def test_broadcast_reaches_every_client(lean_results: dict[str, Any]) -> None:
+    """Each broadcast is received by all 30 clients."""
+    broadcast = lean_results["broadcast"]
+    assert broadcast["receivers"] == 30
+    assert broadcast["all_received"]
+    assert [r["received"] for r in broadcast["repeats"]] == [30] * TINY.broadcasts
+
+
+def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> None:
+    """A targeted publish to users without a subscriber is reported as unrouted, not lost."""
+    cores = system.plan_cores()
+    with LoadSide("127.0.0.1", 1, settings.redis_url, 0, cores.load) as load:
+        load.publish("users", ["00000000-0000-4000-8000-000000000000"])
+        result = load.publish("targeted", 0, 200.0, 0.1)
+    assert result["sent"] > 0
+    assert result["unrouted"] == result["sent"]
+    assert result["errors"] == 0

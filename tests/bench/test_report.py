@@ -1,0 +1,104 @@
+"""The report: target verdicts from results, and the Markdown built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+
+
+def fanout_step(step: int, rate: int, p99: float, lost: int = 0) -> dict[str, Any]:
+    return {
+        "step": step,
+        "offered_rate": rate,
+        "achieved_rate": rate,
+        "delivered_rate": rate,
+        "lost": lost,
+        "p50_ms": 1.0,
+        "p95_ms": 2.0,
+        "p99_ms": p99,
+        "max_ms": p99 + 1,
+        "cdf": [(50, 1.0), (99, p99), (100, p99 + 1)],
+        "cpu": {"server": 0.9, "generator": 0.5, "redis": 0.1},
+        "worst_stall_ms": 5.0 + step,
+        "passed": lost == 0 and p99 < 50,
+    }
+
+
+def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
+    steps = [fanout_step(0, best_rate, 10.0), fanout_step(1, best_rate * 2, 900.0, lost=3)]
+    return {
+        "idle": [
+            {
+                "connections": 10_000,
+                "open": 10_000,
+                "connect_seconds": 9.5,
+                "connect_rate": 1052.6,
+                "rss_per_connection_bytes": 8_000,
+                "worst_stall_ms": stall,
+            }
+        ],
+        "fanout": {
+            "users": 10_000,
+            "steps": steps,
+            "best_passing_rate": best_rate,
+            "best_passing_step": 0,
+            "stop_reason": "lost 3 messages",
+        },
+        "broadcast": {
+            "receivers": 10_000,
+            "repeats": [{}] * 3,
+            "all_received": True,
+            "completion_p50_ms": 60.0,
+            "completion_p99_ms": 80.0,
+            "completion_max_ms": 80.0,
+            "recipient_latency": {"p50_ms": 30.0, "p99_ms": 79.0},
+            "worst_stall_ms": 12.0,
+        },
+    }
+
+
+RESULTS: dict[str, Any] = {
+    "scale": {"name": "full"},
+    "websocket": {"gateway": server(24_000), "lean": server(20_000)},
+    "chat": {"error": "RuntimeError: model down\ntrace"},
+}
+
+
+def test_targets_report_met_unmet_and_unmeasured() -> None:
+    """Each target gets a verdict from the numbers; a failed scenario counts as not measured."""
+    verdicts = {row["name"]: row["met"] for row in report.targets(RESULTS)}
+    assert verdicts["idle connections"] is True
+    assert verdicts["targeted fan-out"] is True
+    assert verdicts["broadcast"] is True
+    assert verdicts["fan-out vs lean reference"] is True
+    assert verdicts["SSE per-token latency"] is None
+    assert verdicts["REST list"] is None
+
+
+def test_stall_counts_only_sustained_load() -> None:
+    """The overloaded step past the best passing one does not count against the stall target."""
+    assert report.worst_stall(RESULTS["websocket"]["gateway"]) == 12.0
+    verdicts = {row["name"]: row["met"] for row in report.targets(RESULTS)}
+    assert verdicts["event-loop stall"] is True
+
+
+def test_markdown_has_a_table_per_scenario_and_the_failure() -> None:
+    """The Markdown carries the target table, both servers' tables and the failed scenario."""
+    text = report.markdown(RESULTS, [])
+    assert "## Targets" in text
+    assert text.count("### Targeted fan-out") == 2
+    assert "| 24,000 | 24,000 | 0 |" in text
+    assert "Failed: `RuntimeError: model down`" in text
+
+
+def test_write_draws_plots(tmp_path: Path) -> None:
+    """With matplotlib installed, report.md links PNG files that exist."""
+    pytest.importorskip("matplotlib")
+    path = report.write(RESULTS, tmp_path)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert "fanout_latency_vs_rate.png" in pngs
+    assert all(f"]({name})" in path.read_text() for name in pngs)

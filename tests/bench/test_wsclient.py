@@ -1,0 +1,98 @@
+"""The load generator's WebSocket client: frame parsing, masking and the opening handshake."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+import pytest
+
+from bench.wsclient import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
+    FrameParser,
+    encode_client_frame,
+    expected_accept,
+)
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    head = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        return struct.pack("!BB", head, length) + payload
+    if length < 1 << 16:
+        return struct.pack("!BBH", head, 126, length) + payload
+    return struct.pack("!BBQ", head, 127, length) + payload
+
+
+def unmask(frame: bytes) -> tuple[int, bytes]:
+    opcode, length = frame[0] & 0x0F, frame[1] & 0x7F
+    offset = 2
+    if length == 126:
+        (length,) = struct.unpack_from("!H", frame, 2)
+        offset = 4
+    elif length == 127:
+        (length,) = struct.unpack_from("!Q", frame, 2)
+        offset = 10
+    mask = frame[offset : offset + 4]
+    data = frame[offset + 4 : offset + 4 + length]
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def test_parses_frames_of_every_length_encoding() -> None:
+    """7-bit, 16-bit and 64-bit payload lengths all come back intact and in order."""
+    payloads = [b"x" * 5, b"y" * 300, b"z" * 70_000]
+    stream = b"".join(server_frame(OP_TEXT, p) for p in payloads)
+    assert FrameParser().feed(stream) == [(OP_TEXT, p) for p in payloads]
+
+
+def test_reassembles_frames_split_across_reads() -> None:
+    """A frame cut at every byte boundary is reported once, when its last byte arrives."""
+    frame = server_frame(OP_BINARY, b"hello world" * 20)
+    parser = FrameParser()
+    seen = []
+    for i in range(len(frame)):
+        seen += parser.feed(frame[i : i + 1])
+    assert seen == [(OP_BINARY, b"hello world" * 20)]
+
+
+def test_joins_fragments_around_a_control_frame() -> None:
+    """Fragments join into one message; a ping between them is reported on its own, first."""
+    stream = (
+        server_frame(OP_TEXT, b"ab", fin=False)
+        + server_frame(OP_PING, b"p")
+        + server_frame(OP_CONT, b"cd", fin=False)
+        + server_frame(OP_CONT, b"ef")
+    )
+    assert FrameParser().feed(stream) == [(OP_PING, b"p"), (OP_TEXT, b"abcdef")]
+
+
+def test_refuses_masked_server_frames_and_orphan_continuations() -> None:
+    """Protocol violations raise instead of yielding garbage."""
+    with pytest.raises(ValueError, match="masked"):
+        FrameParser().feed(b"\x81\x85" + b"\x00" * 9)
+    with pytest.raises(ValueError, match="continuation"):
+        FrameParser().feed(server_frame(OP_CONT, b"x"))
+
+
+@pytest.mark.parametrize("size", [0, 3, 125, 126, 65_535, 65_536])
+def test_client_frames_are_masked_and_round_trip(size: int) -> None:
+    """Client frames carry the mask bit and unmask to the original payload."""
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    frame = encode_client_frame(OP_CLOSE, payload)
+    assert frame[0] == 0x80 | OP_CLOSE
+    assert frame[1] & 0x80
+    assert unmask(frame) == (OP_CLOSE, payload)
+
+
+def test_accept_matches_rfc_example() -> None:
+    """Sec-WebSocket-Accept is computed as in RFC 6455 section 1.3."""
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    assert expected_accept(key) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    assert expected_accept(key) == base64.b64encode(hashlib.sha1(key + guid).digest())

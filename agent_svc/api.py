@@ -20,7 +20,14 @@ from starlette.routing import Route
 from agent_svc import sessions
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
-from shared.http import bearer_token, json_response, read_json, require_internal
+from shared.http import (
+    bearer_token,
+    decode_json,
+    json_response,
+    read_body,
+    read_json,
+    require_internal,
+)
 
 
 class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,9 +87,11 @@ async def create_session(request: Request) -> Response:
     """`POST /api/v1/sessions` (body optional: `{"title"}`) → 201 with the new session."""
     user_id = _caller(request)
     settings = request.app.state.settings
-    body = CreateSession()
-    if (request.headers.get("content-length") or "0") != "0":
-        body = await read_json(request, CreateSession, settings.http_max_body_bytes)
+    # Read whatever arrives (a chunked body has no Content-Length): an empty body is no title.
+    raw = await read_body(request, settings.http_max_body_bytes)
+    body = decode_json(raw, CreateSession) if raw.strip() else CreateSession()
+    if body.title is not None and "\x00" in body.title:
+        raise ValidationFailed("title must not contain NUL characters")  # PostgreSQL refuses it
     row = await sessions.create(request.app.state.pool, user_id, body.title)
     return json_response(_session(row), 201)
 

@@ -19,6 +19,21 @@ from shared.chat_wire import ChatRequest
 HISTORY_LIMIT = 50  # turns sent to the model: bounded context, oldest dropped first
 
 
+def storable(value: Any) -> Any:
+    """`value` with every NUL character in its strings (dict keys included) replaced by U+FFFD.
+
+    PostgreSQL text and jsonb cannot hold NUL; a model that streams one would otherwise make the
+    answer unstorable, so every redelivery would call the model again until `AGENT_FAILED`.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    return value
+
+
 async def store_question(pool: asyncpg.Pool, request: ChatRequest) -> None:
     """Store the user's message (once) and touch the session (title from the first message)."""
     async with pool.acquire() as conn, conn.transaction():
@@ -28,7 +43,7 @@ async def store_question(pool: asyncpg.Pool, request: ChatRequest) -> None:
             "WHERE id = $1 AND user_id = $2 RETURNING true",
             UUID(request.session_id),
             UUID(request.user_id),
-            request.message.strip(),
+            storable(request.message.strip()),
         )
         if not owned:
             return
@@ -37,7 +52,7 @@ async def store_question(pool: asyncpg.Pool, request: ChatRequest) -> None:
             "VALUES ($1, $2, 'user', $3, $4) ON CONFLICT (id) DO NOTHING",
             UUID(request.user_message_id),
             UUID(request.session_id),
-            request.message,
+            storable(request.message),
             datetime.fromisoformat(request.created_at),
         )
 
@@ -81,7 +96,8 @@ async def store_answer(
     tokens_used: int,
     status: str,
 ) -> None:
-    """Store the assistant's answer under the request's `message_id` (idempotent)."""
+    """Store the assistant's answer under the request's `message_id` (idempotent; NULs stored as
+    U+FFFD, see `storable`)."""
     await pool.execute(
         "INSERT INTO chat.messages (id, session_id, role, content, tool_calls, tokens_used, status)"
         " SELECT $1, s.id, 'assistant', $3, $4, $5, $6 FROM chat.sessions s"
@@ -91,8 +107,8 @@ async def store_answer(
         " status = EXCLUDED.status",
         UUID(request.message_id),
         UUID(request.session_id),
-        content,
-        tool_calls,
+        storable(content),
+        storable(tool_calls),
         tokens_used,
         status,
         UUID(request.user_id),

@@ -51,7 +51,8 @@ ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
 READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
 WORKER_SILENCE = 5.0  # seconds beyond AGENT_RECLAIM_IDLE before a silent worker counts as gone
 # (also absorbs clock skew between worker and gateway hosts)
-_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,10 @@ async def open_answer(
     another answer streams in the session."""
     if not message.strip():
         raise ValidationFailed("message must not be empty")
+    if "\x00" in message:
+        # PostgreSQL text cannot hold NUL: the worker could never store the question, and the
+        # request would fail every delivery before the client heard `AGENT_FAILED`.
+        raise ValidationFailed("message must not contain NUL characters")
     if not await workers_alive(client, settings):
         raise Unavailable("no agent worker is running; try again later", code="CHAT_UNAVAILABLE")
     message_id = str(uuid4())
@@ -268,7 +273,8 @@ async def resume_stream(request: Request) -> Response:
     after = (
         request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0-0"
     )
-    if not _EVENT_ID.match(after):
+    if not _EVENT_ID.fullmatch(after) or max(_entry_id(after)) > _MAX_ID_PART:
+        # Checked here: Redis would refuse the id only once the 200 stream has started.
         raise ValidationFailed("Last-Event-ID must be an event id like 1700000000000-0")
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)

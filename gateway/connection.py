@@ -1,11 +1,17 @@
 """One client WebSocket after its handshake: its send queue, its writer, its read loop.
 
-Every frame to the client goes through one bounded queue drained by one writer task, so frames
-leave in the order they were queued and a slow client costs at most `WS_SEND_QUEUE_SIZE` frames of
-memory: `offer()` (the fan-out path, which must never wait) closes it with 1013 when the queue is
-full; `put()` (replay, chat) waits for room instead. The read loop enforces the rate limit,
-answers `ping` and `refresh_token`, hands chat frames to `gateway.chat` in bounded background
-tasks, and answers anything else with an `error` frame — bad input never ends the connection.
+Every frame to the client goes through one bounded queue drained in order, so frames leave in
+the order they were queued and a slow client costs at most `WS_SEND_QUEUE_SIZE` frames of memory:
+`offer()` (the fan-out path, which must never wait) closes it with 1013 when the queue is full;
+`put()` (replay, chat) waits for room instead. The queue is a plain list (56 bytes empty; a deque
+costs 760 with its first block, and at most `WS_SEND_QUEUE_SIZE` entries make popping its head
+cheap) drained by a flush task that exists only while frames are pending: an idle connection holds
+no writer task, no `asyncio.Queue` and no futures (at 10k connections that is what idle memory is
+spent on).
+
+The read loop enforces the rate limit, answers `ping` and `refresh_token`, hands chat frames to
+`gateway.chat` in bounded background tasks, and answers anything else with an `error` frame — bad
+input never ends the connection.
 
 States: open -> closing (a close code chosen, writer stopped) -> closed (handler returned).
 `close()` is idempotent; the first code wins.
@@ -50,9 +56,12 @@ class Connection:
         "__weakref__",
         "_bucket",
         "_chat_tasks",
+        "_flusher",
+        "_limit",
         "_manager",
-        "_queue",
-        "_writer",
+        "_pending",
+        "_room",
+        "_started",
         "channels",
         "close_code",
         "close_reason",
@@ -99,10 +108,13 @@ class Connection:
         self.pending_seq = 0
         self.close_code: int | None = None
         self.close_reason = ""
-        self._queue: asyncio.Queue[str] = asyncio.Queue(settings.ws_send_queue_size)
+        self._pending: list[str] = []
+        self._limit = settings.ws_send_queue_size
+        self._started = False  # frames are held until `start_writer()`
+        self._flusher: asyncio.Task[None] | None = None  # runs only while frames are pending
+        self._room: asyncio.Event | None = None  # created by the first `put()` that must wait
         self._bucket = TokenBucket(settings.ws_rate_limit, settings.ws_rate_burst)
         self._chat_tasks: set[asyncio.Task[None]] = set()
-        self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} session={self.session_id} user={self.user_id}>"
@@ -110,43 +122,62 @@ class Connection:
     # Sending.
 
     def start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.conn_id}")
+        """Let queued frames go out (until now they were held back), and every later one."""
+        self._started = True
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._flusher is None and self._started and self._pending:
+            self._flusher = asyncio.create_task(self._flush())
 
     def offer(self, text: str) -> bool:
         """Queue a frame without waiting; a full queue closes the connection 1013 (slow
         consumer). Returns whether the frame was queued."""
         if self.close_code is not None:
             return False
-        try:
-            self._queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._limit:
             metrics.DROPPED.labels("slow_consumer").inc()
             self._manager.close_later(self, 1013, "slow consumer: send queue full")
             return False
+        self._pending.append(text)
+        if self._flusher is None and self._started:
+            self._flusher = asyncio.create_task(self._flush())
         return True
 
     async def put(self, text: str) -> None:
         """Queue a frame, waiting for room (replay and chat: they can afford to wait). Returns at
         once on a closed connection (the frame is dropped with it)."""
+        while self.close_code is None and len(self._pending) >= self._limit:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
         if self.close_code is None:
-            await self._queue.put(text)
+            self._pending.append(text)
+            self._kick()
 
     async def send_bytes(self, frame: bytes) -> None:
         """`ChatContext.send`: queue an encoded frame, waiting for room."""
         await self.put(frame.decode())
 
-    async def _write(self) -> None:
+    async def _flush(self) -> None:
+        """Send what is pending, in order, then end (the next frame starts a new flush)."""
         send = self.websocket.send
-        queue = self._queue
+        pending = self._pending
         try:
-            while True:
-                text = await queue.get()
+            while pending:
+                text = pending.pop(0)
+                if self._room is not None:
+                    self._room.set()
                 await send({"type": "websocket.send", "text": text})
-                queue.task_done()
                 metrics.FRAMES_OUT.inc()
         except (OSError, RuntimeError) as exc:
-            # The client is gone (the read loop sees the disconnect) or the socket was closed.
+            # The client is gone (the read loop sees the disconnect) or the socket was closed:
+            # send nothing more; what is offered now fills the queue up to its bound.
+            self._started = False
             log.debug("writer stopped", extra={"connection": self.conn_id, "error": repr(exc)})
+        finally:
+            self._flusher = None
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame (after what is queued, if the client reads it in time) and stop
@@ -155,18 +186,19 @@ class Connection:
             return
         self.close_code, self.close_reason = code, reason
         metrics.CLOSES.labels(str(code), reason.partition(":")[0]).inc()
-        if self._writer is not None and asyncio.current_task() is not self._writer:
-            if code != 1013:
-                # Give what is already queued (a final replayed notification, an error frame)
-                # a moment to reach a client that reads.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await self._queue.join()
-            self._writer.cancel()
+        flusher = self._flusher
+        if flusher is not None and code != 1013:
+            # Give what is already queued (a final replayed notification, an error frame) a
+            # moment to reach a client that reads.
+            await asyncio.wait((flusher,), timeout=0.5)
+        self._started = False
+        if self._flusher is not None:
+            self._flusher.cancel()
         # Free the queued frames now, and wake any `put()` waiting for room (it finds the
         # connection closed and adds nothing more).
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._pending.clear()
+        if self._room is not None:
+            self._room.set()
         for task in self._chat_tasks:
             task.cancel()
         with contextlib.suppress(Exception):
@@ -202,8 +234,9 @@ class Connection:
                 else:
                     await self._handle(text, verifier)
         finally:
-            if self._writer is not None:
-                self._writer.cancel()
+            self._started = False
+            if self._flusher is not None:
+                self._flusher.cancel()
             for task in self._chat_tasks:
                 task.cancel()
 

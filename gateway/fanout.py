@@ -62,7 +62,10 @@ class Fanout(Generic[M]):
         self._on_resync = on_resync
         self._ping_interval = ping_interval
         self.routes: dict[bytes, set[M]] = {}
-        self._ready: dict[bytes, asyncio.Event] = {BROADCAST: asyncio.Event()}
+        # Channels Redis confirmed on the current link, and the joins waiting for a confirmation
+        # (futures exist only while a join waits: an idle channel costs one set entry).
+        self._confirmed: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pending: dict[bytes, int] = {}
         self._conn: AbstractConnection | None = None
         self._resyncing = False
@@ -82,7 +85,7 @@ class Fanout(Generic[M]):
 
     @property
     def connected(self) -> bool:
-        return self._ready[BROADCAST].is_set()
+        return BROADCAST in self._confirmed
 
     async def join(self, member: M, channels: tuple[bytes, ...], timeout: float) -> None:
         """Route `channels` to `member`; returns once Redis confirmed every one of them.
@@ -94,7 +97,6 @@ class Fanout(Generic[M]):
             members = self.routes.get(channel)
             if members is None:
                 self.routes[channel] = {member}
-                self._ready[channel] = asyncio.Event()
                 new.append(channel)
             else:
                 members.add(member)
@@ -103,8 +105,15 @@ class Fanout(Generic[M]):
         try:
             async with asyncio.timeout(timeout):
                 for channel in channels:
-                    await self._ready[channel].wait()
+                    if channel not in self._confirmed:
+                        waiter = asyncio.get_running_loop().create_future()
+                        self._waiters.setdefault(channel, []).append(waiter)
+                        await waiter
         except TimeoutError:
+            for channel in channels:  # forget the cancelled waiters
+                waiters = [w for w in self._waiters.pop(channel, ()) if not w.done()]
+                if waiters:
+                    self._waiters[channel] = waiters
             raise FanoutUnavailable("Redis did not confirm the subscription") from None
 
     async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
@@ -118,7 +127,7 @@ class Fanout(Generic[M]):
             members.discard(member)
             if not members:
                 del self.routes[channel]
-                del self._ready[channel]
+                self._confirmed.discard(channel)
                 gone.append(channel)
         if gone:
             await self._command(b"UNSUBSCRIBE", gone)
@@ -158,8 +167,7 @@ class Fanout(Generic[M]):
                 log.warning("pub/sub link lost", extra={"error": repr(exc)})
             finally:
                 self._conn = None
-                for event in self._ready.values():
-                    event.clear()
+                self._confirmed.clear()
                 pinger.cancel()
                 await conn.disconnect(nowait=True)
             first = False
@@ -181,19 +189,21 @@ class Fanout(Generic[M]):
             if kind == b"message":
                 self._message(response[1], response[2])
             elif kind == b"subscribe":
-                self._confirmed(response[1])
-                if self._ready[BROADCAST].is_set():
+                self._confirm(response[1])
+                if BROADCAST in self._confirmed:
                     backoff.reset()
 
-    def _confirmed(self, channel: bytes) -> None:
+    def _confirm(self, channel: bytes) -> None:
         left = self._pending.get(channel, 1) - 1
         if left > 0:
             self._pending[channel] = left
             return
         self._pending.pop(channel, None)
-        event = self._ready.get(channel)
-        if event is not None:
-            event.set()
+        if channel == BROADCAST or channel in self.routes:
+            self._confirmed.add(channel)
+            for waiter in self._waiters.pop(channel, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
         if self._resyncing and not self._pending:
             self._resyncing = False
             self._on_resync()

@@ -10,6 +10,7 @@ segments is refused, so nothing outside the prefix â€” `/internal/` above all â€
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 from starlette.requests import Request
@@ -41,7 +42,7 @@ def proxy_routes(table: tuple[tuple[str, str], ...] = PUBLIC_PROXY) -> list[Rout
     return routes
 
 
-def _forwarder(prefix: str, upstream: str):  # type: ignore[no-untyped-def]
+def _forwarder(prefix: str, upstream: str) -> Callable[[Request], Awaitable[Response]]:
     async def forward(request: Request) -> Response:
         path = request.scope["path"]
         segments = path.split("/")

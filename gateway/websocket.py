@@ -99,4 +99,5 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
         log.debug("client left before the close frame")
 
 
-routes = [WebSocketRoute("/api/v1/ws/{session_id}", websocket_endpoint)]
+route = WebSocketRoute("/api/v1/ws/{session_id}", websocket_endpoint)
+routes = [route]

@@ -66,13 +66,15 @@ def stack(
 def test_offline_answer_streams_labelled_deltas(
     stack: ChatStack, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """Without an API key the answer streams word by word and is labelled offline."""
+    """Without an API key the answer streams word by word and is labelled offline, in the
+    reply and in the agent's log."""
     _, events = ask(stack.gateway, token_for(user_id), "hello there")
     assert events[0].type == "start" and events[-1].type == "end"
     tokens = [e for e in events if e.type == "token"]
     assert len(tokens) > 5
     assert text_of(events) == compose("hello there", None)
     assert events[-1].data["tokens_used"] > 0
+    assert "offline model in use: ANTHROPIC_API_KEY is not set" in stack.agent.log(tail=1000)
 
 
 def test_offline_reminder_calls_the_notification_tool(

@@ -153,15 +153,17 @@ async def test_cancel_frame_keeps_partial_reply(
 
 
 async def test_errors_are_frames(fake: fa.FakeAnthropic, connect: Callable[[], Connection]) -> None:
-    """Bad frames, a busy session, nothing to cancel and a provider failure each give an
-    `error` frame with a stable code."""
+    """Bad frames (a NUL character included), a busy session, nothing to cancel and a provider
+    failure each give an `error` frame with a stable code."""
     conn = connect()
     await conn.frame(b"{nope")
     await conn.frame({"type": "message"})
     await conn.frame({"type": "message", "message": "  "})
+    await conn.frame({"type": "message", "message": "nul \u0000 byte"})
     await conn.frame({"type": "cancel"})
     assert [f["error"]["code"] for f in conn.sent] == [
-        "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "NOTHING_TO_CANCEL",
+        "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "VALIDATION_ERROR",
+        "NOTHING_TO_CANCEL",
     ]  # fmt: skip
     key, key2 = _key(), _key()
     fake.script(key, fa.text(*["x "] * 40, delay=0.05))
@@ -183,3 +185,33 @@ async def test_errors_are_frames(fake: fa.FakeAnthropic, connect: Callable[[], C
     error = failing.sent[-1]["error"]
     assert error["code"] == "MODEL_OVERLOADED"
     uuid.UUID(error["details"]["message_id"])
+
+
+async def test_cancel_of_another_users_answer_is_refused(
+    fake: fa.FakeAnthropic, connect: Callable[[], Connection]
+) -> None:
+    """A `cancel` frame naming another user's answer gets the same error as an unknown id, and
+    the answer runs to its end untouched."""
+    key = _key()
+    words = [f"w{i} " for i in range(20)]
+    fake.script(key, fa.text(*words, delay=0.05))
+    owner = connect()
+    asking = asyncio.create_task(owner.frame({"type": "message", "message": key, "stream": True}))
+    await owner.until(lambda sent: len(sent) > 0)
+    message_id = owner.sent[0]["event"]["message_id"]
+    intruder = Connection(
+        {
+            "app_state": owner.ctx.app_state,
+            "user_id": uuid.uuid4(),
+            "session_id": uuid.uuid4(),
+            "connection_id": "c2",
+        }
+    )
+    await intruder.frame({"type": "cancel", "message_id": message_id})
+    await intruder.frame({"type": "cancel", "message_id": str(uuid.uuid4())})
+    foreign, unknown = intruder.sent
+    assert foreign["error"]["code"] == "ANSWER_NOT_FOUND"
+    assert foreign["error"] == unknown["error"]
+    await asyncio.wait_for(asking, 10)
+    assert owner.sent[-1]["type"] == "message"
+    assert owner.sent[-1]["data"]["reply"] == "".join(words)

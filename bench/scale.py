@@ -1,5 +1,5 @@
-"""How big a benchmark run is: `BENCH_SCALE=full` (the published numbers, about ten minutes) or
-`BENCH_SCALE=small` (seconds: a smoke run that exercises every scenario at toy size).
+"""How big a benchmark run is: `BENCH_SCALE=full` (the published numbers, about five minutes on
+two cores) or `BENCH_SCALE=small` (seconds: a smoke run that exercises every scenario at toy size).
 
 Individual knobs can be overridden by environment variables named after the fields, upper-cased
 with a `BENCH_` prefix (`BENCH_IDLE_LEVELS=1000,2000`, `BENCH_STEP_SECONDS=2`).

@@ -59,10 +59,17 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+# Every SSE chat stream waits in `XREAD BLOCK` on a pooled connection for as long as its answer
+# runs, so the pool must outgrow the streams an instance serves at once: with redis-py's default
+# of 100, the 101st concurrent stream (and any WebSocket connect at that moment) failed with
+# MaxConnectionsError, an HTTP 500 (`make bench`, 200 streams: 100 answered 500).
+REDIS_POOL_SIZE = 2048
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client.create_client(settings)
+        redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)
         timeout = httpx.Timeout(settings.upstream_timeout)
         upstreams = {
             "notifications": httpx.AsyncClient(

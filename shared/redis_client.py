@@ -13,11 +13,17 @@ import redis.asyncio as redis
 from shared.settings import Settings
 
 
-def create_client(settings: Settings, *, decode_responses: bool = False) -> redis.Redis:
-    """A pooled client. Responses are bytes unless `decode_responses`; no I/O happens here."""
+def create_client(
+    settings: Settings, *, decode_responses: bool = False, max_connections: int | None = None
+) -> redis.Redis:
+    """A pooled client. Responses are bytes unless `decode_responses`; no I/O happens here.
+
+    The pool holds at most `max_connections` (None: redis-py's default, 100); a command issued
+    while every pooled connection is busy raises `redis.exceptions.MaxConnectionsError`."""
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=decode_responses,
+        max_connections=max_connections,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,

@@ -56,7 +56,8 @@ def machine() -> dict[str, Any]:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     packages = {}
-    for name in ("uvicorn", "websockets", "starlette", "redis", "uvloop", "httptools", "msgspec"):
+    names = ("uvicorn", "websockets", "starlette", "redis", "hiredis", "uvloop", "httptools")
+    for name in (*names, "msgspec"):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

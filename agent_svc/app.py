@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from agent_svc import api
-from agent_svc.worker import WorkerPool
+from agent_svc.worker import WorkerPool, redis_pool_size
 from shared import db, migrate, redis_client
 from shared.auth import TokenVerifier
 from shared.backoff import retry
@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
-        redis = redis_client.create_client(settings)
+        redis = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
         app.state.verifier = TokenVerifier(settings)
         try:

@@ -415,13 +415,20 @@ class WorkerPool:
         await self.model.aclose()
 
 
+def redis_pool_size(settings: Settings) -> int:
+    """Redis connections an agent process may open: each worker can hold one in a blocking
+    stream read and one for a command, on top of the HTTP API's share (redis-py's default cap of
+    100 would make the 50th worker fail with MaxConnectionsError)."""
+    return 100 + 2 * settings.agent_workers
+
+
 async def _main(settings: Settings) -> None:
     from shared import db, migrate, redis_client
     from shared.backoff import retry
 
     await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
     pool = await db.create_pool(settings)
-    client = redis_client.create_client(settings)
+    client = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

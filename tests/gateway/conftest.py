@@ -15,7 +15,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.agent_svc.stack import ChatStack
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
+from tests.support import fake_anthropic as fa
 from tests.support.processes import ServiceProcess
 
 INTERNAL = {"authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
@@ -127,3 +129,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5) -
 
 async def equals(awaitable: Awaitable[object], expected: object) -> bool:
     return await awaitable == expected
+
+
+@pytest.fixture
+def fake(stack: ChatStack) -> fa.FakeAnthropic:
+    """The fake Anthropic server behind the requesting module's chat `stack`."""
+    assert stack.fake is not None
+    return stack.fake

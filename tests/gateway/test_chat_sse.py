@@ -44,12 +44,6 @@ def stack(
         chat.stop()
 
 
-@pytest.fixture
-def fake(stack: ChatStack) -> fa.FakeAnthropic:
-    assert stack.fake is not None
-    return stack.fake
-
-
 def _key() -> str:
     return f"k-{uuid.uuid4().hex[:12]}"
 

@@ -37,12 +37,6 @@ def stack(
         chat.stop()
 
 
-@pytest.fixture
-def fake(stack: ChatStack) -> fa.FakeAnthropic:
-    assert stack.fake is not None
-    return stack.fake
-
-
 async def _open(stack: ChatStack, session: uuid.UUID, token: str) -> ClientConnection:
     ws = await connect(
         f"{stack.gateway.ws_url}/api/v1/ws/{session}?token={token}", compression=None

@@ -32,12 +32,6 @@ def stack(
         chat.stop()
 
 
-@pytest.fixture
-def fake(stack: ChatStack) -> fa.FakeAnthropic:
-    assert stack.fake is not None
-    return stack.fake
-
-
 class Connection:
     """A stand-in for one gateway connection: what the handler sends, in order."""
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as redis
@@ -33,7 +33,7 @@ from shared.wire import EnvelopeMeta, decode_envelope
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Hashable)
-Deliver = Callable[[Iterable[M], EnvelopeMeta, str], None]
+Deliver = Callable[[Collection[M], EnvelopeMeta, str], None]
 
 BROADCAST = keys.BROADCAST_CHANNEL.encode()
 
@@ -43,13 +43,14 @@ class FanoutUnavailable(Exception):
 
 
 class Fanout(Generic[M]):
-    """Subscriptions of one instance. `join`/`leave` are called by connection handlers; delivery
-    happens on the reader task, synchronously, in the order Redis sent the messages."""
+    """Subscriptions of one instance. `join`/`leave` are called by connection handlers; the
+    delivery callback is called on the reader task, synchronously, in the order Redis sent the
+    messages (it must not wait; it may defer the work, keeping that order)."""
 
     def __init__(
         self,
         redis_url: str,
-        everyone: Iterable[M],
+        everyone: Collection[M],
         deliver: Deliver[M],
         on_resync: Callable[[], None],
         ping_interval: float = 5.0,

@@ -3,8 +3,12 @@ correct across instances.
 
 It ties together the registry (who is connected where, the per-session cap), the fan-out (which
 channels this instance needs), and the notifications replay (resume and gap fill). Delivery of a
-published frame is synchronous and allocation-light: for each local recipient, filter (excluded
-session, duplicate or out-of-order `seq`) and queue the same text.
+published frame is allocation-light: for each local recipient, filter (excluded session, duplicate
+or out-of-order `seq`) and queue the same text. A frame for at most `WS_DELIVERY_CHUNK` recipients
+is delivered synchronously on the fan-out reader; a larger one (a broadcast to 10k connections)
+goes to an instance-wide FIFO drained by one delivery task that yields to the event loop after
+every `WS_DELIVERY_CHUNK` recipients, so no fan-out stalls the loop for long. While that FIFO is
+not empty every frame, however small, joins it: frames reach each connection in publish order.
 
 Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
 for a connection (`replaying`), live notifications are held back — only the highest held seq is
@@ -23,7 +27,8 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections import deque
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -103,6 +108,10 @@ class ConnectionManager:
         self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
         self._empty = asyncio.Event()
         self._detaching = 0
+        # Deliveries waiting for the delivery task (which runs exactly while this is non-empty
+        # or it is finishing the entry it took), oldest first.
+        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, str]] = deque()
+        self._deliverer: asyncio.Task[None] | None = None
 
     # Lifecycle.
 
@@ -134,10 +143,11 @@ class ConnectionManager:
         with contextlib.suppress(redis.RedisError, OSError):
             await self._registry.leave()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -295,9 +305,45 @@ class ConnectionManager:
             return await self._registry.session_count(session_id)
         return await self._registry.connection_count()
 
-    # Delivery (runs on the fan-out reader, synchronously).
+    # Delivery (called by the fan-out reader, synchronously, in the order Redis sent frames).
 
-    def _deliver(self, members: Iterable[Connection], meta: EnvelopeMeta, text: str) -> None:
+    def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, text: str) -> None:
+        """Queue `text` to `members`, in publish order per connection: at once when the frame is
+        small and nothing is waiting, else behind everything waiting, via the delivery task.
+        Never waits."""
+        if self._deliverer is None and len(members) <= self.settings.ws_delivery_chunk:
+            self._offer(members, meta, text)
+            return
+        # A snapshot: the live member sets change while the delivery task yields. Who joins
+        # meanwhile gets what is published after its join, as with synchronous delivery.
+        self._backlog.append((tuple(members), meta, text))
+        if self._deliverer is None:
+            self._deliverer = self._spawn(self._drain_backlog())
+
+    async def _drain_backlog(self) -> None:
+        """Deliver the backlog in order, yielding to the loop after every `WS_DELIVERY_CHUNK`
+        recipients (the flush tasks those offers started run then, too). Ends once it is empty."""
+        backlog, chunk = self._backlog, self.settings.ws_delivery_chunk
+        budget = chunk
+        try:
+            while backlog:
+                members, meta, text = backlog.popleft()
+                start, count = 0, len(members)
+                while start < count:
+                    if budget <= 0:
+                        await asyncio.sleep(0)
+                        budget = chunk
+                    end = min(count, start + budget)
+                    self._offer(members[start:end], meta, text)
+                    budget -= end - start
+                    start = end
+                budget -= 1  # an entry costs something even with no recipient left
+        finally:
+            # Reached with the backlog empty (or on cancellation at `stop()`): later frames may
+            # take the synchronous path again.
+            self._deliverer = None
+
+    def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, text: str) -> None:
         seq, exclude = meta.seq, meta.exclude_session
         for conn in members:
             if exclude is not None and conn.session_key == exclude:

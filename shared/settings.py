@@ -228,6 +228,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Frames buffered per connection; a consumer that falls further behind is closed with 1013.",
     ),
     Variable(
+        "WS_DELIVERY_CHUNK",
+        _positive_int,
+        "256",
+        "Connections one published frame is queued to before the fan-out yields to the event loop.",
+    ),
+    Variable(
         "WS_RATE_LIMIT",
         _positive_float,
         "20",
@@ -337,6 +343,7 @@ class Settings:
     ws_max_message_bytes: int
     ws_max_connections: int
     ws_send_queue_size: int
+    ws_delivery_chunk: int
     ws_rate_limit: float
     ws_rate_burst: int
     http_max_body_bytes: int

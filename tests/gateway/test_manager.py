@@ -5,17 +5,21 @@ every connection once, in seq order."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import msgspec
 import redis.asyncio as redis
 from websockets.asyncio.client import ClientConnection
 
+from shared import keys
 from shared.infra import EmbeddedRedis
+from shared.wire import EnvelopeMeta, encode_envelope
 from tests.conftest import Infra, SpawnService
-from tests.gateway.conftest import INTERNAL, Cluster, open_ws, recv_json
+from tests.gateway.conftest import INTERNAL, Cluster, open_ws, recv_json, silent
 from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
@@ -174,3 +178,46 @@ async def test_client_of_killed_gateway_resumes_elsewhere(
     resumed = await open_ws(cluster.b, uuid.uuid4(), token, query={"last_seq": seen[-1]})
     assert await collect(resumed, missed[-1]) == missed
     await resumed.close()
+
+
+async def test_large_fanout_keeps_publish_order_per_connection(
+    cluster: Cluster, spawn_service: SpawnService, infra: Infra, token_for: Token
+) -> None:
+    """A broadcast to 300 connections, delivered in chunks of 16 (`WS_DELIVERY_CHUNK`), is never
+    overtaken by a user frame published right after it, and a duplicate seq is still dropped."""
+    gateway = spawn_service("gateway", WS_DELIVERY_CHUNK="16", **cluster.upstream_env)
+    users = [uuid.uuid4() for _ in range(30)]
+    tokens = {user: token_for(user) for user in users}
+    owners = [users[i % len(users)] for i in range(300)]
+    clients: list[ClientConnection] = []
+    for start in range(0, len(owners), 50):
+        clients += await asyncio.gather(
+            *(open_ws(gateway, uuid.uuid4(), tokens[u]) for u in owners[start : start + 50])
+        )
+    client = redis.Redis.from_url(infra.redis.url)
+    try:
+        # One pipeline: Redis relays the frames back to back, so the user frames reach the
+        # gateway while the broadcast before them is still being delivered in chunks.
+        async with client.pipeline(transaction=False) as pipe:
+            for round_ in (1, 2):
+                pipe.publish(*_envelope(keys.BROADCAST_CHANNEL, f"b{round_}"))
+                for user in users:
+                    for _ in range(2):  # the second copy is a duplicate seq: dropped
+                        pipe.publish(*_envelope(keys.user_channel(user), f"u{round_}", seq=round_))
+            await pipe.execute()
+
+        async def received(ws: ClientConnection) -> list[str]:
+            return [(await recv_json(ws, 20))["data"]["n"] for _ in range(4)]
+
+        for got in await asyncio.gather(*(received(ws) for ws in clients)):
+            assert got == ["b1", "u1", "b2", "u2"]
+        assert all(await asyncio.gather(*(silent(ws) for ws in clients[:20])))
+    finally:
+        await client.aclose()
+        await asyncio.gather(*(ws.close() for ws in clients))
+
+
+def _envelope(channel: str, name: str, seq: int | None = None) -> tuple[str, bytes]:
+    """A PUBLISH's arguments for a small test frame, enveloped as `shared.publish` does."""
+    frame = msgspec.json.encode({"type": "test", "data": {"n": name}})
+    return channel, encode_envelope(frame, EnvelopeMeta(seq=seq, ts=time.time()))

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
 
-import httpx
-
 from shared.infra import free_port
+from tests.support.processes import launch, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -58,26 +56,13 @@ class Nginx:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15) -> Nginx:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._process = subprocess.Popen(
+        self._process = launch(
             local_nginx.command(self.binary, self.workdir),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
+            log_path=self.log_path,
+            ready_url=self.url + "/nginx-health",
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"nginx exited {self._process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/nginx-health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx not ready in {timeout}s:\n{self.log()}")
+        return self
 
     def log(self) -> str:
         """Everything nginx wrote: the access log (stdout) and the error log (stderr)."""
@@ -102,14 +87,7 @@ class Nginx:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)  # fast shutdown: open WebSockets are cut
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, 10)  # SIGTERM is nginx's fast shutdown: open WebSockets are cut
 
 
 def upstream_ports(lines: list[str]) -> list[int]:

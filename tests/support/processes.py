@@ -3,6 +3,7 @@
 A `ServiceProcess` starts the module with the test environment, waits until `/readyz` (or
 `/healthz`) answers 200, and is stopped (SIGTERM, then SIGKILL) by its owner. Output goes to a log
 file whose tail is attached to start-up failures, so a broken service explains itself.
+`launch` and `terminate` are the same steps for any other server a test runs (nginx).
 """
 
 from __future__ import annotations
@@ -17,6 +18,58 @@ from pathlib import Path
 import httpx
 
 from shared.infra import free_port
+
+
+def launch(
+    command: list[str],
+    *,
+    log_path: Path,
+    ready_url: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `command` (output appended to `log_path`) and return once `ready_url` answers 200.
+
+    Raises `RuntimeError` with the log's tail if the process exits first or is not ready within
+    `timeout` seconds (it is then stopped).
+    """
+    name = Path(command[0]).name if command[0] != sys.executable else command[-1]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited {process.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    terminate(process)
+    raise RuntimeError(f"{name} not ready in {timeout}s:\n{_tail(log_path)}")
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 20) -> int | None:
+    """SIGTERM and wait; SIGKILL if it does not exit in `timeout`. Idempotent: returns the exit
+    status (None if there was no process)."""
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def _tail(log_path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 class ServiceProcess:
@@ -36,45 +89,22 @@ class ServiceProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, *, wait_path: str = "/readyz", timeout: float = 60) -> ServiceProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(
+        self.process = launch(
             [sys.executable, "-m", self.module],
             env=self.env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
+            log_path=self.log_path,
+            ready_url=self.url + wait_path,
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.module} exited {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + wait_path, timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.module} not ready in {timeout}s:\n{self.log()}")
+        return self
 
     def log(self, tail: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
-        except OSError:
-            return ""
+        """The last `tail` lines the process wrote."""
+        return _tail(self.log_path, tail)
 
     def stop(self, timeout: float = 20) -> int | None:
         """SIGTERM and wait (graceful shutdown); SIGKILL if it does not exit in `timeout`."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+        return terminate(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the process dies without any cleanup (crash simulation)."""

@@ -38,7 +38,7 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 
 from agent_svc import builtin_tools, messages, scheduler, sessions
-from agent_svc.answer import Answer
+from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
 from shared import chat_wire, keys
@@ -167,7 +167,7 @@ class Worker:
     async def _answer(self, entry_id: str, request: ChatRequest, transcript: Transcript) -> None:
         p = self._p
         stored = await messages.stored_answer(p.db, request)
-        out = Answer(p.redis, request, transcript, p.registry, self._tool_context(request))
+        out = Answer(p.replies, request, transcript, p.registry, self._tool_context(request))
         if stored is not None:  # stored, then the worker died before the last event
             if stored["status"] == "error":
                 failed = chat_wire.error_event(
@@ -186,6 +186,7 @@ class Worker:
         await messages.store_question(p.db, request)
         turn = Turn(await messages.history(p.db, request), request.message)
         status, error = await self._run_model(entry_id, request, out, turn)
+        await out.flush()  # the stored answer is what readers saw
         await messages.store_answer(
             p.db,
             request,
@@ -349,6 +350,7 @@ class WorkerPool:
         self.model = model or create_model(settings, self.registry)
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
         self.lock_ms = chat_wire.session_lock_ms(settings)
+        self.replies = ReplyWriter(client)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[str] = []
 
@@ -407,6 +409,7 @@ class WorkerPool:
             if stuck:
                 log.error("chat worker tasks did not stop", extra={"tasks": len(stuck)})
         self._tasks.clear()
+        await self.replies.aclose()
         if self._consumers:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self.redis.zrem(keys.CHAT_WORKERS, *self._consumers)  # gone: say so now

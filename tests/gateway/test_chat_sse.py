@@ -56,10 +56,10 @@ def _ids_increasing(ids: list[str]) -> bool:
 def test_text_answer_streams_real_deltas(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """A text answer arrives as start, one token per model delta, end with real usage; then its
-    reply stream is set to expire and the session is free."""
+    """A paced text answer arrives as start, one token per model delta, end with real usage; then
+    its reply stream is set to expire and the session is free."""
     key = _key()
-    fake.script(key, fa.text("Hel", "lo ", "world"))
+    fake.script(key, fa.text("Hel", "lo ", "world", delay=0.02))
     response, events = ask(stack.gateway, token_for(user_id), f"{key} say hello")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -98,7 +98,7 @@ def test_tool_use_loop(
     fake.script(
         key,
         fa.tool_use("toolu_01", "current_time", {"timezone": "Europe/Paris"}),
-        fa.text("It is ", "noon."),
+        fa.text("It is ", "noon.", delay=0.02),
     )
     _, events = ask(stack.gateway, token_for(user_id), f"{key} what time is it?")
     assert [e.type for e in events] == [
@@ -196,6 +196,32 @@ def test_multi_turn_history(
         ("assistant", "Second.", "complete"),
     ]
     assert history[1]["tokens_used"] == 37
+
+
+def test_deltas_read_together_share_an_event(
+    stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """Deltas that arrive together while a write is in flight go out as fewer `token` events
+    whose joined text is the model's, in order; each is one resumable entry, and the stored
+    answer is the same text."""
+    key = _key()
+    chunks = [f"w{i} " for i in range(300)]
+    fake.script(key, fa.text(*chunks))
+    token = token_for(user_id)
+    _, events = ask(stack.gateway, token, f"{key} burst")
+    tokens = [e for e in events if e.type == "token"]
+    assert text_of(events) == "".join(chunks)
+    assert 1 <= len(tokens) < len(chunks)
+    assert _ids_increasing([e.data["event_id"] for e in events])
+    message_id, session_id = events[0].data["message_id"], events[0].data["session_id"]
+    middle = tokens[len(tokens) // 2]
+    _, rest = resume(stack.gateway, token, message_id, middle.data["event_id"])
+    assert [e.data for e in rest] == [e.data for e in events[events.index(middle) + 1 :]]
+    history = httpx.get(
+        f"{stack.agent.url}/api/v1/sessions/{session_id}/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["items"]
+    assert history[-1]["content"] == "".join(chunks)
 
 
 def test_disconnect_then_resume_exactly_once(

@@ -17,8 +17,10 @@ import httpx
 import pytest
 import redis
 
-from shared import chat_wire, keys
+from gateway.chat import read_batches
+from shared import chat_wire, keys, redis_client
 from shared.infra import EmbeddedRedis
+from shared.settings import Settings
 from tests.agent_svc.stack import (
     STACK_ENV,
     ChatStack,
@@ -651,3 +653,26 @@ def test_logs_hold_no_secrets(stack: ChatStack) -> None:
         for secret in secrets:
             assert secret not in log, f"{process.module} logged a secret"
         assert not re.search(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}", log), f"{process.module} logged a JWT"
+
+
+async def test_events_stored_together_are_read_as_one_batch(settings: Settings) -> None:
+    """The events one read finds come as one batch, in order, and reading stops at the last
+    event even if more entries follow it."""
+    client = redis_client.create_client(settings)
+    message_id = str(uuid.uuid4())
+    key = keys.chat_reply_stream(message_id)
+    events = [chat_wire.Token(content=f"t{i}") for i in range(5)]
+    ending = chat_wire.End(message_id=message_id, tokens_used=5)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for event in [*events, ending, chat_wire.Token(content="after the end")]:
+                pipe.xadd(key, {chat_wire.EVENT_FIELD: chat_wire.encode(event)})
+            ids = [i.decode() for i in await pipe.execute()]
+        batches = [b async for b in read_batches(client, message_id, "0-0", 5.0)]
+        assert batches == [[(ids[i], chat_wire.encode(e)) for i, e in enumerate([*events, ending])]]
+        resumed = [b async for b in read_batches(client, message_id, ids[2], 5.0)]
+        expected = [(ids[3], events[3]), (ids[4], events[4]), (ids[5], ending)]
+        assert resumed == [[(i, chat_wire.encode(e)) for i, e in expected]]
+    finally:
+        await client.delete(key)
+        await client.aclose()

@@ -281,8 +281,13 @@ async def chat_stream(request: Request) -> Response:
     user_id = _caller(request)
     settings: Settings = request.app.state.settings
     body = await read_json(request, ChatBody, settings.http_max_body_bytes)
-    session_id = body.session_id or uuid4()
-    await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
+    if body.session_id is None:
+        # A session id made here cannot be anyone else's: the worker claims it before answering,
+        # so the question skips a round trip to agent_svc and its database transaction.
+        session_id = uuid4()
+    else:
+        session_id = body.session_id
+        await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
     client = request.app.state.redis
     message_id = await open_answer(client, settings, user_id, session_id, body.message)
     stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)

@@ -58,8 +58,9 @@ def _ids_increasing(ids: list[str]) -> bool:
 def test_text_answer_streams_real_deltas(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """A paced text answer arrives as start, one token per model delta, end with real usage; then
-    its reply stream is set to expire and the session is free."""
+    """A paced text answer arrives as start, one token per model delta, end with real usage; the
+    new session is the caller's; then its reply stream is set to expire and the session is
+    free."""
     key = _key()
     fake.script(key, fa.text("Hel", "lo ", "world", delay=0.02))
     response, events = ask(stack.gateway, token_for(user_id), f"{key} say hello")
@@ -78,6 +79,11 @@ def test_text_answer_streams_real_deltas(
     assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-6"
     assert sent["messages"] == [{"role": "user", "content": f"{key} say hello"}]
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
+    mine = httpx.get(
+        f"{stack.agent.url}/api/v1/sessions",
+        headers={"Authorization": f"Bearer {token_for(user_id)}"},
+    ).json()["items"]
+    assert start["session_id"] in [s["id"] for s in mine]  # claimed by the worker for the caller
     metrics = httpx.get(stack.agent.url + "/metrics").text
     assert 'chat_answers_total{status="complete"}' in metrics
     client = redis.Redis.from_url(stack.env["REDIS_URL"])

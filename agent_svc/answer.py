@@ -75,13 +75,13 @@ class ReplyWriter:
             self._task = None
 
     async def _write(self, batch: list[tuple[Answer, list[Queued]]]) -> None:
+        commands = [
+            (answer.key, encoded if encoded is not None else chat_wire.encode(event))
+            for answer, events in batch
+            for event, encoded in events
+        ]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for answer, events in batch:
-                    for event, encoded in events:
-                        data = encoded if encoded is not None else chat_wire.encode(event)
-                        pipe.xadd(answer.key, {chat_wire.EVENT_FIELD: data})
-                results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await self._send(commands)
         except asyncio.CancelledError:
             for answer, events in batch:
                 answer.written(events, [ConnectionError("the reply writer stopped")])
@@ -95,6 +95,21 @@ class ReplyWriter:
         for answer, events in batch:
             answer.written(events, results[position : position + len(events)])
             position += len(events)
+
+    async def _send(self, commands: list[tuple[str, bytes]]) -> list[Any]:
+        """XADD each `(key, event_json)`; a reply per command, an exception for a refused one.
+        A lone command skips the pipeline, which costs about 25 % more client CPU for one."""
+        if len(commands) == 1:
+            key, data = commands[0]
+            try:
+                return [await self._redis.xadd(key, {chat_wire.EVENT_FIELD: data})]
+            except redis.ResponseError as exc:
+                return [exc]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, data in commands:
+                pipe.xadd(key, {chat_wire.EVENT_FIELD: data})
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
 
 class Answer:

@@ -117,6 +117,10 @@ async def test_a_failed_write_fails_only_its_answer(
     await broken.settled()  # settling never raises
     assert broken.transcript.reply == ""
     assert [e.content for e in await _stream(client, healthy)] == ["kept"]
+    alone = _answer(writer, settings, client)  # a lone write takes the plain XADD path
+    await client.set(alone.key, "not a stream")
+    with pytest.raises(redis.ResponseError):
+        await alone.emit(End(alone.request.message_id, 0))
     await writer.aclose()
-    for answer in (broken, healthy):
+    for answer in (broken, healthy, alone):
         await answer.tool_context.http.aclose()

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-import httpx
 import msgspec
 import redis.asyncio as redis
 from starlette.requests import Request
@@ -42,6 +41,7 @@ from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import AppError, Conflict, NotFound, Unauthorized, Unavailable, ValidationFailed
 from shared.http import bearer_token, json_response, read_json
 from shared.settings import Settings
+from shared.upstream import Upstream, UpstreamError
 from shared.wire import Message, MessageData, encode, error_frame, utc_now_iso
 
 CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
@@ -197,7 +197,7 @@ async def request_cancel(client: redis.Redis, settings: Settings, message_id: st
 
 
 async def claim_session(
-    agent: httpx.AsyncClient, settings: Settings, session_id: UUID, user_id: UUID
+    agent: Upstream, settings: Settings, session_id: UUID, user_id: UUID
 ) -> None:
     """Make sure the session is the user's (first use claims it) through agent_svc (`agent` is
     the gateway's upstream client, based at `AGENT_URL`).
@@ -209,7 +209,7 @@ async def claim_session(
             json={"session_id": str(session_id), "user_id": str(user_id)},
             headers={"Authorization": f"Bearer {settings.internal_token}"},
         )
-    except httpx.HTTPError:
+    except UpstreamError:
         raise Unavailable("the agent service is unreachable") from None
     if response.status_code == 403:
         raise NotFound("no such session", code="SESSION_NOT_FOUND")

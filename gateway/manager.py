@@ -32,7 +32,6 @@ from collections.abc import Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-import httpx
 import msgspec
 import redis.asyncio as redis
 
@@ -44,6 +43,7 @@ from gateway.replay import LATEST, ReplayClient, ReplayError
 from shared import publish
 from shared.backoff import Backoff
 from shared.settings import Settings
+from shared.upstream import Upstream, UpstreamError
 from shared.wire import (
     ConnectionEstablished,
     ConnectionEstablishedData,
@@ -79,8 +79,8 @@ class ConnectionManager:
         self,
         settings: Settings,
         redis_client: redis.Redis,
-        notifications: httpx.AsyncClient,
-        agent: httpx.AsyncClient,
+        notifications: Upstream,
+        agent: Upstream,
         app_state: Any,
     ) -> None:
         self.settings = settings
@@ -188,7 +188,7 @@ class ConnectionManager:
                 json={"session_id": str(session_id), "user_id": str(user_id)},
                 headers=self._internal,
             )
-        except httpx.HTTPError:
+        except UpstreamError:
             raise Refused(1013, "session service unavailable: try again later") from None
         if response.status_code == 403:
             raise Refused(1008, "session belongs to another user")

@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)
+        await redis_client.initialize(redis)
         timeout = settings.upstream_timeout
         upstreams = {
             "notifications": Upstream(settings.notifications_url, timeout=timeout),

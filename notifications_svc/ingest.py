@@ -23,7 +23,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
@@ -33,6 +32,7 @@ from notifications_svc.outbox import Outbox
 from shared import keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed
+from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class IngestConsumer:
     """One consumer of the group; `run` is its background loop (cancel to stop)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, client: redis.Redis, outbox: Outbox, max_payload_bytes: int
+        self, pool: asyncpg.Pool, client: RedisClient, outbox: Outbox, max_payload_bytes: int
     ) -> None:
         self._pool = pool
         self._max_payload_bytes = max_payload_bytes
@@ -199,15 +199,23 @@ class IngestConsumer:
 
     async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         dead = {**fields, b"dead_reason": reason.encode(), b"dead_source_id": entry_id}
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # One MULTI/EXEC here; in a Redis Cluster the two streams live in different slots, so the
+        # acknowledgement follows the dead letter (a crash in between dead-letters it twice).
+        split = is_cluster(self._redis)
+        async with self._redis.pipeline(transaction=not split) as pipe:
             pipe.xadd(
                 keys.NOTIFICATIONS_DEAD_LETTER_STREAM,
                 dead,  # type: ignore[arg-type]  # redis-py's stub wants str keys; bytes work
                 maxlen=_DEAD_MAXLEN,
                 approximate=True,
             )
-            pipe.xack(keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id)
+            if not split:
+                pipe.xack(
+                    keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id
+                )
             await pipe.execute()
+        if split:
+            await self._ack(entry_id)
         DEAD_LETTERED.inc()
         log.warning(
             "ingest entry dead-lettered",

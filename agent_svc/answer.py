@@ -29,6 +29,7 @@ import redis.asyncio as redis
 from agent_svc.tools import ToolContext, ToolOutcome, ToolRegistry
 from shared import chat_wire, keys
 from shared.chat_wire import ChatRequest, ReplyEvent, Token, ToolCall, ToolResult, Transcript
+from shared.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ReplyWriter:
     is split by node, each key is one stream), and repeats while more was queued meanwhile.
     Writes of one answer are therefore never reordered and never overlap."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
         self._queued: dict[Answer, None] = {}  # answers with unsent events, first come first
         self._task: asyncio.Task[None] | None = None

@@ -1,10 +1,13 @@
-"""agent_svc.answer against a real Redis: events of many answers written in order, text deltas
-queued during a write joined into one entry, and a failed write failing only its own answer."""
+"""agent_svc.answer against a real Redis (and a real three-primary Redis Cluster): events of many
+answers written in order, text deltas queued during a write joined into one entry, and a failed
+write failing only its own answer."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +16,11 @@ import redis.asyncio as redis
 
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.tools import ToolContext, ToolRegistry
-from shared import chat_wire, redis_client
+from shared import chat_wire, cluster, redis_client
 from shared.chat_wire import ChatRequest, End, Token, ToolCall, Transcript
+from shared.redis_client import RedisClient
 from shared.settings import Settings
+from tests.support.redis_cluster import started_or_skip
 
 
 @pytest.fixture
@@ -25,7 +30,16 @@ async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
     await connection.aclose()
 
 
-def _answer(writer: ReplyWriter, settings: Settings, client: redis.Redis) -> Answer:
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    nodes = started_or_skip(Path(tmp_path_factory.mktemp("answer-cluster")))
+    try:
+        yield nodes.url
+    finally:
+        nodes.stop()
+
+
+def _answer(writer: ReplyWriter, settings: Settings, client: RedisClient) -> Answer:
     ids = [uuid.uuid4() for _ in range(3)]
     request = ChatRequest(
         message_id=str(ids[0]),
@@ -46,7 +60,7 @@ def _answer(writer: ReplyWriter, settings: Settings, client: redis.Redis) -> Ans
     return Answer(writer, request, Transcript(), ToolRegistry(), context)
 
 
-async def _stream(client: redis.Redis, answer: Answer) -> list[Any]:
+async def _stream(client: RedisClient, answer: Answer) -> list[Any]:
     entries: Any = await client.xrange(answer.key)
     return [chat_wire.decode_event(fields[chat_wire.EVENT_FIELD]) for _, fields in entries]
 
@@ -79,24 +93,41 @@ async def test_deltas_queued_during_a_write_share_one_entry(
     await answer.tool_context.http.aclose()
 
 
-async def test_answers_share_a_round_trip_and_keep_their_order(
-    settings: Settings, client: redis.Redis
-) -> None:
-    """Many answers writing at once each get their own events, complete and in order."""
+async def _many_answers(settings: Settings, client: RedisClient) -> None:
     writer = ReplyWriter(client)
     answers = [_answer(writer, settings, client) for _ in range(20)]
     for n in range(50):
         for answer in answers:
             await answer.token(f"{n},")
+        await asyncio.sleep(0)  # the writer sends a batch while the next deltas queue up
     for answer in answers:
         await answer.flush()
     expected = "".join(f"{n}," for n in range(50))
     for answer in answers:
         events = await _stream(client, answer)
+        assert 1 < len(events) <= 50  # written over several batches
         assert "".join(e.content for e in events) == expected
         assert answer.transcript.reply == expected
         await answer.tool_context.http.aclose()
     await writer.aclose()
+
+
+async def test_answers_share_a_round_trip_and_keep_their_order(
+    settings: Settings, client: redis.Redis
+) -> None:
+    """Many answers writing at once each get their own events, complete and in order."""
+    await _many_answers(settings, client)
+
+
+async def test_answers_in_many_slots_on_a_cluster(settings: Settings, cluster_url: str) -> None:
+    """On a Redis Cluster, one batch spans the answers' slots (the pipeline is split by node)
+    and every answer still gets its own events, complete and in order."""
+    client = cluster.create_client(cluster_url)
+    await redis_client.initialize(client)
+    try:
+        await _many_answers(settings, client)
+    finally:
+        await client.aclose()
 
 
 async def test_a_failed_write_fails_only_its_answer(

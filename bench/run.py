@@ -33,7 +33,6 @@ from bench.stack import Stack
 from shared.infra import free_port
 
 SERVER_MODULES = {"gateway": "gateway", "lean": "bench.lean_server"}
-AGENT_WORKERS_PER_PROCESS = 50
 GATEWAY_ENV = {
     # Benchmark clients only answer protocol pings; they never send application frames, which
     # the gateway's idle timeout would otherwise count as inactivity during a long run.
@@ -174,9 +173,12 @@ def _http_scenarios(
         return
     pids = {"gateway": gateway.pid}
     pids |= {s.name: s.pid for s in stack.services if s.name.startswith(("agent", "notifications"))}
+    everything = pids | {s.name: s.pid for s in stack.services if s.name != "gateway"}
+    if stack.redis_pid is not None:
+        everything["redis"] = stack.redis_pid
     ports = {"gateway": gateway.port, "notifications_svc": stack.ports["notifications_svc"]}
     bodies = {
-        "chat": lambda: chat.run(scale, stack.settings, gateway.port, pids, progress),
+        "chat": lambda: _chat(stack, scale, gateway.port, everything, progress),
         "rest": lambda: rest.run(scale, stack.settings, ports, pids, progress),
     }
     for name, body in bodies.items():
@@ -185,6 +187,28 @@ def _http_scenarios(
                 name, results, progress, _profiled(stack, gateway.pid, f"gateway-{name}", body)
             )
     stack.stop(gateway)
+
+
+def _chat(
+    stack: Stack, scale: scales.Scale, port: int, pids: dict[str, int], progress: Progress
+) -> dict[str, Any]:
+    """Chat against the whole pipeline under test: the gateway and the agent workers, which
+    parse the model's stream (the anthropic SDK) and write every token to Redis, share the
+    server core; the fake model, Redis, PostgreSQL, agent_svc's HTTP API and the client stay on
+    the load side. One worker per stream (a worker answers one question at a time), all in one
+    process: on one core, more processes only add context switches and smaller write batches
+    (docs/performance-notes.md)."""
+    workers = stack.start(
+        "agent_worker",
+        "agent_svc.worker",
+        None,
+        pinned=True,
+        extra_env=stack.agent_env | {"AGENT_WORKERS": str(scale.chat_streams)},
+    )
+    try:
+        return chat.run(scale, stack.settings, port, pids | {"agent_worker": workers.pid}, progress)
+    finally:
+        stack.stop(workers)
 
 
 def _start_backends(stack: Stack, scale: scales.Scale) -> None:
@@ -202,17 +226,14 @@ def _start_backends(stack: Stack, scale: scales.Scale) -> None:
         },
     )
     stack.start("notifications_svc", "notifications_svc", stack.ports["notifications_svc"])
-    # A chat worker answers one question at a time, so there are as many as streams, spread over
-    # processes (one Redis connection each; redis-py pools stop at 100 connections).
-    processes = max(1, -(-scale.chat_streams // AGENT_WORKERS_PER_PROCESS))
-    agent_env = {
+    # agent_svc serves the session claims of every scenario; the chat workers are started for
+    # the chat scenario only, next to the gateway (`_chat`).
+    stack.agent_env = {
         "ANTHROPIC_API_KEY": "bench-key-not-a-secret",
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_port}",
-        "AGENT_WORKERS": str(-(-scale.chat_streams // processes)),
+        "AGENT_WORKERS": "0",
     }
-    stack.start("agent_svc", "agent_svc", stack.ports["agent_svc"], extra_env=agent_env)
-    for index in range(1, processes):
-        stack.start(f"agent_worker_{index}", "agent_svc.worker", None, extra_env=agent_env)
+    stack.start("agent_svc", "agent_svc", stack.ports["agent_svc"], extra_env=stack.agent_env)
 
 
 def _websocket(

@@ -87,6 +87,7 @@ class Stack:
             name: infra.free_port() for name in ("gateway", "notifications_svc", "agent_svc")
         }
         self.env: dict[str, str] = {}
+        self.agent_env: dict[str, str] = {}  # extra environment of the agent processes
 
     def __enter__(self) -> Stack:
         try:

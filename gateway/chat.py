@@ -172,11 +172,15 @@ async def owned_answer(client: RedisClient, message_id: str, user_id: UUID) -> N
         raise NotFound("no such answer", code="ANSWER_NOT_FOUND")
 
 
-async def read_events(
+async def read_batches(
     client: RedisClient, message_id: str, after: str, keepalive: float
-) -> AsyncIterator[tuple[str, bytes] | None]:
-    """The answer's events after entry id `after`, in order, until its last event; `None` after
-    each `keepalive` seconds of silence. Ends early if the stream expires."""
+) -> AsyncIterator[list[tuple[str, bytes]] | None]:
+    """The answer's events after entry id `after`, in order, until its last event, in the
+    batches one blocking read returns them (`(event_id, event_json)` each); `None` after each
+    `keepalive` seconds of silence. Ends early if the stream expires.
+
+    One blocking `XREAD` of one key per reader: a reader's key alone decides its hash slot, so
+    this works unchanged on Redis Cluster."""
     key = keys.chat_reply_stream(message_id)
     last, quiet_since = after, time.monotonic()
     block_ms = max(1, int(min(READ_BLOCK, keepalive) * 1000))
@@ -190,15 +194,34 @@ async def read_events(
                 yield None
             continue
         quiet_since = time.monotonic()
+        batch: list[tuple[str, bytes]] = []
+        finished = False
         for _, entries in read:
             for entry_id, fields in entries:
                 last = entry_id.decode()
                 event = fields.get(chat_wire.EVENT_FIELD)
                 if event is None:
                     continue
-                yield last, event
+                batch.append((last, event))
                 if chat_wire.is_terminal(event):
-                    return
+                    finished = True
+                    break
+        if batch:
+            yield batch
+        if finished:
+            return
+
+
+async def read_events(
+    client: RedisClient, message_id: str, after: str, keepalive: float
+) -> AsyncIterator[tuple[str, bytes] | None]:
+    """`read_batches`, one event at a time."""
+    async for batch in read_batches(client, message_id, after, keepalive):
+        if batch is None:
+            yield None
+            continue
+        for item in batch:
+            yield item
 
 
 async def request_cancel(client: RedisClient, settings: Settings, message_id: str) -> None:
@@ -248,13 +271,14 @@ async def _sse(
     keepalive: float,
     frame: Callable[[bytes, str], bytes],
 ) -> AsyncIterator[bytes]:
+    """The SSE body: the events of one read go out as one chunk (one socket write)."""
     finished = False
-    async for item in read_events(client, message_id, after, keepalive):
-        if item is None:
+    async for batch in read_batches(client, message_id, after, keepalive):
+        if batch is None:
             yield chat_wire.SSE_KEEPALIVE
             continue
-        finished = chat_wire.is_terminal(item[1])
-        yield frame(item[1], item[0])
+        finished = chat_wire.is_terminal(batch[-1][1])
+        yield b"".join([frame(event, event_id) for event_id, event in batch])
     if not finished:  # the reply stream expired under the reader: say so rather than just stop
         lost = chat_wire.error_event(
             message_id, "ANSWER_EXPIRED", "the answer is no longer available"
@@ -267,8 +291,13 @@ async def chat_stream(request: Request) -> Response:
     user_id = _caller(request)
     settings: Settings = request.app.state.settings
     body = await read_json(request, ChatBody, settings.http_max_body_bytes)
-    session_id = body.session_id or uuid4()
-    await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
+    if body.session_id is None:
+        # A session id made here cannot be anyone else's: the worker claims it before answering,
+        # so the question skips a round trip to agent_svc and its database transaction.
+        session_id = uuid4()
+    else:
+        session_id = body.session_id
+        await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
     client = request.app.state.redis
     message_id = await open_answer(client, settings, user_id, session_id, body.message)
     stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)

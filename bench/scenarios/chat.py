@@ -4,19 +4,25 @@ the agent and Redis streams, against the fake model (`bench.fake_model`) at fixe
 Reported: time to first token (request sent to first `token` event read, which includes the
 model's own first-token delay of one pacing interval), and the latency the pipeline adds to each
 token (arrival at the client minus the moment the fake model wrote it; both are CLOCK_MONOTONIC).
-Every stream must end with `end`; tokens received are checked against tokens sent.
+Every stream must end with `end`; tokens received (the model's deltas, counted by their stamps:
+one `token` event may carry several deltas that were written together) are checked against
+tokens sent, and `token` events are counted apart. Streams start once every agent worker has
+announced itself (`chat:workers`), so worker start-up is not measured as latency; the CPU of
+every process of the pipeline and of the load side (fake model, Redis, this client) is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import uvloop
 
 from bench import stats, system
@@ -24,18 +30,21 @@ from bench.fake_model import stamps
 from bench.httpclient import HttpConnection
 from bench.progress import Progress
 from bench.scale import Scale
+from shared import keys
 from shared.auth import mint_token
 from shared.settings import Settings
 
 STEPS = 1
 STREAM_TIMEOUT = 60.0
+WORKERS_TIMEOUT = 120.0  # agent processes importing the SDK on a busy core are slow to start
 
 
 @dataclass
 class StreamResult:
     status: int = 0
     first_token_ns: int | None = None
-    tokens: int = 0
+    tokens: int = 0  # model deltas received
+    events: int = 0  # `token` events received
     ended: str = ""  # "end", "error" or "" (cut off)
     added_ns: array[int] = field(default_factory=lambda: array("q"))
     error: str = ""
@@ -74,10 +83,11 @@ def _read_event(raw: bytes, now: int, sent: int, result: StreamResult) -> bool:
         event = json.loads(line[6:])
         kind = event.get("type")
         if kind == "token":
-            result.tokens += 1
+            result.events += 1
             if result.first_token_ns is None:
                 result.first_token_ns = now - sent
             for stamp in stamps(str(event.get("content", "")).encode()):
+                result.tokens += 1
                 result.added_ns.append(now - stamp)
         elif kind in ("end", "error"):
             result.ended = kind
@@ -95,6 +105,21 @@ async def _all_streams(port: int, tokens: list[str]) -> tuple[list[StreamResult]
     return list(results), time.monotonic() - started
 
 
+def wait_for_workers(settings: Settings, count: int, timeout: float = WORKERS_TIMEOUT) -> float:
+    """Wait until `count` agent workers have sent a heartbeat; returns the seconds waited.
+    Raises `TimeoutError` if they do not within `timeout`."""
+    client = redis.Redis.from_url(settings.redis_url)
+    started = time.monotonic()
+    try:
+        while client.zcount(keys.CHAT_WORKERS, time.time() - 10, "+inf") < count:
+            if time.monotonic() > started + timeout:
+                raise TimeoutError(f"fewer than {count} agent workers after {timeout:.0f} s")
+            time.sleep(0.1)
+    finally:
+        client.close()
+    return time.monotonic() - started
+
+
 def run(
     scale: Scale,
     settings: Settings,
@@ -102,8 +127,12 @@ def run(
     pids: dict[str, int],
     progress: Progress,
 ) -> dict[str, Any]:
+    """`pids`: the processes whose CPU is reported, by name (this client is added)."""
+    wait_for_workers(settings, scale.chat_streams)
     tokens = [mint_token(settings, uuid.uuid4(), ttl=3600) for _ in range(scale.chat_streams)]
-    meters = {name: system.CpuMeter([pid]) for name, pid in pids.items()}
+    meters = {
+        name: system.CpuMeter([pid]) for name, pid in (pids | {"client": os.getpid()}).items()
+    }
     for meter in meters.values():
         meter.start()
     results, seconds = uvloop.run(_all_streams(gateway_port, tokens))
@@ -124,6 +153,7 @@ def run(
         "completed": sum(1 for r in results if r.ended == "end"),
         "tokens_expected": scale.chat_streams * scale.chat_tokens,
         "tokens_received": sum(r.tokens for r in results),
+        "token_events": sum(r.events for r in results),
         "statuses": sorted({r.status for r in results}),
         "errors": errors,
         "seconds": round(seconds, 3),

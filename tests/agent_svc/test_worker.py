@@ -1,5 +1,5 @@
 """agent_svc workers against real processes: malformed requests, a worker killed mid-answer
-(last: it kills the stack's agent)."""
+(last: it kills the stack's agent); the process-wide cancel watch against a real Redis."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 import redis
 
-from shared import keys
+from agent_svc.worker import CANCEL_POLL, CancelWatch
+from shared import keys, redis_client
 from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
 from tests.conftest import SpawnService
@@ -33,6 +34,26 @@ def stack(
         yield chat
     finally:
         chat.stop()
+
+
+async def test_cancel_watch_sees_only_the_cancelled_answer(settings: Settings) -> None:
+    """Of two watched answers, only the one whose cancel key is set is reported, within a poll
+    or two; unwatching the other cancels its future."""
+    client = redis_client.create_client(settings)
+    watch = CancelWatch(client)
+    stopped, running = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        first, second = watch.watch(stopped), watch.watch(running)
+        await client.set(keys.chat_cancel(stopped), b"1", ex=60)
+        await asyncio.wait_for(first, 5 * CANCEL_POLL)
+        assert not second.done()
+        watch.unwatch(stopped)
+        watch.unwatch(running)
+        assert second.cancelled()
+    finally:
+        await watch.aclose()
+        await client.delete(keys.chat_cancel(stopped))
+        await client.aclose()
 
 
 def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[..., str]) -> None:

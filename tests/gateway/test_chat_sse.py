@@ -17,8 +17,10 @@ import httpx
 import pytest
 import redis
 
-from shared import chat_wire, keys
+from gateway.chat import read_batches
+from shared import chat_wire, keys, redis_client
 from shared.infra import EmbeddedRedis
+from shared.settings import Settings
 from tests.agent_svc.stack import (
     STACK_ENV,
     ChatStack,
@@ -56,10 +58,11 @@ def _ids_increasing(ids: list[str]) -> bool:
 def test_text_answer_streams_real_deltas(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """A text answer arrives as start, one token per model delta, end with real usage; then its
-    reply stream is set to expire and the session is free."""
+    """A paced text answer arrives as start, one token per model delta, end with real usage; the
+    new session is the caller's; then its reply stream is set to expire and the session is
+    free."""
     key = _key()
-    fake.script(key, fa.text("Hel", "lo ", "world"))
+    fake.script(key, fa.text("Hel", "lo ", "world", delay=0.02))
     response, events = ask(stack.gateway, token_for(user_id), f"{key} say hello")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -76,6 +79,11 @@ def test_text_answer_streams_real_deltas(
     assert sent["stream"] is True and sent["model"] == "claude-sonnet-4-6"
     assert sent["messages"] == [{"role": "user", "content": f"{key} say hello"}]
     assert {t["name"] for t in sent["tools"]} >= {"notify_user", "current_time"}
+    mine = httpx.get(
+        f"{stack.agent.url}/api/v1/sessions",
+        headers={"Authorization": f"Bearer {token_for(user_id)}"},
+    ).json()["items"]
+    assert start["session_id"] in [s["id"] for s in mine]  # claimed by the worker for the caller
     metrics = httpx.get(stack.agent.url + "/metrics").text
     assert 'chat_answers_total{status="complete"}' in metrics
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
@@ -98,7 +106,7 @@ def test_tool_use_loop(
     fake.script(
         key,
         fa.tool_use("toolu_01", "current_time", {"timezone": "Europe/Paris"}),
-        fa.text("It is ", "noon."),
+        fa.text("It is ", "noon.", delay=0.02),
     )
     _, events = ask(stack.gateway, token_for(user_id), f"{key} what time is it?")
     assert [e.type for e in events] == [
@@ -196,6 +204,32 @@ def test_multi_turn_history(
         ("assistant", "Second.", "complete"),
     ]
     assert history[1]["tokens_used"] == 37
+
+
+def test_deltas_read_together_share_an_event(
+    stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
+) -> None:
+    """Deltas that arrive together while a write is in flight go out as fewer `token` events
+    whose joined text is the model's, in order; each is one resumable entry, and the stored
+    answer is the same text."""
+    key = _key()
+    chunks = [f"w{i} " for i in range(300)]
+    fake.script(key, fa.text(*chunks))
+    token = token_for(user_id)
+    _, events = ask(stack.gateway, token, f"{key} burst")
+    tokens = [e for e in events if e.type == "token"]
+    assert text_of(events) == "".join(chunks)
+    assert 1 <= len(tokens) < len(chunks)
+    assert _ids_increasing([e.data["event_id"] for e in events])
+    message_id, session_id = events[0].data["message_id"], events[0].data["session_id"]
+    middle = tokens[len(tokens) // 2]
+    _, rest = resume(stack.gateway, token, message_id, middle.data["event_id"])
+    assert [e.data for e in rest] == [e.data for e in events[events.index(middle) + 1 :]]
+    history = httpx.get(
+        f"{stack.agent.url}/api/v1/sessions/{session_id}/messages",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()["items"]
+    assert history[-1]["content"] == "".join(chunks)
 
 
 def test_disconnect_then_resume_exactly_once(
@@ -625,3 +659,26 @@ def test_logs_hold_no_secrets(stack: ChatStack) -> None:
         for secret in secrets:
             assert secret not in log, f"{process.module} logged a secret"
         assert not re.search(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}", log), f"{process.module} logged a JWT"
+
+
+async def test_events_stored_together_are_read_as_one_batch(settings: Settings) -> None:
+    """The events one read finds come as one batch, in order, and reading stops at the last
+    event even if more entries follow it."""
+    client = redis_client.create_client(settings)
+    message_id = str(uuid.uuid4())
+    key = keys.chat_reply_stream(message_id)
+    events = [chat_wire.Token(content=f"t{i}") for i in range(5)]
+    ending = chat_wire.End(message_id=message_id, tokens_used=5)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for event in [*events, ending, chat_wire.Token(content="after the end")]:
+                pipe.xadd(key, {chat_wire.EVENT_FIELD: chat_wire.encode(event)})
+            ids = [i.decode() for i in await pipe.execute()]
+        batches = [b async for b in read_batches(client, message_id, "0-0", 5.0)]
+        assert batches == [[(ids[i], chat_wire.encode(e)) for i, e in enumerate([*events, ending])]]
+        resumed = [b async for b in read_batches(client, message_id, ids[2], 5.0)]
+        expected = [(ids[3], events[3]), (ids[4], events[4]), (ids[5], ending)]
+        assert resumed == [[(i, chat_wire.encode(e)) for i, e in expected]]
+    finally:
+        await client.delete(key)
+        await client.aclose()

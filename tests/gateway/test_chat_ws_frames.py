@@ -115,7 +115,7 @@ async def test_streaming_frames_then_message(
 ) -> None:
     """`"stream": true` adds one `chat_event` frame per event before the `message` frame."""
     key = _key()
-    fake.script(key, fa.text("a", "b", "c"))
+    fake.script(key, fa.text("a", "b", "c", delay=0.02))
     conn = connect()
     await conn.frame({"type": "message", "message": key, "stream": True})
     assert conn.types() == ["chat_event"] * 5 + ["message"]

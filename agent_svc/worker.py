@@ -123,20 +123,22 @@ class Worker:
     async def _next(self) -> tuple[str, dict[bytes, bytes] | None, bool] | None:
         r = self._p.redis
         stream, group = keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP
-        claimed_reply: Any = await r.xautoclaim(
-            stream, group, self.consumer, self._idle_ms, count=1
-        )
-        for entry_id, fields in claimed_reply[1]:
-            if entry_id is not None:
-                return _text(entry_id), fields, True
         try:
+            claimed_reply: Any = await r.xautoclaim(
+                stream, group, self.consumer, self._idle_ms, count=1
+            )
+            for entry_id, fields in claimed_reply[1]:
+                if entry_id is not None:
+                    return _text(entry_id), fields, True
             read: Any = await r.xreadgroup(
                 group, self.consumer, {stream: ">"}, count=1, block=READ_BLOCK_MS
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await ensure_group(r)  # the stream was deleted (e.g. FLUSHALL): recreate
+            # The stream is gone (Redis restarted without its data, FLUSHALL, a shard replaced):
+            # recreate it, or every worker would retry this forever.
+            await ensure_group(r)
             return None
         for _, entries in read or []:
             for entry_id, fields in entries:

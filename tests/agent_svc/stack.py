@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,6 +101,9 @@ class SseEvent:
         return str(self.data["type"])
 
 
+ANSWER_DEADLINE = 60.0  # seconds `ask` waits for a whole answer
+
+
 def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent | str]:
     """Events of an SSE body; comments come out as their text (e.g. `keep-alive`)."""
     event_id: str | None = None
@@ -142,7 +146,12 @@ def ask(
             response.read()
             return response, events
         tokens = 0
+        deadline = time.monotonic() + ANSWER_DEADLINE
         for item in parse_sse(response.iter_lines()):
+            # Keep-alive comments keep the read timeout from firing: without a deadline of its
+            # own, an answer that never ends would hang the test (and its executor thread).
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no end of the answer within {ANSWER_DEADLINE} s")
             if isinstance(item, str):
                 continue
             events.append(item)

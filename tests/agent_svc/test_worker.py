@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import redis
 
@@ -74,6 +76,23 @@ def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[...,
         assert client.xlen(keys.CHAT_REQUESTS_STREAM) == 0
     finally:
         client.close()
+
+
+def test_request_stream_lost_is_recreated(stack: ChatStack, token_for: Callable[..., str]) -> None:
+    """When Redis comes back without its data (the request stream and its group are gone), the
+    workers recreate them and answer the next question."""
+    assert stack.fake is not None
+    stack.redis.stop()
+    shutil.rmtree(stack.redis.data_dir)
+    stack.redis.start()
+    deadline = time.monotonic() + 20
+    while httpx.get(stack.gateway.url + "/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not reconnect to Redis"
+        time.sleep(0.1)
+    key = f"after-loss-{uuid.uuid4().hex[:8]}"
+    stack.fake.script(key, fa.text("answered again"))
+    _, events = ask(stack.gateway, token_for(uuid.uuid4()), key)
+    assert text_of(events) == "answered again", events
 
 
 def _entry(event_id: str) -> tuple[int, int]:

@@ -33,7 +33,8 @@ from shared.wire import EnvelopeMeta, decode_envelope
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Hashable)
-Deliver = Callable[[Collection[M], EnvelopeMeta, str], None]
+# (members, routing metadata, the frame: UTF-8 JSON bytes, validated)
+Deliver = Callable[[Collection[M], EnvelopeMeta, bytes], None]
 
 BROADCAST = keys.BROADCAST_CHANNEL.encode()
 
@@ -215,11 +216,12 @@ class Fanout(Generic[M]):
             return
         try:
             meta, frame = decode_envelope(payload)
-            text = frame.decode()
+            if not frame.isascii():
+                frame.decode()  # a text frame must be UTF-8: refuse a bad one here, once
         except (ValueError, UnicodeDecodeError):
             metrics.DROPPED.labels("bad_envelope").inc()
             log.warning("dropped a malformed envelope", extra={"channel": channel.decode()})
             return
-        self._deliver(members, meta, text)
+        self._deliver(members, meta, frame)
         if meta.ts is not None:
             metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - meta.ts))

@@ -41,6 +41,7 @@ from gateway.connection import Connection
 from gateway.fanout import Fanout, FanoutUnavailable
 from gateway.registry import Registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
+from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
 from shared.settings import Settings
@@ -110,7 +111,7 @@ class ConnectionManager:
         self._detaching = 0
         # Deliveries waiting for the delivery task (which runs exactly while this is non-empty
         # or it is finishing the entry it took), oldest first.
-        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, str]] = deque()
+        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, TextFrame]] = deque()
         self._deliverer: asyncio.Task[None] | None = None
 
     # Lifecycle.
@@ -221,7 +222,8 @@ class ConnectionManager:
         )
         # The greeting is queued first, but the writer starts only once Redis confirmed the
         # subscriptions: a client told "established" receives everything published after.
-        conn.offer(encode(greeting).decode())
+        conn.offer(TextFrame(encode(greeting)))
+        metrics.FRAMES_OUT.inc()
         self._everyone.add(conn)
         try:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
@@ -307,16 +309,17 @@ class ConnectionManager:
 
     # Delivery (called by the fan-out reader, synchronously, in the order Redis sent frames).
 
-    def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, text: str) -> None:
-        """Queue `text` to `members`, in publish order per connection: at once when the frame is
-        small and nothing is waiting, else behind everything waiting, via the delivery task.
-        Never waits."""
+    def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, payload: bytes) -> None:
+        """Send the frame `payload` to `members`, in publish order per connection: at once when
+        the frame is small and nothing is waiting, else behind everything waiting, via the
+        delivery task. Never waits. The frame is put on the wire format once, here."""
+        frame = TextFrame(payload)
         if self._deliverer is None and len(members) <= self.settings.ws_delivery_chunk:
-            self._offer(members, meta, text)
+            self._offer(members, meta, frame)
             return
         # A snapshot: the live member sets change while the delivery task yields. Who joins
         # meanwhile gets what is published after its join, as with synchronous delivery.
-        self._backlog.append((tuple(members), meta, text))
+        self._backlog.append((tuple(members), meta, frame))
         if self._deliverer is None:
             self._deliverer = self._spawn(self._drain_backlog())
 
@@ -327,14 +330,14 @@ class ConnectionManager:
         budget = chunk
         try:
             while backlog:
-                members, meta, text = backlog.popleft()
+                members, meta, frame = backlog.popleft()
                 start, count = 0, len(members)
                 while start < count:
                     if budget <= 0:
                         await asyncio.sleep(0)
                         budget = chunk
                     end = min(count, start + budget)
-                    self._offer(members[start:end], meta, text)
+                    self._offer(members[start:end], meta, frame)
                     budget -= end - start
                     start = end
                 budget -= 1  # an entry costs something even with no recipient left
@@ -343,8 +346,9 @@ class ConnectionManager:
             # take the synchronous path again.
             self._deliverer = None
 
-    def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, text: str) -> None:
+    def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, frame: TextFrame) -> None:
         seq, exclude = meta.seq, meta.exclude_session
+        sent = 0
         for conn in members:
             if exclude is not None and conn.session_key == exclude:
                 continue
@@ -357,7 +361,9 @@ class ConnectionManager:
                     metrics.DROPPED.labels("duplicate").inc()
                     continue
                 conn.last_seq = seq
-            conn.offer(text)
+            sent += conn.offer(frame)
+        if sent:
+            metrics.FRAMES_OUT.inc(sent)
 
     def _resync(self) -> None:
         """Redis came back: replay, per user, what was published while the link was down."""
@@ -398,9 +404,10 @@ class ConnectionManager:
             if cursor is None:
                 cursor = page.last_seq
             for seq, text in page.frames:
+                frame = TextFrame.of(text)
                 for conn in conns:
                     if conn.close_code is None and (conn.last_seq is None or seq > conn.last_seq):
-                        await conn.put(text)
+                        await conn.put(frame)
                         conn.last_seq = seq
                         metrics.GAP_FILLS.inc()
                 cursor = max(cursor, seq)
@@ -448,4 +455,5 @@ class ConnectionManager:
                     self.close_later(conn, 1008, "token expired")
                 elif not conn.warned and now >= conn.expires_at - EXPIRY_WARNING:
                     conn.warned = True
-                    conn.offer(frames.token_expiring(conn.expires_at))
+                    if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
+                        metrics.FRAMES_OUT.inc()

@@ -94,6 +94,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol that also offers itself as the connection's `FrameSink`
     (pass the class as uvicorn's `ws` setting)."""
 
+    # A plain attribute, not a property over uvicorn's `writable` event: it is read once per
+    # frame and recipient on the fan-out path.
+    write_paused = False
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:  # the ASGI scope exists only for an upgrade
@@ -101,6 +105,19 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Like uvicorn's `writable` event: nobody waits for a lost transport to drain.
+        self.write_paused = False
+        super().connection_lost(exc)
 
     def write_frames(self, data: bytes) -> bool:
         if (
@@ -112,10 +129,6 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(data)
         return True
-
-    @property
-    def write_paused(self) -> bool:
-        return not self.writable.is_set()
 
     async def wait_writable(self) -> None:
         await self.writable.wait()

@@ -39,6 +39,7 @@ import redis.asyncio as redis
 from gateway import frames, metrics
 from gateway.connection import Connection
 from gateway.fanout import Fanout, FanoutUnavailable
+from gateway.heap import HeapFreezer
 from gateway.registry import Registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.wsprotocol import TextFrame
@@ -60,6 +61,7 @@ EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` i
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
+FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap)
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]
@@ -109,6 +111,7 @@ class ConnectionManager:
         self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
         self._empty = asyncio.Event()
         self._detaching = 0
+        self._heap = HeapFreezer(FREEZE_STEP)
         # Deliveries waiting for the delivery task (which runs exactly while this is non-empty
         # or it is finishing the entry it took), oldest first.
         self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, TextFrame]] = deque()
@@ -215,6 +218,7 @@ class ConnectionManager:
             raise Refused(1013, "too many connections for this session")
         self.connections[conn.conn_id] = conn
         metrics.OPEN_CONNECTIONS.inc()
+        self._heap.opened()
         greeting = ConnectionEstablished(
             ConnectionEstablishedData(
                 session_id=conn.session_key, user_id=str(conn.user_id), connected_at=utc_now_iso()
@@ -270,6 +274,7 @@ class ConnectionManager:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         metrics.OPEN_CONNECTIONS.dec()
+        self._heap.closed()
         self._everyone.discard(conn)
         self._detaching += 1
         try:
@@ -439,7 +444,7 @@ class ConnectionManager:
             await asyncio.sleep(interval)
 
     async def _watch(self) -> None:
-        """Idle timeout (1000), token expiry (warning, then 1008)."""
+        """Idle timeout (1000), token expiry (warning, then 1008), and the heap's freezes."""
         settings = self.settings
         interval = min(1.0, settings.ws_heartbeat_interval / 2)
         while True:
@@ -457,3 +462,4 @@ class ConnectionManager:
                     conn.warned = True
                     if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
                         metrics.FRAMES_OUT.inc()
+            self._heap.tick(len(self.connections))

@@ -3,12 +3,14 @@ correct across instances.
 
 It ties together the registry (who is connected where, the per-session cap), the fan-out (which
 channels this instance needs), and the notifications replay (resume and gap fill). Delivery of a
-published frame is allocation-light: for each local recipient, filter (excluded session, duplicate
-or out-of-order `seq`) and queue the same text. A frame for at most `WS_DELIVERY_CHUNK` recipients
-is delivered synchronously on the fan-out reader; a larger one (a broadcast to 10k connections)
-goes to an instance-wide FIFO drained by one delivery task that yields to the event loop after
-every `WS_DELIVERY_CHUNK` recipients, so no fan-out stalls the loop for long. While that FIFO is
-not empty every frame, however small, joins it: frames reach each connection in publish order.
+published frame is allocation-light: its wire bytes are built once
+(`gateway.wsprotocol.TextFrame`), then each local recipient is filtered (excluded session,
+duplicate or out-of-order `seq`) and handed the same frame, which `Connection.offer()` writes to
+its socket at once. A frame for at most `WS_DELIVERY_CHUNK` recipients is delivered synchronously
+on the fan-out reader; a larger one (a broadcast to 10k connections) goes to an instance-wide FIFO
+drained by one delivery task that yields to the event loop after every `WS_DELIVERY_CHUNK`
+recipients, so no fan-out stalls the loop for long. While that FIFO is not empty every frame,
+however small, joins it: frames reach each connection in publish order.
 
 Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
 for a connection (`replaying`), live notifications are held back — only the highest held seq is
@@ -17,6 +19,9 @@ remembered — and the replay continues until it has passed it; afterwards a liv
 notifications); frames are lost only when the pub/sub link drops, and then every user held is
 caught up by replay once the link is back. So each connection sees every notification once, in seq
 order, whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
+
+Connection objects are frozen out of the garbage collector's sight as they accumulate
+(`gateway.heap`), so collections while clients connect do not walk every open connection.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ import asyncio
 import dataclasses
 from typing import Any
 
-import redis.asyncio as redis
-
 from agent_svc.tools import ToolContext, ToolOutcome, ToolRegistry
 from shared import chat_wire, keys
 from shared.chat_wire import ChatRequest, ReplyEvent, Token, ToolCall, ToolResult, Transcript
+from shared.redis_client import RedisClient
 
 
 class Answer:
@@ -25,7 +24,7 @@ class Answer:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         request: ChatRequest,
         transcript: Transcript,
         registry: ToolRegistry,

@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> Starlette:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
+        await redis_client.initialize(redis)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
         app.state.verifier = TokenVerifier(settings)
         try:

@@ -21,6 +21,7 @@ import redis.asyncio as redis
 from agent_svc.builtin_tools import ScheduledNotification, create_body, post_notification
 from agent_svc.tools import ToolError
 from shared import keys
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def dedupe_key(item: ScheduledNotification) -> str:
 
 
 async def deliver_due(
-    client: redis.Redis, http: httpx.AsyncClient, settings: Settings, now: float, batch: int = 50
+    client: RedisClient, http: httpx.AsyncClient, settings: Settings, now: float, batch: int = 50
 ) -> int:
     """Deliver every item due at `now` (up to `batch`); returns how many were delivered."""
     delivered = 0
@@ -67,7 +68,7 @@ async def deliver_due(
 
 
 async def _retry_later(
-    client: redis.Redis, item: ScheduledNotification, now: float, reason: str
+    client: RedisClient, item: ScheduledNotification, now: float, reason: str
 ) -> None:
     attempts = item.attempts + 1
     if attempts >= MAX_ATTEMPTS:
@@ -80,7 +81,7 @@ async def _retry_later(
     )
 
 
-async def run(client: redis.Redis, http: httpx.AsyncClient, settings: Settings) -> None:
+async def run(client: RedisClient, http: httpx.AsyncClient, settings: Settings) -> None:
     """Poll for due items until cancelled; a Redis hiccup is logged and retried next tick."""
     while True:
         try:

@@ -18,8 +18,8 @@ from uuid import UUID
 
 import httpx
 import msgspec
-import redis.asyncio as redis
 
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class ToolContext:
     session_id: UUID
     message_id: UUID
     settings: Settings
-    redis: redis.Redis
+    redis: RedisClient
     http: httpx.AsyncClient
     call_id: str = ""  # the model's tool_use id: stable across a reclaimed answer's retries
 

@@ -44,6 +44,7 @@ from agent_svc.tools import ToolContext, ToolRegistry, load_modules
 from shared import chat_wire, keys
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def raise_if_cancelling(exc: BaseException) -> None:
         raise asyncio.CancelledError from exc
 
 
-async def ensure_group(client: redis.Redis) -> None:
+async def ensure_group(client: RedisClient) -> None:
     """Create the consumer group (and stream) if missing. Idempotent."""
     try:
         await client.xgroup_create(
@@ -337,7 +338,7 @@ class WorkerPool:
         self,
         settings: Settings,
         db: asyncpg.Pool,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         registry: ToolRegistry | None = None,
         model: Model | None = None,
@@ -429,6 +430,7 @@ async def _main(settings: Settings) -> None:
     await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
     pool = await db.create_pool(settings)
     client = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
+    await redis_client.initialize(client)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -85,14 +85,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         add("SSE per-token latency", "< 2 ms p50 per token", "not measured", None)
     rest = results.get("rest") or {}
-    listing = rest.get("via", {}).get("gateway", {}).get("list")
-    if listing:
-        rows_loaded = rest["load"]["rows"]
+    listings = sorted(
+        (r for r in rest.get("runs", []) if (r["via"], r["endpoint"]) == ("gateway", "list")),
+        key=lambda r: r["concurrency"],
+    )
+    if listings:
+        rows_loaded, latency = rest["load"]["rows"], listings[0]
+        under_load = "".join(
+            f"; {r['p99_ms']:.1f} ms with {r['concurrency']} in flight" for r in listings[1:]
+        )
         add(
             "REST list",
             "REST list p99 < 10 ms at 1M rows",
-            f"{listing['p99_ms']:.1f} ms p99 at {rows_loaded:,} rows (through the gateway)",
-            listing["p99_ms"] < 10 and rows_loaded >= 1_000_000,
+            f"{latency['p99_ms']:.1f} ms p99 at {rows_loaded:,} rows through the gateway, "
+            f"{latency['concurrency']} in flight{under_load}",
+            latency["p99_ms"] < 10 and rows_loaded >= 1_000_000,
         )
     else:
         add("REST list", "p99 < 10 ms at 1M rows", "not measured", None)
@@ -348,27 +355,44 @@ def _rest_section(rest: dict[str, Any] | None) -> list[str]:
     load = rest["load"]
     out += [
         f"{load['rows']:,} notifications over {rest['users']:,} users, bulk-loaded with COPY "
-        f"in {load['copy_seconds']} s; {rest['concurrency']} connections in flight.",
+        f"in {load['copy_seconds']} s. The gateway and notifications_svc share the server core; "
+        "the client and PostgreSQL run on the load core. CPU is server CPU time per request.",
         "",
     ]
     rows = []
-    for via, endpoints in rest["via"].items():
-        for name, r in endpoints.items():
-            rows.append(
-                [
-                    via,
-                    name,
-                    r["count"],
-                    r["p50_ms"],
-                    r["p95_ms"],
-                    r["p99_ms"],
-                    r["max_ms"],
-                    r["throughput"],
-                    ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
-                ]
-            )
+    for r in rest["runs"]:
+        cpu = r["cpu_ms_per_request"]
+        rows.append(
+            [
+                r["via"],
+                r["endpoint"],
+                r["concurrency"],
+                r["count"],
+                r["p50_ms"],
+                r["p95_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r["throughput"],
+                cpu["gateway"],
+                cpu["notifications_svc"],
+                ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
+            ]
+        )
     out += _table(
-        ["Via", "Endpoint", "Requests", "p50", "p95", "p99", "max (ms)", "Requests/s", "Statuses"],
+        [
+            "Via",
+            "Endpoint",
+            "In flight",
+            "Requests",
+            "p50",
+            "p95",
+            "p99",
+            "max (ms)",
+            "Requests/s",
+            "Gateway CPU (ms)",
+            "notifications_svc CPU (ms)",
+            "Statuses",
+        ],
         rows,
     )
     return out

@@ -29,7 +29,7 @@ class Scale:
     rest_users: int  # users owning the bulk-loaded notifications
     rest_rows: int  # notifications bulk-loaded for the REST scenario
     rest_requests: int  # requests per REST endpoint measured
-    rest_concurrency: int  # REST requests in flight
+    rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
     scenarios: tuple[str, ...]  # which of websocket, chat, rest run
 
@@ -54,7 +54,7 @@ SCALES = {
         rest_users=10_000,
         rest_rows=1_000_000,
         rest_requests=3000,
-        rest_concurrency=8,
+        rest_concurrency=(1, 8),
         servers=("gateway", "lean"),
         scenarios=("websocket", "chat", "rest"),
     ),
@@ -74,7 +74,7 @@ SCALES = {
         rest_users=100,
         rest_rows=5_000,
         rest_requests=100,
-        rest_concurrency=4,
+        rest_concurrency=(1, 4),
         servers=("gateway", "lean"),
         scenarios=("websocket", "chat", "rest"),
     ),

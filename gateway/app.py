@@ -21,7 +21,6 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -36,6 +35,7 @@ from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.settings import Settings
+from shared.upstream import Upstream
 
 GC_GEN0_THRESHOLD = 20_000
 
@@ -70,12 +70,11 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)
-        timeout = httpx.Timeout(settings.upstream_timeout)
+        await redis_client.initialize(redis)
+        timeout = settings.upstream_timeout
         upstreams = {
-            "notifications": httpx.AsyncClient(
-                base_url=settings.notifications_url, timeout=timeout
-            ),
-            "agent": httpx.AsyncClient(base_url=settings.agent_url, timeout=timeout),
+            "notifications": Upstream(settings.notifications_url, timeout=timeout),
+            "agent": Upstream(settings.agent_url, timeout=timeout),
         }
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-import httpx
 import msgspec
 import redis.asyncio as redis
 from starlette.requests import Request
@@ -41,7 +40,9 @@ from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import AppError, Conflict, NotFound, Unauthorized, Unavailable, ValidationFailed
 from shared.http import bearer_token, json_response, read_json
+from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
+from shared.upstream import Upstream, UpstreamError
 from shared.wire import Message, MessageData, encode, error_frame, utc_now_iso
 
 CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
@@ -90,7 +91,7 @@ _decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
 
 
 async def open_answer(
-    client: redis.Redis, settings: Settings, user_id: UUID, session_id: UUID, message: str
+    client: RedisClient, settings: Settings, user_id: UUID, session_id: UUID, message: str
 ) -> str:
     """Queue a question for the agent; returns the answer's message id.
 
@@ -124,6 +125,10 @@ async def open_answer(
     )
     reply = keys.chat_reply_stream(message_id)
     start = Start(session_id=str(session_id), message_id=message_id)
+    # One MULTI/EXEC: the start event and the request are written together or not at all. In a
+    # Redis Cluster the two streams live in different slots, so the request follows on its own;
+    # should it fail, the start event is an orphan that expires after `ORPHAN_TTL`.
+    split = is_cluster(client)
     try:
         async with client.pipeline(transaction=True) as pipe:
             pipe.xadd(
@@ -134,19 +139,24 @@ async def open_answer(
                 },
             )
             pipe.expire(reply, ORPHAN_TTL)
-            pipe.xadd(
+            if not split:
+                pipe.xadd(
+                    keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)}
+                )
+            await pipe.execute()
+        if split:
+            await client.xadd(
                 keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)}
             )
-            await pipe.execute()
     except BaseException:
-        # Nothing was queued (MULTI/EXEC is all or nothing): free the session again.
+        # Nothing was queued: free the session again.
         with contextlib.suppress(redis.RedisError, OSError):
             await client.eval(chat_wire.RELEASE_LOCK, 1, lock, message_id)
         raise
     return message_id
 
 
-async def workers_alive(client: redis.Redis, settings: Settings) -> bool:
+async def workers_alive(client: RedisClient, settings: Settings) -> bool:
     """Whether some agent worker sent a heartbeat lately (`chat:workers`: every second when idle,
     every third of `AGENT_RECLAIM_IDLE` while answering), so a question is not queued for nobody:
     with every worker gone the client hears so at once instead of waiting."""
@@ -154,7 +164,7 @@ async def workers_alive(client: redis.Redis, settings: Settings) -> bool:
     return bool(await client.zcount(keys.CHAT_WORKERS, since, "+inf"))
 
 
-async def owned_answer(client: redis.Redis, message_id: str, user_id: UUID) -> None:
+async def owned_answer(client: RedisClient, message_id: str, user_id: UUID) -> None:
     """Raise `NotFound` unless the answer exists (not expired) and belongs to `user_id`."""
     first: Any = await client.xrange(keys.chat_reply_stream(message_id), count=1)
     owner = first[0][1].get(chat_wire.OWNER_FIELD) if first else None
@@ -163,7 +173,7 @@ async def owned_answer(client: redis.Redis, message_id: str, user_id: UUID) -> N
 
 
 async def read_events(
-    client: redis.Redis, message_id: str, after: str, keepalive: float
+    client: RedisClient, message_id: str, after: str, keepalive: float
 ) -> AsyncIterator[tuple[str, bytes] | None]:
     """The answer's events after entry id `after`, in order, until its last event; `None` after
     each `keepalive` seconds of silence. Ends early if the stream expires."""
@@ -191,13 +201,13 @@ async def read_events(
                     return
 
 
-async def request_cancel(client: redis.Redis, settings: Settings, message_id: str) -> None:
+async def request_cancel(client: RedisClient, settings: Settings, message_id: str) -> None:
     """Ask the worker to stop the answer (idempotent; it keeps the partial answer)."""
     await client.set(keys.chat_cancel(message_id), b"1", ex=settings.chat_reply_ttl)
 
 
 async def claim_session(
-    agent: httpx.AsyncClient, settings: Settings, session_id: UUID, user_id: UUID
+    agent: Upstream, settings: Settings, session_id: UUID, user_id: UUID
 ) -> None:
     """Make sure the session is the user's (first use claims it) through agent_svc (`agent` is
     the gateway's upstream client, based at `AGENT_URL`).
@@ -209,7 +219,7 @@ async def claim_session(
             json={"session_id": str(session_id), "user_id": str(user_id)},
             headers={"Authorization": f"Bearer {settings.internal_token}"},
         )
-    except httpx.HTTPError:
+    except UpstreamError:
         raise Unavailable("the agent service is unreachable") from None
     if response.status_code == 403:
         raise NotFound("no such session", code="SESSION_NOT_FOUND")
@@ -232,7 +242,7 @@ def _caller(request: Request, *, allow_query: bool = False) -> UUID:
 
 
 async def _sse(
-    client: redis.Redis,
+    client: RedisClient,
     message_id: str,
     after: str,
     keepalive: float,

@@ -11,6 +11,12 @@ reconnects with jittered backoff, resubscribes everything, and — once Redis ha
 subscription — calls `on_resync` so the owner can replay what was published meanwhile from the
 durable source. Subscriptions are confirmed before `join()` returns, so a caller may replay after
 it without a window in which a publish is neither replayed nor received.
+
+On a Redis Cluster (`REDIS_CLUSTER`) `ClusterFanout` does the same over sharded pub/sub
+(`shared.cluster.ShardedSubscriber`: SSUBSCRIBE on the shard owning each channel's slot, one
+connection per shard). Routing, decoding and delivery are shared; when one shard's link is lost
+or its slots move, only the channels of that shard are re-subscribed, and `on_resync` is called
+with them, so only their users are caught up. `create_fanout` picks the class for a client.
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from gateway import metrics
 from shared import keys
 from shared.backoff import Backoff
+from shared.cluster import ShardedSubscriber
+from shared.errors import Unavailable
+from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
 
 log = logging.getLogger(__name__)
@@ -43,7 +53,57 @@ class FanoutUnavailable(Exception):
     """Redis did not confirm a subscription in time."""
 
 
-class Fanout(Generic[M]):
+class _Router(Generic[M]):
+    """Which local members each channel routes to, and the decode-once delivery of a message."""
+
+    def __init__(self, everyone: Collection[M], deliver: Deliver[M]) -> None:
+        self._everyone = everyone
+        self._deliver = deliver
+        self.routes: dict[bytes, set[M]] = {}
+
+    def _route(self, member: M, channels: tuple[bytes, ...]) -> list[bytes]:
+        """Route `channels` to `member`; returns those nobody here needed before."""
+        new: list[bytes] = []
+        for channel in channels:
+            members = self.routes.get(channel)
+            if members is None:
+                self.routes[channel] = {member}
+                new.append(channel)
+            else:
+                members.add(member)
+        return new
+
+    def _unroute(self, member: M, channels: tuple[bytes, ...]) -> list[bytes]:
+        """Stop routing `channels` to `member`; returns those nobody here needs any more."""
+        gone: list[bytes] = []
+        for channel in channels:
+            members = self.routes.get(channel)
+            if members is None:
+                continue
+            members.discard(member)
+            if not members:
+                del self.routes[channel]
+                gone.append(channel)
+        return gone
+
+    def _message(self, channel: bytes, payload: bytes) -> None:
+        members = self._everyone if channel == BROADCAST else self.routes.get(channel)
+        if not members:
+            return
+        try:
+            meta, frame = decode_envelope(payload)
+            if not frame.isascii():
+                frame.decode()  # a text frame must be UTF-8: refuse a bad one here, once
+        except (ValueError, UnicodeDecodeError):
+            metrics.DROPPED.labels("bad_envelope").inc()
+            log.warning("dropped a malformed envelope", extra={"channel": channel.decode()})
+            return
+        self._deliver(members, meta, frame)
+        if meta.ts is not None:
+            metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - meta.ts))
+
+
+class Fanout(_Router[M]):
     """Subscriptions of one instance. `join`/`leave` are called by connection handlers; the
     delivery callback is called on the reader task, synchronously, in the order Redis sent the
     messages (it must not wait; it may defer the work, keeping that order)."""
@@ -56,14 +116,12 @@ class Fanout(Generic[M]):
         on_resync: Callable[[], None],
         ping_interval: float = 5.0,
     ) -> None:
+        super().__init__(everyone, deliver)
         self._pool = ConnectionPool.from_url(
             redis_url, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=0
         )
-        self._everyone = everyone
-        self._deliver = deliver
         self._on_resync = on_resync
         self._ping_interval = ping_interval
-        self.routes: dict[bytes, set[M]] = {}
         # Channels Redis confirmed on the current link, and the joins waiting for a confirmation
         # (futures exist only while a join waits: an idle channel costs one set entry).
         self._confirmed: set[bytes] = set()
@@ -94,14 +152,7 @@ class Fanout(Generic[M]):
 
         Raises `FanoutUnavailable` after `timeout` (the member stays routed; call `leave`).
         """
-        new: list[bytes] = []
-        for channel in channels:
-            members = self.routes.get(channel)
-            if members is None:
-                self.routes[channel] = {member}
-                new.append(channel)
-            else:
-                members.add(member)
+        new = self._route(member, channels)
         if new:
             await self._command(b"SUBSCRIBE", new)
         try:
@@ -121,16 +172,8 @@ class Fanout(Generic[M]):
     async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
         """Stop routing `channels` to `member`; unsubscribes the channels nobody here needs.
         Idempotent."""
-        gone: list[bytes] = []
-        for channel in channels:
-            members = self.routes.get(channel)
-            if members is None:
-                continue
-            members.discard(member)
-            if not members:
-                del self.routes[channel]
-                self._confirmed.discard(channel)
-                gone.append(channel)
+        gone = self._unroute(member, channels)
+        self._confirmed.difference_update(gone)
         if gone:
             await self._command(b"UNSUBSCRIBE", gone)
 
@@ -210,18 +253,107 @@ class Fanout(Generic[M]):
             self._resyncing = False
             self._on_resync()
 
-    def _message(self, channel: bytes, payload: bytes) -> None:
-        members = self._everyone if channel == BROADCAST else self.routes.get(channel)
-        if not members:
+
+class ClusterFanout(_Router[M]):
+    """`Fanout` on a Redis Cluster, same contract: sharded subscriptions (one connection per
+    shard primary), confirmed before `join` returns; messages delivered in the order each shard
+    sent them (a user's channel lives on one shard, so a user's frames stay in order). When a
+    shard's subscriptions come back (link lost, primary restarted, slot moved),
+    `on_resync(channels)` is called with that shard's channels only."""
+
+    def __init__(
+        self,
+        client: RedisCluster,
+        everyone: Collection[M],
+        deliver: Deliver[M],
+        on_resync: Callable[[Collection[bytes]], None],
+        ping_interval: float = 5.0,
+    ) -> None:
+        super().__init__(everyone, deliver)
+        self._client = client
+        self._on_resync = on_resync
+        self._subscriber = ShardedSubscriber(
+            client, ping_interval=ping_interval, on_resubscribed=self._resubscribed
+        )
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fanout-reader")
+
+    async def stop(self) -> None:
+        """Stop reading and close every shard link; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._subscriber.aclose()
+
+    @property
+    def connected(self) -> bool:
+        return self._subscriber.confirmed(keys.BROADCAST_CHANNEL)
+
+    async def join(self, member: M, channels: tuple[bytes, ...], timeout: float) -> None:
+        """Route `channels` to `member`; returns once their shards confirmed every one of them.
+
+        Raises `FanoutUnavailable` after `timeout`, or at once when a shard refuses (the member
+        stays routed; call `leave`)."""
+        self._route(member, channels)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+            # Bounded by the subscriber's own confirmation timeout; not cancelled midway, which
+            # could leave a shard connection half-way through a command.
+            await self._subscriber.subscribe(*(channel.decode() for channel in channels))
+        except (TimeoutError, Unavailable, redis.RedisError, OSError) as exc:
+            raise FanoutUnavailable(
+                f"Redis Cluster did not confirm the subscription: {exc!r}"
+            ) from None
+
+    async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
+        """Stop routing `channels` to `member`; unsubscribes the channels nobody here needs.
+        Idempotent."""
+        gone = self._unroute(member, channels)
+        if not gone:
             return
         try:
-            meta, frame = decode_envelope(payload)
-            if not frame.isascii():
-                frame.decode()  # a text frame must be UTF-8: refuse a bad one here, once
-        except (ValueError, UnicodeDecodeError):
-            metrics.DROPPED.labels("bad_envelope").inc()
-            log.warning("dropped a malformed envelope", extra={"channel": channel.decode()})
-            return
-        self._deliver(members, meta, frame)
-        if meta.ts is not None:
-            metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - meta.ts))
+            await self._subscriber.unsubscribe(*(channel.decode() for channel in gone))
+        except (redis.RedisError, OSError) as exc:
+            # The shard's link is gone with its subscriptions; `unsubscribe` already forgot them.
+            log.warning("pub/sub command failed", extra={"error": repr(exc)})
+
+    async def _run(self) -> None:
+        backoff = Backoff(base=0.1, maximum=5.0)
+        while True:
+            try:
+                await self._client.initialize()
+                await self._subscriber.subscribe(keys.BROADCAST_CHANNEL)
+                break
+            except (Unavailable, redis.RedisError, OSError) as exc:
+                log.warning("Redis Cluster unreachable", extra={"error": repr(exc)})
+                await backoff.sleep()
+        self._ready.set()
+        while True:
+            channel, payload = await self._subscriber.get()
+            self._message(channel.encode(), payload)
+
+    def _resubscribed(self, channels: frozenset[str]) -> None:
+        metrics.PUBSUB_RECONNECTS.inc()
+        self._on_resync(frozenset(channel.encode() for channel in channels))
+
+
+def create_fanout(
+    client: RedisClient,
+    redis_url: str,
+    everyone: Collection[M],
+    deliver: Deliver[M],
+    on_resync: Callable[[Collection[bytes] | None], None],
+    ping_interval: float = 5.0,
+) -> Fanout[M] | ClusterFanout[M]:
+    """The fan-out for `client`'s deployment: `ClusterFanout` on a Redis Cluster, else `Fanout`
+    with a connection of its own to `redis_url`. `on_resync(channels)` is told which channels
+    came back, or None for all of them."""
+    if is_cluster(client):
+        return ClusterFanout(client, everyone, deliver, on_resync, ping_interval)
+    return Fanout(redis_url, everyone, deliver, lambda: on_resync(None), ping_interval)

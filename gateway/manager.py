@@ -37,20 +37,21 @@ from collections.abc import Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-import httpx
 import msgspec
 import redis.asyncio as redis
 
 from gateway import frames, metrics
 from gateway.connection import Connection
-from gateway.fanout import Fanout, FanoutUnavailable
+from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
-from gateway.registry import Registry
+from gateway.registry import create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
+from shared.redis_client import RedisClient
 from shared.settings import Settings
+from shared.upstream import Upstream, UpstreamError
 from shared.wire import (
     ConnectionEstablished,
     ConnectionEstablishedData,
@@ -86,9 +87,9 @@ class ConnectionManager:
     def __init__(
         self,
         settings: Settings,
-        redis_client: redis.Redis,
-        notifications: httpx.AsyncClient,
-        agent: httpx.AsyncClient,
+        redis_client: RedisClient,
+        notifications: Upstream,
+        agent: Upstream,
         app_state: Any,
     ) -> None:
         self.settings = settings
@@ -99,10 +100,13 @@ class ConnectionManager:
         self.redis = redis_client
         self._agent = agent
         self._internal = {"authorization": f"Bearer {settings.internal_token}"}
-        self._registry = Registry(redis_client, self.instance_id, settings.ws_heartbeat_interval)
+        self._registry = create_registry(
+            redis_client, self.instance_id, settings.ws_heartbeat_interval
+        )
         self._replay = ReplayClient(notifications, settings.internal_token)
         self._everyone: set[Connection] = set()
-        self._fanout: Fanout[Connection] = Fanout(
+        self._fanout = create_fanout(
+            redis_client,
             settings.redis_url,
             self._everyone,
             self._deliver,
@@ -197,7 +201,7 @@ class ConnectionManager:
                 json={"session_id": str(session_id), "user_id": str(user_id)},
                 headers=self._internal,
             )
-        except httpx.HTTPError:
+        except UpstreamError:
             raise Refused(1013, "session service unavailable: try again later") from None
         if response.status_code == 403:
             raise Refused(1008, "session belongs to another user")
@@ -375,10 +379,13 @@ class ConnectionManager:
         if sent:
             metrics.FRAMES_OUT.inc(sent)
 
-    def _resync(self) -> None:
-        """Redis came back: replay, per user, what was published while the link was down."""
+    def _resync(self, channels: Collection[bytes] | None) -> None:
+        """Redis came back (on a cluster: the shard of `channels`; None: every channel): replay,
+        per user, what was published while the link was down."""
         for channel, members in list(self._fanout.routes.items()):
             if not channel.startswith(_USER_CHANNEL_PREFIX):
+                continue
+            if channels is not None and channel not in channels:
                 continue
             idle = [c for c in members if not c.replaying]
             for conn in idle:

@@ -1,10 +1,11 @@
 """The public REST facade: `/api/v1/...` paths forwarded to the internal service that owns them.
 
 One table (`PUBLIC_PROXY`) maps a public path prefix to an upstream (one shared
-`httpx.AsyncClient` per upstream, created in the lifespan). The request goes upstream with the same
-path, query, body and the client's `Authorization` (the upstream verifies the JWT itself); the
-answer comes back as is. An unreachable or slow upstream answers 503 JSON. A path with `.` or `..`
-segments is refused, so nothing outside the prefix — `/internal/` above all — is reachable.
+`shared.upstream.Upstream` per upstream, created in the lifespan). The request goes upstream with
+the same path, query, body and the client's `Authorization` (the upstream verifies the JWT
+itself); the answer comes back as is. An unreachable or slow upstream answers 503 JSON. A path
+with `.` or `..` segments is refused, so nothing outside the prefix — `/internal/` above all — is
+reachable.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.errors import NotFound, Unavailable
 from shared.http import read_body
+from shared.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _forwarder(prefix: str, upstream: str) -> Callable[[Request], Awaitable[Resp
         segments = path.split("/")
         if "." in segments or ".." in segments or not path.startswith(prefix):
             raise NotFound(f"no route {path}")
-        client: httpx.AsyncClient = request.app.state.upstreams[upstream]
+        client: Upstream = request.app.state.upstreams[upstream]
         settings = request.app.state.settings
         body = await read_body(request, settings.http_max_body_bytes)
         headers = {h: v for h in _REQUEST_HEADERS if (v := request.headers.get(h)) is not None}
@@ -59,11 +60,11 @@ def _forwarder(prefix: str, upstream: str) -> Callable[[Request], Awaitable[Resp
         target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         try:
             answer = await client.request(request.method, target, content=body, headers=headers)
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             raise Unavailable(
                 f"{upstream} service timed out", details={"upstream": upstream}
             ) from None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             log.warning("upstream unreachable", extra={"upstream": upstream, "error": repr(exc)})
             raise Unavailable(
                 f"{upstream} service unavailable", details={"upstream": upstream}

@@ -16,17 +16,31 @@ A beat refreshes the expiry of every key the instance holds, in chunks of `BEAT_
 script call with an await between chunks: with 10k connections, one pipeline of 20k PEXPIREs
 blocked the event loop for about 0.9 s (building and parsing it in redis-py), which every client
 of the instance felt as a stall twice a heartbeat.
+
+On a Redis Cluster (`ClusterRegistry`, chosen by `create_registry` for a `RedisCluster` client) a
+script may touch only keys of one slot, and the seed's key names carry no hash tag. The cap is a
+property of one key, so the attach script touches only `ws:session:<id>` (count, refuse, add,
+expire: still atomic, the cap still holds across instances); the bookkeeping on the user's set
+and the instance's hash follows as single-key commands in a non-transactional pipeline (redis-py
+sends each node its share). Detaching likewise: the script removes the connection and returns
+what is left in the session, then the session leaves the user's set if nothing is. That last step
+races with an attach of the same session on another instance (which added the session to the
+user's set in between), so every beat re-adds each session the instance holds to its user's set:
+a session missing from `user:sessions:<id>` is healed within one beat (half a heartbeat).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from uuid import UUID
 
-import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from shared import keys
+from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +69,24 @@ if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) e
 return 1
 """
 
+# Cluster mode: the session's own set only (one slot).
+_CLUSTER_ATTACH = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_CLUSTER_DETACH = """
+redis.call('SREM', KEYS[1], ARGV[1])
+return redis.call('SCARD', KEYS[1])
+"""
+
 
 class Registry:
     """One instance's view of the registry. Methods raise `redis.RedisError` when Redis is down."""
 
-    def __init__(self, client: redis.Redis, instance_id: str, heartbeat: float) -> None:
+    def __init__(self, client: RedisClient, instance_id: str, heartbeat: float) -> None:
         self._redis = client
         self.instance_id = instance_id
         self._alive_ms = int(heartbeat * 1500)
@@ -79,10 +106,20 @@ class Registry:
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection; idempotent."""
+        await self._remove(conn_id, str(session_id), str(user_id), self._own)
+
+    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
+        """Remove one connection held by the instance whose hash is `own`."""
         await self._detach(
-            keys=[keys.ws_session(session_id), keys.user_sessions(user_id), self._own],
-            args=[conn_id, str(session_id)],
+            keys=[keys.ws_session(session_id), keys.user_sessions(user_id), own],
+            args=[conn_id, session_id],
         )
+
+    async def _refresh_expiry(self, held: list[tuple[str, str, str]]) -> None:
+        """Push back the expiry of the registry keys of `held` (one beat's chunk)."""
+        names = {keys.ws_session(session_id) for _, session_id, _ in held}
+        names.update(keys.user_sessions(user_id) for _, _, user_id in held)
+        await self._refresh(keys=list(names), args=[self._expire_ms])
 
     async def beat(self, held: Iterable[tuple[str, str, str]]) -> None:
         """Prove this instance alive, refresh the expiry of what it holds, sweep dead instances.
@@ -105,9 +142,7 @@ class Registry:
                         pipe.sadd(keys.user_sessions(user_id), session_id)
                         pipe.hset(self._own, conn_id, f"{session_id} {user_id}")
                     await pipe.execute()
-            names = {keys.ws_session(session_id) for _, session_id, _ in chunk}
-            names.update(keys.user_sessions(user_id) for _, _, user_id in chunk)
-            await self._refresh(keys=list(names), args=[self._expire_ms])
+            await self._refresh_expiry(chunk)
         await self._redis.pexpire(self._own, self._expire_ms)
         await self.sweep()
 
@@ -127,10 +162,7 @@ class Registry:
         entries = await self._redis.hgetall(own)
         for conn_id, value in entries.items():
             session_id, _, user_id = _text(value).partition(" ")
-            await self._detach(
-                keys=[keys.ws_session(session_id), keys.user_sessions(user_id), own],
-                args=[conn_id, session_id],
-            )
+            await self._remove(_text(conn_id), session_id, user_id, own)
         await self._redis.srem(keys.GATEWAY_INSTANCES, instance)
         if entries:
             log.info("swept dead gateway", extra={"instance": instance, "entries": len(entries)})
@@ -144,8 +176,8 @@ class Registry:
         return int(await self._redis.scard(keys.ws_session(session_id)))
 
     async def active_sessions(self) -> list[UUID]:
-        """Every session with a live connection on any instance (a SCAN: for operators, not for
-        hot paths)."""
+        """Every session with a live connection on any instance (a SCAN, of every primary in a
+        cluster: for operators, not for hot paths)."""
         found: list[UUID] = []
         async for key in self._redis.scan_iter(match=keys.ws_session("*"), count=1000):
             found.append(UUID(key.decode().rsplit(":", 1)[1]))
@@ -161,3 +193,62 @@ class Registry:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class ClusterRegistry(Registry):
+    """The registry on a Redis Cluster: every script and transaction within one slot (see the
+    module docstring for what that changes and how a beat heals it)."""
+
+    def __init__(self, client: RedisCluster, instance_id: str, heartbeat: float) -> None:
+        super().__init__(client, instance_id, heartbeat)
+        self._cluster = client
+        self._attach_session = client.register_script(_CLUSTER_ATTACH)
+        self._detach_session = client.register_script(_CLUSTER_DETACH)
+
+    async def attach(self, conn_id: str, session_id: UUID, user_id: UUID, limit: int) -> bool:
+        """Add a connection unless its session already has `limit` live ones (then False)."""
+        added = await self._attach_session(
+            keys=[keys.ws_session(session_id)], args=[conn_id, limit, self._expire_ms]
+        )
+        if not added:
+            return False
+        try:
+            async with self._cluster.pipeline(transaction=False) as pipe:
+                pipe.sadd(keys.user_sessions(user_id), str(session_id))
+                pipe.pexpire(keys.user_sessions(user_id), self._expire_ms)
+                pipe.hset(self._own, conn_id, f"{session_id} {user_id}")
+                pipe.pexpire(self._own, self._expire_ms)
+                await pipe.execute()
+        except BaseException:
+            # The caller refuses the connection and will not detach it: give its place back
+            # (the session's other connections keep the key alive, so it would never expire).
+            with contextlib.suppress(RedisError, OSError):
+                await self._cluster.srem(keys.ws_session(session_id), conn_id)
+            raise
+        return True
+
+    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
+        left = await self._detach_session(keys=[keys.ws_session(session_id)], args=[conn_id])
+        async with self._cluster.pipeline(transaction=False) as pipe:
+            pipe.hdel(own, conn_id)
+            if not left:
+                pipe.srem(keys.user_sessions(user_id), session_id)
+            await pipe.execute()
+
+    async def _refresh_expiry(self, held: list[tuple[str, str, str]]) -> None:
+        # Also re-adds each held session to its user's set: a detach elsewhere may have removed
+        # it while this instance attached to the same session.
+        sessions = {(session_id, user_id) for _, session_id, user_id in held}
+        async with self._cluster.pipeline(transaction=False) as pipe:
+            for session_id, user_id in sessions:
+                pipe.sadd(keys.user_sessions(user_id), session_id)
+                pipe.pexpire(keys.ws_session(session_id), self._expire_ms)
+                pipe.pexpire(keys.user_sessions(user_id), self._expire_ms)
+            await pipe.execute()
+
+
+def create_registry(client: RedisClient, instance_id: str, heartbeat: float) -> Registry:
+    """The registry implementation for `client`: `ClusterRegistry` on a Redis Cluster."""
+    if is_cluster(client):
+        return ClusterRegistry(client, instance_id, heartbeat)
+    return Registry(client, instance_id, heartbeat)

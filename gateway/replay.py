@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-import httpx
 import msgspec
+
+from shared.upstream import Upstream, UpstreamError
 
 # Larger than any real sequence number: asks only for the user's current `last_seq`.
 LATEST = 2**62
@@ -46,7 +47,7 @@ class ReplayError(Exception):
 
 
 class ReplayClient:
-    def __init__(self, http: httpx.AsyncClient, internal_token: str, page_size: int = 500) -> None:
+    def __init__(self, http: Upstream, internal_token: str, page_size: int = 500) -> None:
         self._http = http
         self._headers = {"authorization": f"Bearer {internal_token}"}
         self._page_size = page_size
@@ -59,7 +60,7 @@ class ReplayClient:
                 params={"after_seq": after_seq, "limit": self._page_size},
                 headers=self._headers,
             )
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             raise ReplayError(f"notifications service unreachable: {exc!r}") from None
         if response.status_code != 200:
             raise ReplayError(f"notifications service answered {response.status_code}")

@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
         pool = await db.create_pool(settings)
         redis = redis_client.create_client(settings)
+        await redis_client.initialize(redis)
         # One immediate retry (a pooled connection gone stale across a Redis restart), no more:
         # redis-py's default of ten would hold a user's publish lock through a long outage, and
         # the outbox relay and the ingest consumer already retry with their own backoff.

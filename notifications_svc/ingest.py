@@ -8,8 +8,12 @@ Contract: an entry is acknowledged only after its notification committed (at-lea
 redelivered entry creates nothing new, because each entry is deduplicated by its producer's
 `dedupe_key` or, failing that, by its own stream id. An entry that can never succeed (not JSON,
 wrong fields, a value PostgreSQL refuses) is copied to `notifications:ingest:dead` with the reason
-and acknowledged in one transaction, so it neither blocks the stream nor disappears. Entries left
-pending by a crashed consumer are claimed after `CLAIM_IDLE_MS` by a live one.
+and acknowledged in one transaction, so it neither blocks the stream nor disappears. So is an entry
+that failed `MAX_ATTEMPTS` times in a row with an unexpected error (a bug, a trigger refusing it):
+entries are handled in stream order, so without the cap one such entry would hold back every
+later one forever. Outages (Redis or PostgreSQL unreachable, a serialization failure or deadlock)
+are not counted: those entries wait for the dependency, however long. Entries left pending by a
+crashed consumer are claimed after `CLAIM_IDLE_MS` by a live one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
@@ -33,6 +36,7 @@ from notifications_svc.outbox import Outbox
 from shared import keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed
+from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,19 @@ _CLAIM_EVERY = 15.0  # seconds between XAUTOCLAIM sweeps
 _READ_COUNT = 50
 _BLOCK_MS = 2_000  # below the client's socket timeout, so a quiet stream is not an error
 _DEAD_MAXLEN = 100_000
+MAX_ATTEMPTS = 5  # unexpected failures in a row before an entry is dead-lettered
+
+# Failures that say nothing about the entry: retried without counting.
+_OUTAGES: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
 
 INGESTED = Counter("notifications_ingested_total", "Ingest stream entries turned into rows")
 DEAD_LETTERED = Counter("notifications_dead_lettered_total", "Ingest entries moved to dead letter")
@@ -79,7 +96,7 @@ class IngestConsumer:
     """One consumer of the group; `run` is its background loop (cancel to stop)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, client: redis.Redis, outbox: Outbox, max_payload_bytes: int
+        self, pool: asyncpg.Pool, client: RedisClient, outbox: Outbox, max_payload_bytes: int
     ) -> None:
         self._pool = pool
         self._max_payload_bytes = max_payload_bytes
@@ -91,6 +108,9 @@ class IngestConsumer:
         # but not acknowledged, and ">" will never show them again.
         self._pending = True
         self._next_claim = 0.0
+        # Unexpected failures in a row per entry id; an entry is here only while it keeps failing
+        # (handled in order, so at most a batch of entries at once).
+        self._failures: dict[bytes, int] = {}
 
     async def run(self) -> None:
         backoff = Backoff(base=0.2, maximum=5.0)
@@ -107,12 +127,13 @@ class IngestConsumer:
                 log.warning("ingest: redis unreachable", extra={"error": repr(exc)})
                 self._group_ready, self._pending = False, True
                 await backoff.sleep()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.warning("ingest: postgres unreachable", extra={"error": repr(exc)})
+            except _OUTAGES as exc:
+                log.warning("ingest: postgres unavailable", extra={"error": repr(exc)})
                 self._pending = True
                 await backoff.sleep()
             except Exception:
-                # Ingestion must outlive any surprise; the entry stays pending and is retried.
+                # Ingestion must outlive any surprise; the entry stays pending and is retried
+                # (up to MAX_ATTEMPTS times, then dead-lettered).
                 log.exception("ingest: unexpected error")
                 self._pending = True
                 await backoff.sleep()
@@ -187,6 +208,17 @@ class IngestConsumer:
         except (InvalidEntry, ValidationFailed) as exc:
             await self._dead_letter(entry_id, fields, str(exc))
             return
+        except _OUTAGES:
+            raise
+        except Exception as exc:
+            attempts = self._failures.get(entry_id, 0) + 1
+            if attempts < MAX_ATTEMPTS:
+                self._failures[entry_id] = attempts
+                raise
+            self._failures.pop(entry_id, None)
+            await self._dead_letter(entry_id, fields, f"failed {attempts} times: {exc!r}")
+            return
+        self._failures.pop(entry_id, None)
         if created.created:
             INGESTED.inc()
             await self._outbox.after_commit(request.user_id)
@@ -199,15 +231,23 @@ class IngestConsumer:
 
     async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         dead = {**fields, b"dead_reason": reason.encode(), b"dead_source_id": entry_id}
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # One MULTI/EXEC here; in a Redis Cluster the two streams live in different slots, so the
+        # acknowledgement follows the dead letter (a crash in between dead-letters it twice).
+        split = is_cluster(self._redis)
+        async with self._redis.pipeline(transaction=not split) as pipe:
             pipe.xadd(
                 keys.NOTIFICATIONS_DEAD_LETTER_STREAM,
                 dead,  # type: ignore[arg-type]  # redis-py's stub wants str keys; bytes work
                 maxlen=_DEAD_MAXLEN,
                 approximate=True,
             )
-            pipe.xack(keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id)
+            if not split:
+                pipe.xack(
+                    keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP, entry_id
+                )
             await pipe.execute()
+        if split:
+            await self._ack(entry_id)
         DEAD_LETTERED.inc()
         log.warning(
             "ingest entry dead-lettered",

@@ -20,7 +20,6 @@ import logging
 from uuid import UUID
 
 import asyncpg
-import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -28,6 +27,7 @@ from notifications_svc import store
 from notifications_svc.model import frame_bytes
 from shared import publish, redis_client
 from shared.backoff import Backoff
+from shared.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ RedisDown = RedisError
 class Outbox:
     """Publishes unpublished notifications. One per process; `run_relay` is its background loop."""
 
-    def __init__(self, pool: asyncpg.Pool, client: redis.Redis) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: RedisClient) -> None:
         self._pool = pool
         self._redis = client
         self._wake = asyncio.Event()

@@ -5,6 +5,12 @@ confusion are refused before any signature work), its signature verifies, `exp` 
 the future, `sub` is a UUID, and `aud`/`iss` match when configured. Every refusal raises
 `TokenError` whose `reason` is a short, stable phrase safe to show a client and to log (it never
 contains the token itself).
+
+A client presents the same token on every request until it refreshes it, and verifying one costs
+tens of microseconds of PyJWT (a fifth of notifications_svc's CPU per list request, py-spy). So a
+verifier remembers the tokens it accepted — keyed by the exact token string, bounded in number —
+until the token expires or `VERIFIED_MAX_AGE` passes, whichever is first (the bound keeps a key
+removed from a JWKS from being honoured for long). A refused token is never remembered.
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ class Identity:
     expires_at: float
 
 
+VERIFIED_CACHE_SIZE = 10_000  # accepted tokens remembered per verifier
+VERIFIED_MAX_AGE = 300.0  # seconds an acceptance is remembered at most
+
+
 class TokenVerifier:
     """Verifies client JWTs against the configured algorithm and key. Thread-safe, reusable."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cache_size: int = VERIFIED_CACHE_SIZE) -> None:
+        self._cache_size = cache_size
+        self._verified: dict[str, tuple[Identity, float]] = {}
         self._algorithm = settings.jwt_algorithm
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
@@ -55,6 +67,24 @@ class TokenVerifier:
         """Return the token's identity or raise `TokenError` with a distinct reason."""
         if not token:
             raise TokenError("token missing")
+        now = time.time()
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if now < remembered[1]:
+                return remembered[0]
+            self._verified.pop(token, None)
+        identity = self._verify(token)
+        if len(self._verified) >= self._cache_size:
+            self._verified.pop(next(iter(self._verified), ""), None)  # the oldest
+        self._verified[token] = (identity, min(identity.expires_at, now + VERIFIED_MAX_AGE))
+        return identity
+
+    @property
+    def remembered(self) -> int:
+        """How many accepted tokens this verifier remembers."""
+        return len(self._verified)
+
+    def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
+from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
@@ -39,10 +40,22 @@ from shared.errors import Unavailable
 log = logging.getLogger(__name__)
 
 
-def create_client(url: str) -> RedisCluster:
-    """A cluster client for `url` (any one node; the rest is discovered). No I/O happens here."""
+def create_client(
+    url: str, *, decode_responses: bool = False, max_connections: int | None = None
+) -> RedisCluster:
+    """A cluster client for `url` (any one node; the rest is discovered). No I/O happens here.
+
+    `max_connections` bounds each node's pool (None: redis-py's default)."""
+    options: dict[str, Any] = (
+        {} if max_connections is None else {"max_connections": max_connections}
+    )
     return RedisCluster.from_url(
-        url, socket_connect_timeout=2, socket_timeout=5, require_full_coverage=True
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        require_full_coverage=True,
+        decode_responses=decode_responses,
+        **options,
     )
 
 
@@ -136,6 +149,11 @@ class ShardedSubscriber:
     def channels(self) -> frozenset[str]:
         """The channels this subscriber wants, whether or not a slot move is in progress."""
         return frozenset(self._wanted)
+
+    def confirmed(self, channel: str) -> bool:
+        """Whether Redis confirmed `channel` and its shard link has not been lost since."""
+        event = self._confirmed.get(channel)
+        return event is not None and event.is_set()
 
     async def subscribe(self, *channels: str) -> None:
         """SSUBSCRIBE each channel on the shard owning its slot and wait for Redis to confirm
@@ -234,6 +252,9 @@ class ShardedSubscriber:
         async with self._lock:
             if self._shards.get(shard.name) is shard:
                 del self._shards[shard.name]
+            for channel in shard.channels:
+                if channel in self._confirmed:
+                    self._confirmed[channel].clear()
         await shard.close()
         await self._resubscribe(set(shard.channels))
 

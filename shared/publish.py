@@ -4,6 +4,10 @@ A frame is encoded once by the caller (or here) and wrapped in the pub/sub envel
 `shared.wire`; every gateway holding a connection of the target forwards the same bytes. Publishing
 is fire-and-forget (Redis pub/sub): a caller that must not lose a frame keeps its own durable copy
 and replays it — as notifications do with their per-user `seq` and outbox.
+
+On a Redis Cluster (`REDIS_CLUSTER`, which makes the client a `RedisCluster`) every frame goes out
+with SPUBLISH, routed to the shard owning the channel's slot, which is where the gateways'
+SSUBSCRIBEs are: a classic PUBLISH would never reach a shard subscriber.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import time
 from uuid import UUID
 
 import msgspec
-import redis.asyncio as redis
 
 from shared import keys
+from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, encode, encode_envelope
 
 
@@ -22,32 +26,37 @@ def _bytes(frame: bytes | msgspec.Struct | dict[str, object]) -> bytes:
     return frame if isinstance(frame, bytes) else encode(frame)
 
 
+async def _publish(client: RedisClient, channel: str, payload: bytes) -> int:
+    if is_cluster(client):
+        return int(await client.spublish(channel, payload))
+    return int(await client.publish(channel, payload))
+
+
 async def to_user(
-    client: redis.Redis,
+    client: RedisClient,
     user_id: UUID | str,
     frame: bytes | msgspec.Struct | dict[str, object],
     *,
     seq: int | None = None,
 ) -> int:
-    """Publish to every connection of `user_id`; returns how many gateways received it."""
+    """Publish to every connection of `user_id`; returns how many gateways received it (in a
+    cluster: how many of the owning shard's subscribers)."""
     meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
-    return int(
-        await client.publish(keys.user_channel(user_id), encode_envelope(_bytes(frame), meta))
-    )
+    return await _publish(client, keys.user_channel(user_id), encode_envelope(_bytes(frame), meta))
 
 
 async def to_session(
-    client: redis.Redis, session_id: UUID | str, frame: bytes | msgspec.Struct | dict[str, object]
+    client: RedisClient, session_id: UUID | str, frame: bytes | msgspec.Struct | dict[str, object]
 ) -> int:
     """Publish to every connection attached to `session_id`."""
     meta = EnvelopeMeta(ts=time.time())
-    return int(
-        await client.publish(keys.session_channel(session_id), encode_envelope(_bytes(frame), meta))
+    return await _publish(
+        client, keys.session_channel(session_id), encode_envelope(_bytes(frame), meta)
     )
 
 
 async def to_everyone(
-    client: redis.Redis,
+    client: RedisClient,
     frame: bytes | msgspec.Struct | dict[str, object],
     *,
     exclude_session: UUID | str | None = None,
@@ -56,4 +65,4 @@ async def to_everyone(
     meta = EnvelopeMeta(
         exclude_session=str(exclude_session) if exclude_session else None, ts=time.time()
     )
-    return int(await client.publish(keys.BROADCAST_CHANNEL, encode_envelope(_bytes(frame), meta)))
+    return await _publish(client, keys.BROADCAST_CHANNEL, encode_envelope(_bytes(frame), meta))

@@ -121,6 +121,13 @@ VARIABLES: tuple[Variable, ...] = (
         secret=True,
     ),
     Variable(
+        "REDIS_CLUSTER",
+        _parse_bool,
+        "false",
+        "`REDIS_URL` names one node of a Redis Cluster (7.0+): fan-out uses sharded pub/sub "
+        "(SPUBLISH/SSUBSCRIBE). Every service of a deployment must agree. Needs `REDIS_URL`.",
+    ),
+    Variable(
         "SECRET_KEY",
         _text,
         "",
@@ -360,6 +367,7 @@ class Settings:
     agent_reclaim_idle: float
     agent_tool_modules: str
     sse_keepalive_interval: float
+    redis_cluster: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -404,6 +412,8 @@ class Settings:
             )
         if len(self.internal_token) < 32:
             raise ConfigError("INTERNAL_TOKEN: must be at least 32 characters")
+        if self.redis_cluster and not self.redis_url:
+            raise ConfigError("REDIS_CLUSTER: needs REDIS_URL (the embedded Redis is one server)")
         if self.ws_rate_burst < 1:
             raise ConfigError("WS_RATE_BURST: must be at least 1")
         if self.ws_connection_timeout <= self.ws_heartbeat_interval:

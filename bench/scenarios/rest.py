@@ -4,14 +4,17 @@ then PostgreSQL) and straight at notifications_svc (to show what the proxy hop c
 
 The rows are bulk-loaded with COPY (users, per-user counters, notifications with gapless per-user
 seqs, about one in five unread, all already published so the outbox relay has nothing to do),
-then ANALYZEd. Requests go to random users over `rest_concurrency` keep-alive connections;
-latency is request written to response read, per request.
+then ANALYZEd. Requests go to random users over keep-alive connections, at each in-flight level
+of `rest_concurrency` (one request in flight is the latency; more show it under load); latency is
+request written to response read, per request. Each run also reports the CPU the gateway and
+notifications_svc spent per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 import uuid
@@ -147,6 +150,35 @@ async def _measure(
     return latencies, statuses, time.monotonic() - started
 
 
+def _run_one(
+    pids: dict[str, int],
+    via: str,
+    endpoint: str,
+    port: int,
+    tokens: list[str],
+    scale: Scale,
+    concurrency: int,
+) -> dict[str, Any]:
+    """One endpoint, one way in, one in-flight level: latency, throughput, server CPU."""
+    seconds_before = {name: system.cpu_seconds(pid) for name, pid in pids.items()}
+    latencies, statuses, seconds = uvloop.run(
+        _measure(port, ENDPOINTS[endpoint], tokens, scale.rest_requests, concurrency)
+    )
+    used = {name: system.cpu_seconds(pid) - seconds_before[name] for name, pid in pids.items()}
+    return {
+        "via": via,
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        **stats.summarize(latencies),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "throughput": round(len(latencies) / seconds, 1),
+        "cpu": {name: round(cpu / seconds, 3) for name, cpu in used.items()},
+        "cpu_ms_per_request": {
+            name: round(cpu * 1000 / max(1, len(latencies)), 3) for name, cpu in used.items()
+        },
+    }
+
+
 def run(
     scale: Scale,
     settings: Settings,
@@ -154,6 +186,11 @@ def run(
     pids: dict[str, int],
     progress: Progress,
 ) -> dict[str, Any]:
+    """Measure every endpoint, straight and through the gateway, at each in-flight level.
+
+    notifications_svc joins the gateway on the server core for the measurement (both are servers
+    under test here; the client and PostgreSQL stay on the load core) and goes back afterwards.
+    """
     users = [uuid.uuid4() for _ in range(scale.rest_users)]
     loaded = uvloop.run(load(settings, users, scale.rest_rows))
     progress.step(
@@ -161,32 +198,20 @@ def run(
         f"{loaded['total_seconds']:.1f}s"
     )
     tokens = [mint_token(settings, user, ttl=3600) for user in users]
-    results: dict[str, Any] = {
-        "users": scale.rest_users,
-        "load": loaded,
-        "concurrency": scale.rest_concurrency,
-        "via": {},
-    }
-    for via, port in ports.items():
-        results["via"][via] = {}
-        for name, path in ENDPOINTS.items():
-            meters = {n: system.CpuMeter([pid]) for n, pid in pids.items()}
-            for meter in meters.values():
-                meter.start()
-            latencies, statuses, seconds = uvloop.run(
-                _measure(port, path, tokens, scale.rest_requests, scale.rest_concurrency)
-            )
-            summary = stats.summarize(latencies)
-            results["via"][via][name] = {
-                **summary,
-                "statuses": {str(k): v for k, v in statuses.items()},
-                "throughput": round(len(latencies) / seconds, 1),
-                "cpu": {n: round(m.stop(), 3) for n, m in meters.items()},
-            }
+    servers = {name: pids[name] for name in ("gateway", "notifications_svc")}
+    service = servers["notifications_svc"]
+    home = frozenset(os.sched_getaffinity(service))
+    system.pin(service, frozenset(os.sched_getaffinity(servers["gateway"])))
+    runs = []
+    try:
+        for concurrency in scale.rest_concurrency:
+            for via, port in ports.items():
+                for endpoint in ENDPOINTS:
+                    runs.append(_run_one(servers, via, endpoint, port, tokens, scale, concurrency))
+    finally:
+        system.pin(service, home)
     line = ", ".join(
-        f"{via} {name} p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms"
-        for via, endpoints in results["via"].items()
-        for name, r in endpoints.items()
+        f"{r['via']} {r['endpoint']}@{r['concurrency']} p99 {r['p99_ms']:.1f} ms" for r in runs
     )
     progress.step(f"rest: {line}")
-    return results
+    return {"users": scale.rest_users, "load": loaded, "runs": runs}

@@ -100,3 +100,47 @@ def test_write_draws_plots(tmp_path: Path) -> None:
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "fanout_latency_vs_rate.png" in pngs
     assert all(f"]({name})" in path.read_text() for name in pngs)
+
+
+def rest_run(via: str, endpoint: str, concurrency: int, p99: float) -> dict[str, Any]:
+    return {
+        "via": via,
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        "count": 100,
+        "p50_ms": p99 / 2,
+        "p95_ms": p99 * 0.9,
+        "p99_ms": p99,
+        "max_ms": p99 + 1,
+        "statuses": {"200": 100},
+        "throughput": 500.0,
+        "cpu": {"gateway": 0.2, "notifications_svc": 0.4},
+        "cpu_ms_per_request": {"gateway": 0.4, "notifications_svc": 0.8},
+    }
+
+
+def test_rest_verdict_is_the_latency_with_one_request_in_flight() -> None:
+    """The REST target is judged on the gateway list with the fewest requests in flight; the
+    loaded levels are named beside it and tabled with their CPU per request."""
+    rest = {
+        "users": 10_000,
+        "load": {"rows": 1_000_000, "copy_seconds": 20.0},
+        "runs": [
+            rest_run("gateway", "list", 1, 8.5),
+            rest_run("notifications_svc", "list", 1, 4.0),
+            rest_run("gateway", "list", 8, 40.0),
+        ],
+    }
+    results = {**RESULTS, "rest": rest}
+    row = next(r for r in report.targets(results) if r["name"] == "REST list")
+    assert row["met"] is True
+    assert "8.5 ms p99" in row["measured"] and "40.0 ms with 8 in flight" in row["measured"]
+    slow = {**rest, "runs": [rest_run("gateway", "list", 1, 12.0)]}
+    assert (
+        next(
+            r["met"] for r in report.targets({**RESULTS, "rest": slow}) if r["name"] == "REST list"
+        )
+        is False
+    )
+    text = report.markdown(results, [])
+    assert "| gateway | list | 8 | 100 | 20.0 | 36.0 | 40.0 | 41.0 | 500.0 | 0.4 | 0.8 |" in text

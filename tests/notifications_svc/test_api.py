@@ -52,7 +52,8 @@ async def test_list_newest_first_with_seed_fields(http: httpx.AsyncClient, auth:
 
 
 async def test_pagination_pages_and_cursor(http: httpx.AsyncClient, auth: Auth) -> None:
-    """page/page_size slice the list; next_cursor walks the same order without offsets."""
+    """page/page_size slice the list (a page past the end is empty, with the right total);
+    next_cursor walks the same order without offsets."""
     user = uuid.uuid4()
     for n in range(7):
         await create(http, user, title=f"n{n}")
@@ -68,6 +69,17 @@ async def test_pagination_pages_and_cursor(http: httpx.AsyncClient, auth: Auth) 
         assert body["page"] == page
         pages.append([i["title"] for i in body["items"]])
     assert pages == [expected[0:3], expected[3:6], expected[6:7]]
+    beyond = await http.get(
+        "/api/v1/notifications", params={"page": 4, "page_size": 3}, headers=auth(user)
+    )
+    assert beyond.json() | {"page": 0} == {
+        "items": [],
+        "total": 7,
+        "page": 0,
+        "page_size": 3,
+        "has_more": False,
+        "next_cursor": None,
+    }
 
     seen: list[str] = []
     params: dict[str, str | int] = {"page_size": 3}

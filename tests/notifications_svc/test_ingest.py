@@ -10,12 +10,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
 
-from notifications_svc.ingest import CLAIM_IDLE_MS, InvalidEntry, parse_entry
+from notifications_svc.ingest import CLAIM_IDLE_MS, MAX_ATTEMPTS, InvalidEntry, parse_entry
 from shared import keys
+from shared.infra import EmbeddedRedis
 from shared.settings import Settings
 from tests.conftest import SpawnService
 from tests.notifications_svc.conftest import payload
@@ -180,3 +182,51 @@ def test_parse_entry_defaults_dedupe_key_to_entry_id() -> None:
     assert keyed.dedupe_key == "k"
     with pytest.raises(InvalidEntry, match="payload"):
         parse_entry(b"1-0", {}, 65536)
+
+
+async def test_entry_failing_every_time_is_dead_lettered_and_unblocks_the_stream(
+    spawn_service: SpawnService,
+    private_database: str,
+    private_redis: EmbeddedRedis,
+    token_for: Callable[..., str],
+) -> None:
+    """An entry that fails with an unexpected error on every attempt (here a trigger raising
+    for it) is dead-lettered after MAX_ATTEMPTS, and the entries behind it are then ingested."""
+    service = spawn_service(
+        "notifications_svc", DATABASE_URL=private_database, REDIS_URL=private_redis.url
+    )
+    database = await asyncpg.connect(private_database)
+    try:
+        await database.execute(
+            """
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.title = 'poison' THEN RAISE EXCEPTION 'poison refused'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON notifications.notifications
+            FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+            """
+        )
+    finally:
+        await database.close()
+    user = uuid.uuid4()
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        poison = await client.xadd(
+            keys.NOTIFICATIONS_INGEST_STREAM, {"payload": json.dumps(payload(user, title="poison"))}
+        )
+        healthy = await client.xadd(
+            keys.NOTIFICATIONS_INGEST_STREAM, {"payload": json.dumps(payload(user, title="fine"))}
+        )
+        dead = await _dead_entry(client, poison, timeout=30)
+        assert dead[b"dead_reason"].decode().startswith(f"failed {MAX_ATTEMPTS} times")
+        assert "poison refused" in dead[b"dead_reason"].decode()
+        await _processed(client, poison, healthy)
+        headers = {"Authorization": f"Bearer {token_for(user)}"}
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+            items = await _listed(http, headers, 1)
+        assert [i["title"] for i in items] == ["fine"]
+    finally:
+        await client.aclose()
+        service.stop()

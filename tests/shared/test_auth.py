@@ -87,6 +87,42 @@ def test_tampered_payload_is_refused(settings: Settings) -> None:
     assert _reason(settings, forged) == "token signature invalid"
 
 
+def test_remembered_token_still_expires(settings: Settings) -> None:
+    """A token accepted (and remembered) once is refused as expired after its `exp`."""
+    verifier = TokenVerifier(settings)
+    expires = int(time.time()) + 2
+    token = jwt.encode({"sub": str(uuid.uuid4()), "exp": expires}, KEY)
+    assert verifier.verify(token).expires_at == expires
+    assert verifier.verify(token).expires_at == expires
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(TokenError, match="token expired"):
+        verifier.verify(token)
+
+
+def test_remembering_a_token_accepts_nothing_else(settings: Settings) -> None:
+    """After a token was accepted, a forgery sharing its header and signature is still refused
+    by the same verifier, and refused tokens are not remembered."""
+    verifier = TokenVerifier(settings)
+    token = mint_token(settings, uuid.uuid4(), 60)
+    verifier.verify(token)
+    header, _, signature = token.split(".")
+    payload = _b64({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60})
+    forged = f"{header}.{payload}.{signature}"
+    for _ in range(2):
+        with pytest.raises(TokenError, match="token signature invalid"):
+            verifier.verify(forged)
+    assert verifier.remembered == 1
+
+
+def test_remembered_tokens_are_bounded(settings: Settings) -> None:
+    """The verifier remembers at most `cache_size` tokens, forgetting the oldest first."""
+    verifier = TokenVerifier(settings, cache_size=3)
+    tokens = [mint_token(settings, uuid.uuid4(), 60) for _ in range(10)]
+    identities = [verifier.verify(token) for token in tokens]
+    assert verifier.remembered == 3
+    assert [verifier.verify(token) for token in tokens] == identities
+
+
 def test_audience_and_issuer_checked_when_configured(tmp_path: Path) -> None:
     """With JWT_AUDIENCE/JWT_ISSUER set, tokens must carry matching claims."""
     settings = Settings.from_env(

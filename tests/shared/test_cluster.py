@@ -9,7 +9,6 @@ restarting — each time the owner is told, so it can replay what was missed.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,17 +16,12 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared import cluster, keys
-from tests.support.redis_cluster import LocalRedisCluster, redis_server_7
+from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
 
 
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    binary = redis_server_7()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
-        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
-    nodes = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), binary).start()
+    nodes = started_or_skip(tmp_path_factory.mktemp("cluster"))
     try:
         yield nodes
     finally:

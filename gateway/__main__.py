@@ -3,6 +3,7 @@
 from typing import Any
 
 from gateway.app import create_app
+from gateway.wsprotocol import GatewayWebSocketProtocol
 from shared.service import serve
 
 
@@ -10,4 +11,10 @@ async def _drain(app: Any) -> None:
     await app.state.manager.drain()
 
 
-serve("gateway", create_app, lambda settings: settings.gateway_port, drain=_drain)
+serve(
+    "gateway",
+    create_app,
+    lambda settings: settings.gateway_port,
+    drain=_drain,
+    ws_protocol=GatewayWebSocketProtocol,
+)

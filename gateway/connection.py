@@ -1,13 +1,22 @@
-"""One client WebSocket after its handshake: its send queue, its writer, its read loop.
+"""One client WebSocket after its handshake: how frames reach it, and its read loop.
 
-Every frame to the client goes through one bounded queue drained in order, so frames leave in
-the order they were queued and a slow client costs at most `WS_SEND_QUEUE_SIZE` frames of memory:
-`offer()` (the fan-out path, which must never wait) closes it with 1013 when the queue is full;
-`put()` (replay, chat) waits for room instead. The queue is a plain list (56 bytes empty; a deque
-costs 760 with its first block, and at most `WS_SEND_QUEUE_SIZE` entries make popping its head
-cheap) drained by a flush task that exists only while frames are pending: an idle connection holds
-no writer task, no `asyncio.Queue` and no futures (at 10k connections that is what idle memory is
-spent on).
+Frames to the client leave in the order they were offered, and a slow client costs a bounded
+amount of memory. Two ways out, chosen per connection by `open_connection()`:
+
+- `RawConnection` (in production: the gateway runs `gateway.wsprotocol.GatewayWebSocketProtocol`):
+  a frame's wire bytes, built once per published frame (`TextFrame`), are written straight to the
+  transport, synchronously, from the delivery path — no task, no ASGI message and no encoding per
+  recipient; frames held back until `start_writer()` leave in one write. Backpressure is the
+  transport's: while its write buffer is over the high-water mark (64 KiB), `offer()` (the fan-out
+  path, which must never wait) counts the frames it still writes, and the one beyond
+  `WS_SEND_QUEUE_SIZE` closes the connection with 1013 (slow consumer) instead — the same bound as
+  a queue of that many frames behind a full socket.
+- `AsgiConnection` (no `FrameSink` in the scope, e.g. under a test client): a bounded list of
+  texts (`WS_SEND_QUEUE_SIZE` frames; 1013 when full) drained in order through ASGI
+  `websocket.send` by a flush task that exists only while frames are pending.
+
+Either way `offer()` never waits and `put()` (replay, chat) waits for room instead; frames offered
+before `start_writer()` are held back (in order) until then.
 
 The read loop enforces the rate limit, answers `ping` and `refresh_token`, hands chat frames to
 `gateway.chat` in bounded background tasks, and answers anything else with an `error` frame — bad
@@ -20,7 +29,6 @@ States: open -> closing (a close code chosen, writer stopped) -> closed (handler
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -30,6 +38,7 @@ from starlette.websockets import WebSocket
 
 from gateway import chat, frames, metrics
 from gateway.limits import TokenBucket, Verdict
+from gateway.wsprotocol import EXTENSION, FrameSink, TextFrame
 from shared import keys
 from shared.auth import TokenError, TokenVerifier
 from shared.wire import error_frame
@@ -42,25 +51,41 @@ log = logging.getLogger(__name__)
 CHAT_CONCURRENCY = 4  # chat frames of one connection processed at once; more are refused
 CLOSE_TIMEOUT = 5.0  # a client that does not read cannot receive a close frame either
 
-_RATE_LIMITED = error_frame("RATE_LIMITED", "too many frames: slow down").decode()
-_BINARY = error_frame("INVALID_MESSAGE", "binary frames are not supported").decode()
-_TOO_MANY_IN_FLIGHT = error_frame(
-    "TOO_MANY_IN_FLIGHT", "wait for an answer before sending more"
-).decode()
+_RATE_LIMITED = TextFrame(error_frame("RATE_LIMITED", "too many frames: slow down"))
+_BINARY = TextFrame(error_frame("INVALID_MESSAGE", "binary frames are not supported"))
+_TOO_MANY_IN_FLIGHT = TextFrame(
+    error_frame("TOO_MANY_IN_FLIGHT", "wait for an answer before sending more")
+)
+_SLOW_CONSUMER = "slow consumer: send queue full"
+
+
+def open_connection(
+    manager: ConnectionManager,
+    websocket: WebSocket,
+    conn_id: str,
+    user_id: UUID,
+    session_id: UUID,
+    expires_at: float,
+) -> Connection:
+    """A `RawConnection` when the server offers a `FrameSink` for this WebSocket, else an
+    `AsgiConnection`."""
+    extension = (websocket.scope.get("extensions") or {}).get(EXTENSION) or {}
+    sink: FrameSink | None = extension.get("sink")
+    if sink is not None:
+        return RawConnection(manager, websocket, conn_id, user_id, session_id, expires_at, sink)
+    return AsgiConnection(manager, websocket, conn_id, user_id, session_id, expires_at)
 
 
 class Connection:
-    """A live connection. Created by the endpoint once the client is authenticated."""
+    """A live connection. Created (through `open_connection()`) by the endpoint once the client
+    is authenticated. Subclasses own the way frames leave."""
 
     __slots__ = (
         "__weakref__",
         "_bucket",
         "_chat_tasks",
-        "_flusher",
         "_limit",
         "_manager",
-        "_pending",
-        "_room",
         "_started",
         "channels",
         "close_code",
@@ -108,76 +133,48 @@ class Connection:
         self.pending_seq = 0
         self.close_code: int | None = None
         self.close_reason = ""
-        self._pending: list[str] = []
         self._limit = settings.ws_send_queue_size
         self._started = False  # frames are held until `start_writer()`
-        self._flusher: asyncio.Task[None] | None = None  # runs only while frames are pending
-        self._room: asyncio.Event | None = None  # created by the first `put()` that must wait
         self._bucket = TokenBucket(settings.ws_rate_limit, settings.ws_rate_burst)
         self._chat_tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} session={self.session_id} user={self.user_id}>"
 
-    # Sending.
+    # Sending: what every connection offers.
 
     def start_writer(self) -> None:
-        """Let queued frames go out (until now they were held back), and every later one."""
-        self._started = True
-        self._kick()
+        """Let held frames go out (until now they were held back), and every later one."""
+        raise NotImplementedError
 
-    def _kick(self) -> None:
-        if self._flusher is None and self._started and self._pending:
-            self._flusher = asyncio.create_task(self._flush())
+    def offer(self, frame: TextFrame) -> bool:
+        """Send or queue a frame without waiting; a consumer too far behind is closed 1013.
+        Returns whether the frame was accepted (False on a closed connection). Not counted in
+        `FRAMES_OUT`: the caller counts (the fan-out once per published frame)."""
+        raise NotImplementedError
 
-    def offer(self, text: str) -> bool:
-        """Queue a frame without waiting; a full queue closes the connection 1013 (slow
-        consumer). Returns whether the frame was queued."""
-        if self.close_code is not None:
-            return False
-        if len(self._pending) >= self._limit:
-            metrics.DROPPED.labels("slow_consumer").inc()
-            self._manager.close_later(self, 1013, "slow consumer: send queue full")
-            return False
-        self._pending.append(text)
-        if self._flusher is None and self._started:
-            self._flusher = asyncio.create_task(self._flush())
-        return True
-
-    async def put(self, text: str) -> None:
-        """Queue a frame, waiting for room (replay and chat: they can afford to wait). Returns at
-        once on a closed connection (the frame is dropped with it)."""
-        while self.close_code is None and len(self._pending) >= self._limit:
-            if self._room is None:
-                self._room = asyncio.Event()
-            self._room.clear()
-            await self._room.wait()
-        if self.close_code is None:
-            self._pending.append(text)
-            self._kick()
+    async def put(self, frame: TextFrame) -> None:
+        """Send or queue a frame, waiting for room first (replay and chat: they can afford to
+        wait). Returns at once on a closed connection (the frame is dropped with it)."""
+        raise NotImplementedError
 
     async def send_bytes(self, frame: bytes) -> None:
-        """`ChatContext.send`: queue an encoded frame, waiting for room."""
-        await self.put(frame.decode())
+        """`ChatContext.send`: an encoded frame, through `put()`."""
+        await self.put(TextFrame(frame))
 
-    async def _flush(self) -> None:
-        """Send what is pending, in order, then end (the next frame starts a new flush)."""
-        send = self.websocket.send
-        pending = self._pending
-        try:
-            while pending:
-                text = pending.pop(0)
-                if self._room is not None:
-                    self._room.set()
-                await send({"type": "websocket.send", "text": text})
-                metrics.FRAMES_OUT.inc()
-        except (OSError, RuntimeError) as exc:
-            # The client is gone (the read loop sees the disconnect) or the socket was closed:
-            # send nothing more; what is offered now fills the queue up to its bound.
-            self._started = False
-            log.debug("writer stopped", extra={"connection": self.conn_id, "error": repr(exc)})
-        finally:
-            self._flusher = None
+    def _stop_writer(self) -> None:
+        """Send nothing more and free what is queued."""
+        raise NotImplementedError
+
+    async def _settle(self) -> None:
+        """Before a close frame (not 1013): give what is queued a moment to leave."""
+
+    def _abandon(self) -> None:
+        """The close frame could not be sent in time (the client does not read)."""
+
+    def _slow_consumer(self) -> None:
+        metrics.DROPPED.labels("slow_consumer").inc()
+        self._manager.close_later(self, 1013, _SLOW_CONSUMER)
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame (after what is queued, if the client reads it in time) and stop
@@ -186,24 +183,21 @@ class Connection:
             return
         self.close_code, self.close_reason = code, reason
         metrics.CLOSES.labels(str(code), reason.partition(":")[0]).inc()
-        flusher = self._flusher
-        if flusher is not None and code != 1013:
-            # Give what is already queued (a final replayed notification, an error frame) a
-            # moment to reach a client that reads.
-            await asyncio.wait((flusher,), timeout=0.5)
+        if code != 1013:
+            # What is already queued (a final replayed notification, an error frame) should
+            # reach a client that reads.
+            await self._settle()
         self._started = False
-        if self._flusher is not None:
-            self._flusher.cancel()
-        # Free the queued frames now, and wake any `put()` waiting for room (it finds the
-        # connection closed and adds nothing more).
-        self._pending.clear()
-        if self._room is not None:
-            self._room.set()
+        self._stop_writer()
         for task in self._chat_tasks:
             task.cancel()
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.websocket.close(code, reason)
+        except TimeoutError:
+            self._abandon()
+        except Exception as exc:  # the client is gone: nothing to close
+            log.debug("no close frame", extra={"connection": self.conn_id, "error": repr(exc)})
 
     # Reading.
 
@@ -235,8 +229,7 @@ class Connection:
                     await self._handle(text, verifier)
         finally:
             self._started = False
-            if self._flusher is not None:
-                self._flusher.cancel()
+            self._stop_writer()
             for task in self._chat_tasks:
                 task.cancel()
 
@@ -246,26 +239,27 @@ class Connection:
         try:
             kind = frames.classify(text)
             if kind == "ping":
-                await self.put(frames.pong())
+                await self.put(TextFrame.of(frames.pong()))
             elif kind in chat.CHAT_FRAME_TYPES:
                 await self._chat(text.encode())
             elif kind == "refresh_token":
                 await self.put(self._refresh(frames.refresh_token(text), verifier))
             else:
-                await self.put(error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}").decode())
+                unknown = error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}")
+                await self.put(TextFrame(unknown))
         except frames.FrameError as exc:
-            await self.put(exc.frame.decode())
+            await self.put(TextFrame(exc.frame))
 
-    def _refresh(self, token: str, verifier: TokenVerifier) -> str:
+    def _refresh(self, token: str, verifier: TokenVerifier) -> TextFrame:
         """Adopt a fresh token of the same user; the frame to answer with."""
         try:
             identity = verifier.verify(token)
         except TokenError as exc:
-            return error_frame("TOKEN_INVALID", exc.reason).decode()
+            return TextFrame(error_frame("TOKEN_INVALID", exc.reason))
         if identity.user_id != self.user_id:
-            return error_frame("TOKEN_INVALID", "token is for another user").decode()
+            return TextFrame(error_frame("TOKEN_INVALID", "token is for another user"))
         self.expires_at, self.warned = identity.expires_at, False
-        return frames.token_refreshed(identity.expires_at)
+        return TextFrame.of(frames.token_refreshed(identity.expires_at))
 
     async def _chat(self, raw: bytes) -> None:
         if len(self._chat_tasks) >= CHAT_CONCURRENCY:
@@ -290,4 +284,153 @@ class Connection:
         except Exception:
             log.exception("chat frame failed", extra={"connection": self.conn_id})
             failed = error_frame("PROCESSING_ERROR", "the message could not be processed")
-            await self.put(failed.decode())
+            await self.put(TextFrame(failed))
+
+
+class RawConnection(Connection):
+    """Frames go to the transport as pre-framed bytes through the connection's `FrameSink`."""
+
+    __slots__ = ("_behind", "_held", "_sink")
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        websocket: WebSocket,
+        conn_id: str,
+        user_id: UUID,
+        session_id: UUID,
+        expires_at: float,
+        sink: FrameSink,
+    ) -> None:
+        super().__init__(manager, websocket, conn_id, user_id, session_id, expires_at)
+        self._sink = sink
+        self._held: list[bytes] = []  # wire bytes offered before `start_writer()`
+        self._behind = 0  # frames written since the write buffer went over its high-water mark
+
+    def start_writer(self) -> None:
+        self._started = True
+        if self._held:
+            held, self._held = self._held, []
+            if self.close_code is None:
+                self._sink.write_frames(b"".join(held))
+
+    def offer(self, frame: TextFrame) -> bool:
+        if self.close_code is not None:
+            return False
+        if not self._started:
+            if len(self._held) >= self._limit:
+                self._slow_consumer()
+                return False
+            self._held.append(frame.wire)
+            return True
+        sink = self._sink
+        if sink.write_paused:
+            self._behind += 1
+            if self._behind > self._limit:
+                if self._behind == self._limit + 1:  # once: the close is already on its way
+                    self._slow_consumer()
+                return False
+        else:
+            self._behind = 0
+        return sink.write_frames(frame.wire)
+
+    async def put(self, frame: TextFrame) -> None:
+        sink = self._sink
+        while self.close_code is None and self._started and sink.write_paused:
+            await sink.wait_writable()
+        if self.close_code is not None:
+            return
+        if self._started:
+            sink.write_frames(frame.wire)
+        else:
+            self._held.append(frame.wire)
+        metrics.FRAMES_OUT.inc()
+
+    def _stop_writer(self) -> None:
+        self._held.clear()
+
+    def _abandon(self) -> None:
+        # The close frame is stuck behind unread bytes: drop the socket and its buffer now
+        # rather than hold both until the keepalive ping times out.
+        self._sink.abort()
+
+
+class AsgiConnection(Connection):
+    """Frames queue as text and leave through ASGI `websocket.send`, one flush task draining
+    them while any are pending."""
+
+    __slots__ = ("_flusher", "_pending", "_room")
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        websocket: WebSocket,
+        conn_id: str,
+        user_id: UUID,
+        session_id: UUID,
+        expires_at: float,
+    ) -> None:
+        super().__init__(manager, websocket, conn_id, user_id, session_id, expires_at)
+        self._pending: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None  # runs only while frames are pending
+        self._room: asyncio.Event | None = None  # created by the first `put()` that must wait
+
+    def start_writer(self) -> None:
+        self._started = True
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._flusher is None and self._started and self._pending:
+            self._flusher = asyncio.create_task(self._flush())
+
+    def offer(self, frame: TextFrame) -> bool:
+        if self.close_code is not None:
+            return False
+        if len(self._pending) >= self._limit:
+            self._slow_consumer()
+            return False
+        self._pending.append(frame.text)
+        self._kick()
+        return True
+
+    async def put(self, frame: TextFrame) -> None:
+        while self.close_code is None and len(self._pending) >= self._limit:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+        if self.close_code is None:
+            self._pending.append(frame.text)
+            self._kick()
+            metrics.FRAMES_OUT.inc()
+
+    async def _flush(self) -> None:
+        """Send what is pending, in order, then end (the next frame starts a new flush)."""
+        send = self.websocket.send
+        pending = self._pending
+        try:
+            while pending:
+                text = pending.pop(0)
+                if self._room is not None:
+                    self._room.set()
+                await send({"type": "websocket.send", "text": text})
+        except (OSError, RuntimeError) as exc:
+            # The client is gone (the read loop sees the disconnect) or the socket was closed:
+            # send nothing more; what is offered now fills the queue up to its bound.
+            self._started = False
+            log.debug("writer stopped", extra={"connection": self.conn_id, "error": repr(exc)})
+        finally:
+            self._flusher = None
+
+    async def _settle(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait((self._flusher,), timeout=0.5)
+
+    def _stop_writer(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        # Free the queued frames now, and wake any `put()` waiting for room (it finds the
+        # connection closed and adds nothing more).
+        self._pending.clear()
+        if self._room is not None:
+            self._room.set()

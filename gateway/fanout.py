@@ -2,9 +2,9 @@
 
 The instance subscribes to a user's or session's channel when its first local connection joins
 and unsubscribes when the last one leaves; the broadcast channel is always subscribed. Each
-published envelope is split once (`shared.wire.decode_envelope`), its frame decoded to text once,
-and handed with its routing metadata to the delivery callback together with the set of local
-members — no per-connection Redis work, no re-encoding.
+published envelope is split once (`shared.wire.decode_envelope`), its frame checked once to be
+UTF-8, and the frame's bytes handed with its routing metadata to the delivery callback together
+with the set of local members — no per-connection Redis work, no re-encoding.
 
 The link is watched (PING every few seconds, a read deadline): when it drops, the reader
 reconnects with jittered backoff, resubscribes everything, and — once Redis has confirmed every
@@ -43,7 +43,8 @@ from shared.wire import EnvelopeMeta, decode_envelope
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Hashable)
-Deliver = Callable[[Collection[M], EnvelopeMeta, str], None]
+# (members, routing metadata, the frame: UTF-8 JSON bytes, validated)
+Deliver = Callable[[Collection[M], EnvelopeMeta, bytes], None]
 
 BROADCAST = keys.BROADCAST_CHANNEL.encode()
 
@@ -91,12 +92,13 @@ class _Router(Generic[M]):
             return
         try:
             meta, frame = decode_envelope(payload)
-            text = frame.decode()
+            if not frame.isascii():
+                frame.decode()  # a text frame must be UTF-8: refuse a bad one here, once
         except (ValueError, UnicodeDecodeError):
             metrics.DROPPED.labels("bad_envelope").inc()
             log.warning("dropped a malformed envelope", extra={"channel": channel.decode()})
             return
-        self._deliver(members, meta, text)
+        self._deliver(members, meta, frame)
         if meta.ts is not None:
             metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - meta.ts))
 

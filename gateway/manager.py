@@ -3,12 +3,14 @@ correct across instances.
 
 It ties together the registry (who is connected where, the per-session cap), the fan-out (which
 channels this instance needs), and the notifications replay (resume and gap fill). Delivery of a
-published frame is allocation-light: for each local recipient, filter (excluded session, duplicate
-or out-of-order `seq`) and queue the same text. A frame for at most `WS_DELIVERY_CHUNK` recipients
-is delivered synchronously on the fan-out reader; a larger one (a broadcast to 10k connections)
-goes to an instance-wide FIFO drained by one delivery task that yields to the event loop after
-every `WS_DELIVERY_CHUNK` recipients, so no fan-out stalls the loop for long. While that FIFO is
-not empty every frame, however small, joins it: frames reach each connection in publish order.
+published frame is allocation-light: its wire bytes are built once
+(`gateway.wsprotocol.TextFrame`), then each local recipient is filtered (excluded session,
+duplicate or out-of-order `seq`) and handed the same frame, which `Connection.offer()` writes to
+its socket at once. A frame for at most `WS_DELIVERY_CHUNK` recipients is delivered synchronously
+on the fan-out reader; a larger one (a broadcast to 10k connections) goes to an instance-wide FIFO
+drained by one delivery task that yields to the event loop after every `WS_DELIVERY_CHUNK`
+recipients, so no fan-out stalls the loop for long. While that FIFO is not empty every frame,
+however small, joins it: frames reach each connection in publish order.
 
 Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
 for a connection (`replaying`), live notifications are held back — only the highest held seq is
@@ -17,6 +19,9 @@ remembered — and the replay continues until it has passed it; afterwards a liv
 notifications); frames are lost only when the pub/sub link drops, and then every user held is
 caught up by replay once the link is back. So each connection sees every notification once, in seq
 order, whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
+
+Connection objects are frozen out of the garbage collector's sight as they accumulate
+(`gateway.heap`), so collections while clients connect do not walk every open connection.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ import redis.asyncio as redis
 from gateway import frames, metrics
 from gateway.connection import Connection
 from gateway.fanout import FanoutUnavailable, create_fanout
+from gateway.heap import HeapFreezer
 from gateway.registry import create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
+from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
 from shared.redis_client import RedisClient
@@ -60,6 +67,7 @@ EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` i
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
+FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap)
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]
@@ -112,9 +120,10 @@ class ConnectionManager:
         self._replay_slots = asyncio.Semaphore(REPLAY_CONCURRENCY)
         self._empty = asyncio.Event()
         self._detaching = 0
+        self._heap = HeapFreezer(FREEZE_STEP)
         # Deliveries waiting for the delivery task (which runs exactly while this is non-empty
         # or it is finishing the entry it took), oldest first.
-        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, str]] = deque()
+        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, TextFrame]] = deque()
         self._deliverer: asyncio.Task[None] | None = None
 
     # Lifecycle.
@@ -218,6 +227,7 @@ class ConnectionManager:
             raise Refused(1013, "too many connections for this session")
         self.connections[conn.conn_id] = conn
         metrics.OPEN_CONNECTIONS.inc()
+        self._heap.opened()
         greeting = ConnectionEstablished(
             ConnectionEstablishedData(
                 session_id=conn.session_key, user_id=str(conn.user_id), connected_at=utc_now_iso()
@@ -225,7 +235,8 @@ class ConnectionManager:
         )
         # The greeting is queued first, but the writer starts only once Redis confirmed the
         # subscriptions: a client told "established" receives everything published after.
-        conn.offer(encode(greeting).decode())
+        conn.offer(TextFrame(encode(greeting)))
+        metrics.FRAMES_OUT.inc()
         self._everyone.add(conn)
         try:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
@@ -272,6 +283,7 @@ class ConnectionManager:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         metrics.OPEN_CONNECTIONS.dec()
+        self._heap.closed()
         self._everyone.discard(conn)
         self._detaching += 1
         try:
@@ -311,16 +323,17 @@ class ConnectionManager:
 
     # Delivery (called by the fan-out reader, synchronously, in the order Redis sent frames).
 
-    def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, text: str) -> None:
-        """Queue `text` to `members`, in publish order per connection: at once when the frame is
-        small and nothing is waiting, else behind everything waiting, via the delivery task.
-        Never waits."""
+    def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, payload: bytes) -> None:
+        """Send the frame `payload` to `members`, in publish order per connection: at once when
+        the frame is small and nothing is waiting, else behind everything waiting, via the
+        delivery task. Never waits. The frame is put on the wire format once, here."""
+        frame = TextFrame(payload)
         if self._deliverer is None and len(members) <= self.settings.ws_delivery_chunk:
-            self._offer(members, meta, text)
+            self._offer(members, meta, frame)
             return
         # A snapshot: the live member sets change while the delivery task yields. Who joins
         # meanwhile gets what is published after its join, as with synchronous delivery.
-        self._backlog.append((tuple(members), meta, text))
+        self._backlog.append((tuple(members), meta, frame))
         if self._deliverer is None:
             self._deliverer = self._spawn(self._drain_backlog())
 
@@ -331,14 +344,14 @@ class ConnectionManager:
         budget = chunk
         try:
             while backlog:
-                members, meta, text = backlog.popleft()
+                members, meta, frame = backlog.popleft()
                 start, count = 0, len(members)
                 while start < count:
                     if budget <= 0:
                         await asyncio.sleep(0)
                         budget = chunk
                     end = min(count, start + budget)
-                    self._offer(members[start:end], meta, text)
+                    self._offer(members[start:end], meta, frame)
                     budget -= end - start
                     start = end
                 budget -= 1  # an entry costs something even with no recipient left
@@ -347,8 +360,9 @@ class ConnectionManager:
             # take the synchronous path again.
             self._deliverer = None
 
-    def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, text: str) -> None:
+    def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, frame: TextFrame) -> None:
         seq, exclude = meta.seq, meta.exclude_session
+        sent = 0
         for conn in members:
             if exclude is not None and conn.session_key == exclude:
                 continue
@@ -361,7 +375,9 @@ class ConnectionManager:
                     metrics.DROPPED.labels("duplicate").inc()
                     continue
                 conn.last_seq = seq
-            conn.offer(text)
+            sent += conn.offer(frame)
+        if sent:
+            metrics.FRAMES_OUT.inc(sent)
 
     def _resync(self, channels: Collection[bytes] | None) -> None:
         """Redis came back (on a cluster: the shard of `channels`; None: every channel): replay,
@@ -405,9 +421,10 @@ class ConnectionManager:
             if cursor is None:
                 cursor = page.last_seq
             for seq, text in page.frames:
+                frame = TextFrame.of(text)
                 for conn in conns:
                     if conn.close_code is None and (conn.last_seq is None or seq > conn.last_seq):
-                        await conn.put(text)
+                        await conn.put(frame)
                         conn.last_seq = seq
                         metrics.GAP_FILLS.inc()
                 cursor = max(cursor, seq)
@@ -439,7 +456,7 @@ class ConnectionManager:
             await asyncio.sleep(interval)
 
     async def _watch(self) -> None:
-        """Idle timeout (1000), token expiry (warning, then 1008)."""
+        """Idle timeout (1000), token expiry (warning, then 1008), and the heap's freezes."""
         settings = self.settings
         interval = min(1.0, settings.ws_heartbeat_interval / 2)
         while True:
@@ -455,4 +472,6 @@ class ConnectionManager:
                     self.close_later(conn, 1008, "token expired")
                 elif not conn.warned and now >= conn.expires_at - EXPIRY_WARNING:
                     conn.warned = True
-                    conn.offer(frames.token_expiring(conn.expires_at))
+                    if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
+                        metrics.FRAMES_OUT.inc()
+            self._heap.tick(len(self.connections))

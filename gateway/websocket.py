@@ -16,7 +16,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gateway import metrics
-from gateway.connection import Connection
+from gateway.connection import Connection, open_connection
 from gateway.handshake import HandshakeError, credentials, origin_allowed
 from gateway.manager import ConnectionManager, Refused
 from shared.auth import Identity, TokenError, TokenVerifier
@@ -54,7 +54,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         except ValueError:
             raise Refused(1008, "session id is not a UUID") from None
         await manager.claim(session_id, identity.user_id)
-        conn = Connection(
+        conn = open_connection(
             manager,
             websocket,
             manager.new_connection_id(),

@@ -9,6 +9,7 @@ shutdown, while the listening socket is still open, so the service closes its co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,10 @@ def serve(
     port: Callable[[Settings], int],
     *,
     drain: Drain | None = None,
+    ws_protocol: type[asyncio.Protocol] | None = None,
 ) -> None:
+    """Run `factory(settings)` under uvicorn until SIGTERM/SIGINT. `ws_protocol` replaces
+    uvicorn's WebSocket protocol class (default: its sans-I/O `websockets` protocol)."""
     settings = load_or_exit()
     log.configure(name, settings.log_level, settings.secrets())
     app = factory(settings)
@@ -69,7 +73,7 @@ def serve(
         # 1 task per connection, against 35 KB, 164 objects and 5 tasks with the legacy
         # `websockets` protocol. (`auto` picks it today; pinned so an upgrade cannot change it.)
         # The event loop and HTTP parser stay `auto`: uvloop and httptools, from uvicorn[standard].
-        ws="websockets-sansio",
+        ws=ws_protocol or "websockets-sansio",
     )
     server = uvicorn.Server(config) if drain is None else _DrainingServer(config, app, drain)
     server.run()

@@ -232,7 +232,8 @@ VARIABLES: tuple[Variable, ...] = (
         "WS_SEND_QUEUE_SIZE",
         _positive_int,
         "256",
-        "Frames buffered per connection; a consumer that falls further behind is closed with 1013.",
+        "Frames a connection may fall behind beyond its socket's write buffer (64 KiB); one more "
+        "closes it with 1013 (slow consumer).",
     ),
     Variable(
         "WS_DELIVERY_CHUNK",

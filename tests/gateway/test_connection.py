@@ -84,10 +84,12 @@ async def test_slow_consumer_closed_1013(
     )
     assert (await recv_json(slow))["type"] == "connection_established"
     healthy = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
-    big = encode({"type": "bulk", "blob": "y" * 60_000})
+    big = encode({"type": "bulk", "blob": "y" * 100_000})
     client = redis.Redis.from_url(infra.redis.url)
-    # ~5 MB at once: more than the socket buffers and the 4-frame queue can hold.
-    await asyncio.gather(*(shared_publish.to_session(client, session, big) for _ in range(80)))
+    # ~20 MB at once: more than the kernel's socket buffers (a few MB on loopback), the
+    # transport's 64 KiB and 4 frames beyond it can hold.
+    for _ in range(4):
+        await asyncio.gather(*(shared_publish.to_session(client, session, big) for _ in range(50)))
     await client.aclose()
     code, reason = await closed_with(slow, timeout=15)
     assert code == 1013 and reason.startswith("slow consumer")

@@ -1,0 +1,137 @@
+"""The gateway's WebSocket wire path: server-to-client text frames framed once, written raw.
+
+A server-to-client frame is unmasked (RFC 6455, 5.1), so its wire bytes — header and payload —
+are the same for every recipient. `TextFrame` holds them, built once per published frame; the
+fan-out writes the same `bytes` to each recipient's transport.
+
+`GatewayWebSocketProtocol` is uvicorn's sans-I/O `websockets` protocol plus one ASGI extension,
+`scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
+`FrameSink` that writes pre-framed bytes straight to the transport while the connection is open
+and reports whether the transport's write buffer is over its high-water mark (backpressure).
+Everything else — handshake, close, keepalive pings, client frames — stays on uvicorn's standard
+ASGI path, and the gateway works without the extension (`gateway.connection.AsgiConnection`).
+
+Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
+a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
+nothing on the server side ever fragments a message — ASGI `websocket.send` always sends one
+final frame, and so does `TextFrame` — so no raw frame can land inside a fragmented message.
+After the close frame (`close_sent`), or once the transport is closing, the sink refuses.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+EXTENSION = "gateway.frames"
+
+_FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of one unmasked, final text frame carrying `payload` (UTF-8, not
+    checked here)."""
+    size = len(payload)
+    if size < 126:
+        return _SHORT.pack(_FIN_TEXT, size) + payload
+    if size < 65536:
+        return _MEDIUM.pack(_FIN_TEXT, 126, size) + payload
+    return _LONG.pack(_FIN_TEXT, 127, size) + payload
+
+
+class TextFrame:
+    """One frame for clients: its wire bytes (built at once) and its text (decoded on first use,
+    by connections without a `FrameSink`). Immutable; share one instance among recipients."""
+
+    __slots__ = ("_text", "payload", "wire")
+
+    def __init__(self, payload: bytes, text: str | None = None) -> None:
+        self.payload = payload
+        self.wire = text_frame(payload)
+        self._text = text
+
+    @classmethod
+    def of(cls, text: str) -> TextFrame:
+        return cls(text.encode(), text)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
+
+
+class FrameSink(Protocol):
+    """What the gateway sees of a connection's transport through the ASGI extension."""
+
+    def write_frames(self, data: bytes) -> bool:
+        """Write whole pre-framed frames now, without waiting; False (nothing written) once
+        the close frame was sent or the transport is closing."""
+        ...
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport's write buffer is over its high-water mark."""
+        ...
+
+    async def wait_writable(self) -> None:
+        """Return once the write buffer is under its low-water mark or the connection is
+        lost."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake, discarding unsent bytes."""
+        ...
+
+
+class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O protocol that also offers itself as the connection's `FrameSink`
+    (pass the class as uvicorn's `ws` setting)."""
+
+    # A plain attribute, not a property over uvicorn's `writable` event: it is read once per
+    # frame and recipient on the fan-out path.
+    write_paused = False
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the ASGI scope exists only for an upgrade
+            extensions = self.scope.get("extensions")
+            if extensions is not None:
+                # ASGI: an extension's value is a dict of its own data.
+                extensions[EXTENSION] = {"sink": self}
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Like uvicorn's `writable` event: nobody waits for a lost transport to drain.
+        self.write_paused = False
+        super().connection_lost(exc)
+
+    def write_frames(self, data: bytes) -> bool:
+        if (
+            self.close_sent
+            or self.disconnected
+            or not self.handshake_complete
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(data)
+        return True
+
+    async def wait_writable(self) -> None:
+        await self.writable.wait()
+
+    def abort(self) -> None:
+        self.transport.abort()

@@ -1,0 +1,239 @@
+"""The raw send path (`gateway.wsprotocol`): frames framed once and written straight to the
+transport arrive intact and in order, interleaved with the greeting, replay and answers to the
+client; a client that stops reading is closed 1013 without the gateway's memory growing; a
+broadcast reaches every client once; and without the extension (uvicorn's stock protocol) the
+ASGI fallback path delivers the same frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis.asyncio as redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Frame, Opcode
+
+from gateway.wsprotocol import TextFrame, text_frame
+from shared import keys
+from shared.wire import EnvelopeMeta, encode_envelope
+from tests.conftest import Infra, SpawnService
+from tests.gateway.conftest import Cluster, open_ws, recv_json, silent, ws_url
+from tests.gateway.test_manager import create
+from tests.support.processes import ServiceProcess
+
+Token = Callable[..., str]
+
+# Payload sizes around the three length encodings of a frame header (7-bit, 16-bit, 64-bit).
+SIZES = (20, 125, 126, 127, 65_535, 65_536, 70_000)
+
+
+def test_text_frame_matches_websockets() -> None:
+    """`text_frame` gives the bytes `websockets` sends for an unmasked final text frame, for
+    every length encoding; `TextFrame` keeps the text for the fallback path."""
+    for size in (0, 1, 125, 126, 127, 65_535, 65_536, 70_000):
+        payload = b"x" * size
+        assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+    frame = TextFrame.of('{"a": "é"}')
+    assert frame.payload == '{"a": "é"}'.encode() and frame.text == '{"a": "é"}'
+    assert TextFrame(b'{"b": 1}').text == '{"b": 1}'
+
+
+@pytest.fixture(scope="module")
+def chunked(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+    """A gateway on the raw path that delivers large fan-outs in chunks of 16."""
+    return spawn_service("gateway", WS_DELIVERY_CHUNK="16", **cluster.upstream_env)
+
+
+@pytest.fixture(scope="module")
+def stock(cluster: Cluster, base_env: dict[str, str], log_dir: Path) -> Iterator[ServiceProcess]:
+    """The gateway on uvicorn's stock WebSocket protocol: the ASGI fallback path."""
+    process = ServiceProcess(
+        "tests.gateway.stock_gateway",
+        base_env | cluster.upstream_env,
+        log_dir,
+        "GATEWAY_PORT",
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+def _frame(name: str, size: int) -> bytes:
+    """A test frame whose JSON is exactly `size` bytes (at least 40), padded with a marker that
+    shows truncation or corruption."""
+    head = msgspec.json.encode({"type": "test", "data": {"n": name, "pad": ""}})
+    pad = max(0, size - len(head))
+    return msgspec.json.encode({"type": "test", "data": {"n": name, "pad": "p" * pad}})
+
+
+def _envelope(channel: str, frame: bytes, seq: int | None = None) -> tuple[str, bytes]:
+    """A PUBLISH's arguments, enveloped as `shared.publish` does."""
+    return channel, encode_envelope(frame, EnvelopeMeta(seq=seq, ts=time.time()))
+
+
+async def _exercise_ordering(
+    gateway: ServiceProcess, cluster: Cluster, infra: Infra, token: Token
+) -> None:
+    user, session = uuid.uuid4(), uuid.uuid4()
+    async with httpx.AsyncClient() as http:
+        before = []
+        for start in range(0, 120, 20):
+            before += await asyncio.gather(
+                *(create(http, cluster.notifications, user, i) for i in range(start, start + 20))
+            )
+        ws = await open_ws(gateway, session, token(user), query={"last_seq": 0}, max_size=None)
+        # The replay of 120 notifications is running: everything below interleaves with it.
+        client = redis.Redis.from_url(infra.redis.url)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for i, size in enumerate(SIZES * 3):
+                    pipe.publish(*_envelope(keys.session_channel(session), _frame(f"s{i}", size)))
+                await pipe.execute()
+        finally:
+            await client.aclose()
+        for _ in range(3):
+            await ws.send('{"type": "ping"}')
+        await ws.send('{"type": "message"}')  # no text: the chat seam answers with an error
+        after = [await create(http, cluster.notifications, user, i) for i in range(120, 125)]
+    seqs: list[int] = []
+    session_frames: list[dict[str, Any]] = []
+    pongs = errors = 0
+    async with asyncio.timeout(30):
+        while len(seqs) < len(before) + len(after) or len(session_frames) < len(SIZES) * 3:
+            frame = await recv_json(ws, 30)
+            if frame["type"] == "notification":
+                seqs.append(frame["data"]["seq"])
+            elif frame["type"] == "test":
+                session_frames.append(frame)
+            elif frame["type"] == "pong":
+                pongs += 1
+            elif frame["type"] == "error":
+                errors += 1
+    assert seqs == sorted(before + after)
+    assert [f["data"]["n"] for f in session_frames] == [f"s{i}" for i in range(len(SIZES) * 3)]
+    for i, got in enumerate(session_frames):
+        assert json.dumps(got, separators=(",", ":")).encode() == _frame(f"s{i}", SIZES[i % 7])
+    async with asyncio.timeout(5):
+        while pongs < 3 or errors < 1:
+            kind = (await recv_json(ws))["type"]
+            pongs += kind == "pong"
+            errors += kind == "error"
+    assert await silent(ws)
+    await ws.close()
+
+
+async def test_raw_frames_intact_and_in_order(
+    cluster: Cluster, infra: Infra, token_for: Token
+) -> None:
+    """On the raw path a resuming client gets the greeting, then its 125 notifications once in
+    seq order while session frames of every header size arrive intact in publish order, and the
+    answers to its pings and chat frame arrive too."""
+    await _exercise_ordering(cluster.a, cluster, infra, token_for)
+
+
+async def test_fallback_path_without_the_extension(
+    stock: ServiceProcess, cluster: Cluster, infra: Infra, token_for: Token
+) -> None:
+    """Under uvicorn's stock protocol (no `FrameSink`) the same traffic arrives the same way."""
+    await _exercise_ordering(stock, cluster, infra, token_for)
+
+
+async def test_broadcast_reaches_every_client_once(
+    chunked: ServiceProcess, infra: Infra, token_for: Token
+) -> None:
+    """Three broadcasts of different header sizes, delivered in chunks of 16, reach each of 150
+    clients once, in order and intact."""
+    clients: list[ClientConnection] = []
+    for _ in range(3):
+        clients += await asyncio.gather(
+            *(
+                open_ws(chunked, uuid.uuid4(), token_for(uuid.uuid4()), max_size=None)
+                for _ in range(50)
+            )
+        )
+    frames = [_frame(f"b{i}", size) for i, size in enumerate((40, 200, 70_000))]
+    client = redis.Redis.from_url(infra.redis.url)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for frame in frames:
+                pipe.publish(*_envelope(keys.BROADCAST_CHANNEL, frame))
+            await pipe.execute()
+    finally:
+        await client.aclose()
+
+    async def received(ws: ClientConnection) -> list[bytes]:
+        got = [await asyncio.wait_for(ws.recv(decode=False), 20) for _ in frames]
+        assert await silent(ws, 0.1)
+        return got
+
+    for got in await asyncio.gather(*(received(ws) for ws in clients)):
+        assert got == frames
+    await asyncio.gather(*(ws.close() for ws in clients))
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _rss_kib(process: ServiceProcess) -> int:
+    assert process.process is not None
+    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+    assert match is not None
+    return int(match.group(1))
+
+
+async def test_slow_reader_closed_1013_without_memory_growth(
+    cluster: Cluster, spawn_service: SpawnService, infra: Infra, token_for: Token
+) -> None:
+    """A client that stops reading while 30 MB are published to it is closed 1013 (slow
+    consumer) once 4 frames (`WS_SEND_QUEUE_SIZE`) wait beyond the transport's buffer; the
+    gateway's memory does not grow with what was published, and the connection, whose close
+    frame cannot get through, is dropped after the close timeout."""
+    gateway = spawn_service("gateway", WS_SEND_QUEUE_SIZE="4", **cluster.upstream_env)
+    session = uuid.uuid4()
+    # max_queue=1: the client library stops reading from the socket almost at once.
+    slow = await connect(
+        ws_url(gateway, session, token=token_for(uuid.uuid4())),
+        compression=None,
+        max_queue=1,
+        max_size=None,
+    )
+    assert (await recv_json(slow))["type"] == "connection_established"
+    rss_before = _rss_kib(gateway)
+    big = _frame("big", 100_000)
+    client = redis.Redis.from_url(infra.redis.url)
+    metrics_url = gateway.url + "/metrics"
+    peak = rss_before
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(30):  # 30 x 10 x 100 kB
+                async with client.pipeline(transaction=False) as pipe:
+                    for _ in range(10):
+                        pipe.publish(*_envelope(keys.session_channel(session), big))
+                    await pipe.execute()
+                peak = max(peak, _rss_kib(gateway))
+            dropped = 'gateway_ws_frames_dropped_total{reason="slow_consumer"}'
+            async with asyncio.timeout(15):
+                while True:
+                    text = (await http.get(metrics_url)).text
+                    peak = max(peak, _rss_kib(gateway))
+                    if _metric(text, "gateway_ws_connections") == 0:
+                        break
+                    await asyncio.sleep(0.2)
+            assert _metric(text, dropped) == 1  # the frame that found it too far behind
+            assert _metric(text, 'gateway_ws_closes_total{code="1013",reason="slow consumer"}') == 1
+    finally:
+        await client.aclose()
+        slow.transport.abort()  # nothing to read: the gateway dropped it
+    assert peak - rss_before < 10 * 1024, (rss_before, peak)

@@ -52,6 +52,9 @@ CHAT_CONCURRENCY = 4  # chat frames of one connection processed at once; more ar
 CLOSE_TIMEOUT = 5.0  # a client that does not read cannot receive a close frame either
 
 _RATE_LIMITED = TextFrame(error_frame("RATE_LIMITED", "too many frames: slow down"))
+_USER_RATE_LIMITED = TextFrame(
+    error_frame("RATE_LIMITED", "too many frames from this user's connections: slow down")
+)
 _BINARY = TextFrame(error_frame("INVALID_MESSAGE", "binary frames are not supported"))
 _TOO_MANY_IN_FLIGHT = TextFrame(
     error_frame("TOO_MANY_IN_FLIGHT", "wait for an answer before sending more")
@@ -219,6 +222,9 @@ class Connection:
                     continue
                 if verdict is Verdict.REFUSE:
                     await self.put(_RATE_LIMITED)
+                    continue
+                if not await self._manager.user_rate.admit(self.user_id):
+                    await self.put(_USER_RATE_LIMITED)
                     continue
                 text = message.get("text")
                 if text is None:

@@ -1,14 +1,38 @@
-"""Per-connection rate limiting: a token bucket with a strike count, pure and allocation-free.
+"""Rate limits on client frames: per connection, and per user across every gateway.
 
-`admit()` answers, for one client frame: accepted, refused (send `RATE_LIMITED`), or refused for
-too long (close 1008). A client that exceeds the rate a little is slowed down; one that floods
-accumulates strikes faster than accepted frames pay them back and is disconnected.
+Per connection, `TokenBucket.admit()` answers, for one client frame: accepted, refused (send
+`RATE_LIMITED`), or refused for too long (close 1008). A client that exceeds the rate a little is
+slowed down; one that floods accumulates strikes faster than accepted frames pay them back and is
+disconnected. It is pure and allocation-free.
+
+Per user, `UserRateLimit` counts the frames a connection's bucket accepted in a one-second window
+in Redis (`ws:rate:user:<id>`, one key: cluster-safe), so a user cannot multiply the rate by
+opening many connections on many gateways. The window starts at the user's first frame; a fixed
+window lets up to twice the limit through around a window's end, which is the price of one
+round trip per frame. When Redis cannot answer, frames are let through (the per-connection
+bucket still holds): a rate limit must not make an outage worse.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
+from uuid import UUID
+
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+WINDOW_MS = 1000
 
 
 class Verdict(enum.Enum):
@@ -45,3 +69,20 @@ class TokenBucket:
             return Verdict.ACCEPT
         self._strikes += 1
         return Verdict.DISCONNECT if self._strikes > self._burst else Verdict.REFUSE
+
+
+class UserRateLimit:
+    """At most `limit` client frames per second per user, over every connection and gateway."""
+
+    def __init__(self, client: RedisClient, limit: int) -> None:
+        self._count = client.register_script(_COUNT)
+        self._limit = limit
+
+    async def admit(self, user_id: UUID) -> bool:
+        """Whether one more frame of `user_id` fits in its window (True when Redis is down)."""
+        try:
+            count = await self._count(keys=[keys.user_rate(user_id)], args=[WINDOW_MS])
+        except (RedisError, OSError) as exc:
+            log.debug("user rate not checked", extra={"error": repr(exc)})
+            return True
+        return int(count) <= self._limit

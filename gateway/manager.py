@@ -44,6 +44,7 @@ from gateway import frames, metrics
 from gateway.connection import Connection
 from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
+from gateway.limits import UserRateLimit
 from gateway.registry import create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.wsprotocol import TextFrame
@@ -104,6 +105,7 @@ class ConnectionManager:
             redis_client, self.instance_id, settings.ws_heartbeat_interval
         )
         self._replay = ReplayClient(notifications, settings.internal_token)
+        self.user_rate = UserRateLimit(redis_client, settings.ws_user_rate_limit)
         self._everyone: set[Connection] = set()
         self._fanout = create_fanout(
             redis_client,

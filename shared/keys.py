@@ -35,6 +35,11 @@ def gateway_connections(instance_id: str) -> str:
 
 
 # Fan-out channels (pub/sub). Payloads are envelopes: see shared.wire.
+def user_rate(user_id: UUID | str) -> str:
+    """Client frames of one user in the current one-second window, across every gateway."""
+    return f"ws:rate:user:{user_id}"
+
+
 def user_channel(user_id: UUID | str) -> str:
     return f"ch:user:{user_id}"
 

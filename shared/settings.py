@@ -254,6 +254,13 @@ VARIABLES: tuple[Variable, ...] = (
         "Client frames a connection may send in a burst (token bucket size).",
     ),
     Variable(
+        "WS_USER_RATE_LIMIT",
+        _positive_int,
+        "60",
+        "Client frames per second allowed per user across all of their connections on every "
+        "gateway (a one-second window counted in Redis); frames over it get `RATE_LIMITED`.",
+    ),
+    Variable(
         "HTTP_MAX_BODY_BYTES",
         _positive_int,
         "65536",
@@ -354,6 +361,7 @@ class Settings:
     ws_delivery_chunk: int
     ws_rate_limit: float
     ws_rate_burst: int
+    ws_user_rate_limit: int
     http_max_body_bytes: int
     upstream_timeout: float
     anthropic_base_url: str

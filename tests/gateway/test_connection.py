@@ -45,6 +45,34 @@ def limited(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
     )
 
 
+@pytest.fixture(scope="module")
+def user_limited(cluster: Cluster, spawn_service: SpawnService) -> list[ServiceProcess]:
+    """Two gateways with a small per-user frame rate and a generous per-connection one."""
+    env = {"WS_USER_RATE_LIMIT": "4", "WS_RATE_LIMIT": "100", "WS_RATE_BURST": "100"}
+    return [spawn_service("gateway", **env, **cluster.upstream_env) for _ in range(2)]
+
+
+async def test_user_rate_limit_spans_connections_and_gateways(
+    user_limited: list[ServiceProcess], token_for: Token
+) -> None:
+    """A user's frames count together across connections on different gateways: six pings at
+    once, three per connection, against a limit of four per second get four pongs and two
+    RATE_LIMITED errors; another user is not affected."""
+    user = uuid.uuid4()
+    connections = [await open_ws(g, uuid.uuid4(), token_for(user)) for g in user_limited]
+    other = await open_ws(user_limited[0], uuid.uuid4(), token_for(uuid.uuid4()))
+    for ws in (*connections, other):
+        for _ in range(3):
+            await ws.send('{"type": "ping"}')
+    answers = [(await recv_json(ws)) for ws in connections for _ in range(3)]
+    kinds = sorted(a["type"] if a["type"] == "pong" else a["error"]["code"] for a in answers)
+    assert kinds == ["RATE_LIMITED"] * 2 + ["pong"] * 4
+    assert all("user" in a["error"]["message"] for a in answers if a["type"] == "error")
+    assert [(await recv_json(other))["type"] for _ in range(3)] == ["pong"] * 3
+    for ws in (*connections, other):
+        await ws.close()
+
+
 async def test_oversized_frame_closes_1009(limited: ServiceProcess, token_for: Token) -> None:
     """A frame over WS_MAX_MESSAGE_BYTES closes the connection with 1009."""
     ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))

@@ -33,6 +33,7 @@ PROBE_INTERVAL = 0.01
 LATENCY_TARGET_MS = 50.0  # a step "passes" with p99 below this and nothing lost
 FAILURE_P99_MS = 1000.0  # past this the server is overloaded: the ramp stops
 SETTLE_SECONDS = 1.0
+HELD_SECONDS = 3.0  # probe window with every connection of an idle level up and nothing arriving
 # A frame not received after QUIET_SECONDS without any arrival (or DRAIN_TIMEOUT in all) is lost:
 # long enough to ride out a garbage-collection pause, short enough to bound a step.
 QUIET_SECONDS = 3.0
@@ -141,6 +142,10 @@ def idle_connections(
         time.sleep(SETTLE_SECONDS)
         rss = system.rss_bytes(server.pid)
         status = load.status()
+        # Two windows: while this level's clients connected (handshakes, registry writes, the
+        # heap growing), then with all of them held and nothing arriving.
+        connecting = _stall(load)
+        time.sleep(HELD_SECONDS)
         row = {
             "connections": level,
             "open": status["open"],
@@ -153,13 +158,15 @@ def idle_connections(
             "rss_bytes": rss,
             "rss_baseline_bytes": rss0,
             "rss_per_connection_bytes": round((rss - rss0) / level) if level else 0,
+            "worst_stall_connecting_ms": connecting["worst_stall_ms"],
             **_stall(load),
         }
         rows.append(row)
         progress.step(
             f"{server.name} idle {level} connections: {status['open']} open in "
             f"{connect_seconds:.1f}s, {row['rss_per_connection_bytes'] / 1024:.1f} KiB each, "
-            f"worst stall {row['worst_stall_ms']:.1f} ms"
+            f"worst stall {row['worst_stall_connecting_ms']:.1f} ms while connecting, "
+            f"{row['worst_stall_ms']:.1f} ms held"
         )
         if status["open"] < level * 0.99:
             break

@@ -36,6 +36,7 @@ def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
                 "connect_seconds": 9.5,
                 "connect_rate": 1052.6,
                 "rss_per_connection_bytes": 8_000,
+                "worst_stall_connecting_ms": 45.0,
                 "worst_stall_ms": stall,
             }
         ],
@@ -82,6 +83,16 @@ def test_stall_counts_only_sustained_load() -> None:
     assert report.worst_stall(RESULTS["websocket"]["gateway"]) == 12.0
     verdicts = {row["name"]: row["met"] for row in report.targets(RESULTS)}
     assert verdicts["event-loop stall"] is True
+
+
+def test_stall_while_connecting_is_shown_beside_the_verdict() -> None:
+    """The stall while clients connect is named in the stall row and tabled, but the verdict is
+    about the connections held."""
+    row = next(r for r in report.targets(RESULTS) if r["name"] == "event-loop stall")
+    assert row["met"] is True
+    assert "45.0 ms while connecting up to 10,000" in row["measured"]
+    text = report.markdown(RESULTS, [])
+    assert "| 10,000 | 10,000 | 9.5 | 1052.6 | 8.0 KB | 45.0 | 4.0 |" in text
 
 
 def test_markdown_has_a_table_per_scenario_and_the_failure() -> None:

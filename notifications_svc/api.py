@@ -4,10 +4,16 @@ The gateway proxies these paths unchanged with the client's Authorization header
 verifies the JWT itself. Authentication comes before any other check (a request without a valid
 token learns nothing, not even that its id was malformed); the caller's id is then part of every
 SQL statement, so another user's notification answers 404 exactly like a missing one.
+
+The same endpoints are also mounted under `/internal/v1/users/{user_id}/notifications...` for our
+own services acting for a user (the agent's tools): the internal token instead of the user's JWT,
+the user named by the path. They work whatever the JWT algorithm (a service cannot mint an RS256
+user token), and the gateway never routes `/internal/` publicly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -18,11 +24,17 @@ from starlette.routing import Route
 from notifications_svc import model, store
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import NotFound, Unauthorized
-from shared.http import bearer_token, json_response
+from shared.http import bearer_token, json_response, require_internal
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def caller(request: Request) -> UUID:
-    """The user the request's bearer JWT speaks for; `Unauthorized` saying why otherwise."""
+    """The user the request speaks for: the one an internal route was called for, else the one
+    its bearer JWT names; `Unauthorized` saying why otherwise."""
+    on_behalf_of: UUID | None = getattr(request.state, "on_behalf_of", None)
+    if on_behalf_of is not None:
+        return on_behalf_of
     verifier: TokenVerifier = request.app.state.verifier
     try:
         return verifier.verify(bearer_token(request)).user_id
@@ -106,4 +118,26 @@ routes = [
     Route("/api/v1/notifications/unread/count", unread_count, methods=["GET"]),
     Route("/api/v1/notifications/{notification_id}/read", mark_read, methods=["PATCH"]),
     Route("/api/v1/notifications/{notification_id}", delete_notification, methods=["DELETE"]),
+]
+
+
+def _on_behalf(endpoint: Endpoint) -> Endpoint:
+    """`endpoint` for our own services: the internal token, the user named by the path."""
+
+    async def internal(request: Request) -> Response:
+        require_internal(request, request.app.state.settings.internal_token)
+        request.state.on_behalf_of = model.parse_uuid(request.path_params["user_id"], "user_id")
+        return await endpoint(request)
+
+    return internal
+
+
+_PUBLIC_PREFIX = "/api/v1/notifications"
+internal_routes = [
+    Route(
+        "/internal/v1/users/{user_id}/notifications" + route.path.removeprefix(_PUBLIC_PREFIX),
+        _on_behalf(route.endpoint),
+        methods=route.methods,
+    )
+    for route in routes
 ]

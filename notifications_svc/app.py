@@ -88,6 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         *health_routes(_checks),
         metrics_route(),
         *api.routes,
+        *api.internal_routes,
         *internal_api.routes,
     ]
     handlers = dict(EXCEPTION_HANDLERS) | dict.fromkeys(DATABASE_DOWN, _database_down)

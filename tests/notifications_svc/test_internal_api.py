@@ -287,3 +287,50 @@ async def test_replay_malformed_user_is_422(http: httpx.AsyncClient) -> None:
     """A user id that is not a UUID is a 422."""
     response = await http.get("/internal/v1/users/nope/notifications/replay", headers=INTERNAL)
     assert response.status_code == 422
+
+
+async def test_user_api_for_internal_callers(
+    http: httpx.AsyncClient, auth: Callable[[uuid.UUID], dict[str, str]]
+) -> None:
+    """The user endpoints mounted under /internal/v1/users/{user}/ answer with the internal token
+    exactly as the public ones answer the user, and only for the user the path names."""
+    user, other = uuid.uuid4(), uuid.uuid4()
+    mine = [await create(http, user, title=f"n{n}") for n in range(3)]
+    theirs = await create(http, other)
+    base = f"/internal/v1/users/{user}/notifications"
+
+    listed = await http.get(base, params={"page_size": 2}, headers=INTERNAL)
+    public = await http.get("/api/v1/notifications", params={"page_size": 2}, headers=auth(user))
+    assert listed.status_code == 200 and listed.json() == public.json()
+    assert [i["title"] for i in listed.json()["items"]] == ["n2", "n1"]
+    assert (await http.get(base + "/unread/count", headers=INTERNAL)).json() == {"unread_count": 3}
+
+    marked = await http.patch(f"{base}/{mine[0]['id']}/read", headers=INTERNAL)
+    assert marked.status_code == 200 and marked.json()["is_read"] is True
+    # Another user's notification through this user's path is missing, not marked.
+    assert (await http.patch(f"{base}/{theirs['id']}/read", headers=INTERNAL)).status_code == 404
+    assert (await http.post(base + "/read-all", headers=INTERNAL)).status_code == 200
+    assert (await http.get(base + "/unread/count", headers=INTERNAL)).json() == {"unread_count": 0}
+    other_count = await http.get(
+        f"/internal/v1/users/{other}/notifications/unread/count", headers=INTERNAL
+    )
+    assert other_count.json() == {"unread_count": 1}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-the-internal-token"}],
+)
+async def test_user_api_for_internal_callers_needs_the_internal_token(
+    http: httpx.AsyncClient,
+    auth: Callable[[uuid.UUID], dict[str, str]],
+    headers: dict[str, str],
+) -> None:
+    """Without the internal token — even with the user's own valid JWT — the internal mount
+    answers 401; a malformed user id answers 422."""
+    user = uuid.uuid4()
+    base = f"/internal/v1/users/{user}/notifications"
+    assert (await http.get(base, headers=headers)).status_code == 401
+    assert (await http.get(base, headers=auth(user))).status_code == 401
+    bad = await http.get("/internal/v1/users/not-a-uuid/notifications", headers=INTERNAL)
+    assert bad.status_code == 422

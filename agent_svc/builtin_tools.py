@@ -3,8 +3,9 @@
 - `notify_user`: a notification now (notifications_svc internal API) or at a given time (the
   scheduled set in Redis, delivered by `agent_svc.scheduler`);
 - `list_notifications`, `count_unread_notifications`, `mark_notifications_read`: the user's
-  notifications through notifications_svc's public API, with a one-minute token minted for that
-  user (so notifications_svc enforces ownership exactly as for the user's own requests);
+  notifications through notifications_svc's user API mounted for internal callers
+  (`/internal/v1/users/<user>/notifications...`): the same handlers and ownership checks as the
+  user's own requests, the user named by the path, whatever the JWT algorithm;
 - `current_time`.
 """
 
@@ -21,7 +22,6 @@ import msgspec
 
 from agent_svc.tools import ToolContext, ToolError, ToolRegistry
 from shared import keys
-from shared.auth import mint_token
 
 NOTIFICATION_TYPE = "agent_message"
 REMINDER_TYPE = "reminder"
@@ -152,13 +152,13 @@ async def notify_user(ctx: ToolContext, params: NotifyParams) -> dict[str, Any]:
 async def _user_api(
     ctx: ToolContext, method: str, path: str, params: dict[str, Any] | None = None
 ) -> Any:
-    token = mint_token(ctx.settings, ctx.user_id, ttl=60)
+    base = f"{ctx.settings.notifications_url}/internal/v1/users/{ctx.user_id}/notifications"
     try:
         response = await ctx.http.request(
             method,
-            f"{ctx.settings.notifications_url}/api/v1/notifications{path}",
+            base + path,
             params=params,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {ctx.settings.internal_token}"},
         )
     except httpx.HTTPError as exc:
         raise ToolError(f"notifications service unreachable: {type(exc).__name__}") from None

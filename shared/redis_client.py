@@ -52,17 +52,6 @@ def create_client(
     )
 
 
-def create_pubsub_client(settings: Settings) -> redis.Redis:
-    """A client for long-lived subscriptions: no read timeout (silence is normal on pub/sub)."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=None,
-        socket_keepalive=True,
-        health_check_interval=10,
-    )
-
-
 async def initialize(client: RedisClient, timeout: float = 60.0) -> None:
     """Learn a cluster's topology before first use, waiting up to `timeout` seconds for the
     cluster to answer (then re-raises); a no-op for one Redis, which connects lazily.

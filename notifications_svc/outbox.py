@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # Key space of the per-user advisory lock: pg_advisory_xact_lock(LOCK_NAMESPACE, hashtext(user)).
 LOCK_NAMESPACE = 0x6E6F7466  # "notf"
 RELAY_POLL_INTERVAL = 1.0  # seconds; also how soon another instance's orphans are picked up
+# How long a create's answer may wait for its inline publish. A Redis that stops answering
+# without closing connections (a half-open link) would otherwise hold the answer for the client's
+# socket timeouts (10 s and more); past this, the relay publishes instead.
+FAST_PATH_TIMEOUT = 1.0
 _BATCH = 200
 
 PUBLISHED = Counter("notifications_published_total", "Notification frames published to Redis")
@@ -97,8 +101,11 @@ class Outbox:
             self._wake.set()
             return
         try:
-            await self.publish_user(user_id)
-        except RedisDown as exc:
+            async with asyncio.timeout(FAST_PATH_TIMEOUT):
+                await self.publish_user(user_id)
+        except (RedisDown, TimeoutError) as exc:
+            # Rows published before a timeout but not marked are published again by the relay
+            # with the same seqs, which the gateway drops.
             self._redis_ok = False
             PUBLISH_FAILURES.inc()
             log.warning("publish failed; relay will retry", extra={"error": repr(exc)})

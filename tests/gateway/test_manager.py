@@ -5,6 +5,8 @@ every connection once, in seq order."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -141,6 +143,43 @@ async def test_redis_restart_mid_traffic_loses_nothing(
         assert await collect(ws, seqs[-1], timeout=30) == seqs
     for ws in (on_a, on_b):
         await ws.close()
+
+
+async def test_silent_redis_link_is_replaced_and_gap_filled(
+    spawn_service: SpawnService,
+    private_redis: EmbeddedRedis,
+    private_database: str,
+    token_for: Token,
+) -> None:
+    """A Redis that stops answering without closing the connection (SIGSTOP: what a half-open
+    link looks like to the gateway) is given up after 2.5 ping intervals; once Redis answers
+    again the gateway resubscribes and replays what it missed, in order, once."""
+    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": private_database}
+    notifications = spawn_service("notifications_svc", **env)
+    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
+    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
+    gateway = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+    user = uuid.uuid4()
+    ws = await open_ws(gateway, uuid.uuid4(), token_for(user))
+    pid = private_redis.pid
+    assert pid is not None
+    async with httpx.AsyncClient() as client:
+        seqs = [await create(client, notifications, user, i) for i in range(3)]
+        assert await collect(ws, seqs[-1]) == seqs
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            seqs += [await create(client, notifications, user, i) for i in range(3, 6)]
+            await asyncio.sleep(4)  # ping interval 1 s: the link is given up after 2.5 s
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        seqs += [await create(client, notifications, user, i) for i in range(6, 9)]
+        assert await collect(ws, seqs[-1], timeout=30) == seqs[3:]
+        metrics = (await client.get(gateway.url + "/metrics")).text
+    await ws.close()
+    reconnects = next(
+        line for line in metrics.splitlines() if line.startswith("gateway_pubsub_reconnects")
+    )
+    assert float(reconnects.split()[-1]) >= 1
 
 
 async def test_fresh_connections_get_only_new_notifications(

@@ -243,8 +243,8 @@ class Fanout(_Router[M]):
         while True:
             response: Any = await conn.read_response(timeout=math.inf, push_request=True)
             self._heard = loop.time()
-            if not isinstance(response, list) or not response:
-                raise redis.ConnectionError(f"unexpected pub/sub reply {response!r:.80}")
+            if not isinstance(response, list):
+                continue  # b"PONG": the answer to the pinger, proof of life
             kind = response[0]
             if kind == b"message":
                 self._message(response[1], response[2])

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as redis
 
+from gateway import metrics
+from gateway.fanout import Fanout
 from shared import keys, publish
-from shared.wire import Notification, NotificationData, encode
+from shared.wire import EnvelopeMeta, Notification, NotificationData, encode, encode_envelope
 from tests.conftest import Infra
 from tests.gateway.conftest import Cluster, equals, eventually, open_ws, recv_json, silent
 from tests.gateway.conftest import publish as publish_http
@@ -130,3 +132,34 @@ async def test_subscribes_only_to_held_channels(
     for ws in (first, second, third):
         await ws.close()
     await eventually(lambda: equals(subscribers(), [0, 0]))
+
+
+async def test_pings_keep_a_healthy_link(infra: Infra, r: redis.Redis) -> None:
+    """Over many ping intervals a healthy pub/sub link is kept (the PONGs count as life, the
+    link is not replaced) and frames keep arriving."""
+    received: list[bytes] = []
+    member = object()
+    fanout: Fanout[object] = Fanout(
+        infra.redis.url,
+        set(),
+        lambda members, meta, text: received.append(text),
+        lambda: None,
+        ping_interval=0.1,
+    )
+    await fanout.start()
+    try:
+        channel = keys.user_channel(uuid.uuid4())
+        await fanout.join(member, (channel.encode(),), timeout=5)
+        reconnects = metrics.PUBSUB_RECONNECTS._value.get()
+        await asyncio.sleep(1.0)  # ten pings
+        assert fanout.connected
+        assert metrics.PUBSUB_RECONNECTS._value.get() == reconnects
+        frame = b'{"type":"pong"}'
+        await r.publish(channel, encode_envelope(frame, EnvelopeMeta()))
+        await eventually(lambda: _true(received == [frame]), 5)
+    finally:
+        await fanout.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -55,12 +55,32 @@ class FanoutUnavailable(Exception):
 
 
 class _Router(Generic[M]):
-    """Which local members each channel routes to, and the decode-once delivery of a message."""
+    """Which local members each channel routes to, the decode-once delivery of a message, and
+    the reader task's lifecycle (`_run` reads; `_disconnect` closes the links)."""
 
     def __init__(self, everyone: Collection[M], deliver: Deliver[M]) -> None:
         self._everyone = everyone
         self._deliver = deliver
         self.routes: dict[bytes, set[M]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fanout-reader")
+
+    async def stop(self) -> None:
+        """Stop reading and close the links to Redis; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._disconnect()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        raise NotImplementedError
 
     def _route(self, member: M, channels: tuple[bytes, ...]) -> list[bytes]:
         """Route `channels` to `member`; returns those nobody here needed before."""
@@ -131,18 +151,8 @@ class Fanout(_Router[M]):
         self._conn: AbstractConnection | None = None
         self._heard = 0.0  # loop time of the last reply on the current link
         self._resyncing = False
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="fanout-reader")
-
-    async def stop(self) -> None:
-        """Stop reading and close the link; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def _disconnect(self) -> None:
         await self._pool.disconnect()
 
     @property
@@ -291,18 +301,8 @@ class ClusterFanout(_Router[M]):
             client, ping_interval=ping_interval, on_resubscribed=self._resubscribed
         )
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="fanout-reader")
-
-    async def stop(self) -> None:
-        """Stop reading and close every shard link; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def _disconnect(self) -> None:
         await self._subscriber.aclose()
 
     @property

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ from shared import chat_wire, cluster, redis_client
 from shared.chat_wire import ChatRequest, End, Token, ToolCall, Transcript
 from shared.redis_client import RedisClient
 from shared.settings import Settings
-from tests.support.redis_cluster import started_or_skip
+from tests.support.redis_cluster import LocalRedisCluster
 
 
 @pytest.fixture
@@ -28,15 +27,6 @@ async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
     connection = redis_client.create_client(settings)
     yield connection
     await connection.aclose()
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    nodes = started_or_skip(Path(tmp_path_factory.mktemp("answer-cluster")))
-    try:
-        yield nodes.url
-    finally:
-        nodes.stop()
 
 
 def _answer(writer: ReplyWriter, settings: Settings, client: RedisClient) -> Answer:
@@ -119,10 +109,12 @@ async def test_answers_share_a_round_trip_and_keep_their_order(
     await _many_answers(settings, client)
 
 
-async def test_answers_in_many_slots_on_a_cluster(settings: Settings, cluster_url: str) -> None:
+async def test_answers_in_many_slots_on_a_cluster(
+    settings: Settings, local_cluster: LocalRedisCluster
+) -> None:
     """On a Redis Cluster, one batch spans the answers' slots (the pipeline is split by node)
     and every answer still gets its own events, complete and in order."""
-    client = cluster.create_client(cluster_url)
+    client = cluster.create_client(local_cluster.url)
     await redis_client.initialize(client)
     try:
         await _many_answers(settings, client)

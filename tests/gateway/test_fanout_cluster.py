@@ -45,7 +45,7 @@ from tests.gateway.conftest import (
 from tests.gateway.conftest import publish as publish_http
 from tests.notifications_svc.conftest import create
 from tests.support.processes import ServiceProcess
-from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
+from tests.support.redis_cluster import LocalRedisCluster
 
 Token = Callable[..., str]
 
@@ -76,12 +76,12 @@ async def _database(settings: Settings, name: str, statement: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory,
+    local_cluster: LocalRedisCluster,
     base_env: dict[str, str],
     settings: Settings,
     log_dir: Path,
 ) -> Iterator[Stack]:
-    nodes = started_or_skip(tmp_path_factory.mktemp("cluster"))
+    nodes = local_cluster
     name = f"cluster_{uuid.uuid4().hex[:12]}"
     asyncio.run(_database(settings, name, 'CREATE DATABASE "{name}"'))
     env = base_env | {
@@ -107,7 +107,6 @@ def stack(
         for process in reversed(processes):
             process.stop()
         asyncio.run(_database(settings, name, 'DROP DATABASE "{name}" WITH (FORCE)'))
-        nodes.stop()
 
 
 @pytest.fixture

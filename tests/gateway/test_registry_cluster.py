@@ -7,25 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.registry import ClusterRegistry, Registry, create_registry
 from shared import cluster, keys
-from tests.support.redis_cluster import SLOTS, LocalRedisCluster, started_or_skip
+from tests.support.redis_cluster import SLOTS, LocalRedisCluster
 
 HEARTBEAT = 1.0
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    nodes = started_or_skip(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture

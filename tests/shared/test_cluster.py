@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared import cluster, keys
-from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    nodes = started_or_skip(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
+from tests.support.redis_cluster import LocalRedisCluster
 
 
 @pytest.fixture

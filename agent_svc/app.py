@@ -46,4 +46,6 @@ def create_app(settings: Settings) -> Starlette:
             await pool.close()
 
     routes = [*health_routes(_checks), metrics_route(), *api.routes]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS))
+    # PostgreSQL unavailable: 503, never a 500 (shared.db owns the classification).
+    handlers = dict(EXCEPTION_HANDLERS) | dict(db.exception_handlers())
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

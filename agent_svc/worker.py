@@ -43,7 +43,7 @@ from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
-from shared import chat_wire, keys
+from shared import chat_wire, db, keys
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
 from shared.redis_client import RedisClient
@@ -115,7 +115,7 @@ class Worker:
                 if entry is not None:
                     await self._handle(*entry)
                 backoff.reset()
-            except (redis.RedisError, OSError, asyncpg.PostgresError) as exc:
+            except (redis.RedisError, asyncpg.PostgresError, *db.UNAVAILABLE) as exc:
                 raise_if_cancelling(exc)
                 log.warning("worker error; retrying", extra={"error": repr(exc)})
                 await backoff.sleep()

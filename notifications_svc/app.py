@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
 
 from notifications_svc import api, internal_api
 from notifications_svc.ingest import IngestConsumer
@@ -22,25 +19,8 @@ from notifications_svc.outbox import Outbox
 from shared import db, migrate, redis_client
 from shared.auth import TokenVerifier
 from shared.backoff import retry
-from shared.errors import Unavailable
-from shared.http import EXCEPTION_HANDLERS, Check, error_response, health_routes, metrics_route
+from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.settings import Settings
-
-log = logging.getLogger(__name__)
-
-# PostgreSQL unreachable, restarting, shedding load or timing out: the request may succeed
-# later, so 503 rather than a 500 that reads as a bug. (Socket errors and timeouts are OSError.)
-DATABASE_DOWN = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-
-
-async def _database_down(request: Request, exc: Exception) -> Response:
-    log.warning("database unavailable", extra={"path": request.url.path, "error": repr(exc)})
-    return error_response(Unavailable("database unavailable, retry later"))
 
 
 def _checks(request: Request) -> dict[str, Check]:
@@ -91,5 +71,6 @@ def create_app(settings: Settings) -> Starlette:
         *api.internal_routes,
         *internal_api.routes,
     ]
-    handlers = dict(EXCEPTION_HANDLERS) | dict.fromkeys(DATABASE_DOWN, _database_down)
+    # PostgreSQL unavailable: 503, never a 500 (shared.db owns the classification).
+    handlers = dict(EXCEPTION_HANDLERS) | dict(db.exception_handlers())
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from notifications_svc import store
 from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import Outbox
-from shared import keys
+from shared import db, keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed
 from shared.redis_client import RedisClient, is_cluster
@@ -51,11 +51,7 @@ MAX_ATTEMPTS = 5  # unexpected failures in a row before an entry is dead-lettere
 # Failures that say nothing about the entry: retried without counting.
 _OUTAGES: tuple[type[BaseException], ...] = (
     RedisError,
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    *db.UNAVAILABLE,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from notifications_svc import store
 from notifications_svc.model import frame_bytes
-from shared import publish, redis_client
+from shared import db, publish, redis_client
 from shared.backoff import Backoff
 from shared.redis_client import RedisClient
 
@@ -110,8 +110,16 @@ class Outbox:
             PUBLISH_FAILURES.inc()
             log.warning("publish failed; relay will retry", extra={"error": repr(exc)})
             self._wake.set()
+        except db.UNAVAILABLE as exc:
+            # The database went away after our commit (a restart): the rows stay unpublished
+            # for the relay. An outage, not a bug: one line, no traceback.
+            PUBLISH_FAILURES.inc()
+            log.warning(
+                "publish failed, postgres unavailable; relay will retry", extra={"error": repr(exc)}
+            )
+            self._wake.set()
         except Exception:
-            # The database failed after our commit: the rows stay unpublished for the relay.
+            # Anything else after our commit: the rows stay unpublished for the relay.
             PUBLISH_FAILURES.inc()
             log.exception("publish failed; relay will retry")
             self._wake.set()
@@ -148,7 +156,7 @@ class Outbox:
             except RedisDown as exc:
                 self._redis_ok = False
                 log.warning("relay: redis unreachable", extra={"error": repr(exc)})
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (asyncpg.PostgresError, *db.UNAVAILABLE) as exc:
                 log.warning("relay: postgres unreachable", extra={"error": repr(exc)})
             except Exception:
                 # The relay is what makes delivery reliable: it must outlive any surprise.

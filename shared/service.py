@@ -5,14 +5,18 @@ SIGINT into the app's lifespan shutdown, so every service closes its sockets, po
 before exiting. A service holding long-lived connections passes `drain`: it runs first on
 shutdown, while the listening socket is still open, so the service closes its connections itself
 (the gateway: close code 1012 with a reason) before uvicorn's own shutdown cuts the rest.
+
+A service stopped by SIGTERM or SIGINT exits with status 0 once its shutdown completed: a
+supervisor (`make run`, Kubernetes, compose) reads a clean stop as a clean stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -24,7 +28,22 @@ from shared.settings import Settings, load_or_exit
 Drain = Callable[[Any], Awaitable[None]]
 
 
-class _DrainingServer(uvicorn.Server):
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the stop signal after a graceful shutdown.
+
+    uvicorn re-raises a captured SIGTERM/SIGINT once the server has shut down, so the process
+    dies of the signal (status -15) even though every resource was released. We forget the
+    captured signals after a completed shutdown; an error escaping `serve` keeps uvicorn's way.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+class _DrainingServer(_Server):
     def __init__(self, config: uvicorn.Config, app: ASGIApp, drain: Drain) -> None:
         super().__init__(config)
         self._app, self._drain = app, drain
@@ -75,5 +94,5 @@ def serve(
         # The event loop and HTTP parser stay `auto`: uvloop and httptools, from uvicorn[standard].
         ws=ws_protocol or "websockets-sansio",
     )
-    server = uvicorn.Server(config) if drain is None else _DrainingServer(config, app, drain)
+    server = _Server(config) if drain is None else _DrainingServer(config, app, drain)
     server.run()

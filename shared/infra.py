@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.settings import Settings
@@ -175,6 +175,16 @@ class EmbeddedPostgres:
         self.stop()
         raise RuntimeError(f"postgres did not accept connections on port {self.port}")
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while it runs (a supervisor or a test may signal it)."""
+        return None if self._process is None else self._process.pid
+
+    def exit_status(self) -> int | None:
+        """The postmaster's exit status if it ended without `stop` (a crash); None while it
+        runs or once stopped."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -268,6 +278,11 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exit_status(self) -> int | None:
+        """The server's exit status if it ended without `stop` (a crash); None while it runs
+        or once stopped."""
+        return None if self._process is None else self._process.poll()
+
 
 def _state_file(data_dir: Path) -> Path:
     return data_dir / "infra.json"
@@ -288,21 +303,41 @@ def _recorded_stack(data_dir: Path) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Servers:
+    """What `embedded_servers` provides: `settings` with both URLs filled, and the servers it
+    started itself (None for a URL given by the caller or a stack another process runs)."""
+
+    settings: Settings
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+
+
 @contextlib.contextmanager
 def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Settings]:
     """`settings` with `DATABASE_URL`/`REDIS_URL` filled: a given URL is used as is; otherwise an
     embedded stack already running on `DATA_DIR` is reused, or one is started for the duration of
     the block (and stopped after)."""
+    with embedded_servers(settings, durable=durable) as servers:
+        yield servers.settings
+
+
+@contextlib.contextmanager
+def embedded_servers(settings: Settings, *, durable: bool = True) -> Iterator[Servers]:
+    """`embedded_infra`, also handing out the servers it started (a supervisor restarts them in
+    place after a crash; they are stopped when the block ends, whatever process they run as)."""
     if settings.database_url and settings.redis_url:
-        yield settings
+        yield Servers(settings)
         return
     data_dir = Path(settings.data_dir).resolve()
     recorded = _recorded_stack(data_dir)
     if recorded is not None:
-        yield replace(
-            settings,
-            database_url=settings.database_url or recorded[0],
-            redis_url=settings.redis_url or recorded[1],
+        yield Servers(
+            replace(
+                settings,
+                database_url=settings.database_url or recorded[0],
+                redis_url=settings.redis_url or recorded[1],
+            )
         )
         return
     postgres = (
@@ -331,7 +366,7 @@ def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Sett
                     }
                 )
             )
-        yield filled
+        yield Servers(filled, postgres, redis)
     finally:
         if redis is not None:
             redis.stop()

@@ -1,68 +1,301 @@
-"""`make run`: the whole stack from nothing, ready within the deadline, gone after SIGTERM."""
+"""`make run` (`python -m shared.devstack`): the whole stack from nothing, ready within the
+deadline; every process it started comes back after a kill -9 while a client keeps receiving
+every notification once, in order; SIGTERM then stops everything with status 0.
+
+One real stack (its own DATA_DIR and free ports) is shared by the module's tests, in file order,
+because starting it is the slow part; the last test stops it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from shared.auth import mint_token
 from shared.infra import free_port
+from shared.settings import Settings
+from tests.conftest import TEST_INTERNAL_TOKEN, TEST_SECRET_KEY
+
+INTERNAL = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+SERVICES = ("notifications_svc", "agent_svc", "gateway")
+VICTIMS = (*SERVICES, "redis", "postgres")
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    data_dir: Path
+    log_path: Path
+    env: dict[str, str]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
 
 
-def test_stack_starts_serves_and_stops(tmp_path: Path) -> None:
-    """Started in the background (no TTY), all three /readyz answer 200; SIGTERM leaves no
-    process of the stack running (services, PostgreSQL, Redis)."""
-    ports = {name: free_port() for name in ("GATEWAY_PORT", "NOTIFICATIONS_PORT", "AGENT_PORT")}
+def _child_pid(stack: Stack, name: str) -> int | None:
+    """The pid of the stack's direct child running `name` (a service, redis or postgres)."""
+    for child in psutil.Process(stack.process.pid).children():
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if not cmdline or child.status() == psutil.STATUS_ZOMBIE:
+            continue
+        if name in SERVICES and cmdline[-2:] == ["-m", name]:
+            return child.pid
+        # The servers rewrite their command lines; their process names stay.
+        if (name, child.name()) in (("redis", "redis-server"), ("postgres", "postgres")):
+            return child.pid
+    return None
+
+
+def _all_ready(stack: Stack) -> bool:
+    for service in SERVICES:
+        try:
+            if httpx.get(stack.url(service) + "/readyz", timeout=2).status_code != 200:
+                return False
+        except httpx.HTTPError:
+            return False
+    return True
+
+
+def _until(condition: str, check: object, timeout: float) -> None:
+    """Poll `check()` until it is true; fail naming `condition` after `timeout` seconds."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {condition}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`python -m shared.devstack` with its own DATA_DIR and free ports, ready."""
+    root = tmp_path_factory.mktemp("devstack")
+    ports = {name: free_port() for name in SERVICES}
     env = {
         "PATH": os.environ["PATH"],
-        "DATA_DIR": str(tmp_path / "data"),
-        **{k: str(v) for k, v in ports.items()},
+        "DATA_DIR": str(root / "data"),
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "INTERNAL_TOKEN": TEST_INTERNAL_TOKEN,
+        "GATEWAY_PORT": str(ports["gateway"]),
+        "NOTIFICATIONS_PORT": str(ports["notifications_svc"]),
+        "AGENT_PORT": str(ports["agent_svc"]),
     }
-    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115 - closed in finally
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    log_path = root / "stack.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.devstack"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    started = Stack(process, ports, root / "data", log_path, env)
     try:
         deadline = time.monotonic() + 120
-        pending = set(ports.values())
-        while pending and time.monotonic() < deadline:
-            assert stack.poll() is None, (tmp_path / "stack.log").read_text()
-            for port in list(pending):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        pending.discard(port)
-                except httpx.HTTPError:
-                    pass
+        while not _all_ready(started):
+            assert process.poll() is None, started.log()
+            assert time.monotonic() < deadline, started.log()
             time.sleep(0.3)
-        assert not pending, (tmp_path / "stack.log").read_text()
-        children = _descendants(stack.pid)
-        assert len(children) >= 5  # three services, postgres (and its workers), redis
-        output = (tmp_path / "stack.log").read_text()
-        assert f"http://127.0.0.1:{ports['GATEWAY_PORT']}" in output
-        assert "gateway" in output and "notifications_svc" in output
-
-        stack.send_signal(signal.SIGTERM)
-        assert stack.wait(60) == 0
-        _, alive = psutil.wait_procs(children, timeout=10)
-        assert alive == []
+        yield started
     finally:
-        if stack.poll() is None:
-            stack.kill()
-        log.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_stack_starts_and_serves(stack: Stack) -> None:
+    """Started in the background (no TTY): all three /readyz answer 200, the log names the
+    gateway URL and the services, and the stack runs services, PostgreSQL and Redis."""
+    output = stack.log()
+    assert f"http://127.0.0.1:{stack.ports['gateway']}" in output
+    assert "gateway" in output and "notifications_svc" in output
+    for name in VICTIMS:
+        assert _child_pid(stack, name) is not None, name
+
+
+@dataclass
+class ResumingClient:
+    """A real `websockets` client on one session that reconnects after any drop (or refused
+    connect) with `?last_seq=` and records every notification seq it receives."""
+
+    url: str
+    seqs: list[int] = field(default_factory=list)
+    reconnects: int = 0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _open(self) -> ClientConnection:
+        while True:
+            query = f"&last_seq={self.seqs[-1]}" if self.seqs else ""
+            try:
+                ws = await connect(self.url + query, compression=None, open_timeout=5)
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if frame["type"] == "connection_established":
+                    self.connected.set()
+                    return ws
+                await ws.close()
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+                pass
+            await asyncio.sleep(0.1)  # the gateway is restarting: try again shortly
+
+    async def run(self) -> None:
+        ws = await self._open()
+        try:
+            while True:
+                try:
+                    frame = json.loads(await ws.recv())
+                except ConnectionClosed:
+                    self.reconnects += 1
+                    ws = await self._open()
+                    continue
+                if frame["type"] == "notification":
+                    self.seqs.append(frame["data"]["seq"])
+        finally:
+            await ws.close()
+
+
+@dataclass
+class Producer:
+    """Creates notifications one after another, each retried with its own idempotency key until
+    answered (the documented producer contract), and records the committed seqs."""
+
+    url: str
+    user: uuid.UUID
+    created: list[int] = field(default_factory=list)
+    statuses: set[int] = field(default_factory=set)
+
+    async def create(self, http: httpx.AsyncClient, index: int) -> None:
+        key = f"devstack-test-{self.user}-{index}"
+        body = {"user_id": str(self.user), "title": f"n{index}", "content": "c", "type": "test"}
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = await http.post(
+                    self.url + "/internal/v1/notifications",
+                    json=body,
+                    headers=INTERNAL | {"Idempotency-Key": key},
+                )
+                self.statuses.add(response.status_code)
+                if response.status_code in (200, 201):
+                    self.created.append(response.json()["seq"])
+                    return
+            except httpx.TransportError:
+                pass  # notifications_svc is restarting, or died with our request
+            assert time.monotonic() < deadline, f"create {index} never succeeded"
+            await asyncio.sleep(0.1)
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            index = 0
+            while True:
+                await self.create(http, index)
+                index += 1
+                await asyncio.sleep(0.05)
+
+
+async def _wait(condition: str, check: object, timeout: float) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {condition}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+async def test_each_killed_process_comes_back_and_clients_lose_nothing(stack: Stack) -> None:
+    """kill -9 of each service, the embedded Redis and the embedded PostgreSQL in turn, under a
+    steady stream of creates: each is restarted (a new process, the log says so), every /readyz
+    answers 200 again, and a resuming WebSocket client ends with every created notification
+    exactly once, in order. The producer sees no 500."""
+    user = uuid.uuid4()
+    token = mint_token(Settings.from_env(stack.env), user, 3600)
+    client = ResumingClient(
+        f"ws://127.0.0.1:{stack.ports['gateway']}/api/v1/ws/{uuid.uuid4()}?token={token}"
+    )
+    producer = Producer(stack.url("notifications_svc"), user)
+    tasks = [asyncio.create_task(client.run())]
+    async with asyncio.timeout(30):
+        await client.connected.wait()  # live before the first create: it must see every one
+    tasks.append(asyncio.create_task(producer.run()))
+    try:
+        for victim in VICTIMS:
+            before = len(producer.created)
+            await _wait(
+                "notifications flowing", lambda b=before: len(producer.created) >= b + 3, 30
+            )
+            pid = _child_pid(stack, victim)
+            assert pid is not None, victim
+            os.kill(pid, signal.SIGKILL)
+            await _wait(
+                f"{victim} restarted",
+                lambda v=victim, p=pid: _child_pid(stack, v) not in (None, p),
+                60,
+            )
+            await asyncio.to_thread(
+                _until, f"all ready after {victim}", lambda: _all_ready(stack), 60
+            )
+            after = len(producer.created)
+            await _wait(
+                f"{victim}: notifications flowing again",
+                lambda a=after: len(producer.created) > a,
+                60,
+            )
+            target = producer.created[-1]
+            await _wait(
+                f"{victim}: client caught up to seq {target}",
+                lambda t=target: bool(client.seqs) and client.seqs[-1] >= t,
+                60,
+            )
+            assert f"{victim} exited with status -9; restarting" in stack.log()
+    finally:
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+    try:
+        final = producer.created[-1]
+        await _wait(f"client received seq {final}", lambda: client.seqs[-1] >= final, 30)
+    finally:
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+    assert client.seqs == producer.created
+    assert client.reconnects >= 1  # the gateway's kill dropped it at least
+    assert 500 not in producer.statuses
+    for victim in VICTIMS:
+        assert f"{victim} restarted" in stack.log()
+
+
+def test_sigterm_stops_everything_cleanly(stack: Stack) -> None:
+    """SIGTERM: the stack exits 0, every service reports status 0, no process of the stack is
+    left (services, PostgreSQL, Redis) and the PostgreSQL data folder is unlocked."""
+    children = psutil.Process(stack.process.pid).children(recursive=True)
+    assert len(children) >= 5
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.process.wait(60) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    output = stack.log()
+    for service in SERVICES:
+        assert f"{service} stopped (status 0)" in output
+    assert not (stack.data_dir / "postgres" / "postmaster.pid").exists()

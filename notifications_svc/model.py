@@ -32,7 +32,14 @@ MAX_PAGE = 100_000  # deeper than this: follow `next_cursor` (offsets that deep 
 
 
 class CreateNotification(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A create request (HTTP body, batch item or ingest stream payload), the model's names."""
+    """A create request (HTTP body, batch item or ingest stream payload), the model's names.
+
+    Retries: a producer whose create timed out or failed without an answer must retry with the
+    same idempotency key (`dedupe_key`, or the `Idempotency-Key` header of
+    `POST /internal/v1/notifications`): the create may have committed, and the repeat then answers
+    200 with the first notification instead of creating a second one. Without a key a retry may
+    create a duplicate.
+    """
 
     user_id: UUID
     title: Title

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench migrate token lint format check clean-data
+.PHONY: run test bench chaos migrate token lint format check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(VENV)/.installed-bench
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
 
+# `make chaos` (CHAOS_ARGS="--clients 50 --faults kill-gateway"): faults under load, table in
+# bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
+chaos: $(STAMP)
+	$(PY) -m chaos $(CHAOS_ARGS)
+
 migrate: $(STAMP)
 	$(PY) -m shared.migrate
 
@@ -39,7 +44,7 @@ token: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared gateway notifications_svc agent_svc bench
+	$(PY) -m mypy shared gateway notifications_svc agent_svc bench chaos
 
 format: $(STAMP)
 	$(PY) -m ruff format .

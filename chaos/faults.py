@@ -1,0 +1,101 @@
+"""The faults of a chaos run, one step each, in the order of issue 14's table.
+
+A fault is anything with a `name` (its command-line id), a `title` (its row in the report) and
+two coroutines: `inject(system)` does the damage and returns when the fault is over (at once for
+a kill, after the pause for a SIGSTOP), `restore(system)` puts back what nothing else will (the
+second gateway, which no supervisor watches) once the step was measured. Everything else comes
+back on its own — that is what is being measured. A new fault (say, killing an agent worker) is
+one more class here and one more entry in `FAULTS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+from chaos.system import System
+
+
+class Fault(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    async def inject(self, system: System) -> None: ...
+
+    async def restore(self, system: System) -> None: ...
+
+
+@dataclass(frozen=True)
+class Kill:
+    """kill -9 of one part; `restart_by_hand` for the second gateway, which nothing supervises."""
+
+    name: str
+    title: str
+    part: str
+    restart_by_hand: bool = False
+
+    async def inject(self, system: System) -> None:
+        os.kill(system.pid_of(self.part), signal.SIGKILL)
+
+    async def restore(self, system: System) -> None:
+        if self.restart_by_hand:
+            await asyncio.to_thread(system.start_gateway2)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """SIGSTOP of one part for `seconds`, then SIGCONT: a process that hangs, sockets open."""
+
+    name: str
+    title: str
+    part: str
+    seconds: float
+
+    async def inject(self, system: System) -> None:
+        pid = system.pid_of(self.part)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    async def restore(self, system: System) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FastShutdown:
+    """PostgreSQL's fast shutdown (SIGINT to the postmaster: what `pg_ctl -m fast` sends); the
+    devstack's supervisor starts it again, which makes it a fast restart."""
+
+    name: str
+    title: str
+
+    async def inject(self, system: System) -> None:
+        os.kill(system.pid_of("postgres"), signal.SIGINT)
+
+    async def restore(self, system: System) -> None:
+        pass
+
+
+def faults(pause: float) -> list[Fault]:
+    """Every fault, in run order; `pause` is how long a SIGSTOP lasts."""
+    return [
+        Kill("kill-gateway2", "kill -9 of the second gateway", "gateway2", restart_by_hand=True),
+        Kill("kill-gateway", "kill -9 of the gateway `make run` started", "gateway"),
+        Kill("kill-redis", "Redis kill -9 (restarted by `make run`)", "redis"),
+        Pause("pause-redis", f"Redis SIGSTOP {pause:g} s", "redis", pause),
+        Pause(
+            "pause-notifications",
+            f"notifications_svc SIGSTOP {pause:g} s",
+            "notifications_svc",
+            pause,
+        ),
+        FastShutdown("restart-postgres", "PostgreSQL fast restart (by `make run`)"),
+    ]

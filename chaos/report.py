@@ -1,0 +1,155 @@
+"""What a chaos run recorded, turned into one row per fault, and the rows into markdown. Pure.
+
+Per step (a fault and the steady traffic around it), for every client and every notification
+its user committed during the step (the creates requested in it):
+- lost: committed, never received by the end of the run (clients had resumed by then);
+- duplicated: received more than once by the same client;
+- reordered: received after a higher seq of the same user on the same client;
+- producer 5xx / errors: answers >= 500 (by status) and timeouts or refused connections met by
+  the producer's creates of the step (each retried with its idempotency key until answered);
+- clients back: how many clients dropped during the step, and the time from the fault until the
+  last of them was connected again;
+- all caught up: the time from the fault until every client held every notification requested
+  up to the end of the fault (for a pause, the end of the pause) or until the last dropped client
+  was back, whichever is later (so it includes the replay of the gap).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chaos.load import Client, Create
+
+
+@dataclass(frozen=True)
+class Step:
+    """When a step's fault started and ended, and when the next step began (monotonic)."""
+
+    title: str
+    fault_at: float
+    fault_end: float
+    step_end: float
+
+
+@dataclass(frozen=True)
+class Row:
+    fault: str
+    committed: int
+    deliveries: int  # committed notifications times the clients of their users
+    lost: int
+    duplicated: int
+    reordered: int
+    status_5xx: dict[str, int]
+    errors: dict[str, int]
+    dropped: int
+    back_after: float | None  # None: nobody dropped
+    caught_up_after: float | None  # None: some client never caught up
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.reordered or "500" in self.status_5xx)
+
+
+def _row(
+    index: int,
+    step: Step,
+    creates: Sequence[Create],
+    clients: Sequence[Client],
+    errors: Counter[str],
+) -> Row:
+    mine = [c for c in creates if c.step == index and c.seq is not None]
+    by_user: dict[object, set[int]] = {}
+    for create in mine:
+        assert create.seq is not None
+        by_user.setdefault(create.user, set()).add(create.seq)
+    drops = [
+        (client, at)
+        for client in clients
+        for at in client.drops
+        if step.fault_at <= at < step.step_end
+    ]
+    returns = [at for client, dropped_at in drops for at in client.returns if at >= dropped_at]
+    back = max(returns) - step.fault_at if drops and returns else None
+    # Caught up: holding everything requested until the fault ended and the clients were back.
+    until = max(step.fault_end, step.fault_at + (back or 0.0))
+    due: dict[object, set[int]] = {}
+    for create in creates:
+        if create.seq is not None and create.requested_at <= until:
+            due.setdefault(create.user, set()).add(create.seq)
+    lost = duplicated = reordered = deliveries = 0
+    caught_up: float | None = step.fault_at
+    for client in clients:
+        expected = by_user.get(client.user, set())
+        deliveries += len(expected)
+        counts = Counter(seq for seq, _ in client.received)
+        lost += sum(1 for seq in expected if counts[seq] == 0)
+        duplicated += sum(counts[seq] - 1 for seq in expected if counts[seq] > 1)
+        highest = 0
+        for seq, _ in client.received:
+            if seq < highest and seq in expected and counts[seq] == 1:
+                reordered += 1
+            highest = max(highest, seq)
+        arrivals = {seq: at for seq, at in reversed(client.received)}  # first arrival
+        needed = due.get(client.user, set())
+        if caught_up is not None:
+            if any(seq not in arrivals for seq in needed):
+                caught_up = None
+            else:
+                caught_up = max([caught_up, *(arrivals[seq] for seq in needed)])
+    five = {k: v for k, v in sorted(errors.items()) if k.isdigit() and int(k) >= 500}
+    other = {k: v for k, v in sorted(errors.items()) if not k.isdigit()}
+    return Row(
+        fault=step.title,
+        committed=len(mine),
+        deliveries=deliveries,
+        lost=lost,
+        duplicated=duplicated,
+        reordered=reordered,
+        status_5xx=five,
+        errors=other,
+        dropped=len({id(client) for client, _ in drops}),
+        back_after=back,
+        caught_up_after=None if caught_up is None else caught_up - step.fault_at,
+    )
+
+
+def rows(
+    steps: Sequence[Step],
+    creates: Sequence[Create],
+    clients: Sequence[Client],
+    errors: dict[int, Counter[str]],
+) -> list[Row]:
+    return [
+        _row(index, step, creates, clients, errors.get(index, Counter()))
+        for index, step in enumerate(steps)
+    ]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} x {k}" for k, v in counts.items()) or "0"
+
+
+def _seconds(value: float | None, none: str) -> str:
+    return none if value is None else f"{value:.2f} s"
+
+
+def markdown(results: Sequence[Row], header: str) -> str:
+    """The report: `header` (what was run, where), then one table row per fault."""
+    lines = [
+        header.rstrip(),
+        "",
+        "| fault | committed | deliveries | lost | duplicated | reordered | producer 5xx "
+        "| producer timeouts / refused | clients dropped | clients back | all caught up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        back = "none dropped" if not row.dropped else _seconds(row.back_after, "never")
+        lines.append(
+            f"| {row.fault} | {row.committed} | {row.deliveries} | {row.lost} | "
+            f"{row.duplicated} | {row.reordered} | {_counts(row.status_5xx)} | "
+            f"{_counts(row.errors)} | {row.dropped} | {back} | "
+            f"{_seconds(row.caught_up_after, 'never')} |"
+        )
+    return "\n".join(lines) + "\n"

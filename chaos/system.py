@@ -1,0 +1,206 @@
+"""The system under test, as the README's "Two gateways behind nginx" section runs it.
+
+`python -m shared.devstack` (what `make run` runs: embedded PostgreSQL and Redis, notifications_svc,
+agent_svc and a gateway, all supervised), a second gateway on the same Redis, and Debian's nginx
+with `deploy/nginx.conf` in front of both (rendered by `deploy/local_nginx.py`, as an operator
+does). Everything listens on loopback ports chosen at start, data and logs live in a throw-away
+folder. `close()` stops everything (SIGTERM, then SIGKILL) and is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType, TracebackType
+
+import httpx
+
+from shared.infra import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_KEY = "chaos-secret-key-" + "c" * 32
+INTERNAL_TOKEN = "chaos-internal-token-" + "i" * 32
+SERVICES = ("notifications_svc", "agent_svc", "gateway")
+
+
+class StartError(RuntimeError):
+    """A part did not start; the message names it and carries its log's tail."""
+
+
+def _local_nginx() -> ModuleType:
+    """deploy/local_nginx.py (a script beside the file it serves, not a package module)."""
+    spec = importlib.util.spec_from_file_location("local_nginx", ROOT / "deploy" / "local_nginx.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nginx_binary() -> str | None:
+    """Path of the nginx executable, None when it is not installed."""
+    found: str | None = _local_nginx().nginx_binary()
+    return found
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _children(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, process name, command line) of `pid`'s direct children, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        # stat: "pid (name) state ppid ..."; the name may hold spaces, so split after its ")".
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append((int(entry.name), name, cmdline))
+    return found
+
+
+class System:
+    def __init__(self, nginx_binary: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="chaos-"))
+        self.ports = {name: free_port() for name in (*SERVICES, "gateway2", "nginx")}
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DATA_DIR": str(self.root / "data"),
+            "SECRET_KEY": SECRET_KEY,
+            "INTERNAL_TOKEN": INTERNAL_TOKEN,
+            "LOG_LEVEL": "WARNING",
+            "WS_CONNECTION_TIMEOUT": "3600",  # clients only listen; a run must not idle them out
+            "GATEWAY_PORT": str(self.ports["gateway"]),
+            "NOTIFICATIONS_PORT": str(self.ports["notifications_svc"]),
+            "AGENT_PORT": str(self.ports["agent_svc"]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self._nginx_binary = nginx_binary
+        self.devstack: subprocess.Popen[bytes] | None = None
+        self.gateway2: subprocess.Popen[bytes] | None = None
+        self.nginx: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> System:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def nginx_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['nginx']}"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.root / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def _wait(self, name: str, process: subprocess.Popen[bytes], urls: list[str]) -> None:
+        deadline = time.monotonic() + 120
+        while not all(_answers(url) for url in urls):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = _tail(self.root / f"{name}.log")
+                raise StartError(f"{name} did not start (status {process.poll()}):\n{log}")
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        self.devstack = self._spawn("devstack", [sys.executable, "-m", "shared.devstack"], self.env)
+        self._wait("devstack", self.devstack, [self.url(s) + "/readyz" for s in SERVICES])
+        self.start_gateway2()
+        nginx = _local_nginx()
+        workdir = self.root / "nginx"
+        workdir.mkdir()
+        nginx.prepare(
+            workdir,
+            port=self.ports["nginx"],
+            upstreams=[self.ports["gateway"], self.ports["gateway2"]],
+        )
+        self.nginx = self._spawn("nginx", nginx.command(self._nginx_binary, workdir), self.env)
+        self._wait("nginx", self.nginx, [self.nginx_url + "/nginx-health"])
+
+    def start_gateway2(self) -> None:
+        """The second gateway, as the README starts it by hand: `make run`'s Redis and
+        secrets, its own port. Nothing supervises it."""
+        state = json.loads((self.root / "data" / "infra.json").read_text())
+        env = self.env | {
+            "REDIS_URL": state["redis_url"],
+            "GATEWAY_PORT": str(self.ports["gateway2"]),
+        }
+        self.gateway2 = self._spawn("gateway2", [sys.executable, "-m", "gateway"], env)
+        self._wait("gateway2", self.gateway2, [self.url("gateway2") + "/readyz"])
+
+    def pid_of(self, name: str) -> int:
+        """The pid of a part: `gateway2`, or a child of the devstack (`notifications_svc`,
+        `agent_svc`, `gateway`, `redis`, `postgres`). Raises `LookupError` if it is not running."""
+        if name == "gateway2":
+            if self.gateway2 is None or self.gateway2.poll() is not None:
+                raise LookupError("gateway2 is not running")
+            return self.gateway2.pid
+        assert self.devstack is not None
+        for pid, process_name, cmdline in _children(self.devstack.pid):
+            # The servers rewrite their command lines; their process names stay.
+            if name in SERVICES and cmdline.endswith(f"-m {name}"):
+                return pid
+            if (name, process_name) in (("redis", "redis-server"), ("postgres", "postgres")):
+                return pid
+        raise LookupError(f"{name} is not running")
+
+    def ready(self) -> bool:
+        """Every service of the devstack, the second gateway and nginx answer their probes."""
+        urls = [self.url(s) + "/readyz" for s in (*SERVICES, "gateway2")]
+        return all(_answers(url) for url in [*urls, self.nginx_url + "/nginx-health"])
+
+    def log(self, name: str, lines: int = 40) -> str:
+        return _tail(self.root / f"{name}.log", lines)
+
+    def close(self) -> None:
+        for attribute in ("nginx", "gateway2", "devstack"):
+            process: subprocess.Popen[bytes] | None = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)

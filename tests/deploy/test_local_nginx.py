@@ -27,12 +27,12 @@ def test_render_substitutes_only_listen_upstreams_and_temp_paths(tmp_path: Path)
     added = set(rendered.splitlines()) - set(source.splitlines())
     assert {line.strip() for line in removed} == {
         "listen 8080;",
-        "server gateway:8000 max_fails=1 fail_timeout=5s;",
+        "server gateway:8000 max_fails=0;",
     }
     assert {line.strip() for line in added} == {
         "listen 127.0.0.1:18080;",
-        "server 127.0.0.1:18000 max_fails=1 fail_timeout=5s;",
-        "server 127.0.0.1:18010 max_fails=1 fail_timeout=5s;",
+        "server 127.0.0.1:18000 max_fails=0;",
+        "server 127.0.0.1:18010 max_fails=0;",
         *(f"{name}_temp_path {tmp_path / name};" for name in local_nginx.TEMP_DIRS),
     }
 

@@ -1,11 +1,11 @@
 """The faults of a chaos run, one step each, in the order of issue 14's table.
 
 A fault is anything with a `name` (its command-line id), a `title` (its row in the report) and
-two coroutines: `inject(system)` does the damage and returns when the fault is over (at once for
-a kill, after the pause for a SIGSTOP), `restore(system)` puts back what nothing else will (the
-second gateway, which no supervisor watches) once the step was measured. Everything else comes
-back on its own — that is what is being measured. A new fault (say, killing an agent worker) is
-one more class here and one more entry in `FAULTS`.
+two coroutines. `inject(system)` does the damage and returns when the fault is over: when `make
+run` has restarted what was killed, or after the pause for a SIGSTOP. `restore(system)` puts
+back what nothing else will (the second gateway, which no supervisor watches) once the step was
+measured. Everything else comes back on its own — that is what is being measured. A new fault
+(say, killing an agent worker) is one more class here and one more entry in `faults()`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,9 +32,25 @@ class Fault(Protocol):
     async def restore(self, system: System) -> None: ...
 
 
+async def _restarted(system: System, part: str, old_pid: int, timeout: float = 60) -> None:
+    """Return once `part` runs again as a new process (started by `make run`'s supervisor)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if system.pid_of(part) != old_pid:
+                return
+        except LookupError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{part} was not restarted within {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
 @dataclass(frozen=True)
 class Kill:
-    """kill -9 of one part; `restart_by_hand` for the second gateway, which nothing supervises."""
+    """kill -9 of one part. The fault lasts until `make run` has started it again, except for
+    the second gateway (`restart_by_hand`), which nothing supervises: it is started again by
+    `restore`, after the step was measured, and its clients meanwhile live on the first."""
 
     name: str
     title: str
@@ -41,7 +58,10 @@ class Kill:
     restart_by_hand: bool = False
 
     async def inject(self, system: System) -> None:
-        os.kill(system.pid_of(self.part), signal.SIGKILL)
+        pid = system.pid_of(self.part)
+        os.kill(pid, signal.SIGKILL)
+        if not self.restart_by_hand:
+            await _restarted(system, self.part, pid)
 
     async def restore(self, system: System) -> None:
         if self.restart_by_hand:
@@ -78,7 +98,9 @@ class FastShutdown:
     title: str
 
     async def inject(self, system: System) -> None:
-        os.kill(system.pid_of("postgres"), signal.SIGINT)
+        pid = system.pid_of("postgres")
+        os.kill(pid, signal.SIGINT)
+        await _restarted(system, "postgres", pid)
 
     async def restore(self, system: System) -> None:
         pass

@@ -37,19 +37,27 @@ class Client:
     drops: list[float] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    refusals: Counter[str] = field(default_factory=Counter)  # why reconnects failed
 
     async def _open(self) -> ClientConnection:
         backoff = Backoff(base=0.1, maximum=2.0)
+        # The first connection takes what comes from now on; every reconnect resumes, from 0
+        # when nothing arrived yet (without last_seq the gateway would start from "now").
+        resume = self.connected.is_set() or bool(self.drops)
         while True:
-            query = f"&last_seq={max(seq for seq, _ in self.received)}" if self.received else ""
+            last = max((seq for seq, _ in self.received), default=0)
+            query = f"&last_seq={last}" if resume else ""
             try:
                 ws = await connect(self.url + query, compression=None, open_timeout=5)
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 if frame["type"] == "connection_established":
                     return ws
+                self.refusals[str(frame.get("type"))] += 1
                 await ws.close()
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
-                pass
+            except ConnectionClosed as exc:
+                self.refusals[f"close {exc.rcvd.code if exc.rcvd else None}"] += 1
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                self.refusals[type(exc).__name__] += 1
             await backoff.sleep()
 
     async def run(self) -> None:

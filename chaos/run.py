@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +72,33 @@ def _caught_up(clients: list[Client], producer: Producer, until: float) -> bool:
     return True
 
 
+def _behind(clients: list[Client], producer: Producer, until: float) -> str:
+    """Why `_caught_up` is false, for the log: unanswered creates, clients missing seqs."""
+    unanswered = sum(1 for c in producer.creates if c.requested_at <= until and c.seq is None)
+    due: dict[uuid.UUID, set[int]] = {}
+    for create in producer.creates:
+        if create.requested_at <= until and create.seq is not None:
+            due.setdefault(create.user, set()).add(create.seq)
+    missing = [
+        len(due.get(client.user, set()) - {seq for seq, _ in client.received}) for client in clients
+    ]
+    behind = sum(1 for count in missing if count)
+    offline = sum(1 for client in clients if not client.connected.is_set())
+    examples = [
+        f"user {client.user} missing "
+        f"{sorted(due.get(client.user, set()) - {seq for seq, _ in client.received})[:5]}"
+        f" (dropped {len(client.drops)}x)"
+        for client, count in zip(clients, missing, strict=True)
+        if count
+    ][:5]
+    refusals = sum((client.refusals for client in clients), Counter[str]())
+    return (
+        f"reconnects refused: {dict(refusals)}; "
+        f"{unanswered} creates unanswered; {behind} clients missing {sum(missing)} "
+        f"notifications; {offline} clients not connected; " + "; ".join(examples)
+    )
+
+
 async def _step(
     fault: Fault, system: System, clients: list[Client], producer: Producer, config: Config
 ) -> tuple[float, float]:
@@ -86,11 +114,12 @@ async def _step(
             _say(f"gave up waiting: {fault.name}: every part ready")
             break
         await asyncio.sleep(0.1)
-    await _until(
+    if not await _until(
         f"{fault.name}: clients caught up",
         lambda: _caught_up(clients, producer, time.monotonic() - 0.5),
         config.settle_timeout,
-    )
+    ):
+        _say(_behind(clients, producer, time.monotonic() - 0.5))
     await fault.restore(system)
     return fault_at, fault_end
 
@@ -129,12 +158,14 @@ async def run(system: System, config: Config) -> list[report.Row]:
         ]
         producer_task.cancel()
         await asyncio.gather(producer_task, return_exceptions=True)
-        await _until(
+        if not await _until(
             "every client received everything",
             lambda: _caught_up(clients, producer, time.monotonic()),
             config.settle_timeout,
-        )
+        ):
+            _say(_behind(clients, producer, time.monotonic()))
     finally:
+        _say(f"finished: {_behind(clients, producer, time.monotonic())}")
         for task in [*client_tasks, *([producer_task] if producer_task else [])]:
             task.cancel()
         await asyncio.gather(*client_tasks, return_exceptions=True)
@@ -164,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=Config.pause, help="SIGSTOP seconds")
     parser.add_argument("--faults", default="", help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/CHAOS.md"))
+    parser.add_argument("--logs", type=Path, default=Path("bench/results/chaos"), help="logs kept")
     args = parser.parse_args(argv)
     config = Config(
         clients=args.clients,
@@ -179,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         print("chaos: nginx is not installed (Debian: apt-get install nginx)", file=sys.stderr)
         return 2
     with System(binary) as system:
-        results = asyncio.run(run(system, config))
+        try:
+            results = asyncio.run(run(system, config))
+        finally:
+            system.keep_logs(args.logs)
     text = report.markdown(results, header(config))
     args.out.write_text(text)
     print(text)

@@ -195,6 +195,12 @@ class System:
     def log(self, name: str, lines: int = 40) -> str:
         return _tail(self.root / f"{name}.log", lines)
 
+    def keep_logs(self, folder: Path) -> None:
+        """Copy every part's log into `folder` (before `close` removes the working folder)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for log in self.root.glob("*.log"):
+            shutil.copy(log, folder / log.name)
+
     def close(self) -> None:
         for attribute in ("nginx", "gateway2", "devstack"):
             process: subprocess.Popen[bytes] | None = getattr(self, attribute)

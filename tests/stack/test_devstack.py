@@ -149,7 +149,11 @@ class ResumingClient:
 
     async def _open(self) -> ClientConnection:
         while True:
-            query = f"&last_seq={self.seqs[-1]}" if self.seqs else ""
+            # Every reconnect resumes, from 0 if nothing arrived yet (without last_seq the
+            # gateway would start from "now" and skip what was created meanwhile).
+            query = (
+                f"&last_seq={self.seqs[-1] if self.seqs else 0}" if self.connected.is_set() else ""
+            )
             try:
                 ws = await connect(self.url + query, compression=None, open_timeout=5)
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 5))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import sys
 import time
@@ -183,8 +184,9 @@ def header(config: Config) -> str:
         "through notifications_svc, each with its own `Idempotency-Key`, retried until answered "
         "(5 s timeout). One fault at a time, in this order; columns as defined in "
         "`chaos/report.py`.\n\n"
-        f"Run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}, shared with other work.\n"
+        f"Run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
+        f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end: times "
+        f"stretch with the load), Python {platform.python_version()}.\n"
     )
 
 

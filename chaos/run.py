@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,9 +47,8 @@ def _say(text: str) -> None:
     print(f"chaos: {text}", file=sys.stderr, flush=True)
 
 
-async def _until(what: str, check: object, timeout: float) -> bool:
+async def _until(what: str, check: Callable[[], bool], timeout: float) -> bool:
     """Poll `check()` every 50 ms until true; False (and a message) after `timeout` seconds."""
-    assert callable(check)
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,9 +78,8 @@ def _all_ready(stack: Stack) -> bool:
     return True
 
 
-def _until(condition: str, check: object, timeout: float) -> None:
+def _until(condition: str, check: Callable[[], bool], timeout: float) -> None:
     """Poll `check()` until it is true; fail naming `condition` after `timeout` seconds."""
-    assert callable(check)
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"not within {timeout}s: {condition}"
@@ -220,8 +219,7 @@ class Producer:
                 await asyncio.sleep(0.05)
 
 
-async def _wait(condition: str, check: object, timeout: float) -> None:
-    assert callable(check)
+async def _wait(condition: str, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"not within {timeout}s: {condition}"

@@ -41,8 +41,8 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     # asyncpg's protocol state machine refusing a step on a connection the server dropped
     # mid-operation, e.g. "cannot switch to state 15; another operation (2) is in progress"
-    # when a transaction's ROLLBACK follows a FATAL admin-shutdown error during a restart.
-    # The pool discards such a connection when it is released.
+    # when the pool's reset query on release follows the FATAL "terminating connection due to
+    # administrator command" of a restart. The pool then discards that connection.
     asyncpg.exceptions.InternalClientError,
 )
 

@@ -53,10 +53,10 @@ async def claim_session(request: Request) -> Response:
     )
 
 
-def _caller(request: Request) -> UUID:
+async def _caller(request: Request) -> UUID:
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return verifier.verify(bearer_token(request)).user_id
+        return (await verifier.verify(bearer_token(request))).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
 
@@ -85,7 +85,7 @@ def _session(row: asyncpg.Record) -> dict[str, Any]:
 
 async def create_session(request: Request) -> Response:
     """`POST /api/v1/sessions` (body optional: `{"title"}`) → 201 with the new session."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     settings = request.app.state.settings
     # Read whatever arrives (a chunked body has no Content-Length): an empty body is no title.
     raw = await read_body(request, settings.http_max_body_bytes)
@@ -98,7 +98,7 @@ async def create_session(request: Request) -> Response:
 
 async def list_sessions(request: Request) -> Response:
     """`GET /api/v1/sessions?page&page_size`: the caller's sessions, most recent first."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     page = _int_param(request, "page", 1, 1, 1_000_000)
     size = _int_param(request, "page_size", 20, 1, 100)
     rows, total = await sessions.list_mine(request.app.state.pool, user_id, size, (page - 1) * size)
@@ -109,7 +109,7 @@ async def list_sessions(request: Request) -> Response:
 
 async def session_messages(request: Request) -> Response:
     """`GET /api/v1/sessions/{id}/messages?limit`: the session's history, oldest first."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     try:
         session_id = UUID(request.path_params["session_id"])
     except ValueError:

@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Starlette:
             async with WorkerPool(settings, pool, redis):
                 yield
         finally:
+            await app.state.verifier.aclose()
             await redis.aclose()
             await pool.close()
 

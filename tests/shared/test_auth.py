@@ -166,10 +166,13 @@ async def test_rs256_with_public_key(tmp_path: Path) -> None:
             "INTERNAL_TOKEN": "i" * 32,
             "JWT_ALGORITHM": "RS256",
             "JWT_PUBLIC_KEY": public_pem,
+            "JWT_AUDIENCE": "app",
+            "JWT_ISSUER": "https://issuer",
         }
     )
     user = uuid.uuid4()
-    token = jwt.encode({"sub": str(user), "exp": int(time.time()) + 60}, private, algorithm="RS256")
+    claims = {"sub": str(user), "exp": int(time.time()) + 60, "aud": "app", "iss": "https://issuer"}
+    token = jwt.encode(claims, private, algorithm="RS256")
     assert (await TokenVerifier(settings).verify(token)).user_id == user
     assert await _reason(settings, mint_token(settings, user, 60)) == "token algorithm not allowed"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -64,3 +66,25 @@ def test_postgres_keeps_data_across_restart() -> None:
         second.stop()
         shutil.rmtree(root, ignore_errors=True)
     assert not port_open(second.port)
+
+
+def test_redis_data_and_log_are_private(tmp_path: Path) -> None:
+    """The embedded Redis's folder is 0700 and its AOF files and log 0600, even when started
+    under the usual umask (022), which would make the files it creates world-readable."""
+    old_umask = os.umask(0o022)
+    server = EmbeddedRedis(tmp_path / "data" / "redis")
+    try:
+        server.start()
+        client = redis_sync.Redis.from_url(server.url)
+        client.set("k", "v")
+        client.bgrewriteaof()  # the rewrite creates new files too
+        client.close()
+    finally:
+        server.stop()
+        os.umask(old_umask)
+    data = tmp_path / "data" / "redis"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("appendonly") for p in files), files
+    for path in [*files, tmp_path / "data" / "redis.log"]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path

@@ -8,6 +8,7 @@ stops start-up with a `ConfigError` naming the variable. Nothing else in the cod
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import sys
@@ -93,6 +94,21 @@ def _redis_url(raw: str) -> str:
     if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
     return raw
+
+
+def _trusted_proxies(raw: str) -> tuple[str, ...]:
+    proxies = _parse_list(raw)
+    for proxy in proxies:
+        if proxy == "*":
+            raise ValueError(
+                "name the proxies' addresses or networks: `*` lets any client that reaches the "
+                "service set its own address with X-Forwarded-For"
+            )
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks, got {proxy!r}") from None
+    return proxies
 
 
 def _text(raw: str) -> str:
@@ -186,6 +202,13 @@ VARIABLES: tuple[Variable, ...] = (
         _text,
         "127.0.0.1",
         "Address the HTTP servers listen on (`0.0.0.0` in containers).",
+    ),
+    Variable(
+        "FORWARDED_ALLOW_IPS",
+        _trusted_proxies,
+        "127.0.0.1,::1",
+        "Comma-separated addresses or networks of the proxies whose `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` are believed (the client address in logs). `*` is refused.",
     ),
     Variable("GATEWAY_PORT", _port, "8000", "Gateway HTTP/WebSocket port."),
     Variable("NOTIFICATIONS_PORT", _port, "8001", "Notifications service port."),
@@ -367,6 +390,7 @@ class Settings:
     ws_connection_timeout: float
     data_dir: str
     bind_host: str
+    forwarded_allow_ips: tuple[str, ...]
     gateway_port: int
     notifications_port: int
     agent_port: int

@@ -220,6 +220,29 @@ def test_ingress_routes_only_the_public_api_to_the_gateway() -> None:
     assert streams["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
+def test_ingress_limits_per_client_address() -> None:
+    """Both Ingresses cap connections and request rates per client address like
+    deploy/nginx.conf: handshakes at 10/s with a burst of 200, REST at 50/s with a burst of
+    100, 100 connections at once."""
+    ingresses = _named("Ingress")
+    limits = {
+        name: {
+            key.rsplit("/", 1)[1]: int(value)
+            for key, value in ingress["metadata"]["annotations"].items()
+            if "/limit-" in key
+        }
+        for name, ingress in ingresses.items()
+    }
+    assert limits == {
+        "realtime-streams": {
+            "limit-connections": 100,
+            "limit-rps": 10,
+            "limit-burst-multiplier": 20,
+        },
+        "realtime-api": {"limit-connections": 100, "limit-rps": 50, "limit-burst-multiplier": 2},
+    }
+
+
 def test_network_policies_guard_every_service() -> None:
     """notifications and agent admit only this application's pods (and monitoring); the gateway
     also admits the ingress controller, whose X-Forwarded-For it believes."""
@@ -236,8 +259,8 @@ def test_network_policies_guard_every_service() -> None:
         if "namespaceSelector" in p
     }
     assert namespaces == {"ingress-nginx", "monitoring"}
-    env = _container(_named("Deployment")["gateway"])["env"]
-    assert {"name": "FORWARDED_ALLOW_IPS", "value": "*"} in env
+    env = {e["name"]: e["value"] for e in _container(_named("Deployment")["gateway"])["env"]}
+    assert env["FORWARDED_ALLOW_IPS"] != "*" and "*" not in env["FORWARDED_ALLOW_IPS"]
     for policy in policies.values():
         if "Ingress" in policy["spec"]["policyTypes"]:
             (rule,) = policy["spec"]["ingress"]

@@ -40,6 +40,8 @@ def test_defaults_match_the_seed(tmp_path: Path) -> None:
         ("SECRET_KEY", "short"),
         ("INTERNAL_TOKEN", "short"),
         ("WS_CONNECTION_TIMEOUT", "10"),
+        ("FORWARDED_ALLOW_IPS", "*"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.1,nginx"),
     ],
 )
 def test_invalid_value_names_the_variable(tmp_path: Path, name: str, value: str) -> None:

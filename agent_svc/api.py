@@ -45,7 +45,11 @@ async def claim_session(request: Request) -> Response:
     settings = request.app.state.settings
     require_internal(request, settings.internal_token)
     body = await read_json(request, ClaimRequest, settings.http_max_body_bytes)
-    owned, created = await sessions.claim(request.app.state.pool, body.session_id, body.user_id)
+    pool = request.app.state.pool
+    if await sessions.owner_of(pool, body.session_id) is None:
+        # A new session: count it (429 `SESSION_LIMIT` over the user's hourly allowance).
+        await request.app.state.new_sessions.count_session(body.user_id)
+    owned, created = await sessions.claim(pool, body.session_id, body.user_id)
     if not owned:
         raise Forbidden("session belongs to another user", code="SESSION_FORBIDDEN")
     return json_response(
@@ -92,6 +96,7 @@ async def create_session(request: Request) -> Response:
     body = decode_json(raw, CreateSession) if raw.strip() else CreateSession()
     if body.title is not None and "\x00" in body.title:
         raise ValidationFailed("title must not contain NUL characters")  # PostgreSQL refuses it
+    await request.app.state.new_sessions.count_session(user_id)
     row = await sessions.create(request.app.state.pool, user_id, body.title)
     return json_response(_session(row), 201)
 

@@ -43,9 +43,10 @@ from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
-from shared import chat_wire, keys
+from shared import chat_queue, chat_wire, keys
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
+from shared.quotas import DailyTokens
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 
@@ -210,6 +211,13 @@ class Worker:
             await out.emit(End(request.message_id, out.tokens_used, status))
         ANSWERS.labels(status).inc()
         TOKENS.inc(out.tokens_used)
+        # Counted against the user's daily budget as the model reported them (the gateway
+        # refuses questions once it is spent); a failure to count must not fail the answer.
+        try:
+            await p.tokens.add(UUID(request.user_id), out.tokens_used)
+        except (redis.RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.warning("tokens not counted", extra={"error": repr(exc)})
         log.info(
             "answer finished",
             extra={"message_id": request.message_id, "status": status, "model": p.model.name},
@@ -262,6 +270,7 @@ class Worker:
             self._p.lock_ms,
         )
         await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
+        await chat_queue.touch(r, request.user_id, request.message_id)
 
     async def _transcript(self, request: ChatRequest) -> Transcript:
         transcript = Transcript()
@@ -297,6 +306,13 @@ class Worker:
             )
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
+            # The user's place is free: their next waiting question goes to the stream's end.
+            chat_queue.finish(
+                pipe,
+                request.user_id,
+                request.message_id,
+                self._p.settings.chat_max_streaming_per_user,
+            )
             await pipe.execute()
 
     async def _release(self, request: ChatRequest) -> None:
@@ -412,6 +428,7 @@ class WorkerPool:
         self.lock_ms = chat_wire.session_lock_ms(settings)
         self.replies = ReplyWriter(client)
         self.cancels = CancelWatch(client)
+        self.tokens = DailyTokens(client, settings.chat_daily_token_budget)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[str] = []
 

@@ -365,6 +365,62 @@ VARIABLES: tuple[Variable, ...] = (
         "",
         "Comma-separated Python modules whose `register(registry)` adds deployer tools.",
     ),
+    # Per-user limits (counted in Redis, so they hold across every instance).
+    Variable(
+        "CHAT_MAX_STREAMING_PER_USER",
+        _positive_int,
+        "1",
+        "Answers of one user streaming at once; later questions wait in the user's queue. "
+        "Every service must agree. With 1, another user's question waits for at most one "
+        'answer of this user (docs/chat.md, "Fair use").',
+    ),
+    Variable(
+        "CHAT_MAX_QUEUED_PER_USER",
+        _non_negative_int,
+        "5",
+        "Questions of one user waiting for a stream slot; one more answers 429 `CHAT_QUEUE_FULL`.",
+    ),
+    Variable(
+        "CHAT_MAX_NEW_SESSIONS_PER_HOUR",
+        _positive_int,
+        "60",
+        "Chat sessions one user may create per hour (REST, WebSocket or chat); one more answers "
+        "429 `SESSION_LIMIT` (WebSocket: close 1013).",
+    ),
+    Variable(
+        "CHAT_DAILY_TOKEN_BUDGET",
+        _positive_int,
+        "200000",
+        "Model tokens (as the model reports them, the offline model included) one user may use "
+        "per UTC day; once spent, questions answer 429 `TOKEN_BUDGET_EXHAUSTED`.",
+    ),
+    Variable(
+        "WS_MAX_CONNECTIONS_PER_USER",
+        _positive_int,
+        "20",
+        "WebSocket connections one user may hold across every gateway; one more is closed with "
+        "1013.",
+    ),
+    Variable(
+        "HTTP_USER_RATE_LIMIT",
+        _positive_float,
+        "20",
+        "REST and chat requests per second per user through the gateways (token bucket refill "
+        "rate, counted in Redis); over it: 429 `RATE_LIMITED` with Retry-After.",
+    ),
+    Variable(
+        "HTTP_USER_RATE_BURST",
+        _positive_int,
+        "40",
+        "REST and chat requests a user may send in a burst (token bucket size).",
+    ),
+    Variable(
+        "AGENT_MAX_REMINDERS_PER_USER",
+        _positive_int,
+        "50",
+        "Notifications the agent may hold scheduled for one user; one more is refused to the "
+        "model with `REMINDER_LIMIT`.",
+    ),
     Variable(
         "SSE_KEEPALIVE_INTERVAL",
         _positive_float,
@@ -424,6 +480,14 @@ class Settings:
     agent_reclaim_idle: float
     agent_tool_modules: str
     sse_keepalive_interval: float
+    chat_max_streaming_per_user: int
+    chat_max_queued_per_user: int
+    chat_max_new_sessions_per_hour: int
+    chat_daily_token_budget: int
+    ws_max_connections_per_user: int
+    http_user_rate_limit: float
+    http_user_rate_burst: int
+    agent_max_reminders_per_user: int
     redis_cluster: bool = False
 
     @classmethod

@@ -465,24 +465,25 @@ async def test_connections_per_address_are_capped(
     start_nginx: StartNginx, gateways: list[ServiceProcess], token_for: Token
 ) -> None:
     """With 100 WebSockets open from one address, the next handshake is refused by nginx with
-    a JSON 429 TOO_MANY_CONNECTIONS; once one closes, a new one opens."""
+    a JSON 429 TOO_MANY_CONNECTIONS; once one closes, a new one opens. (Twenty users with five
+    connections each, so the gateways' own per-user and per-session caps are not what
+    refuses.)"""
     proxy = start_nginx([g.port for g in gateways])
-    token = token_for(uuid.uuid4())
-    sessions = [uuid.uuid4() for _ in range(CONNECTIONS_PER_ADDRESS // 5)]  # 5 per session
+    owners = {uuid.uuid4(): token_for(uuid.uuid4()) for _ in range(CONNECTIONS_PER_ADDRESS // 5)}
 
-    def url(session: uuid.UUID) -> str:
-        return f"{proxy.ws_url}/api/v1/ws/{session}?token={token}"
+    def url(session: uuid.UUID, token: str | None = None) -> str:
+        return f"{proxy.ws_url}/api/v1/ws/{session}?token={token or owners[session]}"
 
-    clients = await asyncio.gather(*(_open(url(s)) for s in sessions for _ in range(5)))
+    clients = await asyncio.gather(*(_open(url(s)) for s in owners for _ in range(5)))
     try:
         with pytest.raises(InvalidStatus) as refused:
-            await connect(url(uuid.uuid4()), compression=None, open_timeout=5)
+            await connect(url(uuid.uuid4(), token_for(uuid.uuid4())), open_timeout=5)
         response = refused.value.response
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1"
         assert json.loads(response.body)["error"]["code"] == "TOO_MANY_CONNECTIONS"
         await clients.pop().close()
-        clients.append(await _open(url(uuid.uuid4())))
+        clients.append(await _open(url(uuid.uuid4(), token_for(uuid.uuid4()))))
     finally:
         await asyncio.gather(*(ws.close() for ws in clients))
 

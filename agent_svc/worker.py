@@ -58,6 +58,7 @@ RECLAIMED = Counter("chat_requests_reclaimed_total", "Requests taken over from a
 TOKENS = Counter("chat_tokens_total", "Tokens used by finished answers (model-reported)")
 
 MAX_DELIVERIES = 5
+DEAD_LETTER_MAX = 10_000  # forged requests kept for inspection (approximately)
 CONSUMER_PRUNE_INTERVAL = 300.0
 CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
@@ -149,9 +150,12 @@ class Worker:
     async def _handle(
         self, entry_id: str, fields: dict[bytes, bytes] | None, reclaimed: bool
     ) -> None:
-        raw = (fields or {}).get(chat_wire.REQUEST_FIELD)
+        raw = (fields or {}).get(chat_wire.REQUEST_FIELD) or b""
         try:
-            request = chat_wire.decode_request(raw or b"")
+            request = chat_wire.decode_request(chat_wire.verify_request(self._p.request_key, raw))
+        except chat_wire.ForgedRequest as exc:
+            await self._dead_letter(entry_id, raw, str(exc))
+            return
         except msgspec.DecodeError:
             log.error("dropping malformed chat request", extra={"entry": entry_id})
             await self._ack(entry_id)
@@ -321,6 +325,18 @@ class Worker:
             chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
         )
 
+    async def _dead_letter(self, entry_id: str, raw: bytes, reason: str) -> None:
+        """Set aside a request that is not the gateway's (never answered: it may name any user)
+        in `chat:requests:dead` for an operator, then acknowledge it."""
+        log.error("dead-lettering unsigned chat request", extra={"entry": entry_id, "why": reason})
+        await self._p.redis.xadd(
+            keys.CHAT_REQUESTS_DEAD_LETTER,
+            {b"entry": entry_id, b"reason": reason, chat_wire.REQUEST_FIELD: raw},
+            maxlen=DEAD_LETTER_MAX,
+            approximate=True,
+        )
+        await self._ack(entry_id)
+
     async def _ack(self, entry_id: str) -> None:
         await self._p.redis.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
         await self._p.redis.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
@@ -426,6 +442,7 @@ class WorkerPool:
         self.model = model or create_model(settings, self.registry)
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
         self.lock_ms = chat_wire.session_lock_ms(settings)
+        self.request_key = chat_wire.request_key(settings.internal_token)
         self.replies = ReplyWriter(client)
         self.cancels = CancelWatch(client)
         self.tokens = DailyTokens(client, settings.chat_daily_token_budget)

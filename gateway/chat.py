@@ -181,7 +181,9 @@ async def open_answer(
             client,
             user_id,
             message_id,
-            chat_wire.encode(request),
+            chat_wire.sign_request(
+                chat_wire.request_key(settings.internal_token), chat_wire.encode(request)
+            ),
             max_streaming=settings.chat_max_streaming_per_user,
             max_queued=settings.chat_max_queued_per_user,
         )

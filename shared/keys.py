@@ -58,6 +58,7 @@ NOTIFICATIONS_DEAD_LETTER_STREAM = "notifications:ingest:dead"
 # Chat.
 CHAT_REQUESTS_STREAM = "chat:requests"
 CHAT_REQUESTS_GROUP = "agents"
+CHAT_REQUESTS_DEAD_LETTER = "chat:requests:dead"  # requests whose signature did not verify
 
 
 def chat_inflight(user_id: UUID | str) -> str:

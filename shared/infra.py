@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -81,15 +82,24 @@ class EmbeddedPostgres:
     `durable=False` turns off fsync (tests: speed over crash safety).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        password: str | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.durable = durable
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        user = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
 
     def _bin(self, name: str) -> str:
         return str(_pg_install() / "bin" / name)
@@ -116,21 +126,7 @@ class EmbeddedPostgres:
         private_dir(self.data_dir)
         user = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                check=True,
-                user=user,
-                capture_output=True,
-            )
+            self._initdb(user)
         options = [
             "-c",
             "listen_addresses=127.0.0.1",
@@ -181,6 +177,37 @@ class EmbeddedPostgres:
         self.stop()
         raise RuntimeError(f"postgres did not accept connections on port {self.port}")
 
+    def _initdb(self, user: str | None) -> None:
+        """A new cluster: password authentication (SCRAM) when a password is given, else trust
+        (the test suite's throwaway servers)."""
+        auth = ["--auth=trust"]
+        pwfile = self.data_dir.parent / ".postgres-password"
+        if self.password:
+            # initdb reads the password from a file (never the command line, which `ps` shows).
+            pwfile.unlink(missing_ok=True)
+            write_private(pwfile, self.password.encode())
+            if user is not None:
+                shutil.chown(pwfile, user, user)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    *auth,
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                user=user,
+                capture_output=True,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -200,14 +227,18 @@ class EmbeddedRedis:
     tests simulate an outage. `stop` is idempotent.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, password: str | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -226,6 +257,7 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(
             [
                 self.binary(),
+                *self._config_file(),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -262,6 +294,16 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"redis-server did not listen on port {self.port}")
 
+    def _config_file(self) -> list[str]:
+        """A config file (0600) with `requirepass` when a password is set: on the command line
+        it would be visible to every user through `ps`."""
+        if not self.password:
+            return []
+        path = self.data_dir / "auth.conf"
+        path.unlink(missing_ok=True)
+        write_private(path, f"requirepass {self.password}\n".encode())
+        return [str(path)]
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -280,6 +322,32 @@ class EmbeddedRedis:
 
 def _state_file(data_dir: Path) -> Path:
     return data_dir / "infra.json"
+
+
+def local_passwords(data_dir: Path) -> dict[str, str]:
+    """Random passwords of the embedded PostgreSQL and Redis, created once in
+    `DATA_DIR/infra-passwords.json` (0600 from creation) and reused after. (A PostgreSQL data
+    folder created before passwords existed keeps its trust authentication until it is
+    recreated: `make clean-data`.)"""
+    path = data_dir / "infra-passwords.json"
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+        if stored.get("postgres") and stored.get("redis"):
+            return stored
+    except (OSError, ValueError):
+        pass
+    private_dir(data_dir)
+    fresh = {"postgres": secrets.token_hex(24), "redis": secrets.token_hex(24)}
+    tmp = data_dir / f".infra-passwords.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, json.dumps(fresh).encode())
+    try:
+        os.link(tmp, path)  # two launchers at once agree: the first link wins
+    except FileExistsError:
+        fresh = dict(json.loads(path.read_text()))
+    finally:
+        tmp.unlink()
+    return fresh
 
 
 def _write_state(data_dir: Path, text: str) -> None:
@@ -323,10 +391,19 @@ def embedded_infra(settings: Settings, *, durable: bool = True) -> Iterator[Sett
             redis_url=settings.redis_url or recorded[1],
         )
         return
+    passwords = local_passwords(data_dir)
     postgres = (
-        None if settings.database_url else EmbeddedPostgres(data_dir / "postgres", durable=durable)
+        None
+        if settings.database_url
+        else EmbeddedPostgres(
+            data_dir / "postgres", durable=durable, password=passwords["postgres"]
+        )
     )
-    redis = None if settings.redis_url else EmbeddedRedis(data_dir / "redis")
+    redis = (
+        None
+        if settings.redis_url
+        else EmbeddedRedis(data_dir / "redis", password=passwords["redis"])
+    )
     try:
         if postgres is not None:
             postgres.start()

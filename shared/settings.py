@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -566,12 +567,21 @@ class Settings:
         return not self.anthropic_api_key
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs."""
+        """Values that must never appear in logs: the keys, and the passwords inside the
+        database and Redis URLs."""
+        passwords = (_url_password(self.database_url), _url_password(self.redis_url))
         return tuple(
             value
-            for value in (self.secret_key, self.internal_token, self.anthropic_api_key)
+            for value in (self.secret_key, self.internal_token, self.anthropic_api_key, *passwords)
             if value
         )
+
+
+def _url_password(url: str) -> str:
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
 
 
 def private_dir(path: Path) -> None:

@@ -138,3 +138,29 @@ def test_hs256_needs_no_audience_or_issuer(tmp_path: Path) -> None:
     """The default HS256 with our own SECRET_KEY keeps `aud`/`iss` optional (no other
     application shares the key)."""
     assert Settings.from_env({"DATA_DIR": str(tmp_path), **SECRETS}).jwt_audience == ""
+
+
+def test_url_passwords_are_secrets(tmp_path: Path) -> None:
+    """The passwords inside DATABASE_URL and REDIS_URL (rediss:// too) are scrubbed from logs."""
+    settings = Settings.from_env(
+        {
+            "DATA_DIR": str(tmp_path),
+            **SECRETS,
+            "DATABASE_URL": "postgresql://app:db-password-1@db:5432/app",
+            "REDIS_URL": "rediss://gateway:redis-password-2@redis:6380/0",
+        }
+    )
+    assert {"db-password-1", "redis-password-2"} <= set(settings.secrets())
+
+
+def test_rediss_url_makes_a_tls_client(tmp_path: Path) -> None:
+    """`rediss://` gives a client whose connections use TLS (no I/O here)."""
+    from redis.asyncio.connection import SSLConnection
+
+    from shared.redis_client import create_client
+
+    settings = Settings.from_env(
+        {"DATA_DIR": str(tmp_path), **SECRETS, "REDIS_URL": "rediss://u:p@redis:6380/0"}
+    )
+    client = create_client(settings)
+    assert client.connection_pool.connection_class is SSLConnection

@@ -29,7 +29,14 @@ PORT_VARS = {
     "notifications": "NOTIFICATIONS_PORT",
     "agent": "AGENT_PORT",
 }
-SECRETS = ("SECRET_KEY", "INTERNAL_TOKEN", "POSTGRES_PASSWORD")
+SECRETS = (
+    "SECRET_KEY",
+    "INTERNAL_TOKEN",
+    "POSTGRES_PASSWORD",
+    "REDIS_GATEWAY_PASSWORD",
+    "REDIS_NOTIFICATIONS_PASSWORD",
+    "REDIS_AGENT_PASSWORD",
+)
 TEST_ENV = {name: "x" * 40 for name in SECRETS}
 
 
@@ -156,7 +163,8 @@ def test_internal_urls_use_service_names(services: dict[str, Any]) -> None:
     assert env["NOTIFICATIONS_URL"] == f"http://notifications:{PORTS['notifications']}"
     assert env["AGENT_URL"] == f"http://agent:{PORTS['agent']}"
     assert env["DATABASE_URL"].endswith("@postgres:5432/realtime")
-    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["REDIS_URL"].endswith("@redis:6379/0"), name
 
 
 def test_secrets_have_no_default(compose: dict[str, Any]) -> None:

@@ -150,6 +150,15 @@ def test_each_service_gets_only_its_own_secrets() -> None:
         ]
 
 
+def test_each_service_has_its_own_redis_user_over_tls() -> None:
+    """Every secrets template's REDIS_URL is `rediss://` and names the service's own ACL user
+    (the users of docs/deploy.md, "Redis users")."""
+    for service in MODULES:
+        template = (K8S / f"{service}.secrets.env.example").read_text()
+        (url,) = re.findall(r"^REDIS_URL=(.*)$", template, flags=re.MULTILINE)
+        assert url.startswith(f"rediss://{service}:"), url
+
+
 def test_no_pod_gets_a_service_account_token() -> None:
     """No service talks to the Kubernetes API, so no pod mounts a service-account token."""
     for name, deployment in _named("Deployment").items():
@@ -292,7 +301,7 @@ def test_egress_is_limited_per_service() -> None:
         assert all(rule.get("ports") for rule in rules), service
         dns = rules[0]
         assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
-        assert 6379 in _ports(rules)
+        assert 6380 in _ports(rules)  # Redis over TLS, as the secrets examples
         assert (5432 in _ports(rules)) == (service != "gateway")
         assert (443 in _ports(rules)) == (service == "agent")
     (internet,) = [rule for rule in _egress("agent") if 443 in _ports([rule])]

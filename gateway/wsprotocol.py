@@ -141,7 +141,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.draining = True
-        self.loop.call_later(LINGER, self.transport.close)
+        # uvicorn's own convention: with a `close_timer` set, the end of the ASGI app (which
+        # follows the disconnect at once) leaves closing the transport to the timer.
+        self.close_timer = self.loop.call_later(LINGER, self.transport.close)
 
     def write_frames(self, data: bytes) -> bool:
         if (

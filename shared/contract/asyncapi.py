@@ -112,8 +112,10 @@ def public_asyncapi() -> dict[str, Any]:
                 "server frames, never removed or renamed. Bad input is answered with an "
                 "`error` frame (codes: schema `FrameErrorCode`, plus the chat codes of "
                 "docs/chat.md) and never closes the connection; the connection closes with one "
-                "of the codes of schema `CloseCode`, always with a short reason. Behaviour "
-                "(ordering, resume, limits) is described in docs/protocol.md."
+                "of the codes of schema `CloseCode`, always with a short reason. Frames that "
+                "internal services publish through `POST /internal/v1/publish` are forwarded "
+                "as published (any JSON object with a string `type`). Behaviour (ordering, "
+                "resume, limits) is described in docs/protocol.md."
             ),
         },
         "defaultContentType": "application/json",

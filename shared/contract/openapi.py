@@ -349,7 +349,10 @@ def _document(
     security: dict[str, Any],
     server: dict[str, str],
 ) -> dict[str, Any]:
-    schemas = Schemas(_types(routes), named={"ChatEvent": chat_wire.ChatEvent})
+    # ChatErrorCode: the codes an SSE `error` event carries (ErrorEvent.error.code).
+    schemas = Schemas(
+        [*_types(routes), chat_wire.ChatErrorCode], named={"ChatEvent": chat_wire.ChatEvent}
+    )
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from shared.chat_wire import ChatErrorCode
 from shared.contract import public_asyncapi
 from shared.settings import Settings
 from shared.wire import FrameErrorCode
@@ -44,13 +45,8 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4"))
 LONG = EXAMPLES > 20
 FRAMES = EXAMPLES * 30
 MAX_BYTES = 65_536  # WS_MAX_MESSAGE_BYTES (default)
-# Codes an `error` frame may carry: the gateway's, plus chat's (docs/chat.md) and the
-# HTTP-mapped ones chat raises (shared.errors).
-CHAT_CODES = {
-    "CHAT_BUSY", "CHAT_UNAVAILABLE", "NOTHING_TO_CANCEL", "ANSWER_NOT_FOUND", "ANSWER_EXPIRED",
-    "VALIDATION_ERROR", "SESSION_NOT_FOUND", "AGENT_FAILED", "AGENT_ERROR",
-}  # fmt: skip
-ERROR_CODES = {code.value for code in FrameErrorCode} | CHAT_CODES
+# Codes an `error` frame may carry: the gateway's and chat's, as documented.
+ERROR_CODES = {code.value for code in FrameErrorCode} | {code.value for code in ChatErrorCode}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,11 @@ from typing import IO
 import httpx
 
 from shared import infra, migrate
+from shared.auth import mint_token
 from shared.settings import Settings, load_or_exit
+
+# The demo user of `make run`'s console link (any UUID would do; fixed so data survives restarts).
+DEMO_USER_ID = "3f0c6a8e-8d5b-4a57-9a53-0d3c1f7e2b11"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,15 @@ def _wait_ready(services: list[Service], timeout: float = 90) -> bool:
     return not pending
 
 
+def console_link(settings: Settings, port: int) -> str:
+    """The console URL; signed in as the demo user (token in the fragment, which never reaches a
+    server or a log) only while the generated development secret is in use."""
+    url = f"http://127.0.0.1:{port}/console"
+    if os.environ.get("SECRET_KEY") or settings.jwt_algorithm != "HS256":
+        return url
+    return f"{url}#token={mint_token(settings, DEMO_USER_ID, 7 * 24 * 3600)}"
+
+
 def run(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -95,7 +108,8 @@ def run(settings: Settings) -> int:
                 print(
                     f"\nready: gateway at http://127.0.0.1:{ready.gateway_port} "
                     f"(WebSocket ws://127.0.0.1:{ready.gateway_port}/api/v1/ws/<session-id>)\n"
-                    "get a token with: make token USER=<user-uuid>   stop with Ctrl-C\n",
+                    "get a token with: make token USER=<user-uuid>   stop with Ctrl-C\n"
+                    f"console: {console_link(ready, ready.gateway_port)}\n",
                     flush=True,
                 )
             while not stop.wait(0.5):

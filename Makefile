@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench migrate token lint format check clean-data
+.PHONY: run test bench migrate token lint format check clean-data docs fuzz
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(VENV)/.installed-bench
 # `make bench` (BENCH_SCALE=small for a smoke run): results in bench/results/, see docs/performance.md.
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
+
+# The API contract (OpenAPI, AsyncAPI) generated from the wire types into docs/api/ (a test fails
+# while the committed copies differ from the code).
+docs: $(STAMP)
+	$(PY) -m shared.contract docs/api
 
 migrate: $(STAMP)
 	$(PY) -m shared.migrate

@@ -87,6 +87,34 @@ class WsCancel(msgspec.Struct, tag="cancel", tag_field="type"):
 _decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
 
 
+class CancelAccepted(msgspec.Struct):
+    message_id: UUID
+    status: str = "cancelling"
+
+
+class MessageIdPath(msgspec.Struct):
+    message_id: UUID
+
+
+EVENT_ID_META = msgspec.Meta(pattern=r"^\d{1,20}-\d{1,20}$")
+
+
+class ResumeQuery(msgspec.Struct, kw_only=True):
+    """`GET /api/v1/chat/stream/{message_id}`'s query (EventSource cannot send headers)."""
+
+    token: Annotated[str | None, msgspec.Meta(description="JWT, when no Authorization")] = None
+    last_event_id: (
+        Annotated[str, EVENT_ID_META, msgspec.Meta(description="when no Last-Event-ID header")]
+        | None
+    ) = None
+
+
+class ResumeHeaders(msgspec.Struct, kw_only=True):
+    last_event_id: (
+        Annotated[str, EVENT_ID_META, msgspec.Meta(description="resume after this event id")] | None
+    ) = msgspec.field(default=None, name="Last-Event-ID")
+
+
 # The answer's streams.
 
 
@@ -338,7 +366,7 @@ async def cancel_stream(request: Request) -> Response:
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)
     await request_cancel(client, request.app.state.settings, message_id)
-    return json_response({"message_id": message_id, "status": "cancelling"}, 202)
+    return json_response(CancelAccepted(UUID(message_id)), 202)
 
 
 def _entry_id(event_id: str) -> tuple[int, int]:

@@ -19,6 +19,10 @@ class _Head(msgspec.Struct):
     type: str
 
 
+class Ping(msgspec.Struct, tag="ping", tag_field="type"):
+    """Keeps the connection from the idle timeout; answered with `pong`."""
+
+
 class RefreshToken(msgspec.Struct, tag="refresh_token", tag_field="type"):
     token: str
 

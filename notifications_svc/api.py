@@ -14,7 +14,6 @@ user token), and the gateway never routes `/internal/` publicly.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
@@ -68,14 +67,14 @@ async def list_notifications(request: Request) -> Response:
         offset=(page - 1) * page_size,
         before_seq=before_seq,
     )
-    body: dict[str, Any] = {
-        "items": [model.item(row) for row in rows],
-        "total": total,
-        "page": page,
-        "page_size": page_size,
-        "has_more": has_more,
-        "next_cursor": model.encode_cursor(rows[-1].seq) if has_more else None,
-    }
+    body = model.NotificationPage(
+        items=[model.item(row) for row in rows],
+        total=total,
+        page=page,
+        page_size=page_size,
+        has_more=has_more,
+        next_cursor=model.encode_cursor(rows[-1].seq) if has_more else None,
+    )
     return json_response(body)
 
 
@@ -93,7 +92,7 @@ async def mark_all_read(request: Request) -> Response:
     """`POST /api/v1/notifications/read-all` → how many were marked."""
     user_id = caller(request)
     count = await store.mark_all_read(request.app.state.pool, user_id)
-    return json_response({"marked_read": count})
+    return json_response(model.MarkedRead(marked_read=count))
 
 
 async def delete_notification(request: Request) -> Response:
@@ -109,7 +108,7 @@ async def unread_count(request: Request) -> Response:
     """`GET /api/v1/notifications/unread/count` → `{"unread_count": n}`."""
     user_id = caller(request)
     count = await store.unread_count(request.app.state.pool, user_id)
-    return json_response({"unread_count": count})
+    return json_response(model.UnreadCount(unread_count=count))
 
 
 routes = [

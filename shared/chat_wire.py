@@ -89,6 +89,47 @@ class Error(msgspec.Struct, tag="error", tag_field="type"):
 
 
 ReplyEvent = Start | Token | ToolCall | ToolResult | End | Error
+
+
+# The events as clients receive them: the stored event with its stream entry id spliced in as
+# `event_id` (`with_event_id`). Subclasses, so a field added to an event reaches the contract.
+
+
+class StartEvent(Start, kw_only=True):
+    event_id: str
+
+
+class TokenEvent(Token, kw_only=True):
+    event_id: str
+
+
+class ToolCallEvent(ToolCall, kw_only=True):
+    event_id: str
+
+
+class ToolResultEvent(ToolResult, kw_only=True):
+    event_id: str
+
+
+class EndEvent(End, kw_only=True):
+    event_id: str
+
+
+class ErrorEvent(Error, kw_only=True):
+    """`ANSWER_EXPIRED` (the reply stream expired under the reader) comes without `event_id`."""
+
+    event_id: str = ""
+
+
+ChatEvent = StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | EndEvent | ErrorEvent
+
+
+class ChatEventFrame(msgspec.Struct, tag="chat_event", tag_field="type"):
+    """WebSocket streaming frame (opt-in with `"stream": true`): one reply event."""
+
+    event: ChatEvent
+
+
 TERMINAL_EVENTS = (End, Error)
 
 _encoder = msgspec.json.Encoder()

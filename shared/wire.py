@@ -12,8 +12,9 @@ is an unambiguous separator.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -71,9 +72,15 @@ class Notification(msgspec.Struct, tag="notification", tag_field="type"):
 
 
 class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
+    code: Annotated[str, msgspec.Meta(description="stable, for programs (see the error codes)")]
+    message: Annotated[str, msgspec.Meta(description="for humans; may change")]
     details: Any = None
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every HTTP error body: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorBody
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type"):
@@ -81,6 +88,48 @@ class Error(msgspec.Struct, tag="error", tag_field="type"):
 
 
 ServerFrame = ConnectionEstablished | Pong | Message | Notification | Error
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the gateway uses. Every close also carries a short reason.
+
+    1000 idle timeout (no frame for WS_CONNECTION_TIMEOUT seconds); 1008 policy violation
+    (token missing/invalid/expired, foreign session, origin not allowed, bad last_seq, rate
+    limit exceeded): do not retry with the same credentials; 1009 frame too large; 1011
+    keepalive ping timeout or internal error: reconnect with backoff; 1012 server restarting:
+    reconnect at once with last_seq; 1013 try again later (too many connections for the
+    session, slow consumer, server at capacity, a dependency unavailable): reconnect with
+    backoff and jitter, with last_seq.
+    """
+
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+class FrameErrorCode(enum.StrEnum):
+    """`error.code` of the gateway's WebSocket `error` frames (chat adds the codes of
+    `ChatErrorCode`). Bad input is answered with one of these and never closes the connection.
+
+    INVALID_JSON not JSON (or nested too deep to parse); INVALID_MESSAGE not an object, no
+    string `type`, a binary frame, or wrong fields for the type; UNKNOWN_TYPE a `type` the
+    server does not know; RATE_LIMITED refused by a frame rate limit; TOKEN_INVALID a
+    `refresh_token` with a bad token or another user's; TOO_MANY_IN_FLIGHT more chat frames
+    of the connection being processed than allowed; PROCESSING_ERROR the server failed to
+    process a valid frame.
+    """
+
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+    PROCESSING_ERROR = "PROCESSING_ERROR"
+
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode

@@ -7,11 +7,14 @@ import { asText, byId, el } from "./dom.js";
 /** @typedef {import("../src/chat.js").ChatAnswer} ChatAnswer */
 /** @typedef {import("../src/wire.js").ChatEvent} ChatEvent */
 /** @typedef {import("../src/wire.js").HistoryMessage} HistoryMessage */
+/** @typedef {import("../src/types.js").ToolCallEvent} ToolCallEvent */
+/** @typedef {import("../src/types.js").ToolResultEvent} ToolResultEvent */
+/** @typedef {{kind: "call", event: ToolCallEvent} | {kind: "result", event: ToolResultEvent}} ToolStep */
 
 /**
  * What survives a reload while an answer streams (sessionStorage: this tab only).
  * @typedef {{messageId: string, sessionId: string, question: string, lastEventId: string | null,
- *   text: string, tools: Array<{kind: "call" | "result", event: ChatEvent}>}} Pending
+ *   text: string, tools: ToolStep[]}} Pending
  */
 const PENDING_KEY = "console.pending-answer";
 
@@ -29,7 +32,7 @@ class MessageView {
     this.text.append(document.createTextNode(content));
   }
 
-  /** @param {ChatEvent} event */
+  /** @param {ToolCallEvent} event */
   toolCall(event) {
     this.tools.append(
       el("div", { class: "tool call", "data-tool-id": String(event.id) },
@@ -37,7 +40,7 @@ class MessageView {
     );
   }
 
-  /** @param {ChatEvent} event */
+  /** @param {ToolResultEvent} event */
   toolResult(event) {
     this.tools.append(
       el("div", { class: event.is_error ? "tool result error" : "tool result", "data-tool-id": String(event.id) },
@@ -107,8 +110,10 @@ export class ChatPanel {
         view.element.dataset.messageId = message.id;
         if (message.status) view.element.dataset.status = message.status;
         for (const call of /** @type {any[]} */ (message.tool_calls ?? [])) {
-          view.toolCall({ type: "tool_call", id: call.id, name: call.name, input: call.input });
-          if ("result" in call) view.toolResult({ type: "tool_result", id: call.id, name: call.name, content: call.result, is_error: call.is_error });
+          view.toolCall({ type: "tool_call", id: call.id, name: call.name, input: call.input, event_id: "" });
+          if ("result" in call) {
+            view.toolResult({ type: "tool_result", id: call.id, name: call.name, content: call.result, is_error: call.is_error, event_id: "" });
+          }
         }
         if (message.status && message.status !== "complete") view.tools.append(el("div", { class: "hint" }, `(${message.status})`));
         this.messages.append(view.element);
@@ -212,7 +217,7 @@ export class ChatPanel {
       this.messages.append(new MessageView("user", pending.question).element);
     }
     const view = new MessageView("assistant", pending.text);
-    for (const { kind, event } of pending.tools) kind === "call" ? view.toolCall(event) : view.toolResult(event);
+    for (const step of pending.tools) step.kind === "call" ? view.toolCall(step.event) : view.toolResult(step.event);
     const answer = this.client.resume(pending.messageId, { lastEventId: pending.lastEventId, text: pending.text });
     answer.sessionId = pending.sessionId;
     await this.stream(answer, view, { question: pending.question, tools: pending.tools });

@@ -13,6 +13,9 @@ import { jwtClaims, refreshTime } from "./jwt.js";
 import { systemClock } from "./clock.js";
 
 /** @typedef {import("./wire.js").ServerFrame} ServerFrame */
+/** @typedef {import("./wire.js").AnyFrame} AnyFrame */
+/** @typedef {import("./wire.js").MessageData} MessageData */
+/** @typedef {{[K in ServerFrame["type"]]: Extract<ServerFrame, {type: K}>}} FrameByType */
 /** @typedef {import("./wire.js").NotificationData} NotificationData */
 /** @typedef {import("./wire.js").ChatEvent} ChatEvent */
 /** @typedef {import("./clock.js").Clock} Clock */
@@ -34,10 +37,10 @@ import { systemClock } from "./clock.js";
  *
  * @typedef {{
  *   notification: NotificationData,
- *   message: import("./wire.js").MessageFrame["data"],
+ *   message: MessageData,
  *   state: ConnectionState,
  *   error: ClientError,
- *   frame: ServerFrame,
+ *   frame: AnyFrame,
  * }} ClientEvents
  */
 
@@ -111,7 +114,7 @@ export class RealtimeClient {
       /** @type {CloseInfo | null} */
       lastClose: null,
     };
-    /** @type {Map<string, (frame: ServerFrame) => void>} frame handlers by type (extensions add theirs) */
+    /** @type {Map<string, (frame: any) => void>} frame handlers by type (see `handle`) */
     this.frameHandlers = new Map();
     /** @type {WebSocketLike | null} */
     this.ws = null;
@@ -151,6 +154,17 @@ export class RealtimeClient {
    */
   iterate(type, options) {
     return this.events.iterate(type, options);
+  }
+
+  /**
+   * Handle the server's `type` frames (one handler per type; the last one set wins). The
+   * client's own handlers are set here; extensions (topics, push) add theirs the same way.
+   * @template {keyof FrameByType} K
+   * @param {K} type
+   * @param {(frame: FrameByType[K]) => void} handler
+   */
+  handle(type, handler) {
+    this.frameHandlers.set(type, handler);
   }
 
   /** Notifications as an async iterator, each once, in seq order. */
@@ -368,7 +382,7 @@ export class RealtimeClient {
   /** @param {unknown} raw */
   #frame(raw) {
     if (typeof raw !== "string") return;
-    /** @type {ServerFrame} */
+    /** @type {AnyFrame} */
     let frame;
     try {
       frame = JSON.parse(raw);
@@ -383,39 +397,37 @@ export class RealtimeClient {
   }
 
   #installHandlers() {
-    const handlers = this.frameHandlers;
-    handlers.set("connection_established", (frame) => {
+    this.handle("connection_established", (frame) => {
       this.openedAt = this.clock.now();
       this.refusedToken = null;
       this.#clearTimer("open");
-      this.#setState({ status: "open", sessionId: frame.data?.session_id, userId: frame.data?.user_id });
+      this.#setState({ status: "open", sessionId: frame.data.session_id, userId: frame.data.user_id });
       this.#schedulePing();
       this.#scheduleRefresh();
     });
-    handlers.set("notification", (frame) => {
-      const seq = frame.data?.seq;
+    this.handle("notification", (frame) => {
+      const seq = frame.data.seq;
       if (typeof seq === "number" && !this.seq.accept(seq)) {
         this.stats.duplicatesDropped += 1;
         return;
       }
       this.events.emit("notification", frame.data);
     });
-    handlers.set("message", (frame) => {
-      if (this.wsAnswer && frame.data?.id === this.wsAnswer.answer.messageId) this.wsAnswer = null;
+    this.handle("message", (frame) => {
+      if (this.wsAnswer && frame.data.id === this.wsAnswer.answer.messageId) this.wsAnswer = null;
       this.events.emit("message", frame.data);
     });
-    handlers.set("chat_event", (frame) => {
-      const event = frame.event;
-      if (this.wsAnswer && event && typeof event.type === "string") this.wsAnswer.events.push(event);
+    this.handle("chat_event", (frame) => {
+      if (this.wsAnswer && frame.event && typeof frame.event.type === "string") this.wsAnswer.events.push(frame.event);
     });
-    handlers.set("token_expiring", () => void this.#refresh());
-    handlers.set("token_refreshed", () => {
+    this.handle("token_expiring", () => void this.#refresh());
+    this.handle("token_refreshed", () => {
       this.refreshing = false;
       this.#scheduleRefresh();
     });
-    handlers.set("error", (frame) => {
-      const error = frame.error ?? {};
-      const code = String(error.code ?? "ERROR");
+    this.handle("error", (frame) => {
+      const error = frame.error ?? { code: "ERROR", message: "" };
+      const code = String(error.code);
       if (code === "TOKEN_INVALID") {
         this.refreshing = false;
         this.events.emit("error", { kind: "auth", message: `token refresh refused: ${error.message}` });

@@ -1,18 +1,33 @@
-// The names the client uses for frames and REST bodies. Each is an alias of a type generated from
-// the API contract (docs/api/*.json → src/types.d.ts by scripts/gen-types.js), so nothing here
-// is written twice. Until the contract lands, the aliases are loose.
+// The names the client uses for frames and REST bodies: each is a type generated from the API
+// contract (docs/api/*.json → src/types.d.ts by scripts/gen-types.js), so nothing is written
+// twice. Type-only module: it exports no values.
 
-/** @typedef {{type: string, [field: string]: any}} ServerFrame  any frame the server sends */
-/** @typedef {{id: string, title: string, content: string, notification_type: string, seq?: number, created_at: string, is_read?: boolean, action?: any, related_entity_type?: string | null, related_entity_id?: string | null, [field: string]: any}} NotificationData */
-/** @typedef {{type: "notification", data: NotificationData, timestamp: string}} NotificationFrame */
-/** @typedef {{type: "message", data: {id: string, reply: string, tool_calls: any[], tokens_used: number, created_at: string}}} MessageFrame */
-/** @typedef {{code: string, message: string, details?: any}} ErrorBody */
-/** @typedef {{type: string, event_id?: string, [field: string]: any}} ChatEvent */
-/** @typedef {{id: string, user_id: string, seq: number, title: string, content: string, type: string, action?: any, related_entity_type?: string | null, related_entity_id?: string | null, is_read: boolean, read_at?: string | null, created_at: string, updated_at: string}} NotificationItem */
-/** @typedef {{items: NotificationItem[], total: number, page: number, page_size: number, has_more: boolean, next_cursor: string | null}} NotificationPage */
-/** @typedef {{id: string, title: string | null, created_at: string, updated_at: string}} ChatSession */
-/** @typedef {{items: ChatSession[], total: number, page: number, page_size: number}} SessionPage */
-/** @typedef {{id: string, role: string, content: string, tool_calls?: any, tokens_used?: number | null, status?: string | null, created_at: string}} HistoryMessage */
-/** @typedef {{session_id: string, items: HistoryMessage[]}} History */
+/** @typedef {import("./types.js").ServerFrame} ServerFrame  a frame the gateway defines */
+/** @typedef {import("./types.js").ClientFrame} ClientFrame */
+/**
+ * Any frame: internal services may publish frames outside the contract (docs/protocol.md,
+ * `POST /internal/v1/publish`), so unknown types reach the `frame` event as they are.
+ * @typedef {{type: string, [field: string]: unknown}} AnyFrame
+ */
+/** @typedef {import("./types.js").Notification} NotificationFrame */
+/** @typedef {import("./types.js").NotificationData} NotificationData */
+/** @typedef {import("./types.js").Message} MessageFrame */
+/** @typedef {import("./types.js").MessageData} MessageData */
+/** @typedef {import("./types.js").ErrorFrame} ErrorFrame */
+/** @typedef {import("./types.js").ErrorBody} ErrorBody */
+/** @typedef {import("./types.js").ChatEvent} ChatEvent */
+/** @typedef {import("./types.js").ChatEventFrame} ChatEventFrame */
+/** @typedef {import("./types.js").ChatBody} ChatBody */
+/** @typedef {import("./types.js").ConnectionEstablished} ConnectionEstablished */
+/** @typedef {import("./types.js").NotificationItem} NotificationItem */
+/** @typedef {import("./types.js").NotificationPage} NotificationPage */
+/** @typedef {import("./types.js").UnreadCount} UnreadCount */
+/** @typedef {import("./types.js").MarkedRead} MarkedRead */
+/** @typedef {import("./types.js").Session} ChatSession */
+/** @typedef {import("./types.js").SessionPage} SessionPage */
+/** @typedef {import("./types.js").SessionMessage} HistoryMessage */
+/** @typedef {import("./types.js").SessionMessages} History */
+/** @typedef {import("./types.js").CancelAccepted} CancelAccepted */
+/** @typedef {import("./types.js").ErrorResponse} ErrorResponse */
 
 export {};

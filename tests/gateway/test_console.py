@@ -33,9 +33,7 @@ def test_modules_of_the_page_and_the_library_are_served(client: TestClient) -> N
         response = client.get(path)
         assert response.status_code == 200, path
         assert "content-security-policy" in response.headers
-    assert client.get("/console/src/index.js").headers["content-type"].startswith(
-        "text/javascript"
-    )
+    assert client.get("/console/src/index.js").headers["content-type"].startswith("text/javascript")
 
 
 @pytest.mark.parametrize(

@@ -28,12 +28,10 @@ export class Inbox {
   /**
    * @param {RealtimeClient} client
    * @param {(message: string) => void} report  shows a failure to the user
-   * @param {BroadcastChannel | null} tabs  tells the user's other tabs about changes made here
    */
-  constructor(client, report, tabs) {
+  constructor(client, report) {
     this.client = client;
     this.report = report;
-    this.tabs = tabs;
     /** @type {Map<string, {row: Row, element: HTMLLIElement}>} */
     this.rows = new Map();
     /** @type {string | null} */
@@ -49,25 +47,39 @@ export class Inbox {
     this.more.addEventListener("click", () => void this.loadMore());
     byId("read-all", HTMLButtonElement).addEventListener("click", () => void this.markAllRead());
     client.on("notification", (data) => this.arrived(fromFrame(data)));
-    client.on("frame", (frame) => {
-      if (frame.type === "notifications_changed") void this.reload();
+    // Changes made anywhere (another tab or device, the REST API, the agent) arrive live.
+    client.on("changed", (change) => this.applyChange(change));
+    // A reconnect may have missed changes (they are not replayed): reload the first page.
+    let wasOpen = false;
+    client.on("state", (state) => {
+      if (state.status === "open" && wasOpen) void this.reload();
+      if (state.status === "open") wasOpen = true;
     });
-    tabs?.addEventListener("message", () => void this.reload());
   }
 
-  /** First page and unread count, from scratch. */
-  async reload() {
+  /**
+   * The first page and the unread count, afresh. Rows newer than the page (they arrived live
+   * while it was being read) stay. With `resumePoint`, before the socket connects, the page's
+   * newest seq becomes where the socket resumes (those are shown already); never while it is
+   * open, where it would drop notifications still on their way as duplicates.
+   * @param {{resumePoint?: boolean}} [options]
+   */
+  async reload(options = {}) {
     try {
       const [page, unread] = await Promise.all([
         this.client.rest.listNotifications({ pageSize: 20 }),
         this.client.rest.unreadCount(),
       ]);
+      const newest = page.items[0]?.seq ?? 0;
+      const live = [...this.rows.values()].filter((entry) => entry.row.seq > newest);
       this.rows.clear();
       this.list.replaceChildren();
       for (const item of page.items) this.insert(fromItem(item));
-      this.client.seq.advance(page.items[0]?.seq ?? 0);
+      for (const entry of live) this.insert(entry.row);
+      if (options.resumePoint) this.client.seq.advance(newest);
       this.cursor = page.has_more ? page.next_cursor : null;
       this.setUnread(unread);
+      if (live.length > 0) this.scheduleRecount();
       this.refreshChrome();
     } catch (error) {
       this.report(`Could not load notifications: ${error}`);
@@ -84,6 +96,29 @@ export class Inbox {
     } catch (error) {
       this.report(`Could not load older notifications: ${error}`);
     }
+  }
+
+  /** @param {import("../src/wire.js").NotificationsChangedData} change */
+  applyChange(change) {
+    const entries = change.change === "all_read" ? [...this.rows.values()] : change.ids.map((id) => this.rows.get(id));
+    for (const entry of entries) {
+      if (!entry) continue;
+      if (change.change === "deleted") {
+        entry.element.remove();
+        this.rows.delete(entry.row.id);
+      } else {
+        this.showRead(entry);
+      }
+    }
+    this.setUnread(change.unread_count);
+    this.refreshChrome();
+  }
+
+  /** @param {{row: Row, element: HTMLLIElement}} entry */
+  showRead(entry) {
+    entry.row.is_read = true;
+    entry.element.classList.remove("unread");
+    /** @type {HTMLButtonElement} */ (entry.element.querySelector(".mark-read")).hidden = true;
   }
 
   /** @param {Row} row */
@@ -145,11 +180,9 @@ export class Inbox {
     if (!entry || entry.row.is_read) return;
     try {
       await this.client.rest.markRead(id);
-      entry.row.is_read = true;
-      entry.element.classList.remove("unread");
-      /** @type {HTMLButtonElement} */ (entry.element.querySelector(".mark-read")).hidden = true;
+      this.showRead(entry);
       this.setUnread(Math.max(0, this.unread - 1));
-      this.changed();
+      this.scheduleRecount();
     } catch (error) {
       this.report(`Could not mark read: ${error}`);
     }
@@ -158,13 +191,9 @@ export class Inbox {
   async markAllRead() {
     try {
       await this.client.rest.markAllRead();
-      for (const { row, element } of this.rows.values()) {
-        row.is_read = true;
-        element.classList.remove("unread");
-        /** @type {HTMLButtonElement} */ (element.querySelector(".mark-read")).hidden = true;
-      }
+      for (const entry of this.rows.values()) this.showRead(entry);
       this.setUnread(0);
-      this.changed();
+      this.scheduleRecount();
     } catch (error) {
       this.report(`Could not mark all read: ${error}`);
     }
@@ -180,16 +209,10 @@ export class Inbox {
       this.rows.delete(id);
       if (!entry.row.is_read) this.setUnread(Math.max(0, this.unread - 1));
       this.refreshChrome();
-      this.changed();
+      this.scheduleRecount();
     } catch (error) {
       this.report(`Could not delete: ${error}`);
     }
-  }
-
-  /** Other tabs of this user reload; the server's count confirms ours. */
-  changed() {
-    this.tabs?.postMessage("changed");
-    this.scheduleRecount();
   }
 
   /** @param {number} count */

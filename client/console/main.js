@@ -109,11 +109,10 @@ function main() {
     }
   });
   connectionPanel(client);
-  const tabs = "BroadcastChannel" in globalThis ? new BroadcastChannel(`console:${userId}`) : null;
-  const inbox = new Inbox(client, report, tabs);
+  const inbox = new Inbox(client, report);
   const chat = new ChatPanel(client, report);
   // The inbox's newest seq becomes the resume point before the socket opens.
-  void inbox.reload().then(() => client.connect());
+  void inbox.reload({ resumePoint: true }).then(() => client.connect());
   void chat.start();
   Object.assign(globalThis, { consoleClient: client });
 }

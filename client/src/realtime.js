@@ -15,6 +15,7 @@ import { systemClock } from "./clock.js";
 /** @typedef {import("./wire.js").ServerFrame} ServerFrame */
 /** @typedef {import("./wire.js").AnyFrame} AnyFrame */
 /** @typedef {import("./wire.js").MessageData} MessageData */
+/** @typedef {import("./wire.js").NotificationsChangedData} NotificationsChangedData */
 /** @typedef {{[K in ServerFrame["type"]]: Extract<ServerFrame, {type: K}>}} FrameByType */
 /** @typedef {import("./wire.js").NotificationData} NotificationData */
 /** @typedef {import("./wire.js").ChatEvent} ChatEvent */
@@ -37,6 +38,7 @@ import { systemClock } from "./clock.js";
  *
  * @typedef {{
  *   notification: NotificationData,
+ *   changed: NotificationsChangedData,
  *   message: MessageData,
  *   state: ConnectionState,
  *   error: ClientError,
@@ -413,6 +415,7 @@ export class RealtimeClient {
       }
       this.events.emit("notification", frame.data);
     });
+    this.handle("notifications_changed", (frame) => this.events.emit("changed", frame.data));
     this.handle("message", (frame) => {
       if (this.wsAnswer && frame.data.id === this.wsAnswer.answer.messageId) this.wsAnswer = null;
       this.events.emit("message", frame.data);

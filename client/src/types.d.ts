@@ -40,6 +40,7 @@ export type ServerFrame =
   | Pong
   | Message
   | Notification
+  | NotificationsChanged
   | ErrorFrame
   | TokenExpiring
   | TokenRefreshed
@@ -73,6 +74,8 @@ export interface ApiContract {
   NotificationData?: NotificationData;
   NotificationItem?: NotificationItem;
   NotificationPage?: NotificationPage;
+  NotificationsChanged?: NotificationsChanged;
+  NotificationsChangedData?: NotificationsChangedData;
   Ping?: Ping;
   Pong?: Pong;
   Ready?: Ready;
@@ -275,6 +278,24 @@ export interface NotificationPage {
   has_more: boolean;
   next_cursor: string | null;
   minItems?: 0;
+}
+/**
+ * Extension: the user's notifications changed (from any client, tab or service), so every
+ *     connected client can update its inbox and badge live. Not stored, not replayed: a client that
+ *     reconnects reloads its inbox instead.
+ */
+export interface NotificationsChanged {
+  type: "notifications_changed";
+  data: NotificationsChangedData;
+}
+/**
+ * `change`: `read` (the `ids` were marked read), `all_read` (every notification; `ids` is
+ *     empty) or `deleted` (the `ids` were deleted); `unread_count`: the user's count after it.
+ */
+export interface NotificationsChangedData {
+  change: "all_read" | "deleted" | "read";
+  ids: string[];
+  unread_count: number;
 }
 export interface Pong {
   type: "pong";

@@ -11,6 +11,7 @@
  */
 /** @typedef {import("./types.js").Notification} NotificationFrame */
 /** @typedef {import("./types.js").NotificationData} NotificationData */
+/** @typedef {import("./types.js").NotificationsChangedData} NotificationsChangedData */
 /** @typedef {import("./types.js").Message} MessageFrame */
 /** @typedef {import("./types.js").MessageData} MessageData */
 /** @typedef {import("./types.js").ErrorFrame} ErrorFrame */

@@ -231,3 +231,20 @@ test("notifications as an async iterator", async () => {
   assert.deepEqual([first.value?.seq, second.value?.seq], [50, 51]);
   await iterator.return?.();
 });
+
+test("notifications_changed frames become `changed` events; unknown frames reach `frame`", async () => {
+  const { client } = makeClient();
+  /** @type {any[]} */
+  const changes = [];
+  /** @type {string[]} */
+  const frames = [];
+  client.on("changed", (change) => changes.push(change));
+  client.on("frame", (frame) => frames.push(frame.type));
+  client.connect();
+  await flush();
+  FakeSocket.last().open();
+  FakeSocket.last().frame({ type: "notifications_changed", data: { change: "read", ids: ["n1"], unread_count: 3 } });
+  FakeSocket.last().frame({ type: "announcement", text: "maintenance at 22:00" });
+  assert.deepEqual(changes, [{ change: "read", ids: ["n1"], unread_count: 3 }]);
+  assert.deepEqual(frames, ["connection_established", "notifications_changed", "announcement"]);
+});

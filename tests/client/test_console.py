@@ -227,3 +227,33 @@ def test_the_seed_javascript_snippet_works_in_the_browser(
     text = "".join(result["chat"])
     assert text.startswith("[offline model] You said: 'Hello'")
     assert any(line.startswith("Streaming complete") for line in result["logged"])
+
+
+def test_changes_made_elsewhere_show_up_live(
+    console_stack: ChatStack, open_page: OpenPage, token_for: Callable[..., str]
+) -> None:
+    """Marking read, deleting and reading all through the REST API (as another tab or device
+    would) updates the open page's list and badge without a reload."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    items = [create_notification(console_stack, user, f"item {i}") for i in range(3)]
+    page, log = open_console(open_page, console_url(console_stack, token))
+    expect_badge = "(n) => document.getElementById('badge').textContent === String(n)"
+    page.wait_for_function(expect_badge, arg=3)
+    api = httpx.Client(
+        base_url=console_stack.gateway.url + "/api/v1/notifications",
+        headers={"authorization": f"Bearer {token}"},
+    )
+    with api:
+        assert api.patch(f"/{items[0]['id']}/read").status_code == 200
+        page.wait_for_function(expect_badge, arg=2, timeout=2_000)
+        row = f"li[data-id='{items[0]['id']}']"
+        assert page.get_attribute(row, "class") == "notification"
+        assert api.delete(f"/{items[1]['id']}").status_code == 204
+        page.wait_for_selector(f"li[data-id='{items[1]['id']}']", state="detached", timeout=2_000)
+        page.wait_for_function(expect_badge, arg=1)
+        assert api.post("/read-all").status_code == 200
+        page.wait_for_function(expect_badge, arg=0, timeout=2_000)
+    assert page.locator("li.notification.unread").count() == 0
+    assert page.locator("li.notification").count() == 2
+    assert log.errors == []

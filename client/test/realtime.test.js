@@ -248,3 +248,42 @@ test("notifications_changed frames become `changed` events; unknown frames reach
   assert.deepEqual(changes, [{ change: "read", ids: ["n1"], unread_count: 3 }]);
   assert.deepEqual(frames, ["connection_established", "notifications_changed", "announcement"]);
 });
+
+test("chat over the WebSocket streams chat_event frames; a drop mid-answer resumes over SSE", async () => {
+  const sse = (/** @type {string} */ text) =>
+    new Response(new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode(text)); c.close(); } }));
+  const fetch = fakeFetch({
+    "GET /api/v1/notifications": () => Response.json({ items: [], has_more: false, next_cursor: null }),
+    "GET /api/v1/chat/stream/m1": ({ init }) => {
+      assert.equal(/** @type {any} */ (init.headers)["last-event-id"], "2-0");
+      return sse('id: 3-0\ndata: {"type":"token","content":" there","event_id":"3-0"}\n\n' +
+        'id: 4-0\ndata: {"type":"end","message_id":"m1","tokens_used":3,"status":"complete","event_id":"4-0"}\n\n');
+    },
+  });
+  const { client } = makeClient({ fetch, pingInterval: 1e9 });
+  client.connect();
+  await flush();
+  const ws = FakeSocket.last();
+  ws.open();
+  const answer = client.ask("hi", { transport: "ws" });
+  assert.deepEqual(ws.sentFrames(), [{ type: "message", message: "hi", stream: true }]);
+  const done = answer.done();
+  ws.frame({ type: "chat_event", event: { type: "start", session_id: "s1", message_id: "m1", event_id: "1-0" } });
+  ws.frame({ type: "chat_event", event: { type: "token", content: "Hello", event_id: "2-0" } });
+  await flush();
+  ws.serverClose(1012, "server restarting: reconnect");
+  await done;
+  assert.equal(answer.text, "Hello there");
+  assert.equal(answer.status, "complete");
+});
+
+test("a question the server refuses over the WebSocket fails with its code", async () => {
+  const { client } = makeClient({ pingInterval: 1e9 });
+  client.connect();
+  await flush();
+  FakeSocket.last().open();
+  const answer = client.ask("hi", { transport: "ws" });
+  const done = answer.done();
+  FakeSocket.last().frame({ type: "error", error: { code: "CHAT_BUSY", message: "busy", details: { message_id: "m0" } } });
+  await assert.rejects(done, { code: "CHAT_BUSY" });
+});

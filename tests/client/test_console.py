@@ -257,3 +257,28 @@ def test_changes_made_elsewhere_show_up_live(
     assert page.locator("li.notification.unread").count() == 0
     assert page.locator("li.notification").count() == 2
     assert log.errors == []
+
+
+def test_chat_over_the_websocket_can_be_cancelled(
+    console_stack: ChatStack, open_page: OpenPage, token_for: Callable[..., str]
+) -> None:
+    """Asked over the WebSocket, the answer streams on the socket; Cancel stops it, and the
+    answer ends `cancelled` with the partial text kept."""
+    page, log = open_console(open_page, console_url(console_stack, token_for(uuid.uuid4())))
+    page.evaluate(RECORD_RENDERINGS)
+    page.evaluate(
+        "() => { window.__chatFrames = 0; consoleClient.on('frame', (f) => {"
+        " if (f.type === 'chat_event') window.__chatFrames += 1; }); }"
+    )
+    page.check("#over-ws")
+    page.fill("#question", "please repeat " + " ".join(f"word{i}" for i in range(60)))
+    page.click("#send")
+    page.wait_for_function("() => window.__renderings.length >= 3", timeout=30_000)
+    page.click("#cancel")
+    page.wait_for_function("() => window.__finished.length > 0", timeout=30_000)
+    finished = page.evaluate("window.__finished[0]")
+    assert finished["status"] == "cancelled"
+    assert finished["text"].startswith("[offline model]")
+    assert "word59" not in finished["text"]
+    assert page.evaluate("window.__chatFrames") >= 3, "the events came over the socket"
+    assert log.errors == []

@@ -402,6 +402,9 @@ async def handle_ws_frame(ctx: ChatContext, raw: bytes) -> None:
     except msgspec.DecodeError:
         await ctx.send(error_frame("INVALID_JSON", "frame is not valid JSON"))
         return
+    except RecursionError:  # see gateway.frames.classify
+        await ctx.send(error_frame("INVALID_JSON", "frame is not valid JSON: nested too deeply"))
+        return
     try:
         if isinstance(frame, WsCancel):
             await _ws_cancel(ctx, frame)

@@ -35,6 +35,9 @@ class TokenRefreshed(msgspec.Struct, tag="token_refreshed", tag_field="type"):
     expires_at: str
 
 
+NESTED_TOO_DEEPLY = "frame is not valid JSON: nested too deeply"
+
+
 class FrameError(Exception):
     """A client frame the gateway cannot use; `frame` is the `error` frame to answer with."""
 
@@ -57,6 +60,10 @@ def classify(raw: str | bytes) -> str:
         ) from None
     except msgspec.DecodeError:
         raise FrameError("INVALID_JSON", "frame is not valid JSON") from None
+    except RecursionError:
+        # msgspec decodes nesting recursively, even of fields it skips: a frame nested a few
+        # thousand deep would otherwise escape as an exception and close the connection 1011.
+        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
 
 
 def refresh_token(raw: str | bytes) -> str:
@@ -65,6 +72,8 @@ def refresh_token(raw: str | bytes) -> str:
         return _decode_refresh(raw).token
     except msgspec.DecodeError as exc:
         raise FrameError("INVALID_MESSAGE", f"refresh_token needs a string token: {exc}") from None
+    except RecursionError:
+        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
 
 
 def _iso(timestamp: float) -> str:

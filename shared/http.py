@@ -88,13 +88,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def decode_json(body: bytes, type_: type[T]) -> T:
-    """Decode `body` as `type_`: 400 INVALID_JSON if it is not JSON, 422 if the shape is wrong."""
+    """Decode `body` as `type_`: 400 INVALID_JSON if it is not JSON (or nested deeper than the
+    parser's recursion allows), 422 if the shape is wrong."""
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise ValidationFailed(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidJson(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec parses nested arrays/objects recursively: `[[[[...` a few thousand deep
+        # exhausts the stack. Not JSON we accept, and no reason for a 500.
+        raise InvalidJson("request body is not valid JSON: nested too deeply") from None
 
 
 async def read_json(request: Request, type_: type[T], max_bytes: int) -> T:

@@ -141,6 +141,14 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
                    Answer(503, "No agent worker is running, or agent_svc cannot confirm the "
                           "session.", ErrorResponse,
                           codes=("CHAT_UNAVAILABLE", "SERVICE_UNAVAILABLE")))),
+    Route("GET", "/api/v1/openapi.json", "openapiDocument", "This document", "docs",
+          security=None, answers=(Answer(200, "OpenAPI 3.1.", dict[str, Any]),)),
+    Route("GET", "/api/v1/asyncapi.json", "asyncapiDocument",
+          "The WebSocket protocol (AsyncAPI 3.0)", "docs", security=None,
+          answers=(Answer(200, "AsyncAPI 3.0.", dict[str, Any]),)),
+    Route("GET", "/docs", "docsPage", "This documentation as a web page", "docs",
+          security=None, answers=(Answer(200, "HTML; assets under `/docs/assets/`.", str,
+                                         "text/html"),)),
     Route("GET", "/api/v1/chat/stream/{message_id}", "resumeChatStream",
           "Resume an answer after `Last-Event-ID` (standard SSE, for EventSource)", "chat",
           description="Events carry `id:` lines. The token may come as `?token=` since "
@@ -306,7 +314,11 @@ def _operation(route: Route, schemas: Schemas) -> dict[str, Any]:
 
 
 def _document(
-    title: str, description: str, routes: tuple[Route, ...], security: dict[str, Any]
+    title: str,
+    description: str,
+    routes: tuple[Route, ...],
+    security: dict[str, Any],
+    server: dict[str, str],
 ) -> dict[str, Any]:
     schemas = Schemas(_types(routes), named={"ChatEvent": chat_wire.ChatEvent})
     paths: dict[str, dict[str, Any]] = {}
@@ -315,7 +327,7 @@ def _document(
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": VERSION, "description": description},
-        "servers": [SERVERS["gateway"]],
+        "servers": [server],
         "paths": paths,
         "components": {"schemas": schemas.components, "securitySchemes": security},
     }
@@ -330,6 +342,8 @@ def public_openapi() -> dict[str, Any]:
         "protocol is the AsyncAPI document at `/api/v1/asyncapi.json`.",
         PUBLIC_ROUTES,
         {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        # Relative: "try it out" on a gateway's docs page calls that same gateway.
+        {"url": "/", "description": "the gateway serving this document (any instance)"},
     )
 
 
@@ -341,4 +355,5 @@ def internal_openapi() -> dict[str, Any]:
         "through the gateway's public routes or the edge proxy.",
         INTERNAL_ROUTES,
         {"internal": {"type": "http", "scheme": "bearer", "description": "INTERNAL_TOKEN"}},
+        SERVERS["gateway"],
     )

@@ -83,8 +83,10 @@ const OPEN = 1;
 export class RealtimeClient {
   /** @param {RealtimeOptions} options */
   constructor(options) {
-    const origin = globalThis.location?.origin ?? "";
-    this.baseUrl = (options.url ?? origin).replace(/\/$/, "");
+    const origin = globalThis.location?.origin;
+    const url = options.url ?? origin;
+    if (!url) throw new Error("options.url is required outside a browser page");
+    this.baseUrl = url.replace(/\/$/, "");
     this.getToken = options.getToken;
     this.sessionId = options.sessionId ?? globalThis.crypto.randomUUID();
     this.clock = options.clock ?? systemClock;
@@ -95,7 +97,10 @@ export class RealtimeClient {
     this.refreshMargin = options.refreshMargin ?? 60000;
     this.resumeFromLatest = options.resumeFromLatest ?? true;
     const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
-    if (!WebSocketImpl) throw new Error("no WebSocket implementation: pass options.WebSocket");
+    if (!WebSocketImpl) {
+      // Node 20 has no global WebSocket (22 has): pass one, e.g. the `ws` package's.
+      throw new Error("no WebSocket implementation: pass options.WebSocket");
+    }
     /** @type {WebSocketConstructor} */
     this.WebSocket = /** @type {WebSocketConstructor} */ (/** @type {unknown} */ (WebSocketImpl));
     this.rest = new RestClient({

@@ -287,3 +287,11 @@ test("a question the server refuses over the WebSocket fails with its code", asy
   FakeSocket.last().frame({ type: "error", error: { code: "CHAT_BUSY", message: "busy", details: { message_id: "m0" } } });
   await assert.rejects(done, { code: "CHAT_BUSY" });
 });
+
+test("the package entry exports the public API", async () => {
+  const api = await import("../src/index.js");
+  for (const name of ["RealtimeClient", "RestClient", "ApiError", "ChatAnswer", "SseParser", "Backoff", "closeDecision", "SeqTracker", "webStorageSeqStore"]) {
+    assert.equal(typeof api[/** @type {keyof typeof api} */ (name)], "function", name);
+  }
+  assert.throws(() => new api.RealtimeClient({ getToken: () => "t", WebSocket: /** @type {any} */ (FakeSocket) }), /options.url is required/);
+});

@@ -49,10 +49,10 @@ export class Inbox {
     client.on("notification", (data) => this.arrived(fromFrame(data)));
     // Changes made anywhere (another tab or device, the REST API, the agent) arrive live.
     client.on("changed", (change) => this.applyChange(change));
-    // A reconnect may have missed changes (they are not replayed): reload the first page.
+    // A reconnect may have missed changes (they are not replayed): bring the list up to date.
     let wasOpen = false;
     client.on("state", (state) => {
-      if (state.status === "open" && wasOpen) void this.reload();
+      if (state.status === "open" && wasOpen) void this.refresh();
       if (state.status === "open") wasOpen = true;
     });
   }
@@ -83,6 +83,42 @@ export class Inbox {
       this.refreshChrome();
     } catch (error) {
       this.report(`Could not load notifications: ${error}`);
+    }
+  }
+
+  /**
+   * After a reconnect: read the first page again and merge it in (new ones added, read state
+   * updated, ones deleted meanwhile removed) without dropping older pages already shown or
+   * notifications that arrived live while it was being read.
+   */
+  async refresh() {
+    const known = this.client.lastSeq ?? 0;
+    try {
+      const [page, unread] = await Promise.all([
+        this.client.rest.listNotifications({ pageSize: 20 }),
+        this.client.rest.unreadCount(),
+      ]);
+      const listed = new Set(page.items.map((item) => item.id));
+      // The page covers seqs from its oldest (everything, if it is the only page) up to what
+      // had been delivered when it was asked for.
+      const lowest = page.has_more ? (page.items[page.items.length - 1]?.seq ?? 0) : 0;
+      for (const entry of [...this.rows.values()]) {
+        const seq = entry.row.seq;
+        if (seq >= lowest && seq <= known && !listed.has(entry.row.id)) {
+          entry.element.remove();
+          this.rows.delete(entry.row.id);
+        }
+      }
+      for (const item of page.items) {
+        const entry = this.rows.get(item.id);
+        if (!entry) this.insert(fromItem(item));
+        else if (item.is_read && !entry.row.is_read) this.showRead(entry);
+      }
+      this.setUnread(unread);
+      this.scheduleRecount();
+      this.refreshChrome();
+    } catch (error) {
+      this.report(`Could not refresh notifications: ${error}`);
     }
   }
 

@@ -35,6 +35,14 @@ bench: $(VENV)/.installed-bench
 docs: $(STAMP)
 	$(PY) -m shared.contract docs/api
 
+# A longer fuzz than `make test` runs: schemathesis on the public REST API and the WebSocket frame
+# fuzz, FUZZ_EXAMPLES examples per operation and mode (frames: 30 times that), randomized,
+# printing every request and frame tried and what it got.
+FUZZ_EXAMPLES ?= 100
+fuzz: $(VENV)/.installed-bench
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/contract/test_fuzz_rest.py \
+		tests/contract/test_fuzz_ws.py -s -q --timeout=0 -p no:cacheprovider
+
 migrate: $(STAMP)
 	$(PY) -m shared.migrate
 

@@ -96,7 +96,8 @@ class MessageIdPath(msgspec.Struct):
     message_id: UUID
 
 
-EVENT_ID_META = msgspec.Meta(pattern=r"^\d{1,20}-\d{1,20}$")
+# The same id syntax `resume_stream` checks with `_EVENT_ID`.
+EVENT_ID_META = msgspec.Meta(pattern=f"^{_EVENT_ID.pattern}$")
 
 
 class ResumeQuery(msgspec.Struct, kw_only=True):

@@ -82,7 +82,13 @@ def public_asyncapi() -> dict[str, Any]:
     server_union: Any = Union[SERVER_FRAMES]  # noqa: UP007  (a runtime union of a tuple)
     client_union: Any = Union[CLIENT_FRAMES]  # noqa: UP007
     schemas = Schemas(
-        [wire.CloseCode, wire.FrameErrorCode, *SERVER_FRAMES, *CLIENT_FRAMES],
+        [
+            wire.CloseCode,
+            wire.FrameErrorCode,
+            chat_wire.ChatErrorCode,
+            *SERVER_FRAMES,
+            *CLIENT_FRAMES,
+        ],
         named={
             "ServerFrame": server_union,
             "ClientFrame": client_union,
@@ -113,10 +119,12 @@ def public_asyncapi() -> dict[str, Any]:
                 "The normative list of frames of `WS /api/v1/ws/{session_id}`. Every frame is "
                 "one JSON object in a text frame, tagged by `type`; fields may be added to "
                 "server frames, never removed or renamed. Bad input is answered with an "
-                "`error` frame (codes: schema `FrameErrorCode`, plus the chat codes of "
-                "docs/chat.md) and never closes the connection; the connection closes with one "
-                "of the codes of schema `CloseCode`, always with a short reason. Behaviour "
-                "(ordering, resume, limits) is described in docs/protocol.md."
+                "`error` frame (codes: schemas `FrameErrorCode` and, for chat, "
+                "`ChatErrorCode`) and never closes the connection; the connection closes with one "
+                "of the codes of schema `CloseCode`, always with a short reason. Frames that "
+                "internal services publish through `POST /internal/v1/publish` are forwarded "
+                "as published (any JSON object with a string `type`). Behaviour (ordering, "
+                "resume, limits) is described in docs/protocol.md."
             ),
         },
         "defaultContentType": "application/json",
@@ -189,7 +197,10 @@ def public_asyncapi() -> dict[str, Any]:
         },
         "x-close-codes": close_codes,
         "x-close-codes-description": _enum_table(wire.CloseCode.__doc__ or ""),
-        "x-error-codes": [code.value for code in wire.FrameErrorCode],
+        "x-error-codes": sorted(
+            {code.value for code in wire.FrameErrorCode}
+            | {code.value for code in chat_wire.ChatErrorCode}
+        ),
     }
     return discriminators_as_names(document)  # type: ignore[no-any-return]
 

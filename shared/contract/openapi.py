@@ -70,6 +70,11 @@ E413 = Answer(413, "The body is over `HTTP_MAX_BODY_BYTES`.", ErrorResponse,
               codes=("PAYLOAD_TOO_LARGE",))  # fmt: skip
 E503_UPSTREAM = Answer(503, "The owning service did not answer in time or is unreachable.",
                        ErrorResponse, codes=("SERVICE_UNAVAILABLE",))  # fmt: skip
+E413_FACADE = Answer(413, "The body is over `HTTP_MAX_BODY_BYTES` (the facade reads any request's "
+                     "body before forwarding it).", ErrorResponse,
+                     codes=("PAYLOAD_TOO_LARGE",))  # fmt: skip
+E503_DATABASE = Answer(503, "PostgreSQL is unreachable: retry later.", ErrorResponse,
+                       codes=("SERVICE_UNAVAILABLE",))  # fmt: skip
 E404_NOTIFICATION = Answer(404, "No such notification of the caller's (another user's id answers"
                            " exactly like a missing one).", ErrorResponse,
                            codes=("NOT_FOUND",))  # fmt: skip
@@ -110,20 +115,22 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
           security=None, answers=(Answer(200, "Ready.", Ready),
                                   Answer(503, "A dependency is down (`error` names it).", Ready,
                                          codes=("DEPENDENCY_DOWN",)))),
-    *(Route(r.method, r.path, r.operation_id, r.summary, r.tag, (*r.answers, E503_UPSTREAM),
-            query=r.query, path_params=r.path_params) for r in _NOTIFICATION_ROUTES),
+    *(Route(r.method, r.path, r.operation_id, r.summary, r.tag,
+            (*r.answers, E413_FACADE, E503_UPSTREAM), query=r.query, path_params=r.path_params)
+      for r in _NOTIFICATION_ROUTES),
     Route("POST", "/api/v1/sessions", "createSession", "Create a chat session", "sessions",
           body=agent_api.CreateSession, body_required=False,
-          answers=(Answer(201, "The new session.", agent_api.Session), E400, E401, E413, E422,
-                   E503_UPSTREAM)),
+          answers=(Answer(201, "The new session.", agent_api.Session), E400, E401, E413_FACADE,
+                   E422, E503_UPSTREAM)),
     Route("GET", "/api/v1/sessions", "listSessions", "The caller's chat sessions, most recent "
           "first", "sessions", query=agent_api.SessionsQuery,
-          answers=(Answer(200, "One page.", agent_api.SessionPage), E401, E422, E503_UPSTREAM)),
+          answers=(Answer(200, "One page.", agent_api.SessionPage), E401, E413_FACADE, E422,
+                   E503_UPSTREAM)),
     Route("GET", "/api/v1/sessions/{session_id}/messages", "listSessionMessages",
           "A session's history, oldest first", "sessions", path_params=agent_api.SessionPath,
           query=agent_api.MessagesQuery,
           answers=(Answer(200, "The messages.", agent_api.SessionMessages), E401, E404_SESSION,
-                   E422, E503_UPSTREAM)),
+                   E413_FACADE, E422, E503_UPSTREAM)),
     Route("POST", "/api/v1/chat/stream", "chatStream", "Ask, and stream the answer (SSE)", "chat",
           description="Each event is one `data: {json}` line and a blank line (no `id:` lines; "
           "the JSON carries `event_id`). Without `session_id` a new session is created. "
@@ -173,10 +180,10 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
 _ON_BEHALF = tuple(
     Route(r.method, "/internal/v1/users/{user_id}" + r.path.removeprefix("/api/v1"),
           r.operation_id + "ForUser", r.summary + " (for a user)", "notifications",
-          r.answers, query=r.query, path_params=r.path_params, security="internal",
-          server="notifications", description="The public route's handler, with the internal "
-          "token instead of the user's JWT and the user named by the path. `user_id` is part "
-          "of the path parameters.")
+          (*r.answers, E503_DATABASE), query=r.query, path_params=r.path_params,
+          security="internal", server="notifications",
+          description="The public route's handler, with the internal token instead of the "
+          "user's JWT and the user named by the path.")
     for r in _NOTIFICATION_ROUTES
 )  # fmt: skip
 
@@ -189,19 +196,19 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
           answers=(Answer(201, "Created.", notifications.NotificationItem),
                    Answer(200, "Seen before (same `Idempotency-Key` or `dedupe_key`): the "
                           "notification it created.", notifications.NotificationItem),
-                   E400, E401, E413, E422)),
+                   E400, E401, E413, E422, E503_DATABASE)),
     Route("POST", "/internal/v1/notifications/batch", "createNotifications",
           "Create many notifications in one transaction", "notifications",
           body=notifications_internal.BatchRequest, security="internal", server="notifications",
           answers=(Answer(201, "At least one was created.", notifications_internal.BatchResult),
                    Answer(200, "Every item was a dedupe hit.", notifications_internal.BatchResult),
-                   E400, E401, E413, E422)),
+                   E400, E401, E413, E422, E503_DATABASE)),
     Route("GET", "/internal/v1/users/{user_id}/notifications/replay", "replayNotifications",
           "A user's pushed notifications after a seq, as frames (the gateway's resume)",
           "notifications", path_params=notifications_internal.UserPath,
           query=notifications_internal.ReplayQuery, security="internal", server="notifications",
           answers=(Answer(200, "Ascending by seq.", notifications_internal.ReplayPage), E401,
-                   E422)),
+                   E422, E503_DATABASE)),
     *_ON_BEHALF,
     Route("POST", "/internal/v1/sessions/claim", "claimSession",
           "Make a session the user's (first use claims it)", "sessions",
@@ -241,6 +248,25 @@ SERVERS = {
     },
     "agent": {"url": "http://localhost:8002", "description": "agent_svc (AGENT_URL)"},
 }
+
+
+def sse_event(data: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event, as OpenAPI (before 3.2's `itemSchema`) has `schema` describe each
+    event of a `text/event-stream`: its `data` line is JSON matching `data` (the same shape
+    OpenAPI 3.2 uses for SSE items)."""
+    return {
+        "type": "object",
+        "properties": {
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+            "id": {"type": "string", "description": "the resume stream's `id:` line"},
+            "event": {"type": "string", "description": "always the default, `message`"},
+        },
+        "required": ["data"],
+    }
 
 
 def _types(routes: tuple[Route, ...]) -> list[Any]:
@@ -284,7 +310,10 @@ def _answer(answer: Answer, schemas: Schemas) -> dict[str, Any]:
         description += " Codes: " + ", ".join(f"`{c}`" for c in answer.codes) + "."
     out: dict[str, Any] = {"description": description}
     if answer.body is not None:
-        out["content"] = {answer.media: {"schema": schemas.of(answer.body)}}
+        schema = schemas.of(answer.body)
+        if answer.media == SSE:
+            schema = sse_event(schema)
+        out["content"] = {answer.media: {"schema": schema}}
     if answer.headers:
         out["headers"] = {
             name: {"description": text, "schema": {"type": "string"}}
@@ -325,7 +354,10 @@ def _document(
     security: dict[str, Any],
     server: dict[str, str],
 ) -> dict[str, Any]:
-    schemas = Schemas(_types(routes), named={"ChatEvent": chat_wire.ChatEvent})
+    # ChatErrorCode: the codes an SSE `error` event carries (ErrorEvent.error.code).
+    schemas = Schemas(
+        [*_types(routes), chat_wire.ChatErrorCode], named={"ChatEvent": chat_wire.ChatEvent}
+    )
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from notifications_svc import api as notifications_api
 from notifications_svc import internal_api as notifications_internal
 from shared.contract import all_documents, render
 from shared.contract.asyncapi import CLIENT_FRAMES, SERVER_FRAMES
+from shared.errors import AppError
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +122,37 @@ def test_documents_are_served_only_in_their_public_edition() -> None:
     served = {route.path for route in apidocs.routes}
     assert "/api/v1/openapi.json" in served and "/api/v1/asyncapi.json" in served
     assert not [p for p in served if "internal" in p]
+
+
+def _source() -> str:
+    packages = ("gateway", "agent_svc", "notifications_svc", "shared")
+    return "\n".join(p.read_text() for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
+
+
+def test_every_error_and_close_code_in_the_code_is_documented() -> None:
+    """The enums and route tables are the lists clients switch on: a code the services use but
+    the documents do not name would be a surprise to every client."""
+    source = _source()
+    used = set(re.findall(r'(?:code=|error_frame\(|error_event\([^,]+, )"([A-Z_]+)"', source))
+    used |= set(re.findall(r'"(MODEL_[A-Z_]+)"', source))
+    # An exception raised without `code=` answers its class's code.
+    used |= {
+        cls.code
+        for cls in _subclasses(AppError)
+        if re.search(rf"raise {cls.__name__}\((?![^)]*code=)", source)
+    }
+    documented = set(DOCUMENTS["asyncapi.json"]["x-error-codes"])
+    for name in ("openapi.json", "openapi-internal.json"):
+        for operations in DOCUMENTS[name]["paths"].values():
+            for operation in operations.values():
+                for answer in operation["responses"].values():
+                    documented |= set(answer.get("x-error-codes", ()))
+    # Codes of the exception handlers for Starlette's own errors and for bugs.
+    documented |= {"NOT_FOUND", "METHOD_NOT_ALLOWED", "HTTP_ERROR", "INTERNAL_ERROR"}
+    assert used - documented == set()
+    closes = {int(c) for c in re.findall(r"(?:Refused|close)\((1\d{3})\b", source)}
+    assert closes - {int(c) for c in DOCUMENTS["asyncapi.json"]["x-close-codes"]} == set()
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]

@@ -8,7 +8,7 @@ exactly like a missing one.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import asyncpg
@@ -28,6 +28,7 @@ from shared.http import (
     read_json,
     require_internal,
 )
+from shared.wire import ToolCallRecord
 
 
 class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,7 +68,7 @@ class SessionMessage(msgspec.Struct):
     id: UUID
     role: Annotated[str, msgspec.Meta(description="`user` or `assistant`")]
     content: str
-    tool_calls: list[dict[str, Any]]
+    tool_calls: list[ToolCallRecord]
     tokens_used: int
     status: Annotated[
         str, msgspec.Meta(description="`complete`, `cancelled`, `error` or `streaming`")
@@ -180,7 +181,7 @@ async def session_messages(request: Request) -> Response:
             id=r["id"],
             role=r["role"],
             content=r["content"],
-            tool_calls=r["tool_calls"],
+            tool_calls=msgspec.convert(r["tool_calls"], list[ToolCallRecord]),
             tokens_used=r["tokens_used"],
             status=r["status"],
             created_at=r["created_at"].isoformat(),

@@ -43,7 +43,14 @@ from shared.http import bearer_token, json_response, read_json
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
 from shared.upstream import Upstream, UpstreamError
-from shared.wire import Message, MessageData, encode, error_frame, utc_now_iso
+from shared.wire import (
+    Message,
+    MessageData,
+    ToolCallRecord,
+    encode,
+    error_frame,
+    utc_now_iso,
+)
 
 CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
 
@@ -443,7 +450,7 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
     data = MessageData(
         id=message_id,
         reply=transcript.reply,
-        tool_calls=transcript.tool_calls(),
+        tool_calls=msgspec.convert(transcript.tool_calls(), list[ToolCallRecord]),
         tokens_used=ending.tokens_used,
         created_at=utc_now_iso(),
     )

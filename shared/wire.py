@@ -41,10 +41,21 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     timestamp: str
 
 
+class ToolCallRecord(msgspec.Struct):
+    """A tool call of a finished answer, with its result (`Transcript.tool_calls`); also how
+    the agent stores it (`GET /api/v1/sessions/{id}/messages`)."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+    result: str | None
+    is_error: bool
+
+
 class MessageData(msgspec.Struct):
     id: str
     reply: str
-    tool_calls: list[Any]
+    tool_calls: list[ToolCallRecord]
     tokens_used: int
     created_at: str
 

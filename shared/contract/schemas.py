@@ -10,6 +10,7 @@ every chat event) are components of their own, listed by the document.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -49,7 +50,7 @@ class Schemas:
             text = text.replace(
                 json.dumps(REF.format(name=dotted)), json.dumps(REF.format(name=RENAMES[dotted]))
             )
-        schemas, components = json.loads(text)
+        schemas, components = _tidy(json.loads(text))
         self.components: dict[str, Any] = {
             RENAMES.get(name, name): schema for name, schema in components.items()
         }
@@ -63,6 +64,19 @@ class Schemas:
         """The schema of `type_` (a `$ref` for structs and named unions)."""
         schema: dict[str, Any] = self._by_type[type_]
         return schema
+
+
+def _tidy(value: Any) -> Any:
+    """Descriptions from docstrings as one paragraph (msgspec keeps their line breaks and
+    indentation, which renderers show as code blocks)."""
+    if isinstance(value, dict):
+        out = {k: _tidy(v) for k, v in value.items()}
+        if isinstance(out.get("description"), str):
+            out["description"] = re.sub(r"\s*\n\s*", " ", out["description"]).strip()
+        return out
+    if isinstance(value, list):
+        return [_tidy(v) for v in value]
+    return value
 
 
 def fields(struct: type[msgspec.Struct]) -> list[tuple[str, dict[str, Any], bool]]:

@@ -2,14 +2,7 @@
 // Do not edit: run `cd client && npm run gen-types` after `make docs`.
 
 /**
- * `error.code` of a failed answer (SSE `error` event, WebSocket `error` frame) and of a
- *     refused chat request. MODEL_*: the model provider failed (rate limit 429, overloaded 529,
- *     auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more
- *     than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries;
- *     AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader;
- *     CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no
- *     agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing
- *     of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters.
+ * `error.code` of a failed answer (SSE `error` event, WebSocket `error` frame) and of a refused chat request. MODEL_*: the model provider failed (rate limit 429, overloaded 529, auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries; AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader; CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters.
  */
 export type ChatErrorCode =
   | "AGENT_ERROR"
@@ -34,27 +27,11 @@ export type ChatEvent =
   StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | EndEvent | ErrorEvent;
 export type ClientFrame = Ping | WsMessage | WsCancel | RefreshToken;
 /**
- * WebSocket close codes the gateway uses. Every close also carries a short reason.
- *
- *     1000 idle timeout (no frame for WS_CONNECTION_TIMEOUT seconds); 1008 policy violation
- *     (token missing/invalid/expired, foreign session, origin not allowed, bad last_seq, rate
- *     limit exceeded): do not retry with the same credentials; 1009 frame too large; 1011
- *     keepalive ping timeout or internal error: reconnect with backoff; 1012 server restarting:
- *     reconnect at once with last_seq; 1013 try again later (too many connections for the
- *     session, slow consumer, server at capacity, a dependency unavailable): reconnect with
- *     backoff and jitter, with last_seq.
+ * WebSocket close codes the gateway uses. Every close also carries a short reason. 1000 idle timeout (no frame for WS_CONNECTION_TIMEOUT seconds); 1008 policy violation (token missing/invalid/expired, foreign session, origin not allowed, bad last_seq, rate limit exceeded): do not retry with the same credentials; 1009 frame too large; 1011 keepalive ping timeout or internal error: reconnect with backoff; 1012 server restarting: reconnect at once with last_seq; 1013 try again later (too many connections for the session, slow consumer, server at capacity, a dependency unavailable): reconnect with backoff and jitter, with last_seq.
  */
 export type CloseCode = 1000 | 1008 | 1009 | 1011 | 1012 | 1013;
 /**
- * `error.code` of the gateway's WebSocket `error` frames (chat adds the codes of
- *     `ChatErrorCode`). Bad input is answered with one of these and never closes the connection.
- *
- *     INVALID_JSON not JSON (or nested too deep to parse); INVALID_MESSAGE not an object, no
- *     string `type`, a binary frame, or wrong fields for the type; UNKNOWN_TYPE a `type` the
- *     server does not know; RATE_LIMITED refused by a frame rate limit; TOKEN_INVALID a
- *     `refresh_token` with a bad token or another user's; TOO_MANY_IN_FLIGHT more chat frames
- *     of the connection being processed than allowed; PROCESSING_ERROR the server failed to
- *     process a valid frame.
+ * `error.code` of the gateway's WebSocket `error` frames (chat adds the codes of `ChatErrorCode`). Bad input is answered with one of these and never closes the connection. INVALID_JSON not JSON (or nested too deep to parse); INVALID_MESSAGE not an object, no string `type`, a binary frame, or wrong fields for the type; UNKNOWN_TYPE a `type` the server does not know; RATE_LIMITED refused by a frame rate limit; TOKEN_INVALID a `refresh_token` with a bad token or another user's; TOO_MANY_IN_FLIGHT more chat frames of the connection being processed than allowed; PROCESSING_ERROR the server failed to process a valid frame.
  */
 export type FrameErrorCode =
   | "INVALID_JSON"
@@ -120,6 +97,7 @@ export interface ApiContract {
   TokenExpiring?: TokenExpiring;
   TokenRefreshed?: TokenRefreshed;
   ToolCallEvent?: ToolCallEvent;
+  ToolCallRecord?: ToolCallRecord;
   ToolResultEvent?: ToolResultEvent;
   UnreadCount?: UnreadCount;
   WsCancel?: WsCancel;
@@ -257,9 +235,19 @@ export interface Message {
 export interface MessageData {
   id: string;
   reply: string;
-  tool_calls: unknown[];
+  tool_calls: ToolCallRecord[];
   tokens_used: number;
   created_at: string;
+}
+/**
+ * A tool call of a finished answer, with its result (`Transcript.tool_calls`); also how the agent stores it (`GET /api/v1/sessions/{id}/messages`).
+ */
+export interface ToolCallRecord {
+  id: string;
+  name: string;
+  input: {};
+  result: string | null;
+  is_error: boolean;
 }
 export interface Notification {
   type: "notification";
@@ -279,8 +267,7 @@ export interface NotificationData {
   seq?: number;
 }
 /**
- * A notification in the REST API: the seed's model fields (`type`, not
- *     `notification_type`) plus `seq`.
+ * A notification in the REST API: the seed's model fields (`type`, not `notification_type`) plus `seq`.
  */
 export interface NotificationItem {
   id: string;
@@ -310,17 +297,14 @@ export interface NotificationPage {
   minItems?: 0;
 }
 /**
- * Extension: the user's notifications changed (from any client, tab or service), so every
- *     connected client can update its inbox and badge live. Not stored, not replayed: a client that
- *     reconnects reloads its inbox instead.
+ * Extension: the user's notifications changed (from any client, tab or service), so every connected client can update its inbox and badge live. Not stored, not replayed: a client that reconnects reloads its inbox instead.
  */
 export interface NotificationsChanged {
   type: "notifications_changed";
   data: NotificationsChangedData;
 }
 /**
- * `change`: `read` (the `ids` were marked read), `all_read` (every notification; `ids` is
- *     empty) or `deleted` (the `ids` were deleted); `unread_count`: the user's count after it.
+ * `change`: `read` (the `ids` were marked read), `all_read` (every notification; `ids` is empty) or `deleted` (the `ids` were deleted); `unread_count`: the user's count after it.
  */
 export interface NotificationsChangedData {
   change: "all_read" | "deleted" | "read";
@@ -332,8 +316,7 @@ export interface Pong {
   timestamp: string;
 }
 /**
- * `/readyz`: `status` is `ready`, or `unavailable` (503) with `error` naming what is
- *     down; `checks` maps each dependency to `ok` or `down: <reason>`.
+ * `/readyz`: `status` is `ready`, or `unavailable` (503) with `error` naming what is down; `checks` maps each dependency to `ok` or `down: <reason>`.
  */
 export interface Ready {
   status: string;
@@ -366,7 +349,7 @@ export interface SessionMessage {
    */
   role: string;
   content: string;
-  tool_calls: {}[];
+  tool_calls: ToolCallRecord[];
   tokens_used: number;
   /**
    * `complete`, `cancelled`, `error` or `streaming`

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
@@ -110,9 +110,13 @@ def _last_seq(query: dict[str, list[str]]) -> int | None:
     return int(raw)
 
 
-def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, allowed: Sequence[str], host: str | None = None) -> bool:
     """A handshake without `Origin` comes from a non-browser client and is allowed (it could forge
-    the header anyway); a browser's `Origin` must be listed in `CORS_ORIGINS` unless `*` is."""
+    the header anyway); a browser's `Origin` must be listed in `CORS_ORIGINS` unless `*` is, or be
+    the gateway's own origin: the same host and port as the request's `Host` (a page the gateway
+    served, such as /console; a cross-site page cannot set a victim browser's `Host`)."""
     if origin is None:
+        return True
+    if host and urlsplit(origin).netloc.lower() == host.lower():
         return True
     return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifications_svc import model, store
+from notifications_svc import changes, model, store
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import NotFound, Unauthorized
 from shared.http import bearer_token, json_response, require_internal
@@ -85,14 +85,18 @@ async def mark_read(request: Request) -> Response:
     row = await store.mark_read(request.app.state.pool, user_id, notification_id)
     if row is None:
         raise _not_found(notification_id)
-    return json_response(model.item(row))
+    response = json_response(model.item(row))
+    response.background = changes.after_response(request, user_id, "read", [str(notification_id)])
+    return response
 
 
 async def mark_all_read(request: Request) -> Response:
     """`POST /api/v1/notifications/read-all` → how many were marked."""
     user_id = await caller(request)
     count = await store.mark_all_read(request.app.state.pool, user_id)
-    return json_response(model.MarkedRead(marked_read=count))
+    response = json_response(model.MarkedRead(marked_read=count))
+    response.background = changes.after_response(request, user_id, "all_read", [])
+    return response
 
 
 async def delete_notification(request: Request) -> Response:
@@ -101,7 +105,8 @@ async def delete_notification(request: Request) -> Response:
     notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
     if not await store.delete(request.app.state.pool, user_id, notification_id):
         raise _not_found(notification_id)
-    return Response(status_code=204)
+    deleted = changes.after_response(request, user_id, "deleted", [str(notification_id)])
+    return Response(status_code=204, background=deleted)
 
 
 async def unread_count(request: Request) -> Response:

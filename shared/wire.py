@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -98,7 +98,24 @@ class Error(msgspec.Struct, tag="error", tag_field="type"):
     error: ErrorBody
 
 
-ServerFrame = ConnectionEstablished | Pong | Message | Notification | Error
+class NotificationsChangedData(msgspec.Struct):
+    """`change`: `read` (the `ids` were marked read), `all_read` (every notification; `ids` is
+    empty) or `deleted` (the `ids` were deleted); `unread_count`: the user's count after it."""
+
+    change: Literal["read", "all_read", "deleted"]
+    ids: list[str]
+    unread_count: int
+
+
+class NotificationsChanged(msgspec.Struct, tag="notifications_changed", tag_field="type"):
+    """Extension: the user's notifications changed (from any client, tab or service), so every
+    connected client can update its inbox and badge live. Not stored, not replayed: a client that
+    reconnects reloads its inbox instead."""
+
+    data: NotificationsChangedData
+
+
+ServerFrame = ConnectionEstablished | Pong | Message | Notification | Error | NotificationsChanged
 
 
 class CloseCode(enum.IntEnum):

@@ -28,6 +28,7 @@ SERVER_FRAMES: tuple[type[msgspec.Struct], ...] = (
     wire.Pong,
     wire.Message,
     wire.Notification,
+    wire.NotificationsChanged,
     wire.Error,
     frames.TokenExpiring,
     frames.TokenRefreshed,
@@ -46,6 +47,8 @@ _SUMMARIES: dict[type[msgspec.Struct], str] = {
     wire.Message: "A complete chat answer (after `chat_event` frames when streaming).",
     wire.Notification: "A notification of the user; `data.seq` orders them (resume with "
     "`?last_seq=`).",
+    wire.NotificationsChanged: "The user's notifications were marked read or deleted (by any "
+    "client): update the inbox and the badge.",
     wire.Error: "Bad input or a failed request; `error.code` is stable. The connection stays open.",
     frames.TokenExpiring: "About 60 s before the token's `exp`: send `refresh_token`.",
     frames.TokenRefreshed: "Answer to a successful `refresh_token`.",

@@ -172,6 +172,11 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
     Route("GET", "/docs", "docsPage", "This documentation as a web page", "docs",
           security=None, answers=(Answer(200, "HTML; assets under `/docs/assets/`.", str,
                                          "text/html"),)),
+    Route("GET", "/console", "consolePage", "The browser console: inbox, chat, connection", "docs",
+          description="Sign in with `#token=<JWT>` in the URL fragment (never sent to a server) "
+          "or by pasting a token. Strict CSP; its modules are under `/console/app/` and the client "
+          "library under `/console/src/`.",
+          security=None, answers=(Answer(200, "HTML.", str, "text/html"),)),
     Route("GET", "/api/v1/chat/stream/{message_id}", "resumeChatStream",
           "Resume an answer after `Last-Event-ID` (standard SSE, for EventSource)", "chat",
           description="Events carry `id:` lines. The token may come as `?token=` since "

@@ -75,6 +75,7 @@ def test_every_public_route_is_in_the_public_openapi_document() -> None:
     served |= _routes(notifications_api.routes, "/api/")
     served |= _routes(agent_api.routes, "/api/")
     served -= {("GET", "/docs/assets/{name}")}  # the page's static files
+    served -= {("GET", "/console/{folder}/{name:path}")}  # the console's modules
     assert served == _operations(DOCUMENTS["openapi.json"])
 
 
@@ -97,8 +98,8 @@ def test_every_frame_the_gateway_handles_is_in_the_asyncapi_document() -> None:
     assert client == {"ping", "refresh_token"} | chat.CHAT_FRAME_TYPES
     server = {m["name"] for n, m in messages.items() if n.startswith("Server")}
     assert server == {
-        "connection_established", "pong", "message", "notification", "error",
-        "token_expiring", "token_refreshed", "chat_event",
+        "connection_established", "pong", "message", "notification", "notifications_changed",
+        "error", "token_expiring", "token_refreshed", "chat_event",
     }  # fmt: skip
     assert len(CLIENT_FRAMES) == len(client) and len(SERVER_FRAMES) == len(server)
 

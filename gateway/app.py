@@ -17,6 +17,8 @@ collection would have looked at it, so collections find less to walk and promote
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,14 +31,16 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import apidocs, chat, console, internal, proxy, websocket
+from gateway import apidocs, chat, console, internal, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
+from gateway.topics import Topics
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
+from shared.topic_store import TopicStore
 from shared.upstream import Upstream
 
 GC_GEN0_THRESHOLD = 20_000
@@ -81,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
         state.verifier = TokenVerifier(settings)
+        state.topics = Topics(settings, TopicStore(redis), state.verifier)
         state.chat_quotas = ChatQuotas.of(redis, settings)
         state.user_requests = TokenBucket(
             redis, settings.http_user_rate_limit, settings.http_user_rate_burst
@@ -89,12 +94,18 @@ def create_app(settings: Settings) -> Starlette:
             settings, redis, upstreams["notifications"], upstreams["agent"], state
         )
         await state.manager.start()
+        ingest = asyncio.create_task(
+            topic_api.consume_ingest(redis, state.topics, state.manager.instance_id)
+        )
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         try:
             yield
         finally:
+            ingest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingest
             await state.manager.stop()
             await state.verifier.aclose()
             for client in upstreams.values():
@@ -106,6 +117,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics_route(),
         *websocket.routes,
         *internal.routes,
+        *topic_api.routes,
         *chat.routes,
         *console.routes,
         *apidocs.routes,
@@ -117,7 +129,7 @@ def create_app(settings: Settings) -> Starlette:
             CORSMiddleware,
             allow_origins=["*"] if allow_all else list(settings.cors_origins),
             allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-            allow_headers=["authorization", "content-type", "last-event-id"],
+            allow_headers=["authorization", "content-type", "last-event-id", "x-topic-token"],
             allow_credentials=not allow_all,
         )
     ]

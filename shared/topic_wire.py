@@ -200,6 +200,25 @@ class PresenceAnswer(msgspec.Struct):
     truncated: bool = False
 
 
+class TopicPath(msgspec.Struct):
+    topic: TopicName
+
+
+class PublishHeaders(msgspec.Struct, kw_only=True):
+    """A retry with the same key answers the first publication's position (200) and publishes
+    nothing."""
+
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = (
+        msgspec.field(default=None, name="Idempotency-Key")
+    )
+
+
+class PresenceHeaders(msgspec.Struct, kw_only=True):
+    """For a namespace whose subscribers need a subscription token."""
+
+    topic_token: str | None = msgspec.field(default=None, name="X-Topic-Token")
+
+
 class IngestEntry(msgspec.Struct, forbid_unknown_fields=True):
     """One entry of the `topics:ingest` stream (field `publication`, JSON)."""
 

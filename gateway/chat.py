@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.state import GatewayState
 from shared import chat_queue, chat_wire, keys
 from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
@@ -77,7 +78,7 @@ _MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
 class ChatContext:
     """What chat needs to know about the connection a frame came from."""
 
-    app_state: Any  # the gateway app's `app.state` (settings, redis, verifier, upstreams)
+    app_state: GatewayState
     user_id: UUID
     session_id: UUID
     connection_id: str
@@ -528,6 +529,6 @@ async def _ws_cancel(ctx: ChatContext, frame: WsCancel) -> None:
         running = await state.redis.get(keys.chat_active(ctx.session_id))
         if running is None:
             raise NotFound("no answer is streaming in this session", code="NOTHING_TO_CANCEL")
-        message_id = running.decode()
+        message_id = running.decode() if isinstance(running, bytes) else running
     await owned_answer(state.redis, message_id, ctx.user_id)
     await request_cancel(state.redis, state.settings, message_id)

@@ -64,7 +64,7 @@ def test_notify_now_creates_and_publishes(
         fa.text("Done."),
     )
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(keys.user_channel(user_id))
     try:
         _, events = ask(stack.gateway, token_for(user_id), f"{key} nudge me")

@@ -121,7 +121,9 @@ def test_forged_or_altered_requests_are_dead_lettered(
         stack.fake.script(question, fa.text("signed and answered"))
         _, events = ask(stack.gateway, token_for(uuid.uuid4()), question)
         assert text_of(events) == "signed and answered", events
-        dead = client.xrange(keys.CHAT_REQUESTS_DEAD_LETTER)[before:]
+        dead: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(
+            keys.CHAT_REQUESTS_DEAD_LETTER
+        )[before:]  # type: ignore[index,assignment]
         assert [entry[chat_wire.REQUEST_FIELD] for _, entry in dead] == values
         assert {entry[b"reason"] for _, entry in dead} == {
             b"request is not signed",

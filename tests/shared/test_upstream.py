@@ -191,7 +191,7 @@ async def test_concurrency_is_bounded_by_the_pool(server: str) -> None:
     _open_most = 0
     client = Upstream(server, timeout=5, max_connections=2)
     answers = await asyncio.gather(
-        *(client.get("/slow", params={"seconds": 0.05}) for _ in range(10))
+        *(client.get("/slow", params={"seconds": "0.05"}) for _ in range(10))
     )
     await client.aclose()
     assert [a.status_code for a in answers] == [200] * 10

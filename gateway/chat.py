@@ -48,7 +48,7 @@ from shared.errors import (
     Unavailable,
     ValidationFailed,
 )
-from shared.http import bearer_token, json_response, read_json
+from shared.http import bearer_token, internal_headers, json_response, read_json
 from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
@@ -324,7 +324,7 @@ async def claim_session(
         response = await agent.post(
             "/internal/v1/sessions/claim",
             json={"session_id": str(session_id), "user_id": str(user_id)},
-            headers={"Authorization": f"Bearer {settings.internal_token}"},
+            headers=internal_headers(settings.internal_token),
         )
     except UpstreamError:
         raise Unavailable("the agent service is unreachable") from None

@@ -39,6 +39,7 @@ import msgspec
 import redis.asyncio as redis
 
 from gateway import frames, metrics
+from gateway.chat import claim_session
 from gateway.connection import Connection
 from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
@@ -50,7 +51,7 @@ from gateway.state import GatewayState
 from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
-from shared.upstream import UpstreamError
+from shared.errors import NotFound, RateLimited, Unavailable
 from shared.wire import (
     ConnectionEstablished,
     ConnectionEstablishedData,
@@ -93,7 +94,6 @@ class ConnectionManager:
         self.draining = False
         self.redis = redis_client
         self._agent = agent
-        self._internal = {"authorization": f"Bearer {settings.internal_token}"}
         self._registry = create_registry(
             redis_client, self.instance_id, settings.ws_heartbeat_interval
         )
@@ -191,19 +191,13 @@ class ConnectionManager:
         if self._owners.get(session_id) == user_id:
             return
         try:
-            response = await self._agent.post(
-                "/internal/v1/sessions/claim",
-                json={"session_id": str(session_id), "user_id": str(user_id)},
-                headers=self._internal,
-            )
-        except UpstreamError:
+            await claim_session(self._agent, self.settings, session_id, user_id)
+        except NotFound:
+            raise Refused(1008, "session belongs to another user") from None
+        except RateLimited:
+            raise Refused(1013, "too many new sessions: try again later") from None
+        except Unavailable:
             raise Refused(1013, "session service unavailable: try again later") from None
-        if response.status_code == 403:
-            raise Refused(1008, "session belongs to another user")
-        if response.status_code == 429:
-            raise Refused(1013, "too many new sessions: try again later")
-        if response.status_code != 200:
-            raise Refused(1013, "session service unavailable: try again later")
         if len(self._owners) >= OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]  # oldest first
         self._owners[session_id] = user_id

@@ -114,6 +114,12 @@ def bearer_token(request: Request) -> str | None:
     return credentials.strip()
 
 
+def internal_headers(internal_token: str) -> dict[str, str]:
+    """The headers that authenticate a call to another service's `/internal/` endpoints (what
+    `require_internal` checks on the other side)."""
+    return {"Authorization": f"Bearer {internal_token}"}
+
+
 def require_internal(request: Request, internal_token: str) -> None:
     """Raise `Unauthorized` unless the request carries `Authorization: Bearer <INTERNAL_TOKEN>`."""
     presented = bearer_token(request)

@@ -31,7 +31,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Collection, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -48,6 +48,7 @@ from gateway.ordering import Action, Replay
 from gateway.registry import SESSION_FULL, USER_FULL, create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.state import GatewayState
+from gateway.timers import Due, due
 from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
@@ -63,7 +64,6 @@ from shared.wire import (
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 5.0
-EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` is sent
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
@@ -84,11 +84,20 @@ class Refused(Exception):
 class ConnectionManager:
     """Owns this instance's connections. Create in the lifespan, `start()`, `stop()`."""
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`monotonic`, `wall` and `sleep` are the watch loop's clocks (tests pass fake ones)."""
         settings, redis_client = state.settings, state.redis
         notifications, agent = state.upstreams["notifications"], state.upstreams["agent"]
         self.settings = settings
         self.state = state
+        self._monotonic, self._wall, self._sleep = monotonic, wall, sleep
         self.instance_id = uuid.uuid4().hex[:12]
         self.connections: dict[str, Connection] = {}
         self.draining = False
@@ -433,18 +442,23 @@ class ConnectionManager:
         settings = self.settings
         interval = min(1.0, settings.ws_heartbeat_interval / 2)
         while True:
-            await asyncio.sleep(interval)
-            idle_before = time.monotonic() - settings.ws_connection_timeout
-            now = time.time()
-            for conn in list(self.connections.values()):
-                if conn.close_code is not None:
-                    continue
-                if conn.last_seen < idle_before:
-                    self.close_later(conn, 1000, "idle timeout")
-                elif now >= conn.expires_at:
-                    self.close_later(conn, 1008, "token expired")
-                elif not conn.warned and now >= conn.expires_at - EXPIRY_WARNING:
-                    conn.warned = True
-                    if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
-                        metrics.FRAMES_OUT.inc()
-            self._heap.tick(len(self.connections))
+            await self._sleep(interval)
+            self.watch_round()
+
+    def watch_round(self) -> None:
+        """One round of `_watch`, at the injected clocks' current time."""
+        idle_before = self._monotonic() - self.settings.ws_connection_timeout
+        now = self._wall()
+        for conn in list(self.connections.values()):
+            if conn.close_code is not None:
+                continue
+            action = due(conn.last_seen, conn.expires_at, conn.warned, idle_before, now)
+            if action is Due.IDLE:
+                self.close_later(conn, 1000, "idle timeout")
+            elif action is Due.EXPIRED:
+                self.close_later(conn, 1008, "token expired")
+            elif action is Due.WARN:
+                conn.warned = True
+                if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
+                    metrics.FRAMES_OUT.inc()
+        self._heap.tick(len(self.connections))

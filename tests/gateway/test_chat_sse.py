@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,22 +29,13 @@ from tests.agent_svc.stack import (
     ask,
     parse_sse,
     resume,
-    start_stack,
+    stack_fixture,
     text_of,
 )
 from tests.conftest import TEST_INTERNAL_TOKEN, TEST_SECRET_KEY, SpawnService
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-sse"))
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-sse")
 
 
 def _key() -> str:

@@ -514,23 +514,16 @@ def redis_pool_size(settings: Settings) -> int:
 
 
 async def _main(settings: Settings) -> None:
-    from shared import db, migrate, redis_client
-    from shared.backoff import retry
+    from shared.resources import database_and_redis
 
-    await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
-    pool = await db.create_pool(settings)
-    client = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
-    await redis_client.initialize(client)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    started = database_and_redis(settings, redis_max_connections=redis_pool_size(settings))
+    async with started as (pool, client):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         async with WorkerPool(settings, pool, client):
             await stop.wait()
-    finally:
-        await client.aclose()
-        await pool.close()
 
 
 def main() -> None:

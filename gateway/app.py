@@ -33,12 +33,12 @@ from gateway import apidocs, chat, console, internal, proxy, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
+from gateway.upstream import Upstream
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
-from shared.upstream import Upstream
 
 GC_GEN0_THRESHOLD = 20_000
 

@@ -36,6 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.state import GatewayState
+from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys
 from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
@@ -52,7 +53,6 @@ from shared.http import bearer_token, internal_headers, json_response, read_json
 from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
-from shared.upstream import Upstream, UpstreamError
 from shared.wire import (
     Message,
     MessageData,

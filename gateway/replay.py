@@ -11,8 +11,8 @@ from uuid import UUID
 
 import msgspec
 
+from gateway.upstream import Upstream, UpstreamError
 from shared.http import internal_headers
-from shared.upstream import Upstream, UpstreamError
 
 # Larger than any real sequence number: asks only for the user's current `last_seq`.
 LATEST = 2**62

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.upstream import Upstream
 from shared.auth import TokenVerifier
 from shared.quotas import TokenBucket
 from shared.redis_client import RedisClient
 from shared.settings import Settings
-from shared.upstream import Upstream
 
 if TYPE_CHECKING:  # gateway.chat builds on this module's type
     from gateway.chat import ChatQuotas

@@ -1,4 +1,4 @@
-"""shared.upstream against a real uvicorn server on a loopback port, and against raw TCP servers
+"""gateway.upstream against a real uvicorn server on a loopback port, and against raw TCP servers
 that misbehave in the ways a keep-alive client must survive."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.upstream import Upstream, UpstreamError, UpstreamTimeout
+from gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 _open_now = 0
 _open_most = 0

@@ -38,18 +38,16 @@ from starlette.routing import Route
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys
-from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import (
     AppError,
     Conflict,
     NotFound,
     RateLimited,
-    Unauthorized,
     Unavailable,
     ValidationFailed,
 )
-from shared.http import bearer_token, internal_headers, json_response, read_json
+from shared.http import bearer_token, internal_headers, json_response, read_json, verified_user
 from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
@@ -346,11 +344,7 @@ async def _caller(request: Request, *, allow_query: bool = False) -> UUID:
     token = bearer_token(request)
     if token is None and allow_query:
         token = request.query_params.get("token")  # EventSource cannot send headers
-    try:
-        verifier: TokenVerifier = request.app.state.verifier
-        user_id = (await verifier.verify(token)).user_id
-    except TokenError as exc:
-        raise Unauthorized(exc.reason) from None
+    user_id = await verified_user(request, token)
     await request.app.state.user_requests.take(user_id)  # RateLimited over HTTP_USER_RATE_LIMIT
     return user_id
 

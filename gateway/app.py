@@ -34,14 +34,15 @@ from starlette.websockets import WebSocket
 from gateway import apidocs, chat, console, internal, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
+from gateway.state import GatewayState
 from gateway.topics import Topics
+from gateway.upstream import Upstream
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
 from shared.topic_store import TopicStore
-from shared.upstream import Upstream
 
 GC_GEN0_THRESHOLD = 20_000
 
@@ -82,17 +83,22 @@ def create_app(settings: Settings) -> Starlette:
             "notifications": Upstream(settings.notifications_url, timeout=timeout),
             "agent": Upstream(settings.agent_url, timeout=timeout),
         }
+        shared = GatewayState(
+            settings=settings,
+            redis=redis,
+            upstreams=upstreams,
+            verifier=TokenVerifier(settings),
+            chat_quotas=ChatQuotas.of(redis, settings),
+            user_requests=TokenBucket(
+                redis, settings.http_user_rate_limit, settings.http_user_rate_burst
+            ),
+        )
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
-        state.verifier = TokenVerifier(settings)
-        state.topics = Topics(settings, TopicStore(redis), state.verifier)
-        state.chat_quotas = ChatQuotas.of(redis, settings)
-        state.user_requests = TokenBucket(
-            redis, settings.http_user_rate_limit, settings.http_user_rate_burst
-        )
-        state.manager = ConnectionManager(
-            settings, redis, upstreams["notifications"], upstreams["agent"], state
-        )
+        state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
+        state.user_requests = shared.user_requests
+        state.topics = Topics(settings, TopicStore(redis), shared.verifier)
+        state.manager = ConnectionManager(shared)
         await state.manager.start()
         ingest = asyncio.create_task(
             topic_api.consume_ingest(redis, state.topics, state.manager.instance_id)

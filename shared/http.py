@@ -17,6 +17,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from uuid import UUID
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.auth import TokenError, TokenVerifier
 from shared.errors import (
     AppError,
     InvalidJson,
@@ -112,6 +114,23 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
     return credentials.strip()
+
+
+async def verified_user(request: Request, token: str | None = None) -> UUID:
+    """The user whom the request's bearer JWT (or `token`, when given) names, checked by the
+    app's `TokenVerifier` (`app.state.verifier`); raises `Unauthorized` saying why not."""
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        identity = await verifier.verify(token if token is not None else bearer_token(request))
+    except TokenError as exc:
+        raise Unauthorized(exc.reason) from None
+    return identity.user_id
+
+
+def internal_headers(internal_token: str) -> dict[str, str]:
+    """The headers that authenticate a call to another service's `/internal/` endpoints (what
+    `require_internal` checks on the other side)."""
+    return {"Authorization": f"Bearer {internal_token}"}
 
 
 def require_internal(request: Request, internal_token: str) -> None:

@@ -312,7 +312,9 @@ def install(checker: Checker) -> Callable[[], None]:
 
     async def checked_recv(self: ClientConnection, *args: Any, **kwargs: Any) -> Any:
         message = await recv(self, *args, **kwargs)
-        if isinstance(message, str) and urlsplit(self.request.path).path.startswith("/api/v1/ws/"):
+        if isinstance(message, str) and urlsplit(
+            self.request.path if self.request is not None else ""
+        ).path.startswith("/api/v1/ws/"):
             checker.check_frame(message)
         return message
 
@@ -326,9 +328,9 @@ def install(checker: Checker) -> Callable[[], None]:
 
     httpx.AsyncClient.send = checked_async_send  # type: ignore[method-assign]
     httpx.Client.send = checked_sync_send  # type: ignore[method-assign]
-    ClientConnection.recv = checked_recv  # type: ignore[method-assign]
+    ClientConnection.recv = checked_recv  # type: ignore[method-assign,assignment]
     redis.commands.core.PubSubCommands.publish = recorded_publish  # type: ignore[method-assign]
-    redis.commands.core.PubSubCommands.spublish = recorded_spublish  # type: ignore[method-assign]
+    redis.commands.core.PubSubCommands.spublish = recorded_spublish  # type: ignore[method-assign,assignment]
 
     def uninstall() -> None:
         LAST_COUNTS.update(checker.checked)

@@ -35,14 +35,12 @@ from gateway import apidocs, chat, console, internal, proxy, topic_api, websocke
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
-from gateway.topics import Topics
 from gateway.upstream import Upstream
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
-from shared.topic_store import TopicStore
 
 GC_GEN0_THRESHOLD = 20_000
 
@@ -97,8 +95,8 @@ def create_app(settings: Settings) -> Starlette:
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
         state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
         state.user_requests = shared.user_requests
-        state.topics = Topics(settings, TopicStore(redis), shared.verifier)
         state.manager = ConnectionManager(shared)
+        state.topics = state.manager.topics.topics
         await state.manager.start()
         ingest = asyncio.create_task(
             topic_api.consume_ingest(redis, state.topics, state.manager.instance_id)

@@ -38,8 +38,8 @@ import redis.asyncio as redis
 from gateway import metrics
 from gateway.fanout import FanoutUnavailable
 from gateway.limits import TokenBucket, Verdict
-from gateway.topic_order import TopicCursor
-from gateway.topic_order import Verdict as Order
+from gateway.ordering import OffsetAction as Order
+from gateway.ordering import OffsetOrder
 from gateway.topics import Grant, TopicRefused, Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys
@@ -97,7 +97,7 @@ class Subscription:
     grant: Grant
     topic: str
     channel: bytes
-    cursor: TopicCursor = field(default_factory=TopicCursor)
+    cursor: OffsetOrder = field(default_factory=OffsetOrder)
     present: bool = False
     ended: bool = False
 
@@ -206,7 +206,8 @@ class TopicHub:
         """No await here: a live publication lands either in the held list or after."""
         due, gap = sub.cursor.resume(position.offset, position.epoch)
         for held in due:
-            conn.offer(TextFrame(held.frame))
+            assert isinstance(held.frame, TextFrame)
+            conn.offer(held.frame)
         if due:
             metrics.FRAMES_OUT.inc(len(due))
         if gap:
@@ -353,11 +354,10 @@ class TopicHub:
 
     # Manager hooks.
 
-    def deliver(self, members: Collection[Any], meta: EnvelopeMeta, frame: bytes) -> None:
-        """A frame published on a topic channel (never waits)."""
+    def deliver(self, members: Iterable[Any], meta: EnvelopeMeta, text: TextFrame) -> None:
+        """A frame published on a topic channel (never waits); `text` is shared by all."""
         topic = meta.topic
         sent = 0
-        text = TextFrame(frame)
         for conn in members:
             sub = self._subs.get(conn, {}).get(topic or "")
             if sub is None or sub.ended:
@@ -365,7 +365,7 @@ class TopicHub:
             if meta.offset is None or meta.epoch is None:  # join / leave
                 sent += conn.offer(text)
                 continue
-            verdict = sub.cursor.live(meta.offset, meta.epoch, frame)
+            verdict = sub.cursor.live(meta.offset, meta.epoch, text)
             if verdict is Order.DELIVER:
                 sent += conn.offer(text)
             elif verdict is Order.DUPLICATE:

@@ -88,11 +88,13 @@ async def rig(private_redis: EmbeddedRedis, base_env: dict[str, str]) -> AsyncIt
 
     def deliver(members: Any, meta: EnvelopeMeta, frame: bytes) -> None:
         assert hub is not None
-        hub.deliver(members, meta, frame)
+        hub.deliver(members, meta, TextFrame(frame))
 
-    fanout: Fanout[Any] = Fanout(
-        private_redis.url, set(), deliver, lambda: hub and hub.resync(None)
-    )
+    def resync() -> None:
+        if hub is not None:
+            hub.resync(None)
+
+    fanout: Fanout[Any] = Fanout(private_redis.url, set(), deliver, resync)
     hub = TopicHub(topics, fanout, client, heartbeat=1.0)
     await fanout.start()
 

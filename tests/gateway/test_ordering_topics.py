@@ -1,9 +1,11 @@
-"""The topic ordering cursor (pure): held while syncing, delivered once in offset order,
-duplicates dropped, gaps and new epochs reported."""
+"""`gateway.ordering.OffsetOrder`, the topic ordering state (pure): held while syncing,
+delivered once in offset order, duplicates dropped, gaps and new epochs reported."""
 
 from __future__ import annotations
 
-from gateway.topic_order import HOLD_LIMIT, TopicCursor, Verdict
+from gateway.ordering import OFFSET_HOLD_LIMIT as HOLD_LIMIT
+from gateway.ordering import OffsetAction as Verdict
+from gateway.ordering import OffsetOrder as TopicCursor
 
 
 def test_holds_while_syncing_then_delivers_what_follows_the_position() -> None:

@@ -30,9 +30,9 @@ test: $(VENV)/.installed-bench
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
 
-# `make chaos` (CHAOS_ARGS="--clients 50 --faults kill-gateway"): faults under load, table in
-# bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
-chaos: $(STAMP)
+# `make chaos` (CHAOS_ARGS="--clients 50 --faults kill-gateway"): faults under load, table and
+# plot in bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
+chaos: $(VENV)/.installed-bench
 	$(PY) -m chaos $(CHAOS_ARGS)
 
 migrate: $(STAMP)

@@ -33,6 +33,7 @@ MAX_IN_FLIGHT = 2000  # creates waiting for an answer at once (bounds a long out
 class Client:
     url: str  # ws://.../api/v1/ws/<session>?token=...
     user: uuid.UUID
+    source: str = "127.0.0.1"  # local address (nginx limits connections per address)
     received: list[tuple[int, float]] = field(default_factory=list)  # (seq, monotonic arrival)
     drops: list[float] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
@@ -48,7 +49,12 @@ class Client:
             last = max((seq for seq, _ in self.received), default=0)
             query = f"&last_seq={last}" if resume else ""
             try:
-                ws = await connect(self.url + query, compression=None, open_timeout=5)
+                ws = await connect(
+                    self.url + query,
+                    compression=None,
+                    open_timeout=5,
+                    local_addr=(self.source, 0),
+                )
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 if frame["type"] == "connection_established":
                     return ws
@@ -98,6 +104,7 @@ class Producer:
     rate: float  # creates per second
     step: int = 0  # the step new creates belong to (set by the run)
     creates: list[Create] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)  # seconds each create started after its due time
     errors: dict[int, Counter[str]] = field(default_factory=dict)  # step -> "500", "timeout", ...
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -146,6 +153,7 @@ class Producer:
                         await asyncio.sleep(0.05)
                         continue
                     user = self.users[index % len(self.users)]
+                    self.lag.append(max(0.0, time.monotonic() - due))
                     create = Create(user, self.step, time.monotonic())
                     self.creates.append(create)
                     task = asyncio.create_task(self._create(http, create, index))

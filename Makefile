@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench chaos migrate token lint format check clean-data
+.PHONY: run test bench chaos soak migrate token lint format check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(VENV)/.installed-bench
 # plot in bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
 chaos: $(VENV)/.installed-bench
 	$(PY) -m chaos $(CHAOS_ARGS)
+
+# `make soak` (SOAK_ARGS="--duration 300 --clients 2000"): steady traffic with churn for 30 min,
+# the gateways' RSS, descriptors and tasks and Redis's memory with their slopes in bench/SOAK.md.
+soak: $(VENV)/.installed-bench
+	$(PY) -m chaos.soak $(SOAK_ARGS)
 
 migrate: $(STAMP)
 	$(PY) -m shared.migrate

@@ -62,6 +62,7 @@ class Result:
     loop_lag: list[float]  # the generator's event-loop lag, sampled every 100 ms
     achieved_rate: float  # creates requested per second
     reclaimed: int  # requests taken over by another worker (the agents' metrics)
+    answer_seconds: list[float]  # asked to ended, every completed answer
 
 
 def environment(config: Config) -> dict[str, str]:
@@ -289,6 +290,11 @@ async def run(system: System, config: Config) -> Result:
         loop_lag=lag,
         achieved_rate=_rate(producer, steps),
         reclaimed=reclaimed,
+        answer_seconds=[
+            a.finished_at - a.asked_at
+            for a in answers
+            if a.finished_at is not None and a.status == "complete"
+        ],
     )
 
 
@@ -319,7 +325,9 @@ def header(config: Config, result: Result, plot_name: str) -> str:
         "notifications/s through notifications_svc, each with its own `Idempotency-Key`, retried "
         f"until answered (5 s timeout); {config.answers} chat users stream one answer after "
         "another over SSE through nginx (the offline model, `AGENT_OFFLINE_DELAY="
-        f"{config.answer_delay:g}`: about 6 s per answer) and resume a dropped stream with "
+        f"{config.answer_delay:g}`: answers took p50 "
+        f"{_quantile(result.answer_seconds, 0.5):.1f} s from question to `end`, "
+        f"{len(result.answer_seconds)} completed) and resume a dropped stream with "
         f"`GET /api/v1/chat/stream/{{message_id}}` + `Last-Event-ID`; {config.agent_workers} "
         "workers in each of the two agent processes, `AGENT_RECLAIM_IDLE="
         f"{config.reclaim_idle:g}`. One fault at a time, in this order; columns as defined in "

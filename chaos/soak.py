@@ -111,6 +111,8 @@ class Outcome:
     received: int
     backwards: int  # duplicated or reordered arrivals
     drops: int
+    missing: int  # per client, committed for its user and not received (duplicates aside)
+    offline: int  # clients not connected at the end
     late_creates: int  # creates started over 0.1 s after their due time
     connect_seconds: float
 
@@ -173,6 +175,8 @@ async def soak(system: System, config: Config) -> Outcome:
         received=sum(c.count for c in clients),
         backwards=sum(c.backwards for c in clients),
         drops=sum(len(c.drops) for c in clients),
+        missing=sum(max(0, committed[c.user] - (c.count - c.backwards)) for c in clients),
+        offline=sum(1 for c in clients if not c.connected.is_set()),
         late_creates=producer.late,
         connect_seconds=connect_seconds,
     )
@@ -187,7 +191,7 @@ def report(config: Config, outcome: Outcome, plot_name: str, note: str) -> str:
         f"(two sessions per user, 50 per loopback address), {config.churn_share:.0%} of them "
         f"closing and resuming with `?last_seq=` every {config.churn_every:g} s; a producer "
         f"creating {config.rate:g} notifications/s through notifications_svc; "
-        f"{config.duration / 60:g} minutes sampled every {config.sample:g} s after every client "
+        f"{config.duration / 60:.1f} minutes sampled every {config.sample:g} s after every client "
         f"had connected ({outcome.connect_seconds:.1f} s). Each series is fitted with a "
         "least-squares line (`chaos/trend.py`): the slope per hour, and what the line grows by "
         f"over the run as a share of its mean (under {trend.FLAT_SHARE:.0%}: flat).\n\n"
@@ -199,8 +203,9 @@ def report(config: Config, outcome: Outcome, plot_name: str, note: str) -> str:
         f"![every series over time]({plot_name})\n\n"
         f"Delivery: {outcome.committed:,} notifications committed; clients should hold "
         f"{outcome.expected:,} and received {outcome.received:,}, of which "
-        f"{outcome.backwards:,} duplicated or reordered; {outcome.drops:,} drops (churn and "
-        f"others), every one resumed. The producer started {outcome.late_creates:,} creates "
+        f"{outcome.backwards:,} duplicated or reordered, {outcome.missing:,} missing; "
+        f"{outcome.drops:,} drops (churn and others), {outcome.offline} clients not connected "
+        "at the end. The producer started {outcome.late_creates:,} creates "
         "more than 0.1 s late (the load generator is one Python process on the same cores).\n"
     )
 

@@ -63,6 +63,8 @@ class Result:
     achieved_rate: float  # creates requested per second
     reclaimed: int  # requests taken over by another worker (the agents' metrics)
     answer_seconds: list[float]  # asked to ended, every completed answer
+    cpu: dict[str, float]  # CPU seconds per part (chaos.system) and of the generator
+    wall: float  # seconds from the first connect to the end
 
 
 def environment(config: Config) -> dict[str, str]:
@@ -235,6 +237,7 @@ async def run(system: System, config: Config) -> Result:
     producer_task: asyncio.Task[None] | None = None
     steps: list[report.Step] = []
     started = time.monotonic()
+    own_cpu = time.process_time()
     try:
         async with asyncio.timeout(300):
             for client in clients:
@@ -274,6 +277,9 @@ async def run(system: System, config: Config) -> Result:
         for asker in askers:
             await asker.check(system.nginx_url)
         reclaimed = await _reclaimed(system)
+        cpu = await asyncio.to_thread(system.cpu_seconds)
+        cpu["load generator"] = time.process_time() - own_cpu
+        wall = time.monotonic() - started
     finally:
         _say(f"finished: {_behind(clients, producer, time.monotonic())}")
         tasks = [*client_tasks, *asker_tasks, *background]
@@ -290,6 +296,8 @@ async def run(system: System, config: Config) -> Result:
         loop_lag=lag,
         achieved_rate=_rate(producer, steps),
         reclaimed=reclaimed,
+        cpu=cpu,
+        wall=wall,
         answer_seconds=[
             a.finished_at - a.asked_at
             for a in answers
@@ -312,8 +320,9 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def header(config: Config, result: Result, plot_name: str) -> str:
-    """What was run, where, and how well the load generator kept up (all from `result`)."""
+def header(config: Config, result: Result, plot_name: str, note: str = "") -> str:
+    """What was run, where, and how well the load generator kept up (all from `result`);
+    `note` (the operator's, e.g. why this size) is added after what was run."""
     return (
         "# Chaos run (`make chaos`)\n\n"
         "The README's \"Two gateways behind nginx\" set-up on one machine: `make run`'s devstack "
@@ -335,7 +344,8 @@ def header(config: Config, result: Result, plot_name: str) -> str:
         "producer's creates answered, and the replies persisted in the chat history).\n\n"
         f"Run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
         f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end: times "
-        f"stretch with the load), Python {platform.python_version()}.\n\n"
+        f"stretch with the load), Python {platform.python_version()}."
+        f"{(' ' + note) if note else ''}\n\n"
         "The load generator (clients, askers and producer) is one Python process on the same "
         f"2 cores: it requested {result.achieved_rate:.0f} creates/s of the {config.rate:g} "
         f"asked (each create started late by p50 {_quantile(result.producer_lag, 0.5):.3f} s, "
@@ -347,6 +357,14 @@ def header(config: Config, result: Result, plot_name: str) -> str:
         f"below. Requests taken over from a stopped worker (the agents' "
         f"`chat_requests_reclaimed_total`, the restarted process counting since its restart): "
         f"{result.reclaimed}.\n\n"
+        f"Where the cores went over the {result.wall:.0f} s run (CPU seconds, and as a share of "
+        "one core; a part restarted during the run counts since its restart): "
+        + ", ".join(
+            f"{part} {seconds:.0f} s ({seconds / result.wall:.0%})"
+            for part, seconds in sorted(result.cpu.items(), key=lambda item: -item[1])
+        )
+        + f"; the machine's cores had {(os.cpu_count() or 1) * result.wall:.0f} s in all (the "
+        "rest went to other work on the machine, or was idle).\n\n"
         f"![delivered notifications per second, faults shaded; catch-up per fault]({plot_name})\n"
     )
 
@@ -359,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-workers", type=int, default=Config.agent_workers)
     parser.add_argument("--pause", type=float, default=Config.pause, help="SIGSTOP seconds")
     parser.add_argument("--faults", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--note", default="", help="a sentence added to the report")
     parser.add_argument("--out", type=Path, default=Path("bench/CHAOS.md"))
     parser.add_argument("--logs", type=Path, default=Path("bench/results/chaos"), help="logs kept")
     args = parser.parse_args(argv)
@@ -384,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             system.keep_logs(args.logs)
     picture = args.out.with_suffix(".png")
     plot.draw(result.rows, result.steps, result.arrivals, result.started, picture)
-    text = report.markdown(result.rows, header(config, result, picture.name))
+    text = report.markdown(result.rows, header(config, result, picture.name, args.note))
     args.out.write_text(text)
     print(text)
     return 0 if all(row.clean for row in result.rows) else 1

@@ -202,6 +202,29 @@ class System:
                 return pid
         raise LookupError(f"{name} is not running")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each running part and its descendants used since they
+        started (a part restarted during the run counts since its restart)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def tree(pid: int) -> float:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return 0.0
+            own = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            return own + sum(tree(child) for child, _, _ in _children(pid))
+
+        found: dict[str, float] = {}
+        for part in (*SERVICES, "gateway2", "agent2", "redis", "postgres"):
+            try:
+                found[part] = tree(self.pid_of(part))
+            except LookupError:
+                continue
+        if self.nginx is not None:
+            found["nginx"] = tree(self.nginx.pid)
+        return found
+
     def ready(self) -> bool:
         """Every service of the devstack, nginx, the second gateway and the second agent —
         unless one of these is down (killed, and started again only by hand) — answer their

@@ -46,6 +46,7 @@ def test_gateway_kill_postgres_restart_and_worker_kill_lose_nothing(
     killed = rows[0]
     assert killed.dropped > 0 and killed.back_after is not None, killed
     assert result.reclaimed > 0  # the killed process's answers were taken over
+    assert {"load generator", "gateway", "postgres", "redis"} <= set(result.cpu)
     assert plot.draw(rows, result.steps, result.arrivals, result.started, tmp_path / "c.png")
     text = report.markdown(rows, header(config, result, "c.png"))
     assert "| 0 | 0 | 0 |" in text and (tmp_path / "c.png").stat().st_size > 0

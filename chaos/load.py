@@ -40,6 +40,7 @@ class Client:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     refusals: Counter[str] = field(default_factory=Counter)  # why reconnects failed
     record: bool = True  # keep every arrival in `received`; False (a soak): counters only
+    open_timeout: float = 5.0  # seconds for the handshake, and again for the first frame
     count: int = 0  # notifications received
     highest: int = 0  # highest seq received
     backwards: int = 0  # received at or below `highest`: duplicated or reordered
@@ -56,10 +57,10 @@ class Client:
                 ws = await connect(
                     self.url + query,
                     compression=None,
-                    open_timeout=5,
+                    open_timeout=self.open_timeout,
                     local_addr=(self.source, 0),
                 )
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
                 if frame["type"] == "connection_established":
                     return ws
                 self.refusals[str(frame.get("type"))] += 1

@@ -36,6 +36,7 @@ from shared.auth import mint_token
 from shared.settings import Settings
 
 GATEWAYS = ("gateway", "gateway2")
+RAMP = 250  # clients connecting at once
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ async def soak(system: System, config: Config) -> Outcome:
             user,
             f"127.0.0.{1 + index // 50}",  # nginx: limit_conn 100 per address
             record=False,
+            open_timeout=30,  # a reconnect storm of thousands on 2 cores is slow, not refused
         )
         for index in range(config.clients)
         for user in [users[index % len(users)]]
@@ -137,12 +139,15 @@ async def soak(system: System, config: Config) -> Outcome:
     state = json.loads((system.root / "data" / "infra.json").read_text())
     redis = aioredis.from_url(state["redis_url"])
     series = make_series()
-    tasks = [asyncio.create_task(c.run()) for c in clients]
+    tasks: list[asyncio.Task[None]] = []
     started = time.monotonic()
     try:
         async with asyncio.timeout(600):
-            for client in clients:
-                await client.connected.wait()
+            for first in range(0, len(clients), RAMP):  # in batches: no self-made storm
+                batch = clients[first : first + RAMP]
+                tasks += [asyncio.create_task(c.run()) for c in batch]
+                for client in batch:
+                    await client.connected.wait()
         connect_seconds = time.monotonic() - started
         _say(f"{len(clients)} clients connected in {connect_seconds:.1f} s; {config.rate:g}/s")
         background = [
@@ -205,7 +210,7 @@ def report(config: Config, outcome: Outcome, plot_name: str, note: str) -> str:
         f"{outcome.expected:,} and received {outcome.received:,}, of which "
         f"{outcome.backwards:,} duplicated or reordered, {outcome.missing:,} missing; "
         f"{outcome.drops:,} drops (churn and others), {outcome.offline} clients not connected "
-        "at the end. The producer started {outcome.late_creates:,} creates "
+        f"at the end. The producer started {outcome.late_creates:,} creates "
         "more than 0.1 s late (the load generator is one Python process on the same cores).\n"
     )
 

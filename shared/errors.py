@@ -15,6 +15,11 @@ from typing import Any, ClassVar
 import msgspec
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one shape of every error body: `{"error": {"code", "message", "details"}}`."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 class AppError(Exception):
     """Base of every error a client may see. Subclasses fix status and code."""
 
@@ -33,7 +38,7 @@ class AppError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self.body())

@@ -33,6 +33,7 @@ from shared.errors import (
     PayloadTooLarge,
     Unauthorized,
     ValidationFailed,
+    error_body,
 )
 from shared.wire import ErrorBody
 
@@ -57,14 +58,12 @@ async def _app_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-    body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
-    return JSONResponse(body, exc.status_code, headers=exc.headers)
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    body = {"error": {"code": "INTERNAL_ERROR", "message": "internal error", "details": None}}
-    return JSONResponse(body, 500)
+    return JSONResponse(error_body("INTERNAL_ERROR", "internal error"), 500)
 
 
 EXCEPTION_HANDLERS: Mapping[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

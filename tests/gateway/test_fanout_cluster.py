@@ -101,8 +101,11 @@ def stack(
         notifications = spawn("notifications_svc")
         agent = spawn("agent_svc", AGENT_WORKERS="1", AGENT_OFFLINE_DELAY="0.01")
         env |= {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
-        a = spawn("gateway", WS_HEARTBEAT_INTERVAL="1")
-        b = spawn("gateway", WS_HEARTBEAT_INTERVAL="1")
+        # The heartbeat is also the WebSocket keepalive's ping timeout: at 1 s a loaded machine
+        # closed the test's clients 1011 "keepalive ping timeout" mid-test. 3 s keeps the pub/sub
+        # link check (every 3 s) well inside the gap-fill test's 20 s.
+        a = spawn("gateway", WS_HEARTBEAT_INTERVAL="3")
+        b = spawn("gateway", WS_HEARTBEAT_INTERVAL="3")
         yield Stack(nodes, env, log_dir, a, b, notifications, processes)
     finally:
         for process in reversed(processes):

@@ -139,7 +139,7 @@ class Checker:
         if answer is None:
             documented = sorted(operation["responses"])
             raise self.fail(
-                f"{where}: undocumented status (documented: {documented}): {response.text[:300]}"
+                f"{where}: undocumented status (documented: {documented}): {_peek(response)}"
             )
         return document, answer
 
@@ -264,6 +264,14 @@ class _SyncSse(httpx.SyncByteStream):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _peek(response: httpx.Response) -> str:
+    """The start of the body when it has been read; a streamed body is not (reading it here
+    would raise `ResponseNotRead` and hide the status the violation is about)."""
+    if hasattr(response, "_content"):
+        return response.text[:300]
+    return "(streamed body, not read)"
 
 
 def _after_send(checker: Checker, request: httpx.Request, response: httpx.Response) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
 from uuid import UUID
 
 import msgspec
@@ -40,8 +39,6 @@ _STATUS = {
 
 class TopicRefused(AppError):
     """A topic operation refused; `code` is a `TopicErrorCode`, `details.topic` the topic."""
-
-    close_code: ClassVar[int] = 1008  # never used: topic refusals do not close
 
     def __init__(self, code: Code, message: str, topic: object = None) -> None:
         super().__init__(message, code=code.value, details={"topic": topic})

@@ -375,13 +375,14 @@ class ConnectionManager:
             self.topics.deliver(members, meta, frame)
             return
         seq, exclude = meta.seq, meta.exclude_session
+        deliver = Action.DELIVER  # an enum member lookup costs ~100 ns: once, not per recipient
         sent = 0
         for conn in members:
             if exclude is not None and conn.session_key == exclude:
                 continue
             if seq is not None:
                 action = conn.order.live(seq)
-                if action is not Action.DELIVER:
+                if action is not deliver:
                     if action is Action.DROP:
                         metrics.DROPPED.labels("duplicate").inc()
                     continue

@@ -4,7 +4,7 @@ connection for looking under the hood (outbox markers, EXPLAIN)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -14,7 +14,6 @@ import pytest
 from shared.settings import Settings
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.support.processes import ServiceProcess
-from tests.support.push_service import PushService
 
 INTERNAL = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
 
@@ -74,17 +73,6 @@ def auth(token_for: Callable[..., str]) -> Callable[[uuid.UUID], dict[str, str]]
         return {"Authorization": f"Bearer {token_for(user)}"}
 
     return headers
-
-
-@pytest.fixture(scope="session")
-def push_service(settings: Settings) -> Iterator[PushService]:
-    """The Web Push stand-in, expecting the session's VAPID public key (every service of the
-    session shares `DATA_DIR`, hence the generated development key pair)."""
-    service = PushService(settings.vapid_public_key).start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")

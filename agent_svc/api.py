@@ -45,7 +45,11 @@ async def claim_session(request: Request) -> Response:
     settings = request.app.state.settings
     require_internal(request, settings.internal_token)
     body = await read_json(request, ClaimRequest, settings.http_max_body_bytes)
-    owned, created = await sessions.claim(request.app.state.pool, body.session_id, body.user_id)
+    pool = request.app.state.pool
+    if await sessions.owner_of(pool, body.session_id) is None:
+        # A new session: count it (429 `SESSION_LIMIT` over the user's hourly allowance).
+        await request.app.state.new_sessions.count_session(body.user_id)
+    owned, created = await sessions.claim(pool, body.session_id, body.user_id)
     if not owned:
         raise Forbidden("session belongs to another user", code="SESSION_FORBIDDEN")
     return json_response(
@@ -53,10 +57,10 @@ async def claim_session(request: Request) -> Response:
     )
 
 
-def _caller(request: Request) -> UUID:
+async def _caller(request: Request) -> UUID:
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return verifier.verify(bearer_token(request)).user_id
+        return (await verifier.verify(bearer_token(request))).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
 
@@ -85,20 +89,21 @@ def _session(row: asyncpg.Record) -> dict[str, Any]:
 
 async def create_session(request: Request) -> Response:
     """`POST /api/v1/sessions` (body optional: `{"title"}`) → 201 with the new session."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     settings = request.app.state.settings
     # Read whatever arrives (a chunked body has no Content-Length): an empty body is no title.
     raw = await read_body(request, settings.http_max_body_bytes)
     body = decode_json(raw, CreateSession) if raw.strip() else CreateSession()
     if body.title is not None and "\x00" in body.title:
         raise ValidationFailed("title must not contain NUL characters")  # PostgreSQL refuses it
+    await request.app.state.new_sessions.count_session(user_id)
     row = await sessions.create(request.app.state.pool, user_id, body.title)
     return json_response(_session(row), 201)
 
 
 async def list_sessions(request: Request) -> Response:
     """`GET /api/v1/sessions?page&page_size`: the caller's sessions, most recent first."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     page = _int_param(request, "page", 1, 1, 1_000_000)
     size = _int_param(request, "page_size", 20, 1, 100)
     rows, total = await sessions.list_mine(request.app.state.pool, user_id, size, (page - 1) * size)
@@ -109,7 +114,7 @@ async def list_sessions(request: Request) -> Response:
 
 async def session_messages(request: Request) -> Response:
     """`GET /api/v1/sessions/{id}/messages?limit`: the session's history, oldest first."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     try:
         session_id = UUID(request.path_params["session_id"])
     except ValueError:

@@ -18,6 +18,7 @@ from shared import db, migrate, redis_client
 from shared.auth import TokenVerifier
 from shared.backoff import retry
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.quotas import HourlyCount
 from shared.settings import Settings
 
 
@@ -38,10 +39,12 @@ def create_app(settings: Settings) -> Starlette:
         await redis_client.initialize(redis)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
         app.state.verifier = TokenVerifier(settings)
+        app.state.new_sessions = HourlyCount(redis, settings.chat_max_new_sessions_per_hour)
         try:
             async with WorkerPool(settings, pool, redis):
                 yield
         finally:
+            await app.state.verifier.aclose()
             await redis.aclose()
             await pool.close()
 

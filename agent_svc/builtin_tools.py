@@ -127,6 +127,20 @@ def _due_time(params: NotifyParams) -> float | None:
     return None
 
 
+# The per-user cap on scheduled notifications (`AGENT_MAX_REMINDERS_PER_USER`): ids by due time;
+# the scheduler removes each once delivered or dropped, and entries a day past due (a delivery
+# that never reported back) stop counting.
+_COUNT_REMINDER = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) + 86400))
+return 1
+"""
+_STALE_REMINDER = 86400.0
+
+
 async def notify_user(ctx: ToolContext, params: NotifyParams) -> dict[str, Any]:
     item = ScheduledNotification(
         id=str(uuid.uuid4()),
@@ -145,6 +159,21 @@ async def notify_user(ctx: ToolContext, params: NotifyParams) -> dict[str, Any]:
         )
         return {"status": "sent", "notification_id": created.get("id")}
     scheduled = msgspec.structs.replace(item, type=REMINDER_TYPE)
+    limit = ctx.settings.agent_max_reminders_per_user
+    counted = await ctx.redis.eval(
+        _COUNT_REMINDER,
+        1,
+        keys.agent_user_reminders(ctx.user_id),
+        time.time() - _STALE_REMINDER,
+        limit,
+        due,
+        item.id,
+    )
+    if not counted:
+        raise ToolError(
+            f"REMINDER_LIMIT: the user already has {limit} scheduled notifications; "
+            "one must be delivered before another can be scheduled"
+        )
     await ctx.redis.zadd(keys.AGENT_SCHEDULED_NOTIFICATIONS, {msgspec.json.encode(scheduled): due})
     return {"status": "scheduled", "deliver_at": datetime.fromtimestamp(due, UTC).isoformat()}
 

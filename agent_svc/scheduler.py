@@ -63,6 +63,7 @@ async def deliver_due(
                 await _retry_later(client, item, now, str(exc))
             continue
         await client.zrem(keys.AGENT_SCHEDULED_NOTIFICATIONS, member)
+        await client.zrem(keys.agent_user_reminders(item.user_id), item.id)
         delivered += 1
     return delivered
 
@@ -73,6 +74,7 @@ async def _retry_later(
     attempts = item.attempts + 1
     if attempts >= MAX_ATTEMPTS:
         log.error("scheduled notification dropped", extra={"id": item.id, "reason": reason})
+        await client.zrem(keys.agent_user_reminders(item.user_id), item.id)
         return
     log.warning("scheduled notification delayed", extra={"id": item.id, "reason": reason})
     again = msgspec.structs.replace(item, attempts=attempts)

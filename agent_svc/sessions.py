@@ -34,6 +34,15 @@ async def claim(pool: asyncpg.Pool, session_id: UUID, user_id: UUID) -> tuple[bo
         return owner == user_id, False
 
 
+async def owner_of(pool: asyncpg.Pool, session_id: UUID) -> UUID | None:
+    """The session's owner, or None if nobody has used it yet."""
+    async with pool.acquire() as conn:
+        owner: UUID | None = await conn.fetchval(
+            "SELECT user_id FROM chat.sessions WHERE id = $1", session_id
+        )
+    return owner
+
+
 async def create(pool: asyncpg.Pool, user_id: UUID, title: str | None) -> asyncpg.Record:
     """A new session owned by `user_id`."""
     async with pool.acquire() as conn, conn.transaction():

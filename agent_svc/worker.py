@@ -43,9 +43,10 @@ from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
-from shared import chat_wire, db, keys
+from shared import chat_queue, chat_wire, db, keys
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
+from shared.quotas import DailyTokens
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 
@@ -57,6 +58,7 @@ RECLAIMED = Counter("chat_requests_reclaimed_total", "Requests taken over from a
 TOKENS = Counter("chat_tokens_total", "Tokens used by finished answers (model-reported)")
 
 MAX_DELIVERIES = 5
+DEAD_LETTER_MAX = 10_000  # forged requests kept for inspection (approximately)
 CONSUMER_PRUNE_INTERVAL = 300.0
 CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
@@ -148,9 +150,12 @@ class Worker:
     async def _handle(
         self, entry_id: str, fields: dict[bytes, bytes] | None, reclaimed: bool
     ) -> None:
-        raw = (fields or {}).get(chat_wire.REQUEST_FIELD)
+        raw = (fields or {}).get(chat_wire.REQUEST_FIELD) or b""
         try:
-            request = chat_wire.decode_request(raw or b"")
+            request = chat_wire.decode_request(chat_wire.verify_request(self._p.request_key, raw))
+        except chat_wire.ForgedRequest as exc:
+            await self._dead_letter(entry_id, raw, str(exc))
+            return
         except msgspec.DecodeError:
             log.error("dropping malformed chat request", extra={"entry": entry_id})
             await self._ack(entry_id)
@@ -210,6 +215,13 @@ class Worker:
             await out.emit(End(request.message_id, out.tokens_used, status))
         ANSWERS.labels(status).inc()
         TOKENS.inc(out.tokens_used)
+        # Counted against the user's daily budget as the model reported them (the gateway
+        # refuses questions once it is spent); a failure to count must not fail the answer.
+        try:
+            await p.tokens.add(UUID(request.user_id), out.tokens_used)
+        except (redis.RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.warning("tokens not counted", extra={"error": repr(exc)})
         log.info(
             "answer finished",
             extra={"message_id": request.message_id, "status": status, "model": p.model.name},
@@ -262,6 +274,7 @@ class Worker:
             self._p.lock_ms,
         )
         await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
+        await chat_queue.touch(r, request.user_id, request.message_id)
 
     async def _transcript(self, request: ChatRequest) -> Transcript:
         transcript = Transcript()
@@ -297,6 +310,13 @@ class Worker:
             )
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
+            # The user's place is free: their next waiting question goes to the stream's end.
+            chat_queue.finish(
+                pipe,
+                request.user_id,
+                request.message_id,
+                self._p.settings.chat_max_streaming_per_user,
+            )
             await pipe.execute()
 
     async def _release(self, request: ChatRequest) -> None:
@@ -304,6 +324,18 @@ class Worker:
         await self._p.redis.eval(
             chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
         )
+
+    async def _dead_letter(self, entry_id: str, raw: bytes, reason: str) -> None:
+        """Set aside a request that is not the gateway's (never answered: it may name any user)
+        in `chat:requests:dead` for an operator, then acknowledge it."""
+        log.error("dead-lettering unsigned chat request", extra={"entry": entry_id, "why": reason})
+        await self._p.redis.xadd(
+            keys.CHAT_REQUESTS_DEAD_LETTER,
+            {b"entry": entry_id, b"reason": reason, chat_wire.REQUEST_FIELD: raw},
+            maxlen=DEAD_LETTER_MAX,
+            approximate=True,
+        )
+        await self._ack(entry_id)
 
     async def _ack(self, entry_id: str) -> None:
         await self._p.redis.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
@@ -410,8 +442,10 @@ class WorkerPool:
         self.model = model or create_model(settings, self.registry)
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
         self.lock_ms = chat_wire.session_lock_ms(settings)
+        self.request_key = chat_wire.request_key(settings.internal_token)
         self.replies = ReplyWriter(client)
         self.cancels = CancelWatch(client)
+        self.tokens = DailyTokens(client, settings.chat_daily_token_budget)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[str] = []
 

@@ -41,7 +41,7 @@ class LeanServer:
         url = urlsplit(ws.request.path if ws.request else "")
         session_id = url.path.rsplit("/", 1)[-1]
         try:
-            identity = self.verifier.verify(parse_qs(url.query).get("token", [""])[0])
+            identity = await self.verifier.verify(parse_qs(url.query).get("token", [""])[0])
         except TokenError as exc:
             await ws.close(1008, exc.reason)
             return

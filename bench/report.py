@@ -212,6 +212,7 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
         out += _websocket_sections(server)
     out += _chat_section(results.get("chat"))
     out += _rest_section(results.get("rest"))
+    out += _fairness_section(results.get("fairness"))
     out += _profile_section(results)
     if plots is not None:
         out += ["", "## Plots", ""]
@@ -354,6 +355,49 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
     ]
     if chat.get("errors"):
         out += ["", "Errors: " + ", ".join(f"`{k}` x{v}" for k, v in chat["errors"].items())]
+    return out
+
+
+def _fairness_section(fairness: dict[str, Any] | None) -> list[str]:
+    if not fairness:
+        return []
+    out = ["", "## Fair queue (user B's first token while user A floods; one worker)", ""]
+    rows = []
+    for mode, label in (
+        ("fifo", "before: first come, first served"),
+        ("fair", "after: fair queue"),
+    ):
+        found = fairness.get(mode)
+        if not found:
+            continue
+        if "error" in found:
+            rows.append([label, "failed", found["error"].splitlines()[0], "", ""])
+            continue
+        rows.append(
+            [
+                label,
+                found["flood"],
+                f"{found['b_first_token_ms']:.0f}",
+                found["a_answers_started_before_b"],
+                f"{found['a_completed']} / {found['flood']}, B {found['b_completed']}",
+            ]
+        )
+    out += _table(
+        [
+            "Mode",
+            "A's questions",
+            "B's first token (ms)",
+            "A's answers started before B's first token",
+            "Completed",
+        ],
+        rows,
+    )
+    out += [
+        "",
+        "A asks all questions at once; B asks once the gateway accepted all of them. "
+        "Fair: at most one per-user place in `chat:requests` (CHAT_MAX_STREAMING_PER_USER=1), "
+        'so B waits for A\'s answer in progress only (docs/chat.md, "Fair use").',
+    ]
     return out
 
 

@@ -28,7 +28,7 @@ from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
-from bench.scenarios import chat, rest, websocket
+from bench.scenarios import chat, fairness, rest, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
@@ -104,6 +104,7 @@ def run(out: Path) -> dict[str, Any]:
         "websocket": len(scale.servers) * websocket.steps_planned(scale),
         "chat": chat.STEPS,
         "rest": rest.STEPS,
+        "fairness": fairness.STEPS,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
@@ -120,6 +121,15 @@ def run(out: Path) -> dict[str, Any]:
                 lambda name=name: _websocket(stack, name, scale, cores, progress),  # type: ignore[misc]
             )
         _http_scenarios(stack, scale, results, progress)
+        if "fairness" in scale.scenarios:
+            results["fairness"] = {}
+            for mode in fairness.MODES:
+                _guarded(
+                    mode,
+                    results["fairness"],
+                    progress,
+                    lambda mode=mode: _fairness(stack, scale, mode, progress),  # type: ignore[misc]
+                )
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -211,6 +221,33 @@ def _chat(
         stack.stop(workers)
 
 
+def _fairness(stack: Stack, scale: scales.Scale, mode: str, progress: Progress) -> dict[str, Any]:
+    """One mode of the fairness scenario: a gateway and one chat worker, both started with the
+    mode's per-user queue settings (every service must agree on them), then stopped."""
+    env = fairness.mode_env(mode, scale)
+    gateway = stack.start(
+        "gateway",
+        _gateway_module(),
+        stack.ports["gateway"],
+        pinned=True,
+        extra_env=GATEWAY_ENV | env,
+    )
+    try:
+        workers = stack.start(
+            "agent_worker",
+            "agent_svc.worker",
+            None,
+            pinned=True,
+            extra_env=stack.agent_env | env | {"AGENT_WORKERS": "1"},
+        )
+        try:
+            return fairness.run(mode, scale, stack.settings, gateway.port, progress)
+        finally:
+            stack.stop(workers)
+    finally:
+        stack.stop(gateway)
+
+
 def _start_backends(stack: Stack, scale: scales.Scale) -> None:
     """The fake model, then the services the gateway calls (session claims, replay, chat)."""
     model_port = free_port()
@@ -273,6 +310,7 @@ def failed(results: dict[str, Any]) -> list[str]:
     sections = {
         **results.get("websocket", {}),
         "chat": results.get("chat"),
+        **{f"fairness {m}": (results.get("fairness") or {}).get(m) for m in fairness.MODES},
         "rest": results.get("rest"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]

@@ -30,12 +30,13 @@ class Scale:
     rest_rows: int  # notifications bulk-loaded for the REST scenario
     rest_requests: int  # requests per REST endpoint measured
     rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
+    fair_flood: int  # questions the flooding user asks at once in the fairness scenario
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
-    scenarios: tuple[str, ...]  # which of websocket, chat, rest run
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness run
 
 
 SERVERS = ("gateway", "lean")
-SCENARIOS = ("websocket", "chat", "rest")
+SCENARIOS = ("websocket", "chat", "rest", "fairness")
 
 SCALES = {
     "full": Scale(
@@ -55,8 +56,9 @@ SCALES = {
         rest_rows=1_000_000,
         rest_requests=3000,
         rest_concurrency=(1, 8),
+        fair_flood=8,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest"),
+        scenarios=("websocket", "chat", "rest", "fairness"),
     ),
     "small": Scale(
         name="small",
@@ -75,8 +77,9 @@ SCALES = {
         rest_rows=5_000,
         rest_requests=100,
         rest_concurrency=(1, 4),
+        fair_flood=4,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest"),
+        scenarios=("websocket", "chat", "rest", "fairness"),
     ),
 }
 

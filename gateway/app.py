@@ -30,10 +30,12 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import chat, internal, proxy, websocket
+from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.quotas import TokenBucket
 from shared.settings import Settings
 from shared.upstream import Upstream
 
@@ -79,6 +81,10 @@ def create_app(settings: Settings) -> Starlette:
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
         state.verifier = TokenVerifier(settings)
+        state.chat_quotas = ChatQuotas.of(redis, settings)
+        state.user_requests = TokenBucket(
+            redis, settings.http_user_rate_limit, settings.http_user_rate_burst
+        )
         state.manager = ConnectionManager(
             settings, redis, upstreams["notifications"], upstreams["agent"], state
         )
@@ -90,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await state.manager.stop()
+            await state.verifier.aclose()
             for client in upstreams.values():
                 await client.aclose()
             await redis.aclose()

@@ -35,11 +35,20 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from shared import chat_wire, keys
+from shared import chat_queue, chat_wire, keys
 from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
-from shared.errors import AppError, Conflict, NotFound, Unauthorized, Unavailable, ValidationFailed
+from shared.errors import (
+    AppError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
 from shared.http import bearer_token, json_response, read_json
+from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
 from shared.upstream import Upstream, UpstreamError
@@ -49,6 +58,7 @@ CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
+QUEUE_FULL_RETRY = 5.0  # seconds a client whose queue is full is told to wait
 READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
 WORKER_SILENCE = 5.0  # seconds beyond AGENT_RECLAIM_IDLE before a silent worker counts as gone
 # (also absorbs clock skew between worker and gateway hosts)
@@ -90,14 +100,39 @@ _decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
 # The answer's streams.
 
 
+@dataclass(frozen=True, slots=True)
+class ChatQuotas:
+    """The per-user limits a question is checked against (shared.quotas)."""
+
+    tokens: DailyTokens
+    new_sessions: HourlyCount
+
+    @classmethod
+    def of(cls, client: RedisClient, settings: Settings) -> ChatQuotas:
+        return cls(
+            DailyTokens(client, settings.chat_daily_token_budget),
+            HourlyCount(client, settings.chat_max_new_sessions_per_hour),
+        )
+
+
 async def open_answer(
-    client: RedisClient, settings: Settings, user_id: UUID, session_id: UUID, message: str
+    client: RedisClient,
+    settings: Settings,
+    user_id: UUID,
+    session_id: UUID,
+    message: str,
+    quotas: ChatQuotas,
+    *,
+    new_session: bool = False,
 ) -> str:
     """Queue a question for the agent; returns the answer's message id.
 
     Raises `ValidationFailed` for an empty message, `Unavailable` (`CHAT_UNAVAILABLE`) when no
-    agent worker is running, and `Conflict` (`CHAT_BUSY`, details name the running answer) while
-    another answer streams in the session."""
+    agent worker is running, `RateLimited` when the user's token budget is spent
+    (`TOKEN_BUDGET_EXHAUSTED`), `new_session` would exceed the sessions per hour
+    (`SESSION_LIMIT`) or the user's queue is full (`CHAT_QUEUE_FULL`), and `Conflict`
+    (`CHAT_BUSY`, details name the running answer) while another answer streams in the session.
+    The question goes to the workers through the user's fair queue (shared.chat_queue)."""
     if not message.strip():
         raise ValidationFailed("message must not be empty")
     if "\x00" in message:
@@ -106,6 +141,9 @@ async def open_answer(
         raise ValidationFailed("message must not contain NUL characters")
     if not await workers_alive(client, settings):
         raise Unavailable("no agent worker is running; try again later", code="CHAT_UNAVAILABLE")
+    await quotas.tokens.check(user_id)
+    if new_session:
+        await quotas.new_sessions.count_session(user_id)
     message_id = str(uuid4())
     lock = keys.chat_active(session_id)
     if not await client.set(lock, message_id, nx=True, px=chat_wire.session_lock_ms(settings)):
@@ -125,12 +163,11 @@ async def open_answer(
     )
     reply = keys.chat_reply_stream(message_id)
     start = Start(session_id=str(session_id), message_id=message_id)
-    # One MULTI/EXEC: the start event and the request are written together or not at all. In a
-    # Redis Cluster the two streams live in different slots, so the request follows on its own;
-    # should it fail, the start event is an orphan that expires after `ORPHAN_TTL`.
-    split = is_cluster(client)
+    # The start event first (a client learns the answer's id even while it waits in the queue),
+    # then the question's admission; if that fails or is refused, the start event goes again.
+    admitted = chat_queue.REFUSED
     try:
-        async with client.pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=not is_cluster(client)) as pipe:
             pipe.xadd(
                 reply,
                 {
@@ -139,20 +176,30 @@ async def open_answer(
                 },
             )
             pipe.expire(reply, ORPHAN_TTL)
-            if not split:
-                pipe.xadd(
-                    keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)}
-                )
             await pipe.execute()
-        if split:
-            await client.xadd(
-                keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: chat_wire.encode(request)}
-            )
-    except BaseException:
-        # Nothing was queued: free the session again.
-        with contextlib.suppress(redis.RedisError, OSError):
-            await client.eval(chat_wire.RELEASE_LOCK, 1, lock, message_id)
-        raise
+        admitted = await chat_queue.admit(
+            client,
+            user_id,
+            message_id,
+            chat_wire.sign_request(
+                chat_wire.request_key(settings.internal_token), chat_wire.encode(request)
+            ),
+            max_streaming=settings.chat_max_streaming_per_user,
+            max_queued=settings.chat_max_queued_per_user,
+        )
+    finally:
+        if admitted == chat_queue.REFUSED:
+            # Nothing was queued: free the session again.
+            with contextlib.suppress(redis.RedisError, OSError):
+                await client.delete(reply)
+                await client.eval(chat_wire.RELEASE_LOCK, 1, lock, message_id)
+    if admitted == chat_queue.REFUSED:
+        raise RateLimited(
+            "too many of your questions are waiting; wait for an answer first",
+            retry_after=QUEUE_FULL_RETRY,
+            details={"max_queued": settings.chat_max_queued_per_user},
+            code="CHAT_QUEUE_FULL",
+        )
     return message_id
 
 
@@ -246,6 +293,11 @@ async def claim_session(
         raise Unavailable("the agent service is unreachable") from None
     if response.status_code == 403:
         raise NotFound("no such session", code="SESSION_NOT_FOUND")
+    if response.status_code == 429:
+        retry = float(response.headers.get("retry-after") or 60)
+        raise RateLimited(
+            "too many new sessions; try again later", retry_after=retry, code="SESSION_LIMIT"
+        )
     if response.status_code != 200:
         raise Unavailable(f"the agent service answered {response.status_code}")
 
@@ -253,15 +305,17 @@ async def claim_session(
 # HTTP routes.
 
 
-def _caller(request: Request, *, allow_query: bool = False) -> UUID:
+async def _caller(request: Request, *, allow_query: bool = False) -> UUID:
     token = bearer_token(request)
     if token is None and allow_query:
         token = request.query_params.get("token")  # EventSource cannot send headers
     try:
         verifier: TokenVerifier = request.app.state.verifier
-        return verifier.verify(token).user_id
+        user_id = (await verifier.verify(token)).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
+    await request.app.state.user_requests.take(user_id)  # RateLimited over HTTP_USER_RATE_LIMIT
+    return user_id
 
 
 async def _sse(
@@ -288,25 +342,34 @@ async def _sse(
 
 async def chat_stream(request: Request) -> Response:
     """`POST /api/v1/chat/stream`: ask, and stream the answer as the seed's SSE."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     settings: Settings = request.app.state.settings
     body = await read_json(request, ChatBody, settings.http_max_body_bytes)
     if body.session_id is None:
         # A session id made here cannot be anyone else's: the worker claims it before answering,
-        # so the question skips a round trip to agent_svc and its database transaction.
+        # so the question skips a round trip to agent_svc and its database transaction. It is
+        # counted against the user's new sessions per hour here instead.
         session_id = uuid4()
     else:
         session_id = body.session_id
         await claim_session(request.app.state.upstreams["agent"], settings, session_id, user_id)
     client = request.app.state.redis
-    message_id = await open_answer(client, settings, user_id, session_id, body.message)
+    message_id = await open_answer(
+        client,
+        settings,
+        user_id,
+        session_id,
+        body.message,
+        request.app.state.chat_quotas,
+        new_session=body.session_id is None,
+    )
     stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def resume_stream(request: Request) -> Response:
     """`GET /api/v1/chat/stream/{message_id}`: the answer's events after `Last-Event-ID`."""
-    user_id = _caller(request, allow_query=True)
+    user_id = await _caller(request, allow_query=True)
     settings: Settings = request.app.state.settings
     message_id = _message_id(request)
     after = (
@@ -333,7 +396,7 @@ async def resume_stream(request: Request) -> Response:
 async def cancel_stream(request: Request) -> Response:
     """`POST /api/v1/chat/stream/{message_id}/cancel` → 202; the answer ends with `end`
     (`status: cancelled`) and keeps what was said."""
-    user_id = _caller(request)
+    user_id = await _caller(request)
     message_id = _message_id(request)
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)
@@ -389,7 +452,7 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
     state = ctx.app_state
     settings: Settings = state.settings
     message_id = await open_answer(
-        state.redis, settings, ctx.user_id, ctx.session_id, frame.message
+        state.redis, settings, ctx.user_id, ctx.session_id, frame.message, state.chat_quotas
     )
     transcript = Transcript()
     async for item in read_events(state.redis, message_id, "0-0", settings.sse_keepalive_interval):

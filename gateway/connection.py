@@ -249,17 +249,17 @@ class Connection:
             elif kind in chat.CHAT_FRAME_TYPES:
                 await self._chat(text.encode())
             elif kind == "refresh_token":
-                await self.put(self._refresh(frames.refresh_token(text), verifier))
+                await self.put(await self._refresh(frames.refresh_token(text), verifier))
             else:
                 unknown = error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}")
                 await self.put(TextFrame(unknown))
         except frames.FrameError as exc:
             await self.put(TextFrame(exc.frame))
 
-    def _refresh(self, token: str, verifier: TokenVerifier) -> TextFrame:
+    async def _refresh(self, token: str, verifier: TokenVerifier) -> TextFrame:
         """Adopt a fresh token of the same user; the frame to answer with."""
         try:
-            identity = verifier.verify(token)
+            identity = await verifier.verify(token)
         except TokenError as exc:
             return TextFrame(error_frame("TOKEN_INVALID", exc.reason))
         if identity.user_id != self.user_id:

@@ -45,7 +45,7 @@ from gateway.connection import Connection
 from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
-from gateway.registry import create_registry
+from gateway.registry import SESSION_FULL, USER_FULL, create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.wsprotocol import TextFrame
 from shared import publish
@@ -207,6 +207,8 @@ class ConnectionManager:
             raise Refused(1013, "session service unavailable: try again later") from None
         if response.status_code == 403:
             raise Refused(1008, "session belongs to another user")
+        if response.status_code == 429:
+            raise Refused(1013, "too many new sessions: try again later")
         if response.status_code != 200:
             raise Refused(1013, "session service unavailable: try again later")
         if len(self._owners) >= OWNER_CACHE_SIZE:
@@ -221,12 +223,18 @@ class ConnectionManager:
         settings = self.settings
         try:
             attached = await self._registry.attach(
-                conn.conn_id, conn.session_id, conn.user_id, settings.ws_max_connections_per_session
+                conn.conn_id,
+                conn.session_id,
+                conn.user_id,
+                settings.ws_max_connections_per_session,
+                settings.ws_max_connections_per_user,
             )
         except (redis.RedisError, OSError):
             raise Refused(1013, "registry unavailable: try again later") from None
-        if not attached:
+        if attached == SESSION_FULL:
             raise Refused(1013, "too many connections for this session")
+        if attached == USER_FULL:
+            raise Refused(1013, "too many connections for this user")
         self.connections[conn.conn_id] = conn
         metrics.OPEN_CONNECTIONS.inc()
         self._heap.opened()

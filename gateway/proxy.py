@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shared.auth import TokenError, TokenVerifier
 from shared.errors import NotFound, Unavailable
-from shared.http import read_body
+from shared.http import bearer_token, read_body
 from shared.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def _forwarder(prefix: str, upstream: str) -> Callable[[Request], Awaitable[Resp
         segments = path.split("/")
         if "." in segments or ".." in segments or not path.startswith(prefix):
             raise NotFound(f"no route {path}")
+        await _count_request(request)
         client: Upstream = request.app.state.upstreams[upstream]
         settings = request.app.state.settings
         body = await read_body(request, settings.http_max_body_bytes)
@@ -74,3 +76,18 @@ def _forwarder(prefix: str, upstream: str) -> Callable[[Request], Awaitable[Resp
         return Response(answer.content, answer.status_code, headers=out)
 
     return forward
+
+
+async def _count_request(request: Request) -> None:
+    """Count the request against its user's rate (`HTTP_USER_RATE_LIMIT`), across gateways;
+    raises `RateLimited`. The token is only read here (the upstream verifies it again and
+    answers a bad one with 401), so an unverifiable token is not counted."""
+    token = bearer_token(request)
+    if token is None:
+        return
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        identity = await verifier.verify(token)
+    except TokenError:
+        return
+    await request.app.state.user_requests.take(identity.user_id)

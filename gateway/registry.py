@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 _ATTACH = """
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[6]) then return -1 end
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[2])
@@ -64,6 +67,7 @@ BEAT_CHUNK = 500  # connections per round trip in a beat: bounds each synchronou
 
 _DETACH = """
 redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
@@ -83,8 +87,17 @@ return redis.call('SCARD', KEYS[1])
 """
 
 
+# What `attach` answers.
+ATTACHED, SESSION_FULL, USER_FULL = 1, 0, -1
+NO_USER_LIMIT = 2**31
+
+
 class Registry:
-    """One instance's view of the registry. Methods raise `redis.RedisError` when Redis is down."""
+    """One instance's view of the registry. Methods raise `redis.RedisError` when Redis is down.
+
+    Besides the seed's keys, `ws:user:{id}` holds the user's connection ids on every instance,
+    for the per-user cap (`WS_MAX_CONNECTIONS_PER_USER`); it is kept, refreshed and swept with
+    the rest."""
 
     def __init__(self, client: RedisClient, instance_id: str, heartbeat: float) -> None:
         self._redis = client
@@ -96,13 +109,33 @@ class Registry:
         self._refresh = client.register_script(_REFRESH)
         self._own = keys.gateway_connections(instance_id)
 
-    async def attach(self, conn_id: str, session_id: UUID, user_id: UUID, limit: int) -> bool:
-        """Add a connection unless its session already has `limit` live ones (then False)."""
+    async def attach(
+        self,
+        conn_id: str,
+        session_id: UUID,
+        user_id: UUID,
+        limit: int,
+        user_limit: int = NO_USER_LIMIT,
+    ) -> int:
+        """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
+        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
         added = await self._attach(
-            keys=[keys.ws_session(session_id), keys.user_sessions(user_id), self._own],
-            args=[conn_id, str(session_id), limit, self._expire_ms, f"{session_id} {user_id}"],
+            keys=[
+                keys.ws_session(session_id),
+                keys.user_sessions(user_id),
+                self._own,
+                keys.ws_user(user_id),
+            ],
+            args=[
+                conn_id,
+                str(session_id),
+                limit,
+                self._expire_ms,
+                f"{session_id} {user_id}",
+                user_limit,
+            ],
         )
-        return bool(added)
+        return int(added)
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection; idempotent."""
@@ -111,7 +144,12 @@ class Registry:
     async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
         """Remove one connection held by the instance whose hash is `own`."""
         await self._detach(
-            keys=[keys.ws_session(session_id), keys.user_sessions(user_id), own],
+            keys=[
+                keys.ws_session(session_id),
+                keys.user_sessions(user_id),
+                own,
+                keys.ws_user(user_id),
+            ],
             args=[conn_id, session_id],
         )
 
@@ -119,6 +157,7 @@ class Registry:
         """Push back the expiry of the registry keys of `held` (one beat's chunk)."""
         names = {keys.ws_session(session_id) for _, session_id, _ in held}
         names.update(keys.user_sessions(user_id) for _, _, user_id in held)
+        names.update(keys.ws_user(user_id) for _, _, user_id in held)
         await self._refresh(keys=list(names), args=[self._expire_ms])
 
     async def beat(self, held: Iterable[tuple[str, str, str]]) -> None:
@@ -140,6 +179,7 @@ class Registry:
                     for conn_id, session_id, user_id in chunk:
                         pipe.sadd(keys.ws_session(session_id), conn_id)
                         pipe.sadd(keys.user_sessions(user_id), session_id)
+                        pipe.sadd(keys.ws_user(user_id), conn_id)
                         pipe.hset(self._own, conn_id, f"{session_id} {user_id}")
                     await pipe.execute()
             await self._refresh_expiry(chunk)
@@ -205,13 +245,28 @@ class ClusterRegistry(Registry):
         self._attach_session = client.register_script(_CLUSTER_ATTACH)
         self._detach_session = client.register_script(_CLUSTER_DETACH)
 
-    async def attach(self, conn_id: str, session_id: UUID, user_id: UUID, limit: int) -> bool:
-        """Add a connection unless its session already has `limit` live ones (then False)."""
+    async def attach(
+        self,
+        conn_id: str,
+        session_id: UUID,
+        user_id: UUID,
+        limit: int,
+        user_limit: int = NO_USER_LIMIT,
+    ) -> int:
+        """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
+        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
         added = await self._attach_session(
             keys=[keys.ws_session(session_id)], args=[conn_id, limit, self._expire_ms]
         )
         if not added:
-            return False
+            return SESSION_FULL
+        user_added = await self._attach_session(
+            keys=[keys.ws_user(user_id)], args=[conn_id, user_limit, self._expire_ms]
+        )
+        if not user_added:
+            with contextlib.suppress(RedisError, OSError):
+                await self._cluster.srem(keys.ws_session(session_id), conn_id)
+            return USER_FULL
         try:
             async with self._cluster.pipeline(transaction=False) as pipe:
                 pipe.sadd(keys.user_sessions(user_id), str(session_id))
@@ -224,13 +279,15 @@ class ClusterRegistry(Registry):
             # (the session's other connections keep the key alive, so it would never expire).
             with contextlib.suppress(RedisError, OSError):
                 await self._cluster.srem(keys.ws_session(session_id), conn_id)
+                await self._cluster.srem(keys.ws_user(user_id), conn_id)
             raise
-        return True
+        return ATTACHED
 
     async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
         left = await self._detach_session(keys=[keys.ws_session(session_id)], args=[conn_id])
         async with self._cluster.pipeline(transaction=False) as pipe:
             pipe.hdel(own, conn_id)
+            pipe.srem(keys.ws_user(user_id), conn_id)
             if not left:
                 pipe.srem(keys.user_sessions(user_id), session_id)
             await pipe.execute()
@@ -240,6 +297,10 @@ class ClusterRegistry(Registry):
         # it while this instance attached to the same session.
         sessions = {(session_id, user_id) for _, session_id, user_id in held}
         async with self._cluster.pipeline(transaction=False) as pipe:
+            for conn_id, _, user_id in held:
+                pipe.sadd(keys.ws_user(user_id), conn_id)
+            for user_id in {user_id for _, _, user_id in held}:
+                pipe.pexpire(keys.ws_user(user_id), self._expire_ms)
             for session_id, user_id in sessions:
                 pipe.sadd(keys.user_sessions(user_id), session_id)
                 pipe.pexpire(keys.ws_session(session_id), self._expire_ms)

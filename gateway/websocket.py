@@ -8,7 +8,6 @@ per-session cap (Redis, atomic across instances). See docs/protocol.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from uuid import UUID
 
@@ -48,7 +47,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         if not origin_allowed(websocket.headers.get("origin"), manager.settings.cors_origins):
             raise Refused(1008, "origin not allowed")
-        identity = await _verify(verifier, creds.token, manager.settings.jwt_jwks_url != "")
+        identity = await _verify(verifier, creds.token)
         try:
             session_id = UUID(websocket.path_params["session_id"])
         except ValueError:
@@ -81,12 +80,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         manager.release_slot()
 
 
-async def _verify(verifier: TokenVerifier, token: str | None, remote_keys: bool) -> Identity:
+async def _verify(verifier: TokenVerifier, token: str | None) -> Identity:
     try:
-        if remote_keys:
-            # A JWKS lookup may fetch over HTTP (PyJWKClient is synchronous).
-            return await asyncio.to_thread(verifier.verify, token)
-        return verifier.verify(token)
+        return await verifier.verify(token)
     except TokenError as exc:
         raise Refused(1008, exc.reason) from None
 

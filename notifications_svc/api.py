@@ -29,7 +29,7 @@ from shared.http import bearer_token, json_response, require_internal
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def caller(request: Request) -> UUID:
+async def caller(request: Request) -> UUID:
     """The user the request speaks for: the one an internal route was called for, else the one
     its bearer JWT names; `Unauthorized` saying why otherwise."""
     on_behalf_of: UUID | None = getattr(request.state, "on_behalf_of", None)
@@ -37,7 +37,7 @@ def caller(request: Request) -> UUID:
         return on_behalf_of
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return verifier.verify(bearer_token(request)).user_id
+        return (await verifier.verify(bearer_token(request))).user_id
     except TokenError as exc:
         raise Unauthorized(exc.reason) from None
 
@@ -48,7 +48,7 @@ def _not_found(notification_id: UUID) -> NotFound:
 
 async def list_notifications(request: Request) -> Response:
     """`GET /api/v1/notifications?page&page_size&unread_only&notification_type&cursor`."""
-    user_id = caller(request)
+    user_id = await caller(request)
     query = request.query_params
     page = model.parse_int(query.get("page"), "page", default=1, low=1, high=model.MAX_PAGE)
     page_size = model.parse_int(
@@ -81,7 +81,7 @@ async def list_notifications(request: Request) -> Response:
 
 async def mark_read(request: Request) -> Response:
     """`PATCH /api/v1/notifications/{id}/read` → the notification, now read (idempotent)."""
-    user_id = caller(request)
+    user_id = await caller(request)
     notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
     row = await store.mark_read(request.app.state.pool, user_id, notification_id)
     if row is None:
@@ -91,14 +91,14 @@ async def mark_read(request: Request) -> Response:
 
 async def mark_all_read(request: Request) -> Response:
     """`POST /api/v1/notifications/read-all` → how many were marked."""
-    user_id = caller(request)
+    user_id = await caller(request)
     count = await store.mark_all_read(request.app.state.pool, user_id)
     return json_response({"marked_read": count})
 
 
 async def delete_notification(request: Request) -> Response:
     """`DELETE /api/v1/notifications/{id}` → 204."""
-    user_id = caller(request)
+    user_id = await caller(request)
     notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
     if not await store.delete(request.app.state.pool, user_id, notification_id):
         raise _not_found(notification_id)
@@ -107,7 +107,7 @@ async def delete_notification(request: Request) -> Response:
 
 async def unread_count(request: Request) -> Response:
     """`GET /api/v1/notifications/unread/count` → `{"unread_count": n}`."""
-    user_id = caller(request)
+    user_id = await caller(request)
     count = await store.unread_count(request.app.state.pool, user_id)
     return json_response({"unread_count": count})
 

@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> Starlette:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await app.state.verifier.aclose()
             await redis.aclose()
             await pool.close()
 

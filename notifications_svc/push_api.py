@@ -30,7 +30,7 @@ async def subscribe(request: Request) -> Response:
     """`POST /api/v1/push/subscriptions` with `PushSubscription.toJSON()` → 201 with the stored
     subscription, 200 with the same one when its endpoint was registered before; 422 naming the
     field; 409 over `PUSH_MAX_SUBSCRIPTIONS`."""
-    user_id = caller(request)
+    user_id = await caller(request)
     settings: Settings = request.app.state.settings
     raw = await read_body(request, settings.http_max_body_bytes)
     body = webpush.decode_subscription(raw)
@@ -43,14 +43,14 @@ async def subscribe(request: Request) -> Response:
 
 async def list_subscriptions(request: Request) -> Response:
     """`GET /api/v1/push/subscriptions` → `{"items": [...]}`, oldest first."""
-    user_id = caller(request)
+    user_id = await caller(request)
     rows = await push_store.list_subscriptions(request.app.state.pool, user_id)
     return json_response({"items": [row.item() for row in rows]})
 
 
 async def unsubscribe(request: Request) -> Response:
     """`DELETE /api/v1/push/subscriptions/{id}` → 204; its pending pushes are dropped."""
-    user_id = caller(request)
+    user_id = await caller(request)
     subscription_id = model.parse_uuid(request.path_params["subscription_id"], "id")
     if not await push_store.unsubscribe(request.app.state.pool, user_id, subscription_id):
         raise NotFound("push subscription not found", details={"id": str(subscription_id)})

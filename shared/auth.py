@@ -11,6 +11,11 @@ tens of microseconds of PyJWT (a fifth of notifications_svc's CPU per list reque
 verifier remembers the tokens it accepted — keyed by the exact token string, bounded in number —
 until the token expires or `VERIFIED_MAX_AGE` passes, whichever is first (the bound keeps a key
 removed from a JWKS from being honoured for long). A refused token is never remembered.
+
+`verify` is a coroutine: with `JWT_JWKS_URL` the signing key may have to be fetched, which
+`shared.jwks` does without blocking the event loop (a hung key server holds up only the requests
+whose key it must bring, and only for a bounded time). With HS256 or a configured public key
+nothing is awaited.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import jwt
 
+from shared.jwks import JwksKeys, KeyLookupError
 from shared.settings import Settings
 
 
@@ -47,23 +53,36 @@ VERIFIED_MAX_AGE = 300.0  # seconds an acceptance is remembered at most
 
 
 class TokenVerifier:
-    """Verifies client JWTs against the configured algorithm and key. Thread-safe, reusable."""
+    """Verifies client JWTs against the configured algorithm and key. One per event loop;
+    `aclose()` (idempotent) stops its JWKS refresher."""
 
-    def __init__(self, settings: Settings, cache_size: int = VERIFIED_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+        jwks: JwksKeys | None = None,
+    ) -> None:
         self._cache_size = cache_size
         self._verified: dict[str, tuple[Identity, float]] = {}
         self._algorithm = settings.jwt_algorithm
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self._key: Any = settings.secret_key
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks = jwks
         if self._algorithm != "HS256":
             if settings.jwt_public_key:
                 self._key = settings.jwt_public_key
-            else:
-                self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url)
+            elif jwks is None:
+                self._jwks = JwksKeys(
+                    settings.jwt_jwks_url, min_fetch_interval=settings.jwt_jwks_refetch_interval
+                )
 
-    def verify(self, token: str | None) -> Identity:
+    async def aclose(self) -> None:
+        """Stop fetching keys. Idempotent."""
+        if self._jwks is not None:
+            await self._jwks.aclose()
+
+    async def verify(self, token: str | None) -> Identity:
         """Return the token's identity or raise `TokenError` with a distinct reason."""
         if not token:
             raise TokenError("token missing")
@@ -73,7 +92,7 @@ class TokenVerifier:
             if now < remembered[1]:
                 return remembered[0]
             self._verified.pop(token, None)
-        identity = self._verify(token)
+        identity = await self._verify(token)
         if len(self._verified) >= self._cache_size:
             self._verified.pop(next(iter(self._verified), ""), None)  # the oldest
         self._verified[token] = (identity, min(identity.expires_at, now + VERIFIED_MAX_AGE))
@@ -84,7 +103,7 @@ class TokenVerifier:
         """How many accepted tokens this verifier remembers."""
         return len(self._verified)
 
-    def _verify(self, token: str) -> Identity:
+    async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -93,10 +112,11 @@ class TokenVerifier:
             raise TokenError("token algorithm not allowed")
         key = self._key
         if self._jwks is not None:
+            kid = header.get("kid")
             try:
-                key = self._jwks.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientError:
-                raise TokenError("token signing key unknown") from None
+                key = await self._jwks.key(kid if isinstance(kid, str) else None)
+            except KeyLookupError as exc:
+                raise TokenError(exc.reason) from None
         try:
             claims = jwt.decode(
                 token,

@@ -1,6 +1,7 @@
 """Chat wire formats: the request stream entry, the reply events, and their SSE/WebSocket framing.
 
-Pure code, no I/O. A chat request is one entry of the `chat:requests` stream (field `r`); an
+Pure code, no I/O. A chat request is one entry of the `chat:requests` stream (field `r`, signed
+by the gateway: `sign_request`/`verify_request`); an
 answer is a stream of reply events, one entry each (field `e`), in the seed's SSE shapes:
 `start`(session_id, message_id) · `token`(content) · `tool_call` · `tool_result` ·
 `end`(message_id, tokens_used) · `error`. Entry ids are the SSE event ids. New fields always get
@@ -13,6 +14,8 @@ in a `chat_event` frame. The event JSON is spliced, never decoded and re-encoded
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import msgspec
@@ -94,6 +97,44 @@ TERMINAL_EVENTS = (End, Error)
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 decode_request = msgspec.json.Decoder(ChatRequest).decode
+
+
+# Signed requests. Whoever can write to Redis could otherwise queue a question with any
+# `user_id`, which a worker would answer with that user's tools. The gateway signs each encoded
+# request with a key derived from INTERNAL_TOKEN (which gateways and agents hold, Redis does
+# not); a worker verifies before decoding. Entry value: b"v1." + hex HMAC-SHA256 + b"." + JSON.
+_SIGNED_PREFIX = b"v1."
+_MAC_HEX = 64
+
+
+class ForgedRequest(ValueError):
+    """A request entry without a valid signature (forged, altered, or from an unsigned writer)."""
+
+
+def request_key(internal_token: str) -> bytes:
+    """The HMAC key for chat requests, derived so the token itself is never used as one."""
+    return hmac.new(internal_token.encode(), b"realtime chat request v1", hashlib.sha256).digest()
+
+
+def sign_request(key: bytes, encoded: bytes) -> bytes:
+    """The stream entry value for an encoded request."""
+    mac = hmac.new(key, encoded, hashlib.sha256).hexdigest().encode()
+    return _SIGNED_PREFIX + mac + b"." + encoded
+
+
+def verify_request(key: bytes, value: bytes) -> bytes:
+    """The encoded request inside a signed entry value; `ForgedRequest` unless its signature
+    verifies (compared in constant time)."""
+    prefix, mac, dot = _SIGNED_PREFIX, slice(3, 3 + _MAC_HEX), 3 + _MAC_HEX
+    if not value.startswith(prefix) or value[dot : dot + 1] != b".":
+        raise ForgedRequest("request is not signed")
+    encoded = value[dot + 1 :]
+    expected = hmac.new(key, encoded, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(value[mac], expected):
+        raise ForgedRequest("request signature does not verify")
+    return encoded
+
+
 decode_event = msgspec.json.Decoder(ReplyEvent).decode
 
 

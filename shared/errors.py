@@ -8,6 +8,7 @@ clients may switch on; messages are for humans.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import msgspec
@@ -26,6 +27,10 @@ class AppError(Exception):
         self.details = details
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (HTTP) this error calls for."""
+        return {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -67,7 +72,26 @@ class ValidationFailed(AppError):
 
 
 class RateLimited(AppError):
+    """A limit was reached. `retry_after` (seconds) goes out as `Retry-After` over HTTP and in
+    `details.retry_after` everywhere (WebSocket `error` frames included)."""
+
     status, code, close_code = 429, "RATE_LIMITED", 1008
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        details: dict[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            message, details=(details or {}) | {"retry_after": self.retry_after}, code=code
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(AppError):

@@ -43,7 +43,7 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 
 def error_response(exc: AppError) -> Response:
-    return Response(exc.encode(), exc.status, media_type="application/json")
+    return Response(exc.encode(), exc.status, headers=exc.headers(), media_type="application/json")
 
 
 async def _app_error(request: Request, exc: Exception) -> Response:

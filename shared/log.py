@@ -1,9 +1,16 @@
 """Structured logging: one JSON object per line, with secrets scrubbed before anything is written.
 
 `configure()` installs the JSON formatter on the root logger and on uvicorn's loggers, so access
-lines (which contain `?token=...` query strings) pass through the same scrubber. Scrubbing removes
-the configured secret values, anything shaped like a JWT, `token=` query values and `Bearer`
-credentials — a log line can be pasted into a ticket safely.
+and WebSocket handshake lines pass through it too. Before a record is written:
+
+- the query string of every request path is dropped — from the record's arguments (uvicorn
+  passes the path as one, so the cut is exact) and from any `/api/...?` left in the text. Query
+  strings carry `?token=<JWT>` on seed WebSocket URLs and EventSource streams, and a regex
+  looking for `token=` misses `%74oken=`, `t%6Fken=`, `TOKEN=` or double encodings;
+- the configured secret values, anything shaped like a JWT, the values of token-named parameters
+  (their names percent-decoded first) and `Bearer` credentials are redacted.
+
+A log line can be pasted into a ticket safely.
 """
 
 from __future__ import annotations
@@ -15,10 +22,17 @@ import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-# A backslash ends a value too: lines are scrubbed after JSON encoding, where `\"` closes a string.
-_QUERY_TOKEN = re.compile(r"((?:access_)?token=)[^&\s\"'\\]+", re.IGNORECASE)
+# A parameter `name=value`; the name is percent-decoded (twice: double encodings) before it is
+# compared, so `%74oken=` is the `token=` it stands for. A backslash ends a value too: lines are
+# scrubbed after JSON encoding, where `\"` closes a string.
+_PARAM = re.compile(r"(?<![A-Za-z0-9%_.+-])([A-Za-z0-9%_.+-]+)=([^&\s\"'\\]+)")
+_TOKEN_NAMES = frozenset({"token", "access_token", "id_token", "refresh_token", "jwt"})
+# A request path with a query (up to whitespace; a quote that closes the path stays).
+_PATH_QUERY = re.compile(r"(/api/[^\s?#\"']*)\?(?!\[query dropped\])\S*?(?=\"?(?:\s|$))")
+_QUERY_DROPPED = "?[query dropped]"
 _BEARER = re.compile(r"(Bearer\s+)[^\s\"',\\]+", re.IGNORECASE)
 _REDACTED = "[redacted]"
 
@@ -39,8 +53,31 @@ class Scrubber:
             if secret in text:
                 text = text.replace(secret, _REDACTED)
         text = _JWT.sub(_REDACTED, text)
-        text = _QUERY_TOKEN.sub(r"\1" + _REDACTED, text)
+        text = _PARAM.sub(_redact_token_param, text)
         return _BEARER.sub(r"\1" + _REDACTED, text)
+
+
+def _redact_token_param(match: re.Match[str]) -> str:
+    name = unquote(unquote(match.group(1))).lower()
+    return f"{match.group(1)}={_REDACTED}" if name in _TOKEN_NAMES else match.group(0)
+
+
+def drop_query(text: str) -> str:
+    """`text` with the query string of every `/api/...` path in it dropped."""
+    return _PATH_QUERY.sub(r"\1" + _QUERY_DROPPED, text) if "?" in text else text
+
+
+def _without_queries(args: Any) -> Any:
+    """A record's arguments with the query cut off every one that is a path (uvicorn logs the
+    request path with its query as one argument)."""
+    if not isinstance(args, tuple):
+        return args
+    return tuple(
+        arg.partition("?")[0] + _QUERY_DROPPED
+        if isinstance(arg, str) and arg.startswith("/") and "?" in arg
+        else arg
+        for arg in args
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,14 +94,27 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "service": self._service,
-            "msg": record.getMessage(),
+            "msg": drop_query(self._message(record)),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value if isinstance(value, int | float | bool) else str(value)
+                entry[key] = (
+                    value if isinstance(value, int | float | bool) else drop_query(str(value))
+                )
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = drop_query(self.formatException(record.exc_info))
         return self._scrubber.scrub(json.dumps(entry, default=str))
+
+    @staticmethod
+    def _message(record: logging.LogRecord) -> str:
+        if not record.args:
+            return record.getMessage()
+        original = record.args
+        record.args = _without_queries(original)
+        try:
+            return record.getMessage()
+        finally:
+            record.args = original  # other handlers see the record as it was
 
 
 def configure(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:

@@ -8,6 +8,7 @@ stops start-up with a `ConfigError` naming the variable. Nothing else in the cod
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared import vapid
 
@@ -57,6 +59,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"expected zero or a positive number, got {value}")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
@@ -88,6 +97,21 @@ def _redis_url(raw: str) -> str:
     if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
     return raw
+
+
+def _trusted_proxies(raw: str) -> tuple[str, ...]:
+    proxies = _parse_list(raw)
+    for proxy in proxies:
+        if proxy == "*":
+            raise ValueError(
+                "name the proxies' addresses or networks: `*` lets any client that reaches the "
+                "service set its own address with X-Forwarded-For"
+            )
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks, got {proxy!r}") from None
+    return proxies
 
 
 def _text(raw: str) -> str:
@@ -216,6 +240,13 @@ VARIABLES: tuple[Variable, ...] = (
         "127.0.0.1",
         "Address the HTTP servers listen on (`0.0.0.0` in containers).",
     ),
+    Variable(
+        "FORWARDED_ALLOW_IPS",
+        _trusted_proxies,
+        "127.0.0.1,::1",
+        "Comma-separated addresses or networks of the proxies whose `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` are believed (the client address in logs). `*` is refused.",
+    ),
     Variable("GATEWAY_PORT", _port, "8000", "Gateway HTTP/WebSocket port."),
     Variable("NOTIFICATIONS_PORT", _port, "8001", "Notifications service port."),
     Variable("AGENT_PORT", _port, "8002", "Agent service port."),
@@ -250,8 +281,25 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("JWT_PUBLIC_KEY", _text, "", "PEM public key for RS256/ES256 tokens."),
     Variable("JWT_JWKS_URL", _text, "", "JWKS URL for RS256/ES256 tokens."),
-    Variable("JWT_AUDIENCE", _text, "", "Required `aud` claim when set."),
-    Variable("JWT_ISSUER", _text, "", "Required `iss` claim when set."),
+    Variable(
+        "JWT_AUDIENCE",
+        _text,
+        "",
+        "Required `aud` claim when set; must be set with RS256/ES256 or `JWT_JWKS_URL`.",
+    ),
+    Variable(
+        "JWT_ISSUER",
+        _text,
+        "",
+        "Required `iss` claim when set; must be set with RS256/ES256 or `JWT_JWKS_URL`.",
+    ),
+    Variable(
+        "JWT_JWKS_REFETCH_INTERVAL",
+        _non_negative_float,
+        "30",
+        "Least seconds between two fetches of `JWT_JWKS_URL` caused by tokens naming an unknown "
+        "`kid` (the key set is also refreshed in the background before it expires).",
+    ),
     Variable(
         "WS_MAX_MESSAGE_BYTES",
         _positive_int,
@@ -353,6 +401,62 @@ VARIABLES: tuple[Variable, ...] = (
         _text,
         "",
         "Comma-separated Python modules whose `register(registry)` adds deployer tools.",
+    ),
+    # Per-user limits (counted in Redis, so they hold across every instance).
+    Variable(
+        "CHAT_MAX_STREAMING_PER_USER",
+        _positive_int,
+        "1",
+        "Answers of one user streaming at once; later questions wait in the user's queue. "
+        "Every service must agree. With 1, another user's question waits for at most one "
+        'answer of this user (docs/chat.md, "Fair use").',
+    ),
+    Variable(
+        "CHAT_MAX_QUEUED_PER_USER",
+        _non_negative_int,
+        "5",
+        "Questions of one user waiting for a stream slot; one more answers 429 `CHAT_QUEUE_FULL`.",
+    ),
+    Variable(
+        "CHAT_MAX_NEW_SESSIONS_PER_HOUR",
+        _positive_int,
+        "60",
+        "Chat sessions one user may create per hour (REST, WebSocket or chat); one more answers "
+        "429 `SESSION_LIMIT` (WebSocket: close 1013).",
+    ),
+    Variable(
+        "CHAT_DAILY_TOKEN_BUDGET",
+        _positive_int,
+        "200000",
+        "Model tokens (as the model reports them, the offline model included) one user may use "
+        "per UTC day; once spent, questions answer 429 `TOKEN_BUDGET_EXHAUSTED`.",
+    ),
+    Variable(
+        "WS_MAX_CONNECTIONS_PER_USER",
+        _positive_int,
+        "20",
+        "WebSocket connections one user may hold across every gateway; one more is closed with "
+        "1013.",
+    ),
+    Variable(
+        "HTTP_USER_RATE_LIMIT",
+        _positive_float,
+        "20",
+        "REST and chat requests per second per user through the gateways (token bucket refill "
+        "rate, counted in Redis); over it: 429 `RATE_LIMITED` with Retry-After.",
+    ),
+    Variable(
+        "HTTP_USER_RATE_BURST",
+        _positive_int,
+        "40",
+        "REST and chat requests a user may send in a burst (token bucket size).",
+    ),
+    Variable(
+        "AGENT_MAX_REMINDERS_PER_USER",
+        _positive_int,
+        "50",
+        "Notifications the agent may hold scheduled for one user; one more is refused to the "
+        "model with `REMINDER_LIMIT`.",
     ),
     Variable(
         "VAPID_PRIVATE_KEY",
@@ -459,6 +563,7 @@ class Settings:
     ws_connection_timeout: float
     data_dir: str
     bind_host: str
+    forwarded_allow_ips: tuple[str, ...]
     gateway_port: int
     notifications_port: int
     agent_port: int
@@ -471,6 +576,7 @@ class Settings:
     jwt_jwks_url: str
     jwt_audience: str
     jwt_issuer: str
+    jwt_jwks_refetch_interval: float
     ws_max_message_bytes: int
     ws_max_connections: int
     ws_send_queue_size: int
@@ -491,6 +597,14 @@ class Settings:
     agent_reclaim_idle: float
     agent_tool_modules: str
     sse_keepalive_interval: float
+    chat_max_streaming_per_user: int
+    chat_max_queued_per_user: int
+    chat_max_new_sessions_per_hour: int
+    chat_daily_token_budget: int
+    ws_max_connections_per_user: int
+    http_user_rate_limit: float
+    http_user_rate_burst: int
+    agent_max_reminders_per_user: int
     vapid_private_key: str = ""
     vapid_public_key: str = ""
     vapid_subject: str = "mailto:push@localhost"
@@ -545,7 +659,7 @@ class Settings:
         if not self.vapid_private_key:
             if self.vapid_public_key:
                 raise ConfigError("VAPID_PUBLIC_KEY: set without VAPID_PRIVATE_KEY")
-            pair = vapid.development_keys(Path(self.data_dir))
+            pair = _dev_vapid_keys(Path(self.data_dir))
         else:
             try:
                 pair = vapid.keys_from(self.vapid_private_key, self.vapid_public_key)
@@ -569,6 +683,19 @@ class Settings:
             raise ConfigError(
                 f"JWT_PUBLIC_KEY: {self.jwt_algorithm} needs JWT_PUBLIC_KEY or JWT_JWKS_URL"
             )
+        if self.jwt_algorithm != "HS256" or self.jwt_jwks_url:
+            # Keys of an identity provider sign tokens for all of its applications: without
+            # both checks a token minted for another application would be accepted here.
+            for name, value in (
+                ("JWT_AUDIENCE", self.jwt_audience),
+                ("JWT_ISSUER", self.jwt_issuer),
+            ):
+                if not value:
+                    raise ConfigError(
+                        f"{name}: required with {self.jwt_algorithm}"
+                        f"{' and JWT_JWKS_URL' if self.jwt_jwks_url else ''} (tokens of other "
+                        "applications of the same identity provider would be accepted)"
+                    )
         if len(self.internal_token) < 32:
             raise ConfigError("INTERNAL_TOKEN: must be at least 32 characters")
         if self.redis_cluster and not self.redis_url:
@@ -591,7 +718,9 @@ class Settings:
         return not self.anthropic_api_key
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs."""
+        """Values that must never appear in logs: the keys, and the passwords inside the
+        database and Redis URLs."""
+        passwords = (_url_password(self.database_url), _url_password(self.redis_url))
         return tuple(
             value
             for value in (
@@ -599,9 +728,36 @@ class Settings:
                 self.internal_token,
                 self.anthropic_api_key,
                 self.vapid_private_key,
+                *passwords,
             )
             if value
         )
+
+
+def _url_password(url: str) -> str:
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 from the start (`mkdir(parents=True)`
+    would create the parents with the umask's mode). An existing folder is left as it is."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new file `path` created with mode 0600: it is never readable by others, not even
+    between its creation and a chmod. Raises `FileExistsError` if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
 
 
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
@@ -615,14 +771,13 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
             return stored
     except (OSError, ValueError):
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     stored = {
         "SECRET_KEY": secrets.token_urlsafe(48),
         "INTERNAL_TOKEN": secrets.token_urlsafe(48),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored))
-    tmp.chmod(0o600)
+    tmp = data_dir / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    write_private(tmp, json.dumps(stored).encode())
     try:
         # Two services starting at once must end up with the same secrets: first link wins.
         os.link(tmp, path)
@@ -631,6 +786,35 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
         return dict(json.loads(path.read_text()))
     tmp.unlink()
     return stored
+
+
+VAPID_FILE = "vapid.json"
+
+
+def _dev_vapid_keys(data_dir: Path) -> vapid.VapidKeys:
+    """The development VAPID pair of `data_dir`, generated once (0600 from the first byte, the
+    first of two concurrent starts wins) and reused after, so subscriptions survive restarts."""
+    import json
+
+    path = data_dir / VAPID_FILE
+    try:
+        stored = json.loads(path.read_text())
+        return vapid.keys_from(stored["private_key"], stored["public_key"])
+    except FileNotFoundError:
+        pass
+    private_dir(data_dir)
+    pair = vapid.generate()
+    tmp = data_dir / f".vapid.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    body = {"private_key": pair.private_key, "public_key": pair.public_key}
+    write_private(tmp, json.dumps(body).encode())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        stored = json.loads(path.read_text())
+        return vapid.keys_from(stored["private_key"], stored["public_key"])
+    finally:
+        tmp.unlink()
+    return pair
 
 
 def load_or_exit() -> Settings:

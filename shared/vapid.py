@@ -8,23 +8,17 @@ take them: the private key is the 32-byte scalar, the public key the 65-byte unc
 both base64url without padding. A PEM private key (`vapid --gen`, `openssl ecparam`) is accepted
 too and normalised to the raw form.
 
-Pure apart from `development_keys`, which creates `DATA_DIR/vapid.json` once, mode 0600 from
-its first byte (created with `O_EXCL` and that mode, never chmod-ed after writing).
+Pure code; the development pair in `DATA_DIR/vapid.json` is `shared.settings`' business.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
-FILE_NAME = "vapid.json"
 
 
 class VapidKeyError(ValueError):
@@ -133,36 +127,6 @@ def generate() -> VapidKeys:
     """A fresh key pair."""
     private = ec.generate_private_key(ec.SECP256R1())
     return VapidKeys(b64url_encode(_raw_private(private)), b64url_encode(_public_point(private)))
-
-
-def development_keys(data_dir: Path) -> VapidKeys:
-    """The development key pair of `data_dir`, generated on first use and reused after.
-
-    The file is written to a temporary name created with mode 0600 and `O_EXCL`, then linked
-    into place: it is never readable by others, and two services starting at once end up with
-    the same keys (the first link wins).
-    """
-    path = data_dir / FILE_NAME
-    try:
-        stored = json.loads(path.read_text())
-        return keys_from(stored["private_key"], stored["public_key"])
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    keys = generate()
-    tmp = data_dir / f".{FILE_NAME}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"private_key": keys.private_key, "public_key": keys.public_key}, handle)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            stored = json.loads(path.read_text())
-            return keys_from(stored["private_key"], stored["public_key"])
-    finally:
-        tmp.unlink(missing_ok=True)
-    return keys
 
 
 if __name__ == "__main__":

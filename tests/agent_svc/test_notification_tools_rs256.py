@@ -28,7 +28,7 @@ PUBLIC_PEM = (
 
 
 def rs256_token(user: uuid.UUID) -> str:
-    claims = {"sub": str(user), "exp": int(time.time()) + 600}
+    claims = {"sub": str(user), "exp": int(time.time()) + 600, "aud": "app", "iss": "https://id"}
     return jwt.encode(claims, PRIVATE_KEY, algorithm="RS256")
 
 
@@ -45,6 +45,8 @@ def stack(
         notifications_database=base_env["DATABASE_URL"],
         JWT_ALGORITHM="RS256",
         JWT_PUBLIC_KEY=PUBLIC_PEM,
+        JWT_AUDIENCE="app",
+        JWT_ISSUER="https://id",
     )
     try:
         yield chat

@@ -20,10 +20,10 @@ import pytest
 import redis
 
 from agent_svc.worker import CANCEL_POLL, CancelWatch
-from shared import keys, redis_client
+from shared import chat_wire, keys, redis_client
 from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
-from tests.conftest import SpawnService
+from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.support import fake_anthropic as fa
 
 
@@ -74,6 +74,61 @@ def test_malformed_request_is_dropped(stack: ChatStack, token_for: Callable[...,
             assert time.monotonic() < deadline, "a request stayed pending"
             time.sleep(0.05)
         assert client.xlen(keys.CHAT_REQUESTS_STREAM) == 0
+    finally:
+        client.close()
+
+
+def test_forged_or_altered_requests_are_dead_lettered(
+    stack: ChatStack, token_for: Callable[..., str]
+) -> None:
+    """Requests written to `chat:requests` by anyone but a gateway — unsigned, signed with
+    another key, or signed and then altered (another `user_id`) — are set aside in
+    `chat:requests:dead`, never answered (no event in their reply streams), and the worker keeps
+    answering signed ones."""
+    assert stack.fake is not None
+    victim = uuid.uuid4()
+    key = chat_wire.request_key(TEST_INTERNAL_TOKEN)
+
+    def request(message_id: str, user: uuid.UUID) -> bytes:
+        return chat_wire.encode(
+            chat_wire.ChatRequest(
+                message_id=message_id,
+                user_message_id=str(uuid.uuid4()),
+                session_id=str(uuid.uuid4()),
+                user_id=str(user),
+                message="list my notifications",
+                created_at="2026-01-01T00:00:00+00:00",
+            )
+        )
+
+    forged = {str(uuid.uuid4()): kind for kind in ("unsigned", "other key", "altered")}
+    values = []
+    for message_id, kind in forged.items():
+        if kind == "unsigned":
+            values.append(request(message_id, victim))
+        elif kind == "other key":
+            values.append(chat_wire.sign_request(b"k" * 32, request(message_id, victim)))
+        else:  # a gateway's request for someone else, then pointed at the victim
+            someone = uuid.uuid4()
+            signed = chat_wire.sign_request(key, request(message_id, someone))
+            values.append(signed.replace(str(someone).encode(), str(victim).encode()))
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        before = client.xlen(keys.CHAT_REQUESTS_DEAD_LETTER)
+        for value in values:
+            client.xadd(keys.CHAT_REQUESTS_STREAM, {chat_wire.REQUEST_FIELD: value})
+        question = f"signed-{uuid.uuid4().hex[:8]}"
+        stack.fake.script(question, fa.text("signed and answered"))
+        _, events = ask(stack.gateway, token_for(uuid.uuid4()), question)
+        assert text_of(events) == "signed and answered", events
+        dead = client.xrange(keys.CHAT_REQUESTS_DEAD_LETTER)[before:]
+        assert [entry[chat_wire.REQUEST_FIELD] for _, entry in dead] == values
+        assert {entry[b"reason"] for _, entry in dead} == {
+            b"request is not signed",
+            b"request signature does not verify",
+        }
+        for message_id in forged:
+            assert client.xlen(keys.chat_reply_stream(message_id)) == 0
     finally:
         client.close()
 

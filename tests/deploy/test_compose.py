@@ -8,6 +8,7 @@ settings table knows, and no secret with a default value.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -28,7 +29,14 @@ PORT_VARS = {
     "notifications": "NOTIFICATIONS_PORT",
     "agent": "AGENT_PORT",
 }
-SECRETS = ("SECRET_KEY", "INTERNAL_TOKEN", "POSTGRES_PASSWORD")
+SECRETS = (
+    "SECRET_KEY",
+    "INTERNAL_TOKEN",
+    "POSTGRES_PASSWORD",
+    "REDIS_GATEWAY_PASSWORD",
+    "REDIS_NOTIFICATIONS_PASSWORD",
+    "REDIS_AGENT_PASSWORD",
+)
 TEST_ENV = {name: "x" * 40 for name in SECRETS}
 
 
@@ -131,17 +139,21 @@ def test_depends_on_waits_for_health(services: dict[str, Any]) -> None:
 
 
 def test_environment_names_are_settings(services: dict[str, Any]) -> None:
-    """Every variable given to an app service is one shared/settings.py reads, or uvicorn's
-    FORWARDED_ALLOW_IPS (no typos)."""
-    known = {variable.name for variable in VARIABLES} | {"FORWARDED_ALLOW_IPS"}
+    """Every variable given to an app service is one shared/settings.py reads (no typos)."""
+    known = {variable.name for variable in VARIABLES}
     for name in APP_SERVICES:
         assert set(services[name]["environment"]) <= known, name
 
 
-def test_gateways_believe_nginx_forwarded_headers(services: dict[str, Any]) -> None:
-    """The gateways trust X-Forwarded-For from nginx (a compose-network peer), and are reachable
-    only through it, so no client can forge its address."""
-    assert services["gateway"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+def test_gateways_believe_nginx_forwarded_headers(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """The gateways trust X-Forwarded-For from nginx's fixed address only (not `*`), that address
+    is nginx's on the compose network's subnet, and the gateways are reachable only through it."""
+    trusted = services["gateway"]["environment"]["FORWARDED_ALLOW_IPS"]
+    assert trusted == services["nginx"]["networks"]["default"]["ipv4_address"]
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    assert ipaddress.ip_address(trusted) in ipaddress.ip_network(subnet)
     assert "ports" not in services["gateway"] and "expose" not in services["gateway"]
 
 
@@ -151,7 +163,8 @@ def test_internal_urls_use_service_names(services: dict[str, Any]) -> None:
     assert env["NOTIFICATIONS_URL"] == f"http://notifications:{PORTS['notifications']}"
     assert env["AGENT_URL"] == f"http://agent:{PORTS['agent']}"
     assert env["DATABASE_URL"].endswith("@postgres:5432/realtime")
-    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["REDIS_URL"].endswith("@redis:6379/0"), name
 
 
 def test_secrets_have_no_default(compose: dict[str, Any]) -> None:

@@ -111,22 +111,58 @@ def test_container_ports_match_configuration() -> None:
         assert config[variable] == f"http://{name}:{service_port['port']}"
 
 
+# What each service's Secret holds: only what that service reads (the gateway has no database
+# connection and never calls the model; only the agent holds the Claude key).
+SECRETS_NEEDED = {
+    "gateway": {"REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"},
+    "notifications": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"},
+    "agent": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN", "ANTHROPIC_API_KEY"},
+}
+
+
+def _secret_template(service: str) -> set[str]:
+    template = (K8S / f"{service}.secrets.env.example").read_text().splitlines()
+    return {line.split("=", 1)[0] for line in template if line and not line.startswith("#")}
+
+
 def test_configuration_names_are_settings() -> None:
-    """The ConfigMap and the secrets template hold only variables the settings table knows, and
-    the secrets every deployment needs."""
+    """The ConfigMap and the secrets templates hold only variables the settings table knows,
+    and no setting is both in the map and a secret."""
     config = _named("ConfigMap")["realtime-config"]["data"]
     assert set(config) <= SETTINGS
-    template = (K8S / "secrets.env.example").read_text().splitlines()
-    secrets = {line.split("=", 1)[0] for line in template if line and not line.startswith("#")}
-    assert secrets <= SETTINGS
-    assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"} <= secrets
-    assert not set(config) & secrets
-    (generator,) = _kustomization()["secretGenerator"]
-    assert generator["envs"] == ["secrets.env"]
-    for deployment in _named("Deployment").values():
-        sources = _container(deployment)["envFrom"]
-        assert {"configMapRef": {"name": "realtime-config"}} in sources
-        assert {"secretRef": {"name": generator["name"]}} in sources
+    for service in MODULES:
+        secrets = _secret_template(service)
+        assert secrets <= SETTINGS
+        assert not set(config) & secrets
+
+
+def test_each_service_gets_only_its_own_secrets() -> None:
+    """One generated Secret per service, from its own git-ignored file, holding exactly what the
+    service needs; each Deployment reads the shared ConfigMap and its own Secret, nothing else."""
+    generators = {g["name"]: g["envs"] for g in _kustomization()["secretGenerator"]}
+    assert generators == {f"{s}-secrets": [f"{s}.secrets.env"] for s in MODULES}
+    for service, needed in SECRETS_NEEDED.items():
+        assert _secret_template(service) == needed, service
+        sources = _container(_named("Deployment")[service])["envFrom"]
+        assert sources == [
+            {"configMapRef": {"name": "realtime-config"}},
+            {"secretRef": {"name": f"{service}-secrets"}},
+        ]
+
+
+def test_each_service_has_its_own_redis_user_over_tls() -> None:
+    """Every secrets template's REDIS_URL is `rediss://` and names the service's own ACL user
+    (the users of docs/deploy.md, "Redis users")."""
+    for service in MODULES:
+        template = (K8S / f"{service}.secrets.env.example").read_text()
+        (url,) = re.findall(r"^REDIS_URL=(.*)$", template, flags=re.MULTILINE)
+        assert url.startswith(f"rediss://{service}:"), url
+
+
+def test_no_pod_gets_a_service_account_token() -> None:
+    """No service talks to the Kubernetes API, so no pod mounts a service-account token."""
+    for name, deployment in _named("Deployment").items():
+        assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, name
 
 
 def test_probes_preStop_and_grace_period() -> None:
@@ -193,6 +229,29 @@ def test_ingress_routes_only_the_public_api_to_the_gateway() -> None:
     assert streams["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
+def test_ingress_limits_per_client_address() -> None:
+    """Both Ingresses cap connections and request rates per client address like
+    deploy/nginx.conf: handshakes at 10/s with a burst of 200, REST at 50/s with a burst of
+    100, 100 connections at once."""
+    ingresses = _named("Ingress")
+    limits = {
+        name: {
+            key.rsplit("/", 1)[1]: int(value)
+            for key, value in ingress["metadata"]["annotations"].items()
+            if "/limit-" in key
+        }
+        for name, ingress in ingresses.items()
+    }
+    assert limits == {
+        "realtime-streams": {
+            "limit-connections": 100,
+            "limit-rps": 10,
+            "limit-burst-multiplier": 20,
+        },
+        "realtime-api": {"limit-connections": 100, "limit-rps": 50, "limit-burst-multiplier": 2},
+    }
+
+
 def test_network_policies_guard_every_service() -> None:
     """notifications and agent admit only this application's pods (and monitoring); the gateway
     also admits the ingress controller, whose X-Forwarded-For it believes."""
@@ -209,17 +268,54 @@ def test_network_policies_guard_every_service() -> None:
         if "namespaceSelector" in p
     }
     assert namespaces == {"ingress-nginx", "monitoring"}
-    env = _container(_named("Deployment")["gateway"])["env"]
-    assert {"name": "FORWARDED_ALLOW_IPS", "value": "*"} in env
+    env = {e["name"]: e["value"] for e in _container(_named("Deployment")["gateway"])["env"]}
+    assert env["FORWARDED_ALLOW_IPS"] != "*" and "*" not in env["FORWARDED_ALLOW_IPS"]
     for policy in policies.values():
-        (rule,) = policy["spec"]["ingress"]
-        assert rule["ports"] == [{"port": "http"}]
+        if "Ingress" in policy["spec"]["policyTypes"]:
+            (rule,) = policy["spec"]["ingress"]
+            assert rule["ports"] == [{"port": "http"}]
+
+
+def _egress(service: str) -> list[dict[str, Any]]:
+    """The egress rules of the policy that selects `service`'s pods (exactly one does)."""
+    (policy,) = [
+        p["spec"]
+        for p in _named("NetworkPolicy").values()
+        if "Egress" in p["spec"]["policyTypes"]
+        and p["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": service}}
+    ]
+    rules: list[dict[str, Any]] = policy["egress"]
+    return rules
+
+
+def _ports(rules: list[dict[str, Any]]) -> set[object]:
+    return {port["port"] for rule in rules for port in rule["ports"]}
+
+
+def test_egress_is_limited_per_service() -> None:
+    """Every service may resolve names and reach Redis; only the two database owners reach
+    PostgreSQL; only the agent reaches HTTPS, and never private ranges or the metadata service;
+    every rule names its ports (nothing is open wholesale)."""
+    for service in MODULES:
+        rules = _egress(service)
+        assert all(rule.get("ports") for rule in rules), service
+        dns = rules[0]
+        assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+        assert 6380 in _ports(rules)  # Redis over TLS, as the secrets examples
+        assert (5432 in _ports(rules)) == (service != "gateway")
+        assert (443 in _ports(rules)) == (service == "agent")
+    (internet,) = [rule for rule in _egress("agent") if 443 in _ports([rule])]
+    (block,) = internet["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+        block["ipBlock"]["except"]
+    )
 
 
 def test_secrets_env_is_not_committed() -> None:
-    """The real secrets file is git-ignored; only the template is in the repository."""
+    """The real secrets files are git-ignored; only the templates are in the repository."""
     ignore = (ROOT / "deploy" / ".gitignore").read_text().splitlines()
-    assert "k8s/secrets.env" in ignore
+    assert "k8s/*.secrets.env" in ignore
 
 
 def test_kustomize_renders_valid_resources(tmp_path: Path) -> None:
@@ -230,7 +326,8 @@ def test_kustomize_renders_valid_resources(tmp_path: Path) -> None:
         pytest.skip("kubectl is not installed; the manifests were validated one by one above")
     tree = tmp_path / "k8s"
     shutil.copytree(K8S, tree)
-    shutil.copy(tree / "secrets.env.example", tree / "secrets.env")
+    for service in MODULES:
+        shutil.copy(tree / f"{service}.secrets.env.example", tree / f"{service}.secrets.env")
     result = subprocess.run(
         [kubectl, "kustomize", str(tree)], capture_output=True, text=True, timeout=60
     )

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.infra import free_port
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
@@ -429,3 +429,89 @@ def test_encoded_dot_segments_cannot_reach_internal(proxy: Nginx) -> None:
     lines = proxy.access_lines("/internal/v1/publish", at_least=before + 1)[before:]
     assert len(lines) == 1
     assert upstream_ports(lines) == []
+
+
+# Edge limits (deploy/nginx.conf): each test runs an nginx of its own, so its limit zones start
+# empty and the module's shared proxy is never throttled by them.
+API_RATE, API_BURST = 50, 100  # limit_req zone=api
+CONNECTIONS_PER_ADDRESS = 100  # limit_conn per_address
+
+
+async def test_request_rate_per_address_answers_json_429(
+    start_nginx: StartNginx, gateways: list[ServiceProcess]
+) -> None:
+    """Requests from one address beyond the burst are refused by nginx with the API's JSON 429
+    and Retry-After; no more got through before the first refusal than the burst plus the
+    rate over the time taken (nginx's own bound)."""
+    proxy = start_nginx([g.port for g in gateways])
+    passed, refused = 0, None
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+        start = loop.time()
+        for _ in range(20):  # up to 20 rounds of 50 concurrent requests
+            answers = await asyncio.gather(*(client.get("/healthz") for _ in range(50)))
+            passed += sum(a.status_code == 200 for a in answers)
+            refused = next((a for a in answers if a.status_code == 429), None)
+            if refused is not None:
+                break
+        elapsed = loop.time() - start
+    assert refused is not None, f"{passed} requests passed, none refused"
+    assert passed <= API_BURST + API_RATE * elapsed + 1
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "RATE_LIMITED"
+
+
+async def test_connections_per_address_are_capped(
+    start_nginx: StartNginx, gateways: list[ServiceProcess], token_for: Token
+) -> None:
+    """With 100 WebSockets open from one address, the next handshake is refused by nginx with
+    a JSON 429 TOO_MANY_CONNECTIONS; once one closes, a new one opens. (Twenty users with five
+    connections each, so the gateways' own per-user and per-session caps are not what
+    refuses.)"""
+    proxy = start_nginx([g.port for g in gateways])
+    owners = {uuid.uuid4(): token_for(uuid.uuid4()) for _ in range(CONNECTIONS_PER_ADDRESS // 5)}
+
+    def url(session: uuid.UUID, token: str | None = None) -> str:
+        return f"{proxy.ws_url}/api/v1/ws/{session}?token={token or owners[session]}"
+
+    clients = await asyncio.gather(*(_open(url(s)) for s in owners for _ in range(5)))
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(uuid.uuid4(), token_for(uuid.uuid4())), open_timeout=5)
+        response = refused.value.response
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "1"
+        assert json.loads(response.body)["error"]["code"] == "TOO_MANY_CONNECTIONS"
+        await clients.pop().close()
+        clients.append(await _open(url(uuid.uuid4(), token_for(uuid.uuid4()))))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in clients))
+
+
+async def test_client_address_is_the_real_one_through_nginx(
+    proxy: Nginx, gateways: list[ServiceProcess], token_for: Token
+) -> None:
+    """A client on 127.0.0.2 sending a forged X-Forwarded-For is logged as 127.0.0.2 by the
+    gateway behind nginx (nginx sets the header from the TCP peer), and as 127.0.0.2 too when
+    it sends the forged header to a gateway directly (only loopback 127.0.0.1 is trusted)."""
+    forged = "203.0.113.7"
+    token = token_for(uuid.uuid4())
+    through, direct = uuid.uuid4(), uuid.uuid4()
+    targets = [(proxy.ws_url, through)] + [(g.ws_url, direct) for g in gateways[:1]]
+    for base, session in targets:
+        ws = await _open(
+            f"{base}/api/v1/ws/{session}?token={token}",
+            additional_headers={"X-Forwarded-For": forged},
+            local_addr=("127.0.0.2", 0),
+        )
+        await ws.close()
+    logs = "".join(g.log(tail=100_000) for g in gateways)
+    lines = {
+        session: [line for line in logs.splitlines() if f"/api/v1/ws/{session}" in line]
+        for session in (through, direct)
+    }
+    for session, found in lines.items():
+        assert found, session
+        assert all('"127.0.0.2:' in line or " 127.0.0.2:" in line for line in found), found
+        assert not any(forged in line for line in found), found
+    assert forged not in logs

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from gateway.chat import ChatContext, handle_ws_frame
+from gateway.chat import ChatContext, ChatQuotas, handle_ws_frame
 from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, start_stack
 from tests.conftest import SpawnService
@@ -65,7 +65,9 @@ async def connect(
 ) -> AsyncIterator[Callable[[], Connection]]:
     settings = Settings.from_env(base_env | stack.env)
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    state = SimpleNamespace(settings=settings, redis=client)
+    state = SimpleNamespace(
+        settings=settings, redis=client, chat_quotas=ChatQuotas.of(client, settings)
+    )
     session = uuid.uuid4()
     async with httpx.AsyncClient() as http:
         claim = await http.post(

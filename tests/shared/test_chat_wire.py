@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from shared import chat_wire
 from shared.chat_wire import End, Start, Token, ToolCall, ToolResult, Transcript
 
@@ -71,3 +73,21 @@ def test_transcript_folds_rounds_tool_calls_and_reply() -> None:
         {"id": "t1", "name": "current_time", "input": {}, "result": "noon", "is_error": False}
     ]
     assert isinstance(transcript.ending, End)
+
+
+def test_signed_request_round_trip_and_refusals() -> None:
+    """A signed request verifies to its bytes; unsigned, altered, truncated or another key's
+    entries raise `ForgedRequest`."""
+    key = chat_wire.request_key("i" * 32)
+    encoded = b'{"user_id":"a","message":"hi"}'
+    signed = chat_wire.sign_request(key, encoded)
+    assert chat_wire.verify_request(key, signed) == encoded
+    for bad in (
+        encoded,
+        signed.replace(b'"a"', b'"b"'),
+        signed[:-1],
+        signed[:20],
+        chat_wire.sign_request(chat_wire.request_key("j" * 32), encoded),
+    ):
+        with pytest.raises(chat_wire.ForgedRequest):
+            chat_wire.verify_request(key, bad)

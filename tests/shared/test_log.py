@@ -39,7 +39,51 @@ def test_formatter_emits_json_with_extra_fields() -> None:
 def test_scrubbed_line_stays_valid_json() -> None:
     """A message ending in a token query value still parses as JSON after scrubbing."""
     formatter = JsonFormatter("gateway", Scrubber())
-    message = '"GET /api/v1/ws/s?token=opaque123" 101'
+    message = '"GET /legacy/ws?token=opaque123" 101'
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, message, None, None)
     entry = json.loads(formatter.format(record))
-    assert entry["msg"] == '"GET /api/v1/ws/s?token=[redacted]" 101'
+    assert entry["msg"] == '"GET /legacy/ws?token=[redacted]" 101'
+
+
+# Every spelling of a token parameter a client or a proxy may produce.
+ENCODED_TOKEN_NAMES = ("token", "TOKEN", "%74oken", "t%6Fken", "%74%6F%6B%65%6E", "%2574oken")
+
+
+def test_scrubber_decodes_parameter_names_before_redacting() -> None:
+    """`token=` spelled with percent-encoding (single or double) or another case is redacted;
+    other parameters are kept."""
+    scrubber = Scrubber()
+    for name in ENCODED_TOKEN_NAMES:
+        cleaned = scrubber.scrub(f"x {name}=opaque-secret-1&page=2 y")
+        assert "opaque-secret-1" not in cleaned, name
+        assert "page=2" in cleaned
+
+
+def test_formatter_drops_the_query_of_a_path_argument() -> None:
+    """uvicorn's handshake line (the path with its query as an argument) is written with the
+    path only, whatever the query holds; the record itself is left as it was."""
+    formatter = JsonFormatter("gateway", Scrubber())
+    for name in (*ENCODED_TOKEN_NAMES, "anything"):
+        path = f"/api/v1/ws/abc?{name}=opaque-secret-2&last_seq=4"
+        args = ("127.0.0.1:5000", path, "[accepted]")
+        record = logging.LogRecord(
+            "uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" %s', args, None
+        )
+        entry = json.loads(formatter.format(record))
+        assert entry["msg"] == (
+            '127.0.0.1:5000 - "WebSocket /api/v1/ws/abc?[query dropped]" [accepted]'
+        )
+        assert record.args == args
+
+
+def test_formatter_drops_queries_left_in_the_text() -> None:
+    """A path with a query already formatted into a message or an extra field loses its query."""
+    formatter = JsonFormatter("gateway", Scrubber())
+    message = 'GET "/api/v1/chat/stream/m?%74oken=opaque-secret-3" 200'
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, message, None, None)
+    record.url = "/api/v1/ws/s?t%6Fken=opaque-secret-4"
+    line = formatter.format(record)
+    entry = json.loads(line)
+    assert "opaque-secret" not in line
+    assert entry["msg"] == 'GET "/api/v1/chat/stream/m?[query dropped]" 200'
+    assert entry["url"] == "/api/v1/ws/s?[query dropped]"

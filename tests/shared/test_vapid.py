@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared import vapid
-from shared.settings import ConfigError, Settings
+from shared.settings import VAPID_FILE, ConfigError, Settings
 
 
 def test_development_pair_is_generated_once_and_private(tmp_path: Path) -> None:
@@ -24,19 +24,9 @@ def test_development_pair_is_generated_once_and_private(tmp_path: Path) -> None:
         second.vapid_private_key,
         second.vapid_public_key,
     )
-    mode = stat.S_IMODE(os.stat(tmp_path / vapid.FILE_NAME).st_mode)
+    mode = stat.S_IMODE(os.stat(tmp_path / VAPID_FILE).st_mode)
     assert mode == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".vapid")] == []
-
-
-def test_development_file_is_created_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
-    """The file never exists with wider permissions: created with mode 0600 (umask 0)."""
-    previous = os.umask(0)
-    try:
-        vapid.development_keys(tmp_path)
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE(os.stat(tmp_path / vapid.FILE_NAME).st_mode) == 0o600
 
 
 def test_configured_raw_key_derives_the_public_key(tmp_path: Path) -> None:
@@ -44,7 +34,7 @@ def test_configured_raw_key_derives_the_public_key(tmp_path: Path) -> None:
     pair = vapid.generate()
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "VAPID_PRIVATE_KEY": pair.private_key})
     assert settings.vapid_public_key == pair.public_key
-    assert not (tmp_path / vapid.FILE_NAME).exists()
+    assert not (tmp_path / VAPID_FILE).exists()
 
 
 def test_configured_pem_key_is_normalised(tmp_path: Path) -> None:

@@ -84,7 +84,12 @@ async def test_postgres_restarts_under_load_answer_only_2xx_or_503(
     503 SERVICE_UNAVAILABLE; the service recovers after each restart by itself; its log holds no
     traceback, no ERROR line and no raw asyncpg pool-floor warning."""
     service = await asyncio.to_thread(
-        spawn_service, module, DATABASE_URL=private_postgres.url, AGENT_WORKERS="0"
+        spawn_service,
+        module,
+        DATABASE_URL=private_postgres.url,
+        AGENT_WORKERS="0",
+        # The load creates sessions far faster than a user may (60 an hour by default).
+        CHAT_MAX_NEW_SESSIONS_PER_HOUR="1000000",
     )
     user = uuid.uuid4()
     requests = _requests(module, user, token_for(user))

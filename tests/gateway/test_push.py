@@ -142,3 +142,11 @@ async def test_policy_per_type(
     assert push_service.received(online_browser)[0].payload["id"] == reply
     assert await _never_pushed(pg, push_service, away_browser, digest)
     await ws.close()
+
+
+async def test_vapid_public_key_through_the_facade(stack: PushStack, settings: Settings) -> None:
+    """The gateway forwards `GET /api/v1/push/vapid-public-key`, no token needed."""
+    async with httpx.AsyncClient(base_url=stack.a.url) as client:
+        response = await client.get("/api/v1/push/vapid-public-key")
+    assert response.status_code == 200
+    assert response.json() == {"public_key": settings.vapid_public_key}

@@ -8,6 +8,9 @@ answers 404 exactly like a missing one.
 
 from __future__ import annotations
 
+from uuid import UUID
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,11 +22,43 @@ from shared.http import json_response, read_body
 from shared.settings import Settings
 
 
+class VapidPublicKey(msgspec.Struct):
+    public_key: str  # base64url, the browser's `applicationServerKey`
+
+
+class SubscriptionKeys(msgspec.Struct):
+    p256dh: str
+    auth: str
+
+
+class PushSubscriptionItem(msgspec.Struct):
+    """A stored subscription (its keys are the browser's public ones)."""
+
+    id: UUID
+    endpoint: str
+    keys: SubscriptionKeys
+    created_at: str
+
+
+class PushSubscriptionList(msgspec.Struct):
+    items: list[PushSubscriptionItem]
+
+
+class SubscriptionPath(msgspec.Struct):
+    subscription_id: UUID
+
+
+def _item(row: push_store.StoredSubscription) -> PushSubscriptionItem:
+    return PushSubscriptionItem(
+        row.id, row.endpoint, SubscriptionKeys(row.p256dh, row.auth), row.created_at.isoformat()
+    )
+
+
 async def vapid_public_key(request: Request) -> Response:
     """`GET /api/v1/push/vapid-public-key` → `{"public_key"}`: the browser's
     `applicationServerKey` (base64url). Public: no token needed."""
     settings: Settings = request.app.state.settings
-    return json_response({"public_key": settings.vapid_public_key})
+    return json_response(VapidPublicKey(settings.vapid_public_key))
 
 
 async def subscribe(request: Request) -> Response:
@@ -38,14 +73,14 @@ async def subscribe(request: Request) -> Response:
     stored, created = await push_store.subscribe(
         request.app.state.pool, user_id, subscription, settings.push_max_subscriptions
     )
-    return json_response(stored.item(), 201 if created else 200)
+    return json_response(_item(stored), 201 if created else 200)
 
 
 async def list_subscriptions(request: Request) -> Response:
     """`GET /api/v1/push/subscriptions` → `{"items": [...]}`, oldest first."""
     user_id = await caller(request)
     rows = await push_store.list_subscriptions(request.app.state.pool, user_id)
-    return json_response({"items": [row.item() for row in rows]})
+    return json_response(PushSubscriptionList([_item(row) for row in rows]))
 
 
 async def unsubscribe(request: Request) -> Response:

@@ -77,15 +77,6 @@ class StoredSubscription:
     def from_record(cls, record: asyncpg.Record) -> StoredSubscription:
         return cls(**{name: record[name] for name in cls.__slots__})
 
-    def item(self) -> dict[str, Any]:
-        """The REST representation (the keys are public: the browser made them to be shared)."""
-        return {
-            "id": str(self.id),
-            "endpoint": self.endpoint,
-            "keys": {"p256dh": self.p256dh, "auth": self.auth},
-            "created_at": self.created_at.isoformat(),
-        }
-
 
 async def subscribe(
     pool: asyncpg.Pool, user_id: UUID, subscription: Subscription, cap: int

@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from notifications_svc import push_store, store, webpush
 from notifications_svc.model import CreateNotification
@@ -216,3 +217,35 @@ async def test_hanging_push_service_does_not_block_other_users(rig: Rig) -> None
     await rig.sender.idle()  # the hanging request times out (PUSH_TIMEOUT = 1 s)
     job = await rig.job(stuck_id)
     assert job is not None and job["last_error"] == "timed out" and job["dead_at"] is None
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_metrics_count_sent_gone_failed_and_latency(rig: Rig) -> None:
+    """sent, gone, failed and dead-lettered counters and the latency histogram move with the
+    outcomes."""
+    names = (
+        "notifications_push_sent_total",
+        "notifications_push_gone_total",
+        "notifications_push_failed_total",
+        "notifications_push_dead_lettered_total",
+        "notifications_push_latency_seconds_count",
+    )
+    before = {name: _sample(name) for name in names}
+    ok, gone, refused = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await rig.subscribe(ok)
+    await rig.subscribe(gone, Answer(410))
+    await rig.subscribe(refused, Answer(400))
+    for user in (ok, gone, refused):
+        await rig.notify(user)
+    assert await rig.step() == 3
+    moved = {name: _sample(name) - before[name] for name in names}
+    assert moved == {
+        "notifications_push_sent_total": 1,
+        "notifications_push_gone_total": 1,
+        "notifications_push_failed_total": 1,
+        "notifications_push_dead_lettered_total": 1,
+        "notifications_push_latency_seconds_count": 1,
+    }

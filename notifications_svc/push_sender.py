@@ -110,6 +110,11 @@ class PushSender:
                     log.warning("push: postgres unavailable", extra={"error": repr(exc)})
                     await backoff.sleep()
                     continue
+                except Exception:
+                    # The sender is what makes pushes durable: it must outlive any surprise.
+                    log.exception("push: unexpected error")
+                    await backoff.sleep()
+                    continue
                 backoff.reset()
                 if claimed:
                     continue  # there may be more due: fill the free slots first

@@ -86,6 +86,17 @@ async def subscribe(
     registered by another user moves to this one with a new id (the browser is now this user's),
     and the other user's pending pushes to it are dropped. `Conflict` when the user already has
     `cap` subscriptions."""
+    try:
+        return await _subscribe_once(pool, user_id, subscription, cap)
+    except asyncpg.UniqueViolationError:
+        # Another user registered the same endpoint at the same instant (the advisory lock only
+        # serialises one user's requests): now that it committed, the row lock sees it.
+        return await _subscribe_once(pool, user_id, subscription, cap)
+
+
+async def _subscribe_once(
+    pool: asyncpg.Pool, user_id: UUID, subscription: Subscription, cap: int
+) -> tuple[StoredSubscription, bool]:
     async with pool.acquire() as conn, conn.transaction():
         await ensure_user(conn, user_id)
         # Serialises one user's registrations, so the cap holds under concurrent requests.

@@ -69,7 +69,9 @@ async def subscribe(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     raw = await read_body(request, settings.http_max_body_bytes)
     body = webpush.decode_subscription(raw)
-    subscription = webpush.parse_subscription(body, allow_loopback=settings.push_allow_loopback)
+    subscription = webpush.parse_subscription(
+        body, allow_loopback=settings.push_allow_loopback, hosts=settings.push_endpoint_hosts
+    )
     stored, created = await push_store.subscribe(
         request.app.state.pool, user_id, subscription, settings.push_max_subscriptions
     )

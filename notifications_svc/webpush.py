@@ -2,8 +2,8 @@
 
 - A subscription is what the browser's `PushSubscription.toJSON()` gives: `{"endpoint",
   "expirationTime", "keys": {"p256dh", "auth"}}`. `parse_subscription` validates it (an https
-  endpoint, or loopback http when allowed; `p256dh` a P-256 point, `auth` 16 bytes) and raises
-  `ValidationFailed` naming the field.
+  endpoint on a known push service's host, or loopback http when allowed; `p256dh` a P-256
+  point, `auth` 16 bytes) and raises `ValidationFailed` naming the field.
 - The payload is JSON `{"id", "title", "content", "type", "action"}` of at most
   `MAX_PLAINTEXT` bytes (RFC 8291 §4: 4096 bytes of body minus the 86-byte header, one padding
   delimiter and the 16-byte tag): a longer content is cut and ends with `TRUNCATED_MARKER`; an
@@ -81,7 +81,19 @@ def decode_subscription(body: bytes) -> SubscriptionBody:
         raise InvalidJson(f"body is not valid JSON: {exc}") from None
 
 
-def _check_endpoint(endpoint: str, allow_loopback: bool) -> str:
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether `host` is one of `patterns`: exact names, `*.suffix` for any subdomain, `*`."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern == "*" or host == pattern:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def _check_endpoint(endpoint: str, allow_loopback: bool, hosts: tuple[str, ...]) -> str:
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         raise _invalid("endpoint", f"longer than {MAX_ENDPOINT_LENGTH} characters")
     try:
@@ -91,18 +103,25 @@ def _check_endpoint(endpoint: str, allow_loopback: bool) -> str:
         raise _invalid("endpoint", "not a URL") from None
     if not parts.hostname or parts.username or parts.password or parts.fragment:
         raise _invalid("endpoint", "expected https://host/path without credentials or fragment")
-    if parts.scheme == "https":
-        return endpoint
     if parts.scheme == "http" and allow_loopback and parts.hostname == "127.0.0.1" and port:
         return endpoint
-    hint = " (or http://127.0.0.1:<port>/...)" if allow_loopback else ""
-    raise _invalid("endpoint", f"must be an https URL{hint}")
+    if parts.scheme != "https":
+        hint = " (or http://127.0.0.1:<port>/...)" if allow_loopback else ""
+        raise _invalid("endpoint", f"must be an https URL{hint}")
+    if not host_allowed(parts.hostname, hosts):
+        raise _invalid(
+            "endpoint", f"{parts.hostname} is not a known push service (PUSH_ENDPOINT_HOSTS)"
+        )
+    return endpoint
 
 
-def parse_subscription(body: SubscriptionBody, *, allow_loopback: bool) -> Subscription:
+def parse_subscription(
+    body: SubscriptionBody, *, allow_loopback: bool, hosts: tuple[str, ...] = ("*",)
+) -> Subscription:
     """Validate a subscription; `ValidationFailed` naming `endpoint`, `keys.p256dh` or
-    `keys.auth`. Keys are normalised to base64url without padding."""
-    endpoint = _check_endpoint(body.endpoint, allow_loopback)
+    `keys.auth`. The endpoint must be https on one of `hosts` (or loopback http when allowed).
+    Keys are normalised to base64url without padding."""
+    endpoint = _check_endpoint(body.endpoint, allow_loopback, hosts)
     try:
         p256dh = parse_public_key(body.keys.p256dh)
     except ValueError as exc:

@@ -502,6 +502,14 @@ VARIABLES: tuple[Variable, ...] = (
         "otherwise endpoints must be https.",
     ),
     Variable(
+        "PUSH_ENDPOINT_HOSTS",
+        _parse_list,
+        "fcm.googleapis.com,updates.push.services.mozilla.com,*.push.apple.com,"
+        "*.notify.windows.com",
+        "Hosts a push endpoint may name (`*.` matches subdomains; `*` any host): the browsers' "
+        "push services, so a subscription cannot make the service POST to anything else.",
+    ),
+    Variable(
         "PUSH_MAX_SUBSCRIPTIONS",
         _positive_int,
         "10",
@@ -611,6 +619,7 @@ class Settings:
     push_policy: str = "offline"
     push_policy_by_type: tuple[tuple[str, str], ...] = ()
     push_allow_loopback: bool = False
+    push_endpoint_hosts: tuple[str, ...] = ()
     push_max_subscriptions: int = 10
     push_max_attempts: int = 8
     push_ttl: int = 86400

@@ -153,6 +153,28 @@ async def test_loopback_endpoint_refused_unless_allowed(
     assert response.json()["error"]["details"]["field"] == "endpoint"
 
 
+async def test_known_push_services_only(
+    api: httpx.AsyncClient, auth: Auth, push_service: PushService
+) -> None:
+    """An https endpoint is accepted on the browsers' push services (PUSH_ENDPOINT_HOSTS) and
+    refused elsewhere, so a subscription cannot aim the service's requests at another host."""
+    browser = _valid(push_service)
+    user = uuid.uuid4()
+    for endpoint, status in [
+        ("https://fcm.googleapis.com/fcm/send/abc", 201),
+        ("https://web.push.apple.com/QGx", 201),
+        ("https://wns2-db5p.notify.windows.com/w/?token=x", 201),
+        ("https://updates.push.services.mozilla.com/wpush/v2/x", 201),
+        ("https://metadata.google.internal/computeMetadata/v1/", 422),
+        ("https://push.apple.com.evil.example/x", 422),
+        ("https://10.0.0.7/push", 422),
+    ]:
+        response = await api.post(
+            SUBSCRIPTIONS, json=browser | {"endpoint": endpoint}, headers=auth(user)
+        )
+        assert response.status_code == status, (endpoint, response.text)
+
+
 async def test_cap_per_user(api: httpx.AsyncClient, auth: Auth, push_service: PushService) -> None:
     """PUSH_MAX_SUBSCRIPTIONS (10) subscriptions per user; the 11th answers 409, re-registering
     one of the ten still works."""

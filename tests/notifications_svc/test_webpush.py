@@ -133,3 +133,22 @@ def test_each_request_uses_a_fresh_salt_and_key() -> None:
     )
     first, second = webpush.encrypt(b"same", subscription), webpush.encrypt(b"same", subscription)
     assert first[:16] != second[:16] and first[21:86] != second[21:86]
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("fcm.googleapis.com", True),
+        ("FCM.googleapis.com.", True),
+        ("web.push.apple.com", True),
+        ("push.apple.com", False),
+        ("evilpush.apple.com", False),
+        ("push.apple.com.evil.example", False),
+        ("googleapis.com", False),
+    ],
+)
+def test_host_allowed(host: str, allowed: bool) -> None:
+    """Exact names match case-insensitively; `*.suffix` matches subdomains only."""
+    patterns = ("fcm.googleapis.com", "*.push.apple.com")
+    assert webpush.host_allowed(host, patterns) is allowed
+    assert webpush.host_allowed(host, ("*",))

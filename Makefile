@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench chaos migrate token lint format check clean-data
+.PHONY: run test bench chaos migrate token lint format check clean-data docs fuzz
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ bench: $(VENV)/.installed-bench
 # bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
 chaos: $(STAMP)
 	$(PY) -m chaos $(CHAOS_ARGS)
+
+# The API contract (OpenAPI, AsyncAPI) generated from the wire types into docs/api/ (a test fails
+# while the committed copies differ from the code).
+docs: $(STAMP)
+	$(PY) -m shared.contract docs/api
+
+# A longer fuzz than `make test` runs: schemathesis on the public REST API and the WebSocket frame
+# fuzz, FUZZ_EXAMPLES examples per operation and mode (frames: 30 times that), randomized,
+# printing every request and frame tried and what it got.
+FUZZ_EXAMPLES ?= 100
+fuzz: $(VENV)/.installed-bench
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/contract/test_fuzz_rest.py \
+		tests/contract/test_fuzz_ws.py -s -q --timeout=0 -p no:cacheprovider
 
 migrate: $(STAMP)
 	$(PY) -m shared.migrate

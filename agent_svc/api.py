@@ -8,7 +8,7 @@ exactly like a missing one.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import asyncpg
@@ -28,6 +28,7 @@ from shared.http import (
     read_json,
     require_internal,
 )
+from shared.wire import ToolCallRecord
 
 
 class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,6 +38,67 @@ class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
     title: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+
+
+class ClaimResult(msgspec.Struct):
+    session_id: UUID
+    user_id: UUID
+    created: bool
+
+
+class Session(msgspec.Struct):
+    id: UUID
+    title: str | None
+    created_at: str
+    updated_at: str
+
+
+class SessionPage(msgspec.Struct):
+    """The caller's sessions, most recently updated first."""
+
+    items: list[Session]
+    total: int
+    page: int
+    page_size: int
+
+
+class SessionMessage(msgspec.Struct):
+    """A stored chat message; an assistant message's `id` is its answer's `message_id`."""
+
+    id: UUID
+    role: Annotated[str, msgspec.Meta(description="`user` or `assistant`")]
+    content: str
+    tool_calls: list[ToolCallRecord]
+    tokens_used: int
+    status: Annotated[
+        str, msgspec.Meta(description="`complete`, `cancelled`, `error` or `streaming`")
+    ]
+    created_at: str
+
+
+class SessionMessages(msgspec.Struct):
+    """The session's history, oldest first."""
+
+    session_id: UUID
+    items: list[SessionMessage]
+
+
+MAX_SESSIONS_PAGE = 1_000_000
+MAX_SESSIONS_PAGE_SIZE = 100
+MAX_MESSAGES = 500
+
+
+class SessionsQuery(msgspec.Struct, kw_only=True):
+    page: Annotated[int, msgspec.Meta(ge=1, le=MAX_SESSIONS_PAGE)] = 1
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_SESSIONS_PAGE_SIZE)] = 20
+
+
+class MessagesQuery(msgspec.Struct, kw_only=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_MESSAGES)] = 100
+
+
+class SessionPath(msgspec.Struct):
+    session_id: UUID
 
 
 async def claim_session(request: Request) -> Response:
@@ -52,9 +114,7 @@ async def claim_session(request: Request) -> Response:
     owned, created = await sessions.claim(pool, body.session_id, body.user_id)
     if not owned:
         raise Forbidden("session belongs to another user", code="SESSION_FORBIDDEN")
-    return json_response(
-        {"session_id": body.session_id, "user_id": body.user_id, "created": created}
-    )
+    return json_response(ClaimResult(body.session_id, body.user_id, created))
 
 
 async def _caller(request: Request) -> UUID:
@@ -78,13 +138,13 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
-def _session(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "title": row["title"],
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-    }
+def _session(row: asyncpg.Record) -> Session:
+    return Session(
+        id=row["id"],
+        title=row["title"],
+        created_at=row["created_at"].isoformat(),
+        updated_at=row["updated_at"].isoformat(),
+    )
 
 
 async def create_session(request: Request) -> Response:
@@ -104,12 +164,10 @@ async def create_session(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     """`GET /api/v1/sessions?page&page_size`: the caller's sessions, most recent first."""
     user_id = await _caller(request)
-    page = _int_param(request, "page", 1, 1, 1_000_000)
-    size = _int_param(request, "page_size", 20, 1, 100)
+    page = _int_param(request, "page", 1, 1, MAX_SESSIONS_PAGE)
+    size = _int_param(request, "page_size", 20, 1, MAX_SESSIONS_PAGE_SIZE)
     rows, total = await sessions.list_mine(request.app.state.pool, user_id, size, (page - 1) * size)
-    return json_response(
-        {"items": [_session(r) for r in rows], "total": total, "page": page, "page_size": size}
-    )
+    return json_response(SessionPage([_session(r) for r in rows], total, page, size))
 
 
 async def session_messages(request: Request) -> Response:
@@ -119,23 +177,23 @@ async def session_messages(request: Request) -> Response:
         session_id = UUID(request.path_params["session_id"])
     except ValueError:
         raise NotFound("no such session", code="SESSION_NOT_FOUND") from None
-    limit = _int_param(request, "limit", 100, 1, 500)
+    limit = _int_param(request, "limit", 100, 1, MAX_MESSAGES)
     rows = await sessions.messages_of(request.app.state.pool, session_id, user_id, limit)
     if rows is None:
         raise NotFound("no such session", code="SESSION_NOT_FOUND")
     items = [
-        {
-            "id": r["id"],
-            "role": r["role"],
-            "content": r["content"],
-            "tool_calls": r["tool_calls"],
-            "tokens_used": r["tokens_used"],
-            "status": r["status"],
-            "created_at": r["created_at"].isoformat(),
-        }
+        SessionMessage(
+            id=r["id"],
+            role=r["role"],
+            content=r["content"],
+            tool_calls=msgspec.convert(r["tool_calls"], list[ToolCallRecord]),
+            tokens_used=r["tokens_used"],
+            status=r["status"],
+            created_at=r["created_at"].isoformat(),
+        )
         for r in rows
     ]
-    return json_response({"session_id": session_id, "items": items})
+    return json_response(SessionMessages(session_id, items))
 
 
 routes = [

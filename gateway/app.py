@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import chat, internal, proxy, websocket
+from gateway import apidocs, chat, console, internal, proxy, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from shared import redis_client
@@ -107,6 +107,8 @@ def create_app(settings: Settings) -> Starlette:
         *websocket.routes,
         *internal.routes,
         *chat.routes,
+        *console.routes,
+        *apidocs.routes,
         *proxy.proxy_routes(),
     ]
     allow_all = "*" in settings.cors_origins

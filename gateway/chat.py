@@ -52,7 +52,14 @@ from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
 from shared.upstream import Upstream, UpstreamError
-from shared.wire import Message, MessageData, encode, error_frame, utc_now_iso
+from shared.wire import (
+    Message,
+    MessageData,
+    ToolCallRecord,
+    encode,
+    error_frame,
+    utc_now_iso,
+)
 
 CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
 
@@ -95,6 +102,35 @@ class WsCancel(msgspec.Struct, tag="cancel", tag_field="type"):
 
 
 _decode_ws = msgspec.json.Decoder(WsMessage | WsCancel).decode
+
+
+class CancelAccepted(msgspec.Struct):
+    message_id: UUID
+    status: str = "cancelling"
+
+
+class MessageIdPath(msgspec.Struct):
+    message_id: UUID
+
+
+# The same id syntax `resume_stream` checks with `_EVENT_ID`.
+EVENT_ID_META = msgspec.Meta(pattern=f"^{_EVENT_ID.pattern}$")
+
+
+class ResumeQuery(msgspec.Struct, kw_only=True):
+    """`GET /api/v1/chat/stream/{message_id}`'s query (EventSource cannot send headers)."""
+
+    token: Annotated[str | None, msgspec.Meta(description="JWT, when no Authorization")] = None
+    last_event_id: (
+        Annotated[str, EVENT_ID_META, msgspec.Meta(description="when no Last-Event-ID header")]
+        | None
+    ) = None
+
+
+class ResumeHeaders(msgspec.Struct, kw_only=True):
+    last_event_id: (
+        Annotated[str, EVENT_ID_META, msgspec.Meta(description="resume after this event id")] | None
+    ) = msgspec.field(default=None, name="Last-Event-ID")
 
 
 # The answer's streams.
@@ -401,7 +437,7 @@ async def cancel_stream(request: Request) -> Response:
     client = request.app.state.redis
     await owned_answer(client, message_id, user_id)
     await request_cancel(client, request.app.state.settings, message_id)
-    return json_response({"message_id": message_id, "status": "cancelling"}, 202)
+    return json_response(CancelAccepted(UUID(message_id)), 202)
 
 
 def _entry_id(event_id: str) -> tuple[int, int]:
@@ -436,6 +472,9 @@ async def handle_ws_frame(ctx: ChatContext, raw: bytes) -> None:
         return
     except msgspec.DecodeError:
         await ctx.send(error_frame("INVALID_JSON", "frame is not valid JSON"))
+        return
+    except RecursionError:  # see gateway.frames.classify
+        await ctx.send(error_frame("INVALID_JSON", "frame is not valid JSON: nested too deeply"))
         return
     try:
         if isinstance(frame, WsCancel):
@@ -474,7 +513,7 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
     data = MessageData(
         id=message_id,
         reply=transcript.reply,
-        tool_calls=transcript.tool_calls(),
+        tool_calls=msgspec.convert(transcript.tool_calls(), list[ToolCallRecord]),
         tokens_used=ending.tokens_used,
         created_at=utc_now_iso(),
     )

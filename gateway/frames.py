@@ -19,6 +19,10 @@ class _Head(msgspec.Struct):
     type: str
 
 
+class Ping(msgspec.Struct, tag="ping", tag_field="type"):
+    """Keeps the connection from the idle timeout; answered with `pong`."""
+
+
 class RefreshToken(msgspec.Struct, tag="refresh_token", tag_field="type"):
     token: str
 
@@ -29,6 +33,9 @@ class TokenExpiring(msgspec.Struct, tag="token_expiring", tag_field="type"):
 
 class TokenRefreshed(msgspec.Struct, tag="token_refreshed", tag_field="type"):
     expires_at: str
+
+
+NESTED_TOO_DEEPLY = "frame is not valid JSON: nested too deeply"
 
 
 class FrameError(Exception):
@@ -53,6 +60,10 @@ def classify(raw: str | bytes) -> str:
         ) from None
     except msgspec.DecodeError:
         raise FrameError("INVALID_JSON", "frame is not valid JSON") from None
+    except RecursionError:
+        # msgspec decodes nesting recursively, even of fields it skips: a frame nested a few
+        # thousand deep would otherwise escape as an exception and close the connection 1011.
+        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
 
 
 def refresh_token(raw: str | bytes) -> str:
@@ -61,6 +72,8 @@ def refresh_token(raw: str | bytes) -> str:
         return _decode_refresh(raw).token
     except msgspec.DecodeError as exc:
         raise FrameError("INVALID_MESSAGE", f"refresh_token needs a string token: {exc}") from None
+    except RecursionError:
+        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
 
 
 def _iso(timestamp: float) -> str:

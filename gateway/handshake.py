@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
 
 BEARER_SUBPROTOCOL = "bearer"
 
@@ -23,6 +26,47 @@ class Credentials:
     token: str | None
     subprotocol: str | None
     last_seq: int | None
+
+
+LAST_SEQ_MAX_DIGITS = 18
+
+
+class HandshakeQuery(msgspec.Struct, kw_only=True):
+    """The handshake's query string (for the contract; parsed by `credentials`)."""
+
+    token: Annotated[
+        str | None, msgspec.Meta(description="JWT (the seed's way; prefer the subprotocol)")
+    ] = None
+    last_seq: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                lt=10**LAST_SEQ_MAX_DIGITS,
+                description="highest notification `seq` seen: replay everything after it",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class HandshakeHeaders(msgspec.Struct, kw_only=True):
+    """The handshake's headers (for the contract)."""
+
+    authorization: Annotated[
+        str | None, msgspec.Meta(description="`Bearer <JWT>` (non-browser clients)")
+    ] = msgspec.field(default=None, name="Authorization")
+    subprotocol: Annotated[
+        str | None,
+        msgspec.Meta(description="`bearer, <JWT>` (browsers); the server echoes `bearer`"),
+    ] = msgspec.field(default=None, name="Sec-WebSocket-Protocol")
+    origin: Annotated[
+        str | None, msgspec.Meta(description="when present, must be listed in CORS_ORIGINS")
+    ] = msgspec.field(default=None, name="Origin")
+
+
+class HandshakePath(msgspec.Struct):
+    session_id: Annotated[str, msgspec.Meta(description="UUID of the chat session")]
 
 
 class HandshakeError(Exception):
@@ -61,14 +105,18 @@ def _last_seq(query: dict[str, list[str]]) -> int | None:
     if not values:
         return None
     raw = values[0]
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > LAST_SEQ_MAX_DIGITS:
         raise HandshakeError("last_seq must be a non-negative integer")
     return int(raw)
 
 
-def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, allowed: Sequence[str], host: str | None = None) -> bool:
     """A handshake without `Origin` comes from a non-browser client and is allowed (it could forge
-    the header anyway); a browser's `Origin` must be listed in `CORS_ORIGINS` unless `*` is."""
+    the header anyway); a browser's `Origin` must be listed in `CORS_ORIGINS` unless `*` is, or be
+    the gateway's own origin: the same host and port as the request's `Host` (a page the gateway
+    served, such as /console; a cross-site page cannot set a victim browser's `Host`)."""
     if origin is None:
+        return True
+    if host and urlsplit(origin).netloc.lower() == host.lower():
         return True
     return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}

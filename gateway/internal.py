@@ -35,6 +35,27 @@ class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
     seq: int | None = None
 
 
+class Published(msgspec.Struct):
+    """How many gateway instances received the frame (0: nobody holds the target)."""
+
+    receivers: int
+
+
+class ConnectionsSummary(msgspec.Struct):
+    connections: int
+    active_sessions: list[str]
+
+
+class SessionConnections(msgspec.Struct):
+    session_id: str
+    connected: bool
+    connections: int
+
+
+class SessionPath(msgspec.Struct):
+    session_id: UUID
+
+
 async def publish_frame(request: Request) -> Response:
     settings = request.app.state.settings
     require_internal(request, settings.internal_token)
@@ -59,7 +80,7 @@ async def publish_frame(request: Request) -> Response:
             receivers = await manager.broadcast(frame, exclude_session=body.exclude_session)
     except (redis.RedisError, OSError):
         raise Unavailable("Redis unavailable: frame not published") from None
-    return json_response({"receivers": receivers}, 202)
+    return json_response(Published(receivers), 202)
 
 
 async def connections(request: Request) -> Response:
@@ -71,7 +92,7 @@ async def connections(request: Request) -> Response:
         sessions = await manager.get_active_sessions()
     except (redis.RedisError, OSError):
         raise Unavailable("Redis unavailable") from None
-    return json_response({"connections": total, "active_sessions": sorted(map(str, sessions))})
+    return json_response(ConnectionsSummary(total, sorted(map(str, sessions))))
 
 
 async def session_connections(request: Request) -> Response:
@@ -87,9 +108,7 @@ async def session_connections(request: Request) -> Response:
         connected = await manager.is_session_connected(session_id)
     except (redis.RedisError, OSError):
         raise Unavailable("Redis unavailable") from None
-    return json_response(
-        {"session_id": str(session_id), "connected": connected, "connections": count}
-    )
+    return json_response(SessionConnections(str(session_id), connected, count))
 
 
 routes = [

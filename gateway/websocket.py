@@ -45,7 +45,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     conn: Connection | None = None
     try:
-        if not origin_allowed(websocket.headers.get("origin"), manager.settings.cors_origins):
+        origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+        if not origin_allowed(origin, manager.settings.cors_origins, host):
             raise Refused(1008, "origin not allowed")
         identity = await _verify(verifier, creds.token)
         try:

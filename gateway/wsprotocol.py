@@ -27,6 +27,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 
 EXTENSION = "gateway.frames"
+LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
 
 _FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
 _SHORT = struct.Struct("!BB")
@@ -97,6 +98,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # A plain attribute, not a property over uvicorn's `writable` event: it is read once per
     # frame and recipient on the fan-out path.
     write_paused = False
+    # Set once a protocol error (a frame over WS_MAX_MESSAGE_BYTES, invalid UTF-8) was answered
+    # with its close frame: what the client still sends is read and dropped until it hangs up
+    # or `LINGER` seconds pass.
+    draining = False
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -118,6 +123,27 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # Like uvicorn's `writable` event: nobody waits for a lost transport to drain.
         self.write_paused = False
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.draining:
+            return  # the close frame is sent; an EOF from the client closes the transport
+        super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        # uvicorn writes the close frame (1009 for an oversized frame) and closes the socket at
+        # once, while the rest of the offending frame is still arriving: closing a socket with
+        # unread data makes the kernel send a reset, and the client usually loses the close
+        # frame, seeing 1006 instead of 1009 (found by the frame fuzz). So the socket stays
+        # open, reading and discarding, until the client closes or LINGER seconds pass.
+        assert self.conn.close_sent is not None
+        code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.draining = True
+        # uvicorn's own convention: with a `close_timer` set, the end of the ASGI app (which
+        # follows the disconnect at once) leaves closing the transport to the timer.
+        self.close_timer = self.loop.call_later(LINGER, self.transport.close)
 
     def write_frames(self, data: bytes) -> bool:
         if (

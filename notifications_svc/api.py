@@ -14,14 +14,13 @@ user token), and the gateway never routes `/internal/` publicly.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifications_svc import model, store
+from notifications_svc import changes, model, store
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import NotFound, Unauthorized
 from shared.http import bearer_token, json_response, require_internal
@@ -68,14 +67,14 @@ async def list_notifications(request: Request) -> Response:
         offset=(page - 1) * page_size,
         before_seq=before_seq,
     )
-    body: dict[str, Any] = {
-        "items": [model.item(row) for row in rows],
-        "total": total,
-        "page": page,
-        "page_size": page_size,
-        "has_more": has_more,
-        "next_cursor": model.encode_cursor(rows[-1].seq) if has_more else None,
-    }
+    body = model.NotificationPage(
+        items=[model.item(row) for row in rows],
+        total=total,
+        page=page,
+        page_size=page_size,
+        has_more=has_more,
+        next_cursor=model.encode_cursor(rows[-1].seq) if has_more else None,
+    )
     return json_response(body)
 
 
@@ -86,14 +85,18 @@ async def mark_read(request: Request) -> Response:
     row = await store.mark_read(request.app.state.pool, user_id, notification_id)
     if row is None:
         raise _not_found(notification_id)
-    return json_response(model.item(row))
+    response = json_response(model.item(row))
+    response.background = changes.after_response(request, user_id, "read", [str(notification_id)])
+    return response
 
 
 async def mark_all_read(request: Request) -> Response:
     """`POST /api/v1/notifications/read-all` → how many were marked."""
     user_id = await caller(request)
     count = await store.mark_all_read(request.app.state.pool, user_id)
-    return json_response({"marked_read": count})
+    response = json_response(model.MarkedRead(marked_read=count))
+    response.background = changes.after_response(request, user_id, "all_read", [])
+    return response
 
 
 async def delete_notification(request: Request) -> Response:
@@ -102,14 +105,15 @@ async def delete_notification(request: Request) -> Response:
     notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
     if not await store.delete(request.app.state.pool, user_id, notification_id):
         raise _not_found(notification_id)
-    return Response(status_code=204)
+    deleted = changes.after_response(request, user_id, "deleted", [str(notification_id)])
+    return Response(status_code=204, background=deleted)
 
 
 async def unread_count(request: Request) -> Response:
     """`GET /api/v1/notifications/unread/count` → `{"unread_count": n}`."""
     user_id = await caller(request)
     count = await store.unread_count(request.app.state.pool, user_id)
-    return json_response({"unread_count": count})
+    return json_response(model.UnreadCount(unread_count=count))
 
 
 routes = [

@@ -84,6 +84,8 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes], max_bytes: int) -> 
         raise InvalidEntry(f"invalid notification: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidEntry(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEntry("payload is not valid JSON: nested too deeply") from None
     if request.dedupe_key is None:
         request = msgspec.structs.replace(request, dedupe_key=f"ingest:{entry_id.decode()}")
     return request

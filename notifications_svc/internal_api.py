@@ -7,6 +7,7 @@ docs/notifications.md.
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 import msgspec
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from notifications_svc.outbox import Outbox
 from shared.errors import ValidationFailed
 from shared.http import json_response, read_json, require_internal
 from shared.settings import Settings
+from shared.wire import Notification as NotificationFrame
 
 MAX_BATCH = 500
 REPLAY_DEFAULT_LIMIT = 500
@@ -28,6 +30,43 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     notifications: Annotated[
         list[model.CreateNotification], msgspec.Meta(min_length=1, max_length=MAX_BATCH)
     ]
+
+
+class BatchItem(msgspec.Struct):
+    created: bool
+    notification: model.NotificationItem
+
+
+class BatchResult(msgspec.Struct):
+    """The batch's items in request order; `created` is false for a dedupe hit."""
+
+    items: list[BatchItem]
+
+
+class ReplayPage(msgspec.Struct):
+    """The user's pushed notifications after `after_seq`, ascending, as WebSocket frames."""
+
+    items: list[NotificationFrame]
+    has_more: bool
+    last_seq: int
+
+
+class ReplayQuery(msgspec.Struct, kw_only=True):
+    after_seq: Annotated[int, msgspec.Meta(ge=0, le=model.MAX_SEQ)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=REPLAY_MAX_LIMIT)] = REPLAY_DEFAULT_LIMIT
+
+
+class UserPath(msgspec.Struct):
+    user_id: UUID
+
+
+class IdempotencyHeaders(msgspec.Struct, kw_only=True):
+    """Headers of `POST /internal/v1/notifications`: a retry with the same key answers the
+    notification it created the first time (200) instead of creating another."""
+
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = (
+        msgspec.field(default=None, name="Idempotency-Key")
+    )
 
 
 def _authorised(request: Request) -> Settings:
@@ -79,8 +118,8 @@ async def create_batch(request: Request) -> Response:
     if any(r.created for r in results):
         outbox: Outbox = request.app.state.outbox
         outbox.wake()
-    items = [{"created": r.created, "notification": model.item(r.row)} for r in results]
-    return json_response({"items": items}, 201 if any(r.created for r in results) else 200)
+    items = [BatchItem(created=r.created, notification=model.item(r.row)) for r in results]
+    return json_response(BatchResult(items), 201 if any(r.created for r in results) else 200)
 
 
 async def replay(request: Request) -> Response:
@@ -96,8 +135,7 @@ async def replay(request: Request) -> Response:
         query.get("limit"), "limit", default=REPLAY_DEFAULT_LIMIT, low=1, high=REPLAY_MAX_LIMIT
     )
     rows, has_more, last_seq = await store.replay(request.app.state.pool, user_id, after_seq, limit)
-    body = {"items": [model.frame(row) for row in rows], "has_more": has_more, "last_seq": last_seq}
-    return json_response(body)
+    return json_response(ReplayPage([model.frame(row) for row in rows], has_more, last_seq))
 
 
 routes = [

@@ -82,23 +82,83 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def item(row: Stored) -> dict[str, Any]:
-    """The REST representation: the seed's model fields (`type`, not `notification_type`) + seq."""
-    return {
-        "id": str(row.id),
-        "user_id": str(row.user_id),
-        "seq": row.seq,
-        "title": row.title,
-        "content": row.content,
-        "type": row.type,
-        "action": row.action,
-        "related_entity_type": row.related_entity_type,
-        "related_entity_id": None if row.related_entity_id is None else str(row.related_entity_id),
-        "is_read": row.is_read,
-        "read_at": _iso(row.read_at),
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
-    }
+# REST bodies. They are what the handlers encode and what the OpenAPI document is generated
+# from (shared.contract), so the two cannot drift apart. Timestamps stay `str` (the seed's
+# `isoformat()` form with `+00:00`; msgspec would write a `Z`).
+
+
+class NotificationItem(msgspec.Struct):
+    """A notification in the REST API: the seed's model fields (`type`, not
+    `notification_type`) plus `seq`."""
+
+    id: UUID
+    user_id: UUID
+    seq: int
+    title: str
+    content: str
+    type: str
+    action: dict[str, Any] | None
+    related_entity_type: str | None
+    related_entity_id: UUID | None
+    is_read: bool
+    read_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class NotificationPage(msgspec.Struct):
+    """`GET /api/v1/notifications`: one page, newest first; `next_cursor` continues it."""
+
+    items: list[NotificationItem]
+    total: int
+    page: int
+    page_size: int
+    has_more: bool
+    next_cursor: str | None
+
+
+class MarkedRead(msgspec.Struct):
+    marked_read: int
+
+
+class UnreadCount(msgspec.Struct):
+    unread_count: int
+
+
+class ListQuery(msgspec.Struct, kw_only=True):
+    """The query string of `GET /api/v1/notifications` (parsed by `parse_*` below, which
+    answer 422 naming the parameter)."""
+
+    page: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 1
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE_SIZE)] = 20
+    unread_only: bool = False
+    notification_type: TypeName | None = None
+    cursor: Annotated[
+        str | None, msgspec.Meta(description="`next_cursor` of the previous page (keyset paging)")
+    ] = None
+
+
+class NotificationPath(msgspec.Struct):
+    notification_id: UUID
+
+
+def item(row: Stored) -> NotificationItem:
+    """The REST representation of a stored row."""
+    return NotificationItem(
+        id=row.id,
+        user_id=row.user_id,
+        seq=row.seq,
+        title=row.title,
+        content=row.content,
+        type=row.type,
+        action=row.action,
+        related_entity_type=row.related_entity_type,
+        related_entity_id=row.related_entity_id,
+        is_read=row.is_read,
+        read_at=_iso(row.read_at),
+        created_at=row.created_at.isoformat(),
+        updated_at=row.updated_at.isoformat(),
+    )
 
 
 def frame(row: Stored) -> NotificationFrame:

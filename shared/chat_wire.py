@@ -14,6 +14,7 @@ in a `chat_event` frame. The event JSON is spliced, never decoded and re-encoded
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 from typing import Any
@@ -40,6 +41,42 @@ RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+class ChatErrorCode(enum.StrEnum):
+    """`error.code` of a failed answer (SSE `error` event, WebSocket `error` frame) and of a
+    refused chat request. MODEL_*: the model provider failed (rate limit 429, overloaded 529,
+    auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more
+    than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries;
+    AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader;
+    CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no
+    agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing
+    of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters;
+    CHAT_QUEUE_FULL / SESSION_LIMIT / TOKEN_BUDGET_EXHAUSTED: a per-user limit refused the
+    question (details carry `retry_after`).
+    """
+
+    MODEL_RATE_LIMITED = "MODEL_RATE_LIMITED"
+    MODEL_OVERLOADED = "MODEL_OVERLOADED"
+    MODEL_AUTH_FAILED = "MODEL_AUTH_FAILED"
+    MODEL_BAD_REQUEST = "MODEL_BAD_REQUEST"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    MODEL_TIMEOUT = "MODEL_TIMEOUT"
+    MODEL_STREAM_CUT = "MODEL_STREAM_CUT"
+    MODEL_TOOL_LOOP = "MODEL_TOOL_LOOP"
+    MODEL_ERROR = "MODEL_ERROR"
+    AGENT_FAILED = "AGENT_FAILED"
+    AGENT_ERROR = "AGENT_ERROR"
+    ANSWER_EXPIRED = "ANSWER_EXPIRED"
+    CHAT_BUSY = "CHAT_BUSY"
+    CHAT_UNAVAILABLE = "CHAT_UNAVAILABLE"
+    NOTHING_TO_CANCEL = "NOTHING_TO_CANCEL"
+    ANSWER_NOT_FOUND = "ANSWER_NOT_FOUND"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    CHAT_QUEUE_FULL = "CHAT_QUEUE_FULL"
+    SESSION_LIMIT = "SESSION_LIMIT"
+    TOKEN_BUDGET_EXHAUSTED = "TOKEN_BUDGET_EXHAUSTED"
 
 
 class ChatRequest(msgspec.Struct, frozen=True):
@@ -92,6 +129,47 @@ class Error(msgspec.Struct, tag="error", tag_field="type"):
 
 
 ReplyEvent = Start | Token | ToolCall | ToolResult | End | Error
+
+
+# The events as clients receive them: the stored event with its stream entry id spliced in as
+# `event_id` (`with_event_id`). Subclasses, so a field added to an event reaches the contract.
+
+
+class StartEvent(Start, kw_only=True):
+    event_id: str
+
+
+class TokenEvent(Token, kw_only=True):
+    event_id: str
+
+
+class ToolCallEvent(ToolCall, kw_only=True):
+    event_id: str
+
+
+class ToolResultEvent(ToolResult, kw_only=True):
+    event_id: str
+
+
+class EndEvent(End, kw_only=True):
+    event_id: str
+
+
+class ErrorEvent(Error, kw_only=True):
+    """`ANSWER_EXPIRED` (the reply stream expired under the reader) comes without `event_id`."""
+
+    event_id: str = ""
+
+
+ChatEvent = StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | EndEvent | ErrorEvent
+
+
+class ChatEventFrame(msgspec.Struct, tag="chat_event", tag_field="type"):
+    """WebSocket streaming frame (opt-in with `"stream": true`): one reply event."""
+
+    event: ChatEvent
+
+
 TERMINAL_EVENTS = (End, Error)
 
 _encoder = msgspec.json.Encoder()

@@ -24,10 +24,14 @@ from typing import IO
 import httpx
 
 from shared import infra, migrate
+from shared.auth import mint_token
 from shared.settings import Settings, load_or_exit
 from shared.supervisor import Child, Supervisor
 
 _NAME_WIDTH = len("notifications_svc")
+
+# The demo user of `make run`'s console link (any UUID would do; fixed so data survives restarts).
+DEMO_USER_ID = "3f0c6a8e-8d5b-4a57-9a53-0d3c1f7e2b11"
 
 
 def _say(text: str) -> None:
@@ -136,6 +140,15 @@ def _wait_ready(services: list[Service], stop: threading.Event, timeout: float =
     return None
 
 
+def console_link(settings: Settings, port: int) -> str:
+    """The console URL; signed in as the demo user (token in the fragment, which never reaches a
+    server or a log) only while the generated development secret is in use."""
+    url = f"http://127.0.0.1:{port}/console"
+    if os.environ.get("SECRET_KEY") or settings.jwt_algorithm != "HS256":
+        return url
+    return f"{url}#token={mint_token(settings, DEMO_USER_ID, 7 * 24 * 3600)}"
+
+
 def run(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -165,7 +178,8 @@ def run(settings: Settings) -> int:
                 print(
                     f"\nready: gateway at http://127.0.0.1:{ready.gateway_port} "
                     f"(WebSocket ws://127.0.0.1:{ready.gateway_port}/api/v1/ws/<session-id>)\n"
-                    "get a token with: make token USER=<user-uuid>   stop with Ctrl-C\n",
+                    "get a token with: make token USER=<user-uuid>   stop with Ctrl-C\n"
+                    f"console: {console_link(ready, ready.gateway_port)}\n",
                     flush=True,
                 )
             supervisor.run(stop)

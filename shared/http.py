@@ -32,6 +32,7 @@ from shared.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from shared.wire import ErrorBody
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,13 +88,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def decode_json(body: bytes, type_: type[T]) -> T:
-    """Decode `body` as `type_`: 400 INVALID_JSON if it is not JSON, 422 if the shape is wrong."""
+    """Decode `body` as `type_`: 400 INVALID_JSON if it is not JSON (or nested deeper than the
+    parser's recursion allows), 422 if the shape is wrong."""
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise ValidationFailed(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidJson(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec parses nested arrays/objects recursively: `[[[[...` a few thousand deep
+        # exhausts the stack. Not JSON we accept, and no reason for a 500.
+        raise InvalidJson("request body is not valid JSON: nested too deeply") from None
 
 
 async def read_json(request: Request, type_: type[T], max_bytes: int) -> T:
@@ -118,12 +124,25 @@ def require_internal(request: Request, internal_token: str) -> None:
 Check = Callable[[], Awaitable[None]]
 
 
+class Alive(msgspec.Struct):
+    status: str = "alive"
+
+
+class Ready(msgspec.Struct, omit_defaults=True):
+    """`/readyz`: `status` is `ready`, or `unavailable` (503) with `error` naming what is
+    down; `checks` maps each dependency to `ok` or `down: <reason>`."""
+
+    status: str
+    checks: dict[str, str]
+    error: ErrorBody | None = None
+
+
 def health_routes(checks: Callable[[Request], Mapping[str, Check]]) -> list[Route]:
     """`/healthz` answers while the process runs; `/readyz` runs every named check concurrently
     (2 s each) and answers 503 naming the failed ones."""
 
     async def healthz(request: Request) -> Response:
-        return json_response({"status": "alive"})
+        return json_response(Alive())
 
     async def readyz(request: Request) -> Response:
         named = dict(checks(request))
@@ -141,17 +160,9 @@ def health_routes(checks: Callable[[Request], Mapping[str, Check]]) -> list[Rout
         )
         down = sorted(name for name, result in results.items() if result != "ok")
         if not down:
-            return json_response({"status": "ready", "checks": results})
-        body = {
-            "status": "unavailable",
-            "checks": results,
-            "error": {
-                "code": "DEPENDENCY_DOWN",
-                "message": f"unreachable: {', '.join(down)}",
-                "details": {"down": down},
-            },
-        }
-        return json_response(body, 503)
+            return json_response(Ready("ready", results))
+        error = ErrorBody("DEPENDENCY_DOWN", f"unreachable: {', '.join(down)}", {"down": down})
+        return json_response(Ready("unavailable", results, error), 503)
 
     return [Route("/healthz", healthz), Route("/readyz", readyz)]
 

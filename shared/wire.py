@@ -12,8 +12,9 @@ is an unambiguous separator.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -40,10 +41,21 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     timestamp: str
 
 
+class ToolCallRecord(msgspec.Struct):
+    """A tool call of a finished answer, with its result (`Transcript.tool_calls`); also how
+    the agent stores it (`GET /api/v1/sessions/{id}/messages`)."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+    result: str | None
+    is_error: bool
+
+
 class MessageData(msgspec.Struct):
     id: str
     reply: str
-    tool_calls: list[Any]
+    tool_calls: list[ToolCallRecord]
     tokens_used: int
     created_at: str
 
@@ -71,16 +83,81 @@ class Notification(msgspec.Struct, tag="notification", tag_field="type"):
 
 
 class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
+    code: Annotated[str, msgspec.Meta(description="stable, for programs (see the error codes)")]
+    message: Annotated[str, msgspec.Meta(description="for humans; may change")]
     details: Any = None
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every HTTP error body: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorBody
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type"):
     error: ErrorBody
 
 
-ServerFrame = ConnectionEstablished | Pong | Message | Notification | Error
+class NotificationsChangedData(msgspec.Struct):
+    """`change`: `read` (the `ids` were marked read), `all_read` (every notification; `ids` is
+    empty) or `deleted` (the `ids` were deleted); `unread_count`: the user's count after it."""
+
+    change: Literal["read", "all_read", "deleted"]
+    ids: list[str]
+    unread_count: int
+
+
+class NotificationsChanged(msgspec.Struct, tag="notifications_changed", tag_field="type"):
+    """Extension: the user's notifications changed (from any client, tab or service), so every
+    connected client can update its inbox and badge live. Not stored, not replayed: a client that
+    reconnects reloads its inbox instead."""
+
+    data: NotificationsChangedData
+
+
+ServerFrame = ConnectionEstablished | Pong | Message | Notification | Error | NotificationsChanged
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the gateway uses. Every close also carries a short reason.
+
+    1000 idle timeout (no frame for WS_CONNECTION_TIMEOUT seconds); 1008 policy violation
+    (token missing/invalid/expired, foreign session, origin not allowed, bad last_seq, rate
+    limit exceeded): do not retry with the same credentials; 1009 frame too large; 1011
+    keepalive ping timeout or internal error: reconnect with backoff; 1012 server restarting:
+    reconnect at once with last_seq; 1013 try again later (too many connections for the
+    session, slow consumer, server at capacity, a dependency unavailable): reconnect with
+    backoff and jitter, with last_seq.
+    """
+
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+class FrameErrorCode(enum.StrEnum):
+    """`error.code` of the gateway's WebSocket `error` frames (chat adds the codes of
+    `ChatErrorCode`). Bad input is answered with one of these and never closes the connection.
+
+    INVALID_JSON not JSON (or nested too deep to parse); INVALID_MESSAGE not an object, no
+    string `type`, a binary frame, or wrong fields for the type; UNKNOWN_TYPE a `type` the
+    server does not know; RATE_LIMITED refused by a frame rate limit; TOKEN_INVALID a
+    `refresh_token` with a bad token or another user's; TOO_MANY_IN_FLIGHT more chat frames
+    of the connection being processed than allowed; PROCESSING_ERROR the server failed to
+    process a valid frame.
+    """
+
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+    PROCESSING_ERROR = "PROCESSING_ERROR"
+
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode

@@ -24,6 +24,7 @@ from shared import migrate
 from shared.auth import mint_token
 from shared.infra import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
+from tests.support import contract
 from tests.support.processes import ServiceProcess
 from tests.support.push_service import PushService
 from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
@@ -43,6 +44,29 @@ class Infra:
         self.root = root
         self.postgres = EmbeddedPostgres(root / "postgres", durable=False)
         self.redis = EmbeddedRedis(root / "redis")
+
+
+@pytest.fixture(scope="session")
+def contract_checker() -> Iterator[contract.Checker]:
+    """Every HTTP response and WebSocket frame the suite receives from our services is checked
+    against the OpenAPI and AsyncAPI documents (tests/support/contract.py)."""
+    checker = contract.Checker()
+    uninstall = contract.install(checker)
+    try:
+        yield checker
+    finally:
+        uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _contract_checked(contract_checker: contract.Checker) -> Iterator[None]:
+    """Fails the test that received anything off-contract, even where a broad `except` in the
+    test swallowed the `ContractViolation` raised at the call."""
+    before = len(contract_checker.violations)
+    yield
+    new = contract_checker.violations[before:]
+    if new:
+        pytest.fail("off-contract answers:\n" + "\n".join(new), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -191,3 +215,13 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
         yield nodes
     finally:
         nodes.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How much of the suite's traffic the contract checks saw."""
+    checked = contract.LAST_COUNTS
+    if any(checked.values()):
+        terminalreporter.write_line(
+            "contract checks: {responses} HTTP responses, {events} SSE events, "
+            "{frames} WebSocket frames validated".format(**checked)
+        )

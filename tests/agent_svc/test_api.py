@@ -107,8 +107,9 @@ def test_create_session_body_sent_chunked(
         (b'{"title": "' + b"t" * 256 + b'"}', 422, "VALIDATION_ERROR"),
         (b'{"title": "x"', 400, "INVALID_JSON"),
         (b'{"title": "' + b"t" * 70_000 + b'"}', 413, "PAYLOAD_TOO_LARGE"),
+        (b'{"title": ' + b"[" * 60_000, 422, "VALIDATION_ERROR"),  # deep, but not a 500
     ],
-    ids=["wrong-type", "nul", "title-too-long", "malformed", "too-large"],
+    ids=["wrong-type", "nul", "title-too-long", "malformed", "too-large", "deep"],
 )
 def test_create_session_bad_body(
     agent: ServiceProcess,

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from shared.infra import free_port
+from tests.support import contract
 from tests.support.processes import launch, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,7 @@ class Nginx:
     def __init__(self, workdir: Path, upstreams: list[int], binary: str) -> None:
         self.workdir = workdir
         self.port = free_port()
+        contract.EDGE_PORTS.add(self.port)  # its own 404s for /internal/ are by design
         self.binary = binary
         self.log_path = workdir / "nginx.log"
         local_nginx.prepare(workdir, port=self.port, upstreams=upstreams)

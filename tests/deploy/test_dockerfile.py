@@ -134,3 +134,11 @@ def test_services_import_without_embedded_infra() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_image_has_the_console_the_gateway_serves() -> None:
+    """The console's page and the client library it imports are in the image, where
+    gateway/console.py looks for them (beside the gateway package)."""
+    copies = [args for keyword, args in _final_stage() if keyword == "COPY"]
+    assert "client/console ./client/console" in copies
+    assert "client/src ./client/src" in copies

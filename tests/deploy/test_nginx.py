@@ -147,6 +147,22 @@ def test_private_paths_answer_404_at_the_edge(proxy: Nginx, path: str) -> None:
     assert upstream_ports(proxy.access_lines(path, at_least=2)) == []
 
 
+def test_public_contract_is_served_and_internal_documents_are_not(proxy: Nginx) -> None:
+    """The docs page and public documents go through the edge; the internal editions exist
+    nowhere a client can reach."""
+    with httpx.Client(base_url=proxy.url) as client:
+        for path in ("/api/v1/openapi.json", "/api/v1/asyncapi.json", "/docs"):
+            assert client.get(path).status_code == 200, path
+        assert "/internal/" not in client.get("/api/v1/openapi.json").text
+        for path in (
+            "/api/v1/openapi-internal.json",
+            "/api/v1/asyncapi-internal.json",
+            "/docs/assets/openapi-internal.json",
+            "/internal/v1/openapi.json",
+        ):
+            assert client.get(path).status_code == 404, path
+
+
 def test_oversized_body_gets_json_413(proxy: Nginx) -> None:
     """A body over client_max_body_size is refused by nginx with the API's JSON error shape."""
     response = httpx.post(

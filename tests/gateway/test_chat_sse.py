@@ -537,8 +537,10 @@ def test_keepalive_comments_while_model_is_silent(
         (None, {"message": 5}, 422, "VALIDATION_ERROR"),
         (None, {"message": "hi", "session_id": "nope"}, 422, "VALIDATION_ERROR"),
         (None, {"message": "x" * 70_000}, 413, "PAYLOAD_TOO_LARGE"),
+        # Regression: a RecursionError in the JSON parser answered 500.
+        (None, b'{"message": "hi", "x": ' + b"[" * 60_000, 400, "INVALID_JSON"),
     ],
-    ids=["no-token", "bad-json", "empty", "nul", "wrong-type", "bad-session", "too-large"],
+    ids=["no-token", "bad-json", "empty", "nul", "wrong-type", "bad-session", "too-large", "deep"],
 )
 def test_bad_requests(
     stack: ChatStack,

@@ -153,12 +153,13 @@ async def test_errors_are_frames(fake: fa.FakeAnthropic, connect: Callable[[], C
     failure each give an `error` frame with a stable code."""
     conn = connect()
     await conn.frame(b"{nope")
+    await conn.frame(b'{"type": "message", "x": ' + b"[" * 60_000)
     await conn.frame({"type": "message"})
     await conn.frame({"type": "message", "message": "  "})
     await conn.frame({"type": "message", "message": "nul \u0000 byte"})
     await conn.frame({"type": "cancel"})
     assert [f["error"]["code"] for f in conn.sent] == [
-        "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "VALIDATION_ERROR",
+        "INVALID_JSON", "INVALID_JSON", "INVALID_MESSAGE", "VALIDATION_ERROR", "VALIDATION_ERROR",
         "NOTHING_TO_CANCEL",
     ]  # fmt: skip
     key, key2 = _key(), _key()

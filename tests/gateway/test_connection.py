@@ -81,6 +81,20 @@ async def test_oversized_frame_closes_1009(limited: ServiceProcess, token_for: T
     assert code == 1009 and reason
 
 
+async def test_oversized_frame_still_arriving_gets_its_close_frame(
+    limited: ServiceProcess, token_for: Token
+) -> None:
+    """Regression (found by the frame fuzz): the close frame answering an oversized frame was
+    lost when the rest of that frame was still arriving (the server closed the socket with
+    unread data, the kernel sent a reset, the client saw 1006). Each attempt must see 1009."""
+    for _ in range(3):
+        ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+        await ws.send('{"type": "ping", "pad": "' + "x" * 1_000_000 + '"}')
+        await ws.send('{"type": "ping"}')
+        code, reason = await closed_with(ws)
+        assert code == 1009 and reason
+
+
 async def test_rate_limit_then_disconnect(limited: ServiceProcess, token_for: Token) -> None:
     """Within the burst every ping is answered; beyond it RATE_LIMITED errors; a flood that goes
     on is closed 1008."""

@@ -23,7 +23,11 @@ def test_classify_reads_only_the_type() -> None:
         ("42", "INVALID_MESSAGE"),
         ('{"type": null}', "INVALID_MESSAGE"),
         ("{}", "INVALID_MESSAGE"),
+        ("[" * 100_000, "INVALID_MESSAGE"),  # not an object: refused before any recursion
+        ('{"type": "ping", "x": ' + "[" * 100_000, "INVALID_JSON"),
+        ('{"type": "ping", "x": ' + '{"a":' * 50_000, "INVALID_JSON"),
     ],
+    ids=["open", "empty", "number", "null-type", "no-type", "deep", "deep-field", "deep-objects"],
 )
 def test_classify_errors(raw: str, code: str) -> None:
     """Malformed frames raise FrameError carrying the error frame to answer with."""
@@ -37,6 +41,9 @@ def test_refresh_and_token_frames() -> None:
     assert frames.refresh_token('{"type": "refresh_token", "token": "t"}') == "t"
     with pytest.raises(frames.FrameError):
         frames.refresh_token('{"type": "refresh_token", "token": 5}')
+    with pytest.raises(frames.FrameError) as caught:
+        frames.refresh_token('{"type": "refresh_token", "x": ' + "[" * 100_000)
+    assert json.loads(caught.value.frame)["error"]["code"] == "INVALID_JSON"
     assert json.loads(frames.token_refreshed(0)) == {
         "type": "token_refreshed",
         "expires_at": "1970-01-01T00:00:00+00:00",

@@ -37,3 +37,14 @@ def test_origin() -> None:
     assert origin_allowed("http://localhost:5173/", allowed)
     assert not origin_allowed("https://evil.example", allowed)
     assert origin_allowed("https://evil.example", ("*",))
+
+
+def test_own_origin_is_allowed_without_being_listed() -> None:
+    """A page the gateway served (same host and port as the handshake's Host) may connect; the
+    same host on another port, or another host, still needs `CORS_ORIGINS`."""
+    allowed = ("http://localhost:5173",)
+    assert origin_allowed("http://127.0.0.1:8000", allowed, "127.0.0.1:8000")
+    assert origin_allowed("https://API.example.com", allowed, "api.example.com")
+    assert not origin_allowed("http://127.0.0.1:9999", allowed, "127.0.0.1:8000")
+    assert not origin_allowed("https://evil.example", allowed, "api.example.com")
+    assert not origin_allowed("https://evil.example", allowed, None)

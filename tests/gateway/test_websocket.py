@@ -137,6 +137,10 @@ async def test_bad_frames_answered_connection_survives(cluster: Cluster, token_f
         ('{"type": "teleport"}', "UNKNOWN_TYPE"),
         ('{"type": "refresh_token"}', "INVALID_MESSAGE"),
         (b"\x00\x01binary", "INVALID_MESSAGE"),
+        # Regression: nesting deeper than msgspec's recursion limit closed the connection 1011.
+        ("[" * 60_000, "INVALID_MESSAGE"),
+        ('{"type": "ping", "x": ' + "[" * 60_000, "INVALID_JSON"),
+        ('{"type": "message", "message": "hi", "x": ' + "[" * 60_000, "INVALID_JSON"),
     ]
     for frame, code in cases:
         await ws.send(frame)

@@ -115,6 +115,7 @@ async def test_dedupe_key_makes_repeated_entries_one(
     ("fields", "reason"),
     [
         ({"payload": "{not json"}, "not valid JSON"),
+        ({"payload": '{"action": {"a": ' + "[" * 60_000}, "nested too deeply"),
         ({"something": "else"}, "missing field 'payload'"),
         ({"payload": json.dumps({"title": "no user"})}, "invalid notification"),
         ({"payload": json.dumps(payload(uuid.uuid4(), title="x" * 256))}, "invalid notification"),

@@ -136,7 +136,11 @@ async def test_missing_field_is_422(http: httpx.AsyncClient) -> None:
     assert "title" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"user_id": '])
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"", b'{"user_id": ', b'{"action": {"a": ' + b"[" * 60_000],
+    ids=["malformed", "empty", "truncated", "deep"],  # deep: was a RecursionError, a 500
+)
 async def test_malformed_json_is_400(http: httpx.AsyncClient, raw: bytes) -> None:
     """A body that is not JSON answers 400 INVALID_JSON."""
     response = await http.post(

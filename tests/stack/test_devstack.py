@@ -26,7 +26,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from shared.auth import mint_token
+from shared import devstack
+from shared.auth import TokenVerifier, mint_token
 from shared.infra import free_port
 from shared.settings import Settings
 from tests.conftest import TEST_INTERNAL_TOKEN, TEST_SECRET_KEY
@@ -132,6 +133,13 @@ def test_stack_starts_and_serves(stack: Stack) -> None:
     output = stack.log()
     assert f"http://127.0.0.1:{stack.ports['gateway']}" in output
     assert "gateway" in output and "notifications_svc" in output
+    # SECRET_KEY is set (as in a deployment): the console link is the bare page, which asks for
+    # a token (the link with a token is checked below, without the process). The stack prints
+    # it once it saw every /readyz answer, a moment after this test may have.
+    _until("the console link printed", lambda: "console: " in stack.log(), 30)
+    assert f"console: http://127.0.0.1:{stack.ports['gateway']}/console\n" in stack.log()
+    console = httpx.get(stack.url("gateway") + "/console", timeout=5)
+    assert console.status_code == 200
     for name in VICTIMS:
         assert _child_pid(stack, name) is not None, name
 
@@ -301,3 +309,18 @@ def test_sigterm_stops_everything_cleanly(stack: Stack) -> None:
     for service in SERVICES:
         assert f"{service} stopped (status 0)" in output
     assert not (stack.data_dir / "postgres" / "postmaster.pid").exists()
+
+
+async def test_console_link_signs_in_only_with_the_development_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With a generated secret the link carries a token for the demo user; with SECRET_KEY set
+    (a real deployment's key) it is the bare page, which asks for a token."""
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    link = devstack.console_link(settings, 8000)
+    page, _, token = link.partition("#token=")
+    assert page == "http://127.0.0.1:8000/console"
+    assert str((await TokenVerifier(settings).verify(token)).user_id) == devstack.DEMO_USER_ID
+    monkeypatch.setenv("SECRET_KEY", "s" * 40)
+    assert devstack.console_link(settings, 8000) == "http://127.0.0.1:8000/console"

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from notifications_svc import model, push_store, webpush
 from notifications_svc.api import caller
+from notifications_svc.webpush import SubscriptionKeys
 from shared.errors import NotFound
 from shared.http import json_response, read_body
 from shared.settings import Settings
@@ -24,11 +25,6 @@ from shared.settings import Settings
 
 class VapidPublicKey(msgspec.Struct):
     public_key: str  # base64url, the browser's `applicationServerKey`
-
-
-class SubscriptionKeys(msgspec.Struct):
-    p256dh: str
-    auth: str
 
 
 class PushSubscriptionItem(msgspec.Struct):

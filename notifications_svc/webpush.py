@@ -40,7 +40,9 @@ VAPID_LIFETIME = 12 * 3600  # seconds; push services refuse more than 24 hours
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-class _Keys(msgspec.Struct):
+class SubscriptionKeys(msgspec.Struct):
+    """A browser's subscription keys, base64url: its P-256 public key and 16-byte auth secret."""
+
     p256dh: str
     auth: str
 
@@ -49,7 +51,7 @@ class SubscriptionBody(msgspec.Struct):
     """`PushSubscription.toJSON()`; unknown fields are ignored (browsers may add some)."""
 
     endpoint: str
-    keys: _Keys
+    keys: SubscriptionKeys
     expirationTime: float | None = None  # the browser's name
 
 

@@ -195,6 +195,12 @@ class PushService:
         with self._lock:
             return self._states[subscription.token].hanging
 
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        """`until` for synchronous tests (the browser tests' Playwright sync API)."""
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout):
+                raise TimeoutError(f"push service stand-in: condition not met in {timeout} s")
+
     async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
         """Wait until `predicate` (evaluated after every change of the stand-in's state) holds;
         `TimeoutError` after `timeout` seconds."""

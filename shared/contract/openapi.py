@@ -9,7 +9,7 @@ types are the ones the handlers decode and encode; schemas are generated from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -155,7 +155,7 @@ _PUSH_ROUTES = (
           answers=(Answer(204, "Deleted."), E401, E404_SUBSCRIPTION, E422)),
 )  # fmt: skip
 
-PUBLIC_ROUTES: tuple[Route, ...] = (
+_GATEWAY_ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "healthz", "The process is alive", "health", security=None,
           answers=(Answer(200, "Alive.", Alive),)),
     Route("GET", "/readyz", "readyz", "Dependencies (Redis) are reachable", "health",
@@ -228,6 +228,22 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
           path_params=chat.MessageIdPath,
           answers=(Answer(202, "Cancelling.", chat.CancelAccepted), E401, E404_ANSWER, E429)),
 )  # fmt: skip
+
+# deploy/nginx.conf limits requests per client address (limit_req) on every route: its refusal is
+# the API's JSON 429 with Retry-After, so a client behind the shipped edge may meet it anywhere.
+E429_EDGE = Answer(429, "Refused at the edge: over the request rate per client address of "
+                   "`deploy/nginx.conf` (or the Ingress).", ErrorResponse, codes=("RATE_LIMITED",),
+                   headers=RETRY_AFTER)  # fmt: skip
+
+
+def _behind_the_edge(route: Route) -> Route:
+    """`route` with the edge's 429 documented, unless the gateway already answers one."""
+    if any(answer.status == 429 for answer in route.answers):
+        return route
+    return replace(route, answers=(*route.answers, E429_EDGE))
+
+
+PUBLIC_ROUTES: tuple[Route, ...] = tuple(_behind_the_edge(route) for route in _GATEWAY_ROUTES)
 
 _ON_BEHALF = tuple(
     Route(r.method, "/internal/v1/users/{user_id}" + r.path.removeprefix("/api/v1"),

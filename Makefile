@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench chaos migrate token lint format check clean-data docs fuzz
+.PHONY: run test bench chaos soak migrate token lint format check clean-data docs fuzz
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ test: $(VENV)/.installed-bench
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
 
-# `make chaos` (CHAOS_ARGS="--clients 50 --faults kill-gateway"): faults under load, table in
-# bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
-chaos: $(STAMP)
+# `make chaos` (CHAOS_ARGS="--clients 50 --faults kill-gateway"): faults under load, table and
+# plot in bench/CHAOS.md; needs Debian's nginx. See README, "Run at scale".
+chaos: $(VENV)/.installed-bench
 	$(PY) -m chaos $(CHAOS_ARGS)
+
+# `make soak` (SOAK_ARGS="--duration 300 --clients 2000"): steady traffic with churn for 30 min,
+# the gateways' RSS, descriptors and tasks and Redis's memory with their slopes in bench/SOAK.md.
+soak: $(VENV)/.installed-bench
+	$(PY) -m chaos.soak $(SOAK_ARGS)
 
 # The API contract (OpenAPI, AsyncAPI) generated from the wire types into docs/api/ (a test fails
 # while the committed copies differ from the code).

@@ -1,11 +1,11 @@
-"""The faults of a chaos run, one step each, in the order of issue 14's table.
+"""The faults of a chaos run, one step each: issue 14's table, then issue 13's additions.
 
 A fault is anything with a `name` (its command-line id), a `title` (its row in the report) and
 two coroutines. `inject(system)` does the damage and returns when the fault is over: when `make
 run` has restarted what was killed, or after the pause for a SIGSTOP. `restore(system)` puts
 back what nothing else will (the second gateway, which no supervisor watches) once the step was
 measured. Everything else comes back on its own — that is what is being measured. A new fault
-(say, killing an agent worker) is one more class here and one more entry in `faults()`.
+is one more class here and one more entry in `faults()`.
 """
 
 from __future__ import annotations
@@ -48,18 +48,20 @@ async def _restarted(system: System, part: str, old_pid: int, timeout: float = 6
 
 @dataclass(frozen=True)
 class Kill:
-    """kill -9 of one part. The fault lasts until `make run` has started it again, except for
-    the second gateway (`restart_by_hand`), which nothing supervises: it is started again by
-    `restore`, after the step was measured, and its clients meanwhile live on the first."""
+    """kill -9 (or `signal`: SIGTERM is a clean restart) of one part. The fault lasts until
+    `make run` has started it again, except for the second gateway (`restart_by_hand`), which
+    nothing supervises: it is started again by `restore`, after the step was measured, and its
+    clients meanwhile live on the first."""
 
     name: str
     title: str
     part: str
     restart_by_hand: bool = False
+    signal: signal.Signals = signal.SIGKILL
 
     async def inject(self, system: System) -> None:
         pid = system.pid_of(self.part)
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, self.signal)
         if not self.restart_by_hand:
             await _restarted(system, self.part, pid)
 
@@ -112,12 +114,21 @@ def faults(pause: float) -> list[Fault]:
         Kill("kill-gateway2", "kill -9 of the second gateway", "gateway2", restart_by_hand=True),
         Kill("kill-gateway", "kill -9 of the gateway `make run` started", "gateway"),
         Kill("kill-redis", "Redis kill -9 (restarted by `make run`)", "redis"),
+        Kill(
+            "restart-redis",
+            "Redis restart (SIGTERM, started again by `make run`)",
+            "redis",
+            signal=signal.SIGTERM,
+        ),
         Pause("pause-redis", f"Redis SIGSTOP {pause:g} s", "redis", pause),
+        FastShutdown("restart-postgres", "PostgreSQL fast restart (by `make run`)"),
         Pause(
             "pause-notifications",
             f"notifications_svc SIGSTOP {pause:g} s",
             "notifications_svc",
             pause,
         ),
-        FastShutdown("restart-postgres", "PostgreSQL fast restart (by `make run`)"),
+        # The devstack's agent_svc, its workers mid-answer (20 answers stream at all times):
+        # the second agent's workers, or the restarted ones, take their answers over.
+        Kill("kill-agent", "kill -9 of an agent worker process mid-answer", "agent_svc"),
     ]

@@ -33,11 +33,18 @@ MAX_IN_FLIGHT = 2000  # creates waiting for an answer at once (bounds a long out
 class Client:
     url: str  # ws://.../api/v1/ws/<session>?token=...
     user: uuid.UUID
+    source: str = "127.0.0.1"  # local address (nginx limits connections per address)
     received: list[tuple[int, float]] = field(default_factory=list)  # (seq, monotonic arrival)
     drops: list[float] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     refusals: Counter[str] = field(default_factory=Counter)  # why reconnects failed
+    record: bool = True  # keep every arrival in `received`; False (a soak): counters only
+    open_timeout: float = 5.0  # seconds for the handshake, and again for the first frame
+    count: int = 0  # notifications received
+    highest: int = 0  # highest seq received
+    backwards: int = 0  # received at or below `highest`: duplicated or reordered
+    _ws: ClientConnection | None = field(default=None, init=False, repr=False)
 
     async def _open(self) -> ClientConnection:
         backoff = Backoff(base=0.1, maximum=2.0)
@@ -45,11 +52,15 @@ class Client:
         # when nothing arrived yet (without last_seq the gateway would start from "now").
         resume = self.connected.is_set() or bool(self.drops)
         while True:
-            last = max((seq for seq, _ in self.received), default=0)
-            query = f"&last_seq={last}" if resume else ""
+            query = f"&last_seq={self.highest}" if resume else ""
             try:
-                ws = await connect(self.url + query, compression=None, open_timeout=5)
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                ws = await connect(
+                    self.url + query,
+                    compression=None,
+                    open_timeout=self.open_timeout,
+                    local_addr=(self.source, 0),
+                )
+                frame = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
                 if frame["type"] == "connection_established":
                     return ws
                 self.refusals[str(frame.get("type"))] += 1
@@ -60,9 +71,22 @@ class Client:
                 self.refusals[type(exc).__name__] += 1
             await backoff.sleep()
 
+    async def reconnect(self) -> None:
+        """Close the connection (churn): `run` records a drop and resumes, as after any drop."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    def _take(self, seq: int) -> None:
+        self.count += 1
+        if seq <= self.highest:
+            self.backwards += 1
+        self.highest = max(self.highest, seq)
+        if self.record:
+            self.received.append((seq, time.monotonic()))
+
     async def run(self) -> None:
         """Receive until cancelled, reconnecting after every drop."""
-        ws = await self._open()
+        ws = self._ws = await self._open()
         self.connected.set()
         try:
             while True:
@@ -71,13 +95,13 @@ class Client:
                 except ConnectionClosed:
                     self.drops.append(time.monotonic())
                     self.connected.clear()
-                    ws = await self._open()
+                    ws = self._ws = await self._open()
                     self.returns.append(time.monotonic())
                     self.connected.set()
                     continue
                 frame = json.loads(raw)
                 if frame["type"] == "notification":
-                    self.received.append((frame["data"]["seq"], time.monotonic()))
+                    self._take(frame["data"]["seq"])
         finally:
             await ws.close()
 
@@ -98,6 +122,10 @@ class Producer:
     rate: float  # creates per second
     step: int = 0  # the step new creates belong to (set by the run)
     creates: list[Create] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)  # seconds each create started after its due time
+    record: bool = True  # keep every create and lag; False (a soak): the counters below only
+    committed: Counter[uuid.UUID] = field(default_factory=Counter)  # creates answered, per user
+    late: int = 0  # creates started more than 0.1 s after their due time
     errors: dict[int, Counter[str]] = field(default_factory=dict)  # step -> "500", "timeout", ...
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -125,6 +153,7 @@ class Producer:
             else:
                 if response.status_code in (200, 201):
                     create.seq = response.json()["seq"]
+                    self.committed[create.user] += 1
                     return
                 self._error(create.step, str(response.status_code))
                 if response.status_code < 500:
@@ -146,8 +175,12 @@ class Producer:
                         await asyncio.sleep(0.05)
                         continue
                     user = self.users[index % len(self.users)]
+                    lag = max(0.0, time.monotonic() - due)
+                    self.late += lag > 0.1
                     create = Create(user, self.step, time.monotonic())
-                    self.creates.append(create)
+                    if self.record:
+                        self.lag.append(lag)
+                        self.creates.append(create)
                     task = asyncio.create_task(self._create(http, create, index))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

@@ -12,6 +12,14 @@ its user committed during the step (the creates requested in it):
 - all caught up: the time from the fault until every client held every notification requested
   up to the end of the fault (for a pause, the end of the pause) or until the last dropped client
   was back, whichever is later (so it includes the replay of the gap).
+
+And for the streaming answers in flight during the step (asked before the next step's fault,
+not finished before this one's):
+- answers: how many; completed: how many of them ended with `end` (status complete);
+- resumed: how many of them the asker had to resume with `Last-Event-ID` after a drop;
+- token gaps / repeats: answers whose concatenated tokens differ from the reply persisted in the
+  chat history, or that received an event id twice;
+- answers done: the time from the fault until every answer in flight at the fault had ended.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chaos.chat import Answer
 from chaos.load import Client, Create
 
 
@@ -46,10 +55,46 @@ class Row:
     dropped: int
     back_after: float | None  # None: nobody dropped
     caught_up_after: float | None  # None: some client never caught up
+    answers: int = 0
+    completed: int = 0
+    resumed: int = 0
+    mismatched: int = 0  # token gap or repeat
+    answers_done_after: float | None = None  # None: one never ended
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.reordered or "500" in self.status_5xx)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.reordered
+            or self.mismatched
+            or self.completed < self.answers
+            or "500" in self.status_5xx
+        )
+
+
+def _answers(step: Step, answers: Sequence[Answer]) -> tuple[int, int, int, int, float | None]:
+    """The chat columns of one step (see the module's docstring): answers, completed, resumed,
+    mismatched, answers done after."""
+    mine = [
+        a
+        for a in answers
+        if a.asked_at < step.step_end and (a.finished_at is None or a.finished_at >= step.fault_at)
+    ]
+    at_fault = [a for a in mine if a.asked_at <= step.fault_at]
+    ends = [a.finished_at for a in at_fault]
+    done: float | None = None
+    if at_fault and all(end is not None for end in ends):
+        done = max(end for end in ends if end is not None) - step.fault_at
+    elif not at_fault:
+        done = 0.0
+    return (
+        len(mine),
+        sum(1 for a in mine if a.status == "complete"),
+        sum(1 for a in mine if a.resumes),
+        sum(1 for a in mine if a.status == "complete" and not a.matches),
+        done,
+    )
 
 
 def _row(
@@ -58,6 +103,7 @@ def _row(
     creates: Sequence[Create],
     clients: Sequence[Client],
     errors: Counter[str],
+    answers: Sequence[Answer],
 ) -> Row:
     mine = [c for c in creates if c.step == index and c.seq is not None]
     by_user: dict[object, set[int]] = {}
@@ -98,6 +144,7 @@ def _row(
                 caught_up = None
             else:
                 caught_up = max([caught_up, *(arrivals[seq] for seq in needed)])
+    chat = _answers(step, answers)
     five = {k: v for k, v in sorted(errors.items()) if k.isdigit() and int(k) >= 500}
     other = {k: v for k, v in sorted(errors.items()) if not k.isdigit()}
     return Row(
@@ -112,6 +159,11 @@ def _row(
         dropped=len({id(client) for client, _ in drops}),
         back_after=back,
         caught_up_after=None if caught_up is None else caught_up - step.fault_at,
+        answers=chat[0],
+        completed=chat[1],
+        resumed=chat[2],
+        mismatched=chat[3],
+        answers_done_after=chat[4],
     )
 
 
@@ -120,9 +172,10 @@ def rows(
     creates: Sequence[Create],
     clients: Sequence[Client],
     errors: dict[int, Counter[str]],
+    answers: Sequence[Answer] = (),
 ) -> list[Row]:
     return [
-        _row(index, step, creates, clients, errors.get(index, Counter()))
+        _row(index, step, creates, clients, errors.get(index, Counter()), answers)
         for index, step in enumerate(steps)
     ]
 
@@ -141,8 +194,9 @@ def markdown(results: Sequence[Row], header: str) -> str:
         header.rstrip(),
         "",
         "| fault | committed | deliveries | lost | duplicated | reordered | producer 5xx "
-        "| producer timeouts / refused | clients dropped | clients back | all caught up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| producer timeouts / refused | clients dropped | clients back | all caught up "
+        "| answers | completed | resumed | token gaps / repeats | answers done |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         back = "none dropped" if not row.dropped else _seconds(row.back_after, "never")
@@ -150,6 +204,7 @@ def markdown(results: Sequence[Row], header: str) -> str:
             f"| {row.fault} | {row.committed} | {row.deliveries} | {row.lost} | "
             f"{row.duplicated} | {row.reordered} | {_counts(row.status_5xx)} | "
             f"{_counts(row.errors)} | {row.dropped} | {back} | "
-            f"{_seconds(row.caught_up_after, 'never')} |"
+            f"{_seconds(row.caught_up_after, 'never')} | {row.answers} | {row.completed} | "
+            f"{row.resumed} | {row.mismatched} | {_seconds(row.answers_done_after, 'never')} |"
         )
     return "\n".join(lines) + "\n"

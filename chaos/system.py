@@ -1,7 +1,8 @@
 """The system under test, as the README's "Two gateways behind nginx" section runs it.
 
 `python -m shared.devstack` (what `make run` runs: embedded PostgreSQL and Redis, notifications_svc,
-agent_svc and a gateway, all supervised), a second gateway on the same Redis, and Debian's nginx
+agent_svc and a gateway, all supervised), a second gateway and a second agent_svc (chat workers
+that take over a killed worker's answers) on the same Redis and PostgreSQL, and Debian's nginx
 with `deploy/nginx.conf` in front of both (rendered by `deploy/local_nginx.py`, as an operator
 does). Everything listens on loopback ports chosen at start, data and logs live in a throw-away
 folder. `close()` stops everything (SIGTERM, then SIGKILL) and is idempotent.
@@ -84,9 +85,11 @@ def _children(pid: int) -> list[tuple[int, str, str]]:
 
 
 class System:
-    def __init__(self, nginx_binary: str) -> None:
+    """`extra_env` is added to every part's environment (agent workers, reclaim time, ...)."""
+
+    def __init__(self, nginx_binary: str, extra_env: dict[str, str] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="chaos-"))
-        self.ports = {name: free_port() for name in (*SERVICES, "gateway2", "nginx")}
+        self.ports = {name: free_port() for name in (*SERVICES, "gateway2", "agent2", "nginx")}
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "DATA_DIR": str(self.root / "data"),
@@ -98,10 +101,11 @@ class System:
             "NOTIFICATIONS_PORT": str(self.ports["notifications_svc"]),
             "AGENT_PORT": str(self.ports["agent_svc"]),
             "PYTHONUNBUFFERED": "1",
-        }
+        } | (extra_env or {})
         self._nginx_binary = nginx_binary
         self.devstack: subprocess.Popen[bytes] | None = None
         self.gateway2: subprocess.Popen[bytes] | None = None
+        self.agent2: subprocess.Popen[bytes] | None = None
         self.nginx: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> System:
@@ -145,6 +149,7 @@ class System:
         self.devstack = self._spawn("devstack", [sys.executable, "-m", "shared.devstack"], self.env)
         self._wait("devstack", self.devstack, [self.url(s) + "/readyz" for s in SERVICES])
         self.start_gateway2()
+        self.start_agent2()
         nginx = _local_nginx()
         workdir = self.root / "nginx"
         workdir.mkdir()
@@ -167,13 +172,27 @@ class System:
         self.gateway2 = self._spawn("gateway2", [sys.executable, "-m", "gateway"], env)
         self._wait("gateway2", self.gateway2, [self.url("gateway2") + "/readyz"])
 
+    def start_agent2(self) -> None:
+        """A second agent_svc on `make run`'s Redis and PostgreSQL, its own port, unsupervised:
+        its workers share the consumer group, so either process takes over the other's answers."""
+        state = json.loads((self.root / "data" / "infra.json").read_text())
+        env = self.env | {
+            "REDIS_URL": state["redis_url"],
+            "DATABASE_URL": state["database_url"],
+            "AGENT_PORT": str(self.ports["agent2"]),
+        }
+        self.agent2 = self._spawn("agent2", [sys.executable, "-m", "agent_svc"], env)
+        self._wait("agent2", self.agent2, [self.url("agent2") + "/readyz"])
+
     def pid_of(self, name: str) -> int:
-        """The pid of a part: `gateway2`, or a child of the devstack (`notifications_svc`,
-        `agent_svc`, `gateway`, `redis`, `postgres`). Raises `LookupError` if it is not running."""
-        if name == "gateway2":
-            if self.gateway2 is None or self.gateway2.poll() is not None:
-                raise LookupError("gateway2 is not running")
-            return self.gateway2.pid
+        """The pid of a part: `gateway2`, `agent2`, or a child of the devstack
+        (`notifications_svc`, `agent_svc`, `gateway`, `redis`, `postgres`). Raises `LookupError`
+        if it is not running."""
+        if name in ("gateway2", "agent2"):
+            process: subprocess.Popen[bytes] | None = getattr(self, name)
+            if process is None or process.poll() is not None:
+                raise LookupError(f"{name} is not running")
+            return process.pid
         assert self.devstack is not None
         for pid, process_name, cmdline in _children(self.devstack.pid):
             # The servers rewrite their command lines; their process names stay.
@@ -183,12 +202,38 @@ class System:
                 return pid
         raise LookupError(f"{name} is not running")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each running part and its descendants used since they
+        started (a part restarted during the run counts since its restart)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def tree(pid: int) -> float:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return 0.0
+            own = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            return own + sum(tree(child) for child, _, _ in _children(pid))
+
+        found: dict[str, float] = {}
+        for part in (*SERVICES, "gateway2", "agent2", "redis", "postgres"):
+            try:
+                found[part] = tree(self.pid_of(part))
+            except LookupError:
+                continue
+        if self.nginx is not None:
+            found["nginx"] = tree(self.nginx.pid)
+        return found
+
     def ready(self) -> bool:
-        """Every service of the devstack, nginx and the second gateway — unless it is down
-        (killed, and started again only by hand) — answer their probes."""
+        """Every service of the devstack, nginx, the second gateway and the second agent —
+        unless one of these is down (killed, and started again only by hand) — answer their
+        probes."""
         parts = list(SERVICES)
-        if self.gateway2 is not None and self.gateway2.poll() is None:
-            parts.append("gateway2")
+        for part in ("gateway2", "agent2"):
+            process: subprocess.Popen[bytes] | None = getattr(self, part)
+            if process is not None and process.poll() is None:
+                parts.append(part)
         urls = [self.url(part) + "/readyz" for part in parts]
         return all(_answers(url) for url in [*urls, self.nginx_url + "/nginx-health"])
 
@@ -202,7 +247,7 @@ class System:
             shutil.copy(log, folder / log.name)
 
     def close(self) -> None:
-        for attribute in ("nginx", "gateway2", "devstack"):
+        for attribute in ("nginx", "gateway2", "agent2", "devstack"):
             process: subprocess.Popen[bytes] | None = getattr(self, attribute)
             setattr(self, attribute, None)
             if process is None or process.poll() is not None:

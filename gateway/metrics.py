@@ -6,6 +6,8 @@ per recipient), so metrics cost stays flat as connections grow.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 OPEN_CONNECTIONS = Gauge("gateway_ws_connections", "WebSocket connections open on this instance")
@@ -24,3 +26,15 @@ FANOUT_LATENCY = Histogram(
 )
 PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
 GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")
+
+
+def _running_tasks() -> float:
+    """Tasks of the running event loop (the scrape runs on it); 0 outside one."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
+
+
+TASKS = Gauge("gateway_asyncio_tasks", "asyncio tasks alive in the gateway's event loop")
+TASKS.set_function(_running_tasks)

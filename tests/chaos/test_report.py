@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 
 from chaos import report
+from chaos.chat import Answer
 from chaos.load import Client, Create
 
 
@@ -53,6 +54,44 @@ def test_clients_back_and_caught_up_are_measured_from_the_fault() -> None:
     assert row.dropped == 1
     assert row.back_after is not None and abs(row.back_after - 1.0) < 1e-9
     assert row.caught_up_after is not None and abs(row.caught_up_after - 1.3) < 1e-9
-    assert "| kill | 3 | 6 | 0 | 0 | 0 | 0 | 0 | 1 | 1.00 s | 1.30 s |" in report.markdown(
+    assert "| kill | 3 | 6 | 0 | 0 | 0 | 0 | 0 | 1 | 1.00 s | 1.30 s | 0 |" in report.markdown(
         [row], "# t"
     )
+
+
+def test_answer_records_tokens_and_counts_a_repeated_event() -> None:
+    """Events after `start` add tokens; an event id not above the last one is a repeat and
+    adds nothing; `end` finishes the answer; it matches only the persisted reply."""
+    answer = Answer(0, 0.0)
+    answer.take({"type": "start", "message_id": "m", "event_id": "1-0"}, 0.1)
+    answer.take({"type": "token", "content": "a ", "event_id": "1-1"}, 0.2)
+    answer.take({"type": "token", "content": "a ", "event_id": "1-1"}, 0.3)
+    answer.take({"type": "token", "content": "b", "event_id": "2-0"}, 1.5)
+    answer.take({"type": "end", "status": "complete", "event_id": "2-1"}, 1.6)
+    assert (answer.message_id, answer.text, answer.repeats) == ("m", "a b", 1)
+    assert answer.status == "complete" and answer.finished_at == 1.6
+    assert abs(answer.longest_silence - 1.3) < 1e-9
+    answer.persisted = "a b"
+    assert not answer.matches  # the repeated event
+    answer.repeats = 0
+    assert answer.matches
+
+
+def test_answer_columns_count_answers_in_flight_during_the_step() -> None:
+    """An answer counts in a step when it was asked before the step ended and had not ended
+    before its fault; one whose tokens differ from the stored reply is a gap or repeat."""
+    user = uuid.uuid4()
+    good = Answer(0, 8.0, "m1", ["x"], persisted="x", status="complete", finished_at=14.0)
+    good.resumes = 1
+    gap = Answer(0, 11.0, "m2", ["x"], persisted="x y", status="complete", finished_at=16.0)
+    before = Answer(0, 1.0, "m0", ["x"], persisted="x", status="complete", finished_at=5.0)
+    (row,) = report.rows(
+        [report.Step("kill", 10.0, 10.0, 20.0)],
+        [Create(user, 0, 9.0, 1)],
+        [_client(user, [(1, 9.1)])],
+        {},
+        [before, good, gap],
+    )
+    assert (row.answers, row.completed, row.resumed, row.mismatched) == (2, 2, 1, 1)
+    assert row.answers_done_after == 4.0  # `good` was in flight at the fault, ended at 14 s
+    assert not row.clean

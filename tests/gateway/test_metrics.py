@@ -36,3 +36,20 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         if line.startswith("gateway_fanout_latency_seconds_count")
     )
     assert float(count.split()[-1]) >= 1
+
+
+async def test_task_count_gauge_counts_the_loops_tasks(cluster: Cluster, token_for: Token) -> None:
+    """`gateway_asyncio_tasks` is the running loop's task count: a connection adds tasks."""
+
+    async def tasks() -> float:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(cluster.a.url + "/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("gateway_asyncio_tasks "))
+        return float(line.split()[-1])
+
+    idle = await tasks()
+    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(uuid.uuid4()))
+    try:
+        assert idle >= 1 and await tasks() > idle
+    finally:
+        await ws.close()

@@ -4,6 +4,7 @@
 import { RealtimeClient, jwtClaims, webStorageSeqStore } from "../src/index.js";
 import { ChatPanel } from "./chat.js";
 import { Inbox } from "./inbox.js";
+import { PushSwitch } from "./push.js";
 import { byId } from "./dom.js";
 
 const TOKEN_KEY = "console.token";
@@ -114,6 +115,7 @@ function main() {
   // The inbox's newest seq becomes the resume point before the socket opens.
   void inbox.reload({ resumePoint: true }).then(() => client.connect());
   void chat.start();
+  void new PushSwitch(client.rest, report).start();
   Object.assign(globalThis, { consoleClient: client });
 }
 

@@ -62,7 +62,7 @@ token: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared gateway notifications_svc agent_svc bench chaos
+	$(PY) -m mypy shared gateway notifications_svc agent_svc bench chaos tests
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -18,15 +18,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent_svc import sessions
-from shared.auth import TokenError, TokenVerifier
-from shared.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from shared.errors import Forbidden, NotFound, ValidationFailed
 from shared.http import (
-    bearer_token,
     decode_json,
     json_response,
     read_body,
     read_json,
     require_internal,
+    verified_user,
 )
 from shared.wire import ToolCallRecord
 
@@ -118,11 +117,7 @@ async def claim_session(request: Request) -> Response:
 
 
 async def _caller(request: Request) -> UUID:
-    verifier: TokenVerifier = request.app.state.verifier
-    try:
-        return (await verifier.verify(bearer_token(request))).user_id
-    except TokenError as exc:
-        raise Unauthorized(exc.reason) from None
+    return await verified_user(request)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

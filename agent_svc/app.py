@@ -10,45 +10,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.requests import Request
 
 from agent_svc import api
 from agent_svc.worker import WorkerPool, redis_pool_size
-from shared import db, migrate, redis_client
+from shared import db
 from shared.auth import TokenVerifier
-from shared.backoff import retry
-from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.http import EXCEPTION_HANDLERS, health_routes, metrics_route
 from shared.quotas import HourlyCount
+from shared.resources import database_and_redis, readiness_checks
 from shared.settings import Settings
-
-
-def _checks(request: Request) -> dict[str, Check]:
-    state = request.app.state
-    return {
-        "postgres": lambda: db.ping(state.pool),
-        "redis": lambda: redis_client.ping(state.redis),
-    }
 
 
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
-        pool = await db.create_pool(settings)
-        redis = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
-        await redis_client.initialize(redis)
-        app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
-        app.state.verifier = TokenVerifier(settings)
-        app.state.new_sessions = HourlyCount(redis, settings.chat_max_new_sessions_per_hour)
-        try:
-            async with WorkerPool(settings, pool, redis):
-                yield
-        finally:
-            await app.state.verifier.aclose()
-            await redis.aclose()
-            await pool.close()
+        started = database_and_redis(settings, redis_max_connections=redis_pool_size(settings))
+        async with started as (pool, redis):
+            app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
+            app.state.verifier = TokenVerifier(settings)
+            app.state.new_sessions = HourlyCount(redis, settings.chat_max_new_sessions_per_hour)
+            try:
+                async with WorkerPool(settings, pool, redis):
+                    yield
+            finally:
+                await app.state.verifier.aclose()
 
-    routes = [*health_routes(_checks), metrics_route(), *api.routes]
+    routes = [*health_routes(readiness_checks), metrics_route(), *api.routes]
     # PostgreSQL unavailable: 503, never a 500 (shared.db owns the classification).
     handlers = dict(EXCEPTION_HANDLERS) | dict(db.exception_handlers())
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

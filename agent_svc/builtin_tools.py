@@ -22,6 +22,7 @@ import msgspec
 
 from agent_svc.tools import ToolContext, ToolError, ToolRegistry
 from shared import keys
+from shared.http import internal_headers
 
 NOTIFICATION_TYPE = "agent_message"
 REMINDER_TYPE = "reminder"
@@ -102,7 +103,7 @@ async def post_notification(
         response = await http.post(
             f"{settings_url}/internal/v1/notifications",
             json=body,
-            headers={"Authorization": f"Bearer {internal_token}"},
+            headers=internal_headers(internal_token),
         )
     except httpx.HTTPError as exc:
         raise ToolError(f"notifications service unreachable: {type(exc).__name__}") from None
@@ -187,7 +188,7 @@ async def _user_api(
             method,
             base + path,
             params=params,
-            headers={"Authorization": f"Bearer {ctx.settings.internal_token}"},
+            headers=internal_headers(ctx.settings.internal_token),
         )
     except httpx.HTTPError as exc:
         raise ToolError(f"notifications service unreachable: {type(exc).__name__}") from None

@@ -69,11 +69,11 @@ def classify(exc: anthropic.APIError | httpx2.HTTPError) -> ModelError:
     """The stable error for an SDK exception (pure; see the module docstring). Errors of the
     open stream's transport surface as the SDK's `httpx2` exceptions, unwrapped."""
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-        return ModelError("MODEL_TIMEOUT", "the model did not answer in time", retryable=True)
+        return ModelError("MODEL_TIMEOUT", "the model did not answer in time")
     if isinstance(exc, anthropic.APIConnectionError):
-        return ModelError("MODEL_UNAVAILABLE", "the model API is unreachable", retryable=True)
+        return ModelError("MODEL_UNAVAILABLE", "the model API is unreachable")
     if isinstance(exc, httpx2.HTTPError):
-        return ModelError("MODEL_STREAM_CUT", "the model's stream broke off", retryable=True)
+        return ModelError("MODEL_STREAM_CUT", "the model's stream broke off")
     error_type = ""
     body = exc.body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -81,7 +81,7 @@ def classify(exc: anthropic.APIError | httpx2.HTTPError) -> ModelError:
     if not error_type and isinstance(exc, anthropic.APIStatusError):
         error_type = _TYPES_BY_STATUS.get(exc.status_code, "api_error")
     code, message = _CODES_BY_TYPE.get(error_type, ("MODEL_ERROR", "the model call failed"))
-    return ModelError(code, message, retryable=code in {"MODEL_RATE_LIMITED", "MODEL_OVERLOADED"})
+    return ModelError(code, message)
 
 
 def conversation(history: list[HistoryMessage], message: str) -> list[dict[str, Any]]:

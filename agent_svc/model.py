@@ -18,11 +18,10 @@ from shared.settings import Settings
 class ModelError(Exception):
     """The model call failed; `code` is stable (clients switch on it), `message` is for humans."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)

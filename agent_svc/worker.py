@@ -43,7 +43,7 @@ from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
-from shared import chat_queue, chat_wire, db, keys
+from shared import chat_queue, chat_wire, consumer_group, db, keys
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
 from shared.quotas import DailyTokens
@@ -80,14 +80,8 @@ def raise_if_cancelling(exc: BaseException) -> None:
 
 
 async def ensure_group(client: RedisClient) -> None:
-    """Create the consumer group (and stream) if missing. Idempotent."""
-    try:
-        await client.xgroup_create(
-            keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, id="0", mkstream=True
-        )
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """Create the chat requests' consumer group (and stream) if missing. Idempotent."""
+    await consumer_group.ensure_group(client, keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP)
 
 
 def build_registry(settings: Settings) -> ToolRegistry:
@@ -136,7 +130,7 @@ class Worker:
                 group, self.consumer, {stream: ">"}, count=1, block=READ_BLOCK_MS
             )
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not consumer_group.is_nogroup(exc):
                 raise
             # The stream is gone (Redis restarted without its data, FLUSHALL, a shard replaced):
             # recreate it, or every worker would retry this forever.
@@ -476,14 +470,12 @@ class WorkerPool:
         while True:
             await asyncio.sleep(CONSUMER_PRUNE_INTERVAL)
             try:
-                consumers: Any = await self.redis.xinfo_consumers(
-                    keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP
+                await consumer_group.prune_consumers(
+                    self.redis,
+                    keys.CHAT_REQUESTS_STREAM,
+                    keys.CHAT_REQUESTS_GROUP,
+                    CONSUMER_MAX_IDLE_MS,
                 )
-                for consumer in consumers:
-                    if consumer["pending"] == 0 and consumer["idle"] > CONSUMER_MAX_IDLE_MS:
-                        await self.redis.xgroup_delconsumer(
-                            keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, consumer["name"]
-                        )
                 await self.redis.zremrangebyscore(
                     keys.CHAT_WORKERS, "-inf", time.time() - CONSUMER_MAX_IDLE_MS / 1000
                 )
@@ -522,23 +514,16 @@ def redis_pool_size(settings: Settings) -> int:
 
 
 async def _main(settings: Settings) -> None:
-    from shared import db, migrate, redis_client
-    from shared.backoff import retry
+    from shared.resources import database_and_redis
 
-    await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
-    pool = await db.create_pool(settings)
-    client = redis_client.create_client(settings, max_connections=redis_pool_size(settings))
-    await redis_client.initialize(client)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    started = database_and_redis(settings, redis_max_connections=redis_pool_size(settings))
+    async with started as (pool, client):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         async with WorkerPool(settings, pool, client):
             await stop.wait()
-    finally:
-        await client.aclose()
-        await pool.close()
 
 
 def main() -> None:

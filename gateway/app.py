@@ -32,12 +32,13 @@ from starlette.websockets import WebSocket
 from gateway import apidocs, chat, console, internal, proxy, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
+from gateway.state import GatewayState
+from gateway.upstream import Upstream
 from shared import redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
-from shared.upstream import Upstream
 
 GC_GEN0_THRESHOLD = 20_000
 
@@ -78,16 +79,21 @@ def create_app(settings: Settings) -> Starlette:
             "notifications": Upstream(settings.notifications_url, timeout=timeout),
             "agent": Upstream(settings.agent_url, timeout=timeout),
         }
+        shared = GatewayState(
+            settings=settings,
+            redis=redis,
+            upstreams=upstreams,
+            verifier=TokenVerifier(settings),
+            chat_quotas=ChatQuotas.of(redis, settings),
+            user_requests=TokenBucket(
+                redis, settings.http_user_rate_limit, settings.http_user_rate_burst
+            ),
+        )
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
-        state.verifier = TokenVerifier(settings)
-        state.chat_quotas = ChatQuotas.of(redis, settings)
-        state.user_requests = TokenBucket(
-            redis, settings.http_user_rate_limit, settings.http_user_rate_burst
-        )
-        state.manager = ConnectionManager(
-            settings, redis, upstreams["notifications"], upstreams["agent"], state
-        )
+        state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
+        state.user_requests = shared.user_requests
+        state.manager = ConnectionManager(shared)
         await state.manager.start()
         gc.collect()
         gc.freeze()

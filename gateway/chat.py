@@ -35,23 +35,22 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.state import GatewayState
+from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys
-from shared.auth import TokenError, TokenVerifier
 from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import (
     AppError,
     Conflict,
     NotFound,
     RateLimited,
-    Unauthorized,
     Unavailable,
     ValidationFailed,
 )
-from shared.http import bearer_token, json_response, read_json
+from shared.http import bearer_token, internal_headers, json_response, read_json, verified_user
 from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
 from shared.settings import Settings
-from shared.upstream import Upstream, UpstreamError
 from shared.wire import (
     Message,
     MessageData,
@@ -77,7 +76,7 @@ _MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
 class ChatContext:
     """What chat needs to know about the connection a frame came from."""
 
-    app_state: Any  # the gateway app's `app.state` (settings, redis, verifier, upstreams)
+    app_state: GatewayState
     user_id: UUID
     session_id: UUID
     connection_id: str
@@ -323,7 +322,7 @@ async def claim_session(
         response = await agent.post(
             "/internal/v1/sessions/claim",
             json={"session_id": str(session_id), "user_id": str(user_id)},
-            headers={"Authorization": f"Bearer {settings.internal_token}"},
+            headers=internal_headers(settings.internal_token),
         )
     except UpstreamError:
         raise Unavailable("the agent service is unreachable") from None
@@ -345,11 +344,7 @@ async def _caller(request: Request, *, allow_query: bool = False) -> UUID:
     token = bearer_token(request)
     if token is None and allow_query:
         token = request.query_params.get("token")  # EventSource cannot send headers
-    try:
-        verifier: TokenVerifier = request.app.state.verifier
-        user_id = (await verifier.verify(token)).user_id
-    except TokenError as exc:
-        raise Unauthorized(exc.reason) from None
+    user_id = await verified_user(request, token)
     await request.app.state.user_requests.take(user_id)  # RateLimited over HTTP_USER_RATE_LIMIT
     return user_id
 
@@ -528,6 +523,6 @@ async def _ws_cancel(ctx: ChatContext, frame: WsCancel) -> None:
         running = await state.redis.get(keys.chat_active(ctx.session_id))
         if running is None:
             raise NotFound("no answer is streaming in this session", code="NOTHING_TO_CANCEL")
-        message_id = running.decode()
+        message_id = running.decode() if isinstance(running, bytes) else running
     await owned_answer(state.redis, message_id, ctx.user_id)
     await request_cancel(state.redis, state.settings, message_id)

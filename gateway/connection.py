@@ -31,20 +31,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 from uuid import UUID
 
 from starlette.websockets import WebSocket
 
 from gateway import chat, frames, metrics
-from gateway.limits import TokenBucket, Verdict
+from gateway.limits import TokenBucket, UserRateLimit, Verdict
+from gateway.ordering import SeqOrder
+from gateway.state import GatewayState
 from gateway.wsprotocol import EXTENSION, FrameSink, TextFrame
 from shared import keys
 from shared.auth import TokenError, TokenVerifier
+from shared.settings import Settings
 from shared.wire import error_frame
-
-if TYPE_CHECKING:
-    from gateway.manager import ConnectionManager
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,27 @@ _TOO_MANY_IN_FLIGHT = TextFrame(
 _SLOW_CONSUMER = "slow consumer: send queue full"
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs from whoever holds it (in production the `ConnectionManager`):
+    this narrow interface, not the whole manager."""
+
+    @property
+    def state(self) -> GatewayState:
+        """The gateway's shared state (settings, Redis, upstreams; chat reads it)."""
+        ...
+
+    @property
+    def user_rate(self) -> UserRateLimit:
+        """The per-user frame rate across this user's connections."""
+        ...
+
+    def close_later(self, conn: Connection, code: int, reason: str) -> None:
+        """Close `conn` from synchronous code (the delivery path never waits)."""
+        ...
+
+
 def open_connection(
-    manager: ConnectionManager,
+    host: ConnectionHost,
     websocket: WebSocket,
     conn_id: str,
     user_id: UUID,
@@ -75,8 +94,8 @@ def open_connection(
     extension = (websocket.scope.get("extensions") or {}).get(EXTENSION) or {}
     sink: FrameSink | None = extension.get("sink")
     if sink is not None:
-        return RawConnection(manager, websocket, conn_id, user_id, session_id, expires_at, sink)
-    return AsgiConnection(manager, websocket, conn_id, user_id, session_id, expires_at)
+        return RawConnection(host, websocket, conn_id, user_id, session_id, expires_at, sink)
+    return AsgiConnection(host, websocket, conn_id, user_id, session_id, expires_at)
 
 
 class Connection:
@@ -87,8 +106,8 @@ class Connection:
         "__weakref__",
         "_bucket",
         "_chat_tasks",
+        "_host",
         "_limit",
-        "_manager",
         "_started",
         "channels",
         "close_code",
@@ -96,9 +115,7 @@ class Connection:
         "conn_id",
         "expires_at",
         "last_seen",
-        "last_seq",
-        "pending_seq",
-        "replaying",
+        "order",
         "session_id",
         "session_key",
         "user_id",
@@ -108,15 +125,15 @@ class Connection:
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        host: ConnectionHost,
         websocket: WebSocket,
         conn_id: str,
         user_id: UUID,
         session_id: UUID,
         expires_at: float,
     ) -> None:
-        settings = manager.settings
-        self._manager = manager
+        settings: Settings = host.state.settings
+        self._host = host
         self.websocket = websocket
         self.conn_id = conn_id
         self.user_id = user_id
@@ -129,11 +146,8 @@ class Connection:
         self.expires_at = expires_at
         self.warned = False
         self.last_seen = time.monotonic()
-        # Notification ordering: the highest seq delivered (None: not known yet), and while a
-        # replay runs, the highest live seq held back for it.
-        self.last_seq: int | None = None
-        self.replaying = True
-        self.pending_seq = 0
+        # Notification ordering (seq, replay), decided without I/O; the manager acts on it.
+        self.order = SeqOrder()
         self.close_code: int | None = None
         self.close_reason = ""
         self._limit = settings.ws_send_queue_size
@@ -177,7 +191,7 @@ class Connection:
 
     def _slow_consumer(self) -> None:
         metrics.DROPPED.labels("slow_consumer").inc()
-        self._manager.close_later(self, 1013, _SLOW_CONSUMER)
+        self._host.close_later(self, 1013, _SLOW_CONSUMER)
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame (after what is queued, if the client reads it in time) and stop
@@ -208,7 +222,7 @@ class Connection:
         """Read client frames until the client leaves or the connection is closed; returns the
         close code (the client's, or ours). Cancels its writer and chat tasks on the way out."""
         receive = self.websocket.receive
-        max_bytes = self._manager.settings.ws_max_message_bytes
+        max_bytes = self._host.state.settings.ws_max_message_bytes
         try:
             while True:
                 message = await receive()
@@ -223,7 +237,7 @@ class Connection:
                 if verdict is Verdict.REFUSE:
                     await self.put(_RATE_LIMITED)
                     continue
-                if not await self._manager.user_rate.admit(self.user_id):
+                if not await self._host.user_rate.admit(self.user_id):
                     await self.put(_USER_RATE_LIMITED)
                     continue
                 text = message.get("text")
@@ -272,7 +286,7 @@ class Connection:
             await self.put(_TOO_MANY_IN_FLIGHT)
             return
         context = chat.ChatContext(
-            app_state=self._manager.app_state,
+            app_state=self._host.state,
             user_id=self.user_id,
             session_id=self.session_id,
             connection_id=self.conn_id,
@@ -300,7 +314,7 @@ class RawConnection(Connection):
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        host: ConnectionHost,
         websocket: WebSocket,
         conn_id: str,
         user_id: UUID,
@@ -308,7 +322,7 @@ class RawConnection(Connection):
         expires_at: float,
         sink: FrameSink,
     ) -> None:
-        super().__init__(manager, websocket, conn_id, user_id, session_id, expires_at)
+        super().__init__(host, websocket, conn_id, user_id, session_id, expires_at)
         self._sink = sink
         self._held: list[bytes] = []  # wire bytes offered before `start_writer()`
         self._behind = 0  # frames written since the write buffer went over its high-water mark
@@ -369,14 +383,14 @@ class AsgiConnection(Connection):
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        host: ConnectionHost,
         websocket: WebSocket,
         conn_id: str,
         user_id: UUID,
         session_id: UUID,
         expires_at: float,
     ) -> None:
-        super().__init__(manager, websocket, conn_id, user_id, session_id, expires_at)
+        super().__init__(host, websocket, conn_id, user_id, session_id, expires_at)
         self._pending: list[str] = []
         self._flusher: asyncio.Task[None] | None = None  # runs only while frames are pending
         self._room: asyncio.Event | None = None  # created by the first `put()` that must wait

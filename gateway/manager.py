@@ -12,13 +12,11 @@ drained by one delivery task that yields to the event loop after every `WS_DELIV
 recipients, so no fan-out stalls the loop for long. While that FIFO is not empty every frame,
 however small, joins it: frames reach each connection in publish order.
 
-Notification ordering per connection: `last_seq` is the highest seq delivered. While a replay runs
-for a connection (`replaying`), live notifications are held back — only the highest held seq is
-remembered — and the replay continues until it has passed it; afterwards a live seq at or below
-`last_seq` is a duplicate (dropped). A gap between live seqs is normal (deleted or push-less
-notifications); frames are lost only when the pub/sub link drops, and then every user held is
-caught up by replay once the link is back. So each connection sees every notification once, in seq
-order, whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
+Notification ordering per connection is decided by `gateway.ordering` (no I/O there: this module
+acts on its answers — deliver, hold for the running replay, drop a duplicate, fetch the page after
+seq N). Frames are lost only when the pub/sub link drops, and then every user held is caught up by
+replay once the link is back. So each connection sees every notification once, in seq order,
+whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
 
 Connection objects are frozen out of the garbage collector's sight as they accumulate
 (`gateway.heap`), so collections while clients connect do not walk every open connection.
@@ -33,7 +31,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Collection, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -41,18 +39,20 @@ import msgspec
 import redis.asyncio as redis
 
 from gateway import frames, metrics
+from gateway.chat import claim_session
 from gateway.connection import Connection
 from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
+from gateway.ordering import Action, Replay
 from gateway.registry import SESSION_FULL, USER_FULL, create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
+from gateway.state import GatewayState
+from gateway.timers import Due, due
 from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
-from shared.redis_client import RedisClient
-from shared.settings import Settings
-from shared.upstream import Upstream, UpstreamError
+from shared.errors import NotFound, RateLimited, Unavailable
 from shared.wire import (
     ConnectionEstablished,
     ConnectionEstablishedData,
@@ -64,7 +64,6 @@ from shared.wire import (
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 5.0
-EXPIRY_WARNING = 60.0  # seconds before token expiry at which `token_expiring` is sent
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
@@ -87,20 +86,23 @@ class ConnectionManager:
 
     def __init__(
         self,
-        settings: Settings,
-        redis_client: RedisClient,
-        notifications: Upstream,
-        agent: Upstream,
-        app_state: Any,
+        state: GatewayState,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`monotonic`, `wall` and `sleep` are the watch loop's clocks (tests pass fake ones)."""
+        settings, redis_client = state.settings, state.redis
+        notifications, agent = state.upstreams["notifications"], state.upstreams["agent"]
         self.settings = settings
-        self.app_state = app_state
+        self.state = state
+        self._monotonic, self._wall, self._sleep = monotonic, wall, sleep
         self.instance_id = uuid.uuid4().hex[:12]
         self.connections: dict[str, Connection] = {}
         self.draining = False
         self.redis = redis_client
         self._agent = agent
-        self._internal = {"authorization": f"Bearer {settings.internal_token}"}
         self._registry = create_registry(
             redis_client, self.instance_id, settings.ws_heartbeat_interval
         )
@@ -198,19 +200,13 @@ class ConnectionManager:
         if self._owners.get(session_id) == user_id:
             return
         try:
-            response = await self._agent.post(
-                "/internal/v1/sessions/claim",
-                json={"session_id": str(session_id), "user_id": str(user_id)},
-                headers=self._internal,
-            )
-        except UpstreamError:
+            await claim_session(self._agent, self.settings, session_id, user_id)
+        except NotFound:
+            raise Refused(1008, "session belongs to another user") from None
+        except RateLimited:
+            raise Refused(1013, "too many new sessions: try again later") from None
+        except Unavailable:
             raise Refused(1013, "session service unavailable: try again later") from None
-        if response.status_code == 403:
-            raise Refused(1008, "session belongs to another user")
-        if response.status_code == 429:
-            raise Refused(1013, "too many new sessions: try again later")
-        if response.status_code != 200:
-            raise Refused(1013, "session service unavailable: try again later")
         if len(self._owners) >= OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]  # oldest first
         self._owners[session_id] = user_id
@@ -269,13 +265,8 @@ class ConnectionManager:
             except ReplayError as exc:
                 log.warning("no seq baseline", extra={"error": str(exc)})
         conn.start_writer()
-        if baseline is None:
-            conn.replaying, conn.last_seq = False, None  # no baseline: accept what comes
-        elif conn.pending_seq <= baseline:
-            conn.replaying, conn.last_seq = False, baseline
-        else:
+        if conn.order.start(baseline):
             # Created and published while the baseline was fetched: replay past it.
-            conn.last_seq = baseline
             self._spawn(self._gap_fill([conn]))
 
     def _sibling_baseline(self, conn: Connection) -> int | None:
@@ -284,8 +275,8 @@ class ConnectionManager:
         notification dispatched before `conn` joined reached the sibling, every later one
         reaches both."""
         for sibling in self._fanout.routes.get(conn.channels[0], ()):
-            if sibling is not conn and not sibling.replaying and sibling.last_seq is not None:
-                return sibling.last_seq
+            if sibling is not conn and (settled := sibling.order.settled) is not None:
+                return settled
         return None
 
     async def disconnect(self, conn: Connection) -> None:
@@ -312,9 +303,6 @@ class ConnectionManager:
         """Publish to every connection of the session on any instance; returns how many
         instances received it."""
         return await publish.to_session(self.redis, session_id, frame)
-
-    async def send_to_user(self, user_id: UUID | str, frame: Frame) -> int:
-        return await publish.to_user(self.redis, user_id, frame)
 
     async def broadcast(self, frame: Frame, exclude_session: UUID | str | None = None) -> int:
         return await publish.to_everyone(self.redis, frame, exclude_session=exclude_session)
@@ -372,19 +360,17 @@ class ConnectionManager:
 
     def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, frame: TextFrame) -> None:
         seq, exclude = meta.seq, meta.exclude_session
+        deliver = Action.DELIVER  # an enum member lookup costs ~100 ns: once, not per recipient
         sent = 0
         for conn in members:
             if exclude is not None and conn.session_key == exclude:
                 continue
             if seq is not None:
-                if conn.replaying:
-                    conn.pending_seq = max(conn.pending_seq, seq)
+                action = conn.order.live(seq)
+                if action is not deliver:
+                    if action is Action.DROP:
+                        metrics.DROPPED.labels("duplicate").inc()
                     continue
-                last = conn.last_seq
-                if last is not None and seq <= last:
-                    metrics.DROPPED.labels("duplicate").inc()
-                    continue
-                conn.last_seq = seq
             sent += conn.offer(frame)
         if sent:
             metrics.FRAMES_OUT.inc(sent)
@@ -397,9 +383,7 @@ class ConnectionManager:
                 continue
             if channels is not None and channel not in channels:
                 continue
-            idle = [c for c in members if not c.replaying]
-            for conn in idle:
-                conn.replaying, conn.pending_seq = True, 0
+            idle = [c for c in members if c.order.resync()]
             if idle:
                 self._spawn(self._gap_fill(idle))
 
@@ -412,7 +396,7 @@ class ConnectionManager:
                 live = [c for c in conns if c.close_code is None]
                 if not live:
                     return
-                known = [c.last_seq for c in live if c.last_seq is not None]
+                known = [s for c in live if (s := c.order.last_seq) is not None]
                 try:
                     await self._catch_up(live, min(known) if known else None)
                     return
@@ -424,33 +408,22 @@ class ConnectionManager:
         """Deliver the user's notifications after `after` (None: only take the current seq as
         baseline) to `conns`, all `replaying`, then switch them to live. Raises `ReplayError`."""
         user_id = conns[0].user_id
-        cursor = after
-        idle_rounds = 0
+        replay = Replay([conn.order for conn in conns], after)
         while True:
+            cursor = replay.cursor
             page = await self._replay.page(user_id, LATEST if cursor is None else cursor)
-            if cursor is None:
-                cursor = page.last_seq
+            replay.page(page.last_seq)
             for seq, text in page.frames:
                 frame = TextFrame.of(text)
                 for conn in conns:
-                    if conn.close_code is None and (conn.last_seq is None or seq > conn.last_seq):
+                    if conn.close_code is None and replay.offer(conn.order, seq):
                         await conn.put(frame)
-                        conn.last_seq = seq
                         metrics.GAP_FILLS.inc()
-                cursor = max(cursor, seq)
-            if page.has_more and page.frames:
-                continue
-            idle_rounds = 0 if page.frames else idle_rounds + 1
-            # No await between this check and the switch: a live frame arrives either before
-            # (held back, so one more round fetches it) or after (delivered live).
-            held = max(conn.pending_seq for conn in conns)
-            if held > cursor and idle_rounds < 2:
-                continue
-            for conn in conns:
-                conn.last_seq = cursor if conn.last_seq is None else max(conn.last_seq, cursor)
-                conn.replaying, conn.pending_seq = False, 0
-            log.debug("caught up", extra={"user": str(user_id), "seq": cursor})
-            return
+                replay.passed(seq)
+            # No await between this check and the switch to live (inside `finished()`).
+            if replay.finished(page.has_more, bool(page.frames)):
+                log.debug("caught up", extra={"user": str(user_id), "seq": replay.cursor})
+                return
 
     # Timers: one loop per instance, not one per connection.
 
@@ -470,18 +443,23 @@ class ConnectionManager:
         settings = self.settings
         interval = min(1.0, settings.ws_heartbeat_interval / 2)
         while True:
-            await asyncio.sleep(interval)
-            idle_before = time.monotonic() - settings.ws_connection_timeout
-            now = time.time()
-            for conn in list(self.connections.values()):
-                if conn.close_code is not None:
-                    continue
-                if conn.last_seen < idle_before:
-                    self.close_later(conn, 1000, "idle timeout")
-                elif now >= conn.expires_at:
-                    self.close_later(conn, 1008, "token expired")
-                elif not conn.warned and now >= conn.expires_at - EXPIRY_WARNING:
-                    conn.warned = True
-                    if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
-                        metrics.FRAMES_OUT.inc()
-            self._heap.tick(len(self.connections))
+            await self._sleep(interval)
+            self.watch_round()
+
+    def watch_round(self) -> None:
+        """One round of `_watch`, at the injected clocks' current time."""
+        idle_before = self._monotonic() - self.settings.ws_connection_timeout
+        now = self._wall()
+        for conn in list(self.connections.values()):
+            if conn.close_code is not None:
+                continue
+            action = due(conn.last_seen, conn.expires_at, conn.warned, idle_before, now)
+            if action is Due.IDLE:
+                self.close_later(conn, 1000, "idle timeout")
+            elif action is Due.EXPIRED:
+                self.close_later(conn, 1008, "token expired")
+            elif action is Due.WARN:
+                conn.warned = True
+                if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
+                    metrics.FRAMES_OUT.inc()
+        self._heap.tick(len(self.connections))

@@ -1,7 +1,7 @@
 """The public REST facade: `/api/v1/...` paths forwarded to the internal service that owns them.
 
 One table (`PUBLIC_PROXY`) maps a public path prefix to an upstream (one shared
-`shared.upstream.Upstream` per upstream, created in the lifespan). The request goes upstream with
+`gateway.upstream.Upstream` per upstream, created in the lifespan). The request goes upstream with
 the same path, query, body and the client's `Authorization` (the upstream verifies the JWT
 itself); the answer comes back as is. An unreachable or slow upstream answers 503 JSON. A path
 with `.` or `..` segments is refused, so nothing outside the prefix — `/internal/` above all — is
@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import NotFound, Unavailable
 from shared.http import bearer_token, read_body
-from shared.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 

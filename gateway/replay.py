@@ -11,7 +11,8 @@ from uuid import UUID
 
 import msgspec
 
-from shared.upstream import Upstream, UpstreamError
+from gateway.upstream import Upstream, UpstreamError
+from shared.http import internal_headers
 
 # Larger than any real sequence number: asks only for the user's current `last_seq`.
 LATEST = 2**62
@@ -49,7 +50,7 @@ class ReplayError(Exception):
 class ReplayClient:
     def __init__(self, http: Upstream, internal_token: str, page_size: int = 500) -> None:
         self._http = http
-        self._headers = {"authorization": f"Bearer {internal_token}"}
+        self._headers = internal_headers(internal_token)
         self._page_size = page_size
 
     async def page(self, user_id: UUID, after_seq: int) -> Page:

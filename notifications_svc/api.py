@@ -21,9 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notifications_svc import changes, model, store
-from shared.auth import TokenError, TokenVerifier
-from shared.errors import NotFound, Unauthorized
-from shared.http import bearer_token, json_response, require_internal
+from shared.errors import NotFound
+from shared.http import json_response, require_internal, verified_user
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -34,11 +33,7 @@ async def caller(request: Request) -> UUID:
     on_behalf_of: UUID | None = getattr(request.state, "on_behalf_of", None)
     if on_behalf_of is not None:
         return on_behalf_of
-    verifier: TokenVerifier = request.app.state.verifier
-    try:
-        return (await verifier.verify(bearer_token(request))).user_id
-    except TokenError as exc:
-        raise Unauthorized(exc.reason) from None
+    return await verified_user(request)
 
 
 def _not_found(notification_id: UUID) -> NotFound:

@@ -11,66 +11,53 @@ from contextlib import asynccontextmanager
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
-from starlette.requests import Request
 
 from notifications_svc import api, internal_api, push_api
 from notifications_svc.ingest import IngestConsumer
 from notifications_svc.outbox import Outbox
 from notifications_svc.push_policy import Presence, PushPlanner
 from notifications_svc.push_sender import PushSender
-from shared import db, migrate, redis_client
+from shared import db
 from shared.auth import TokenVerifier
-from shared.backoff import retry
-from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
+from shared.http import EXCEPTION_HANDLERS, health_routes, metrics_route
+from shared.resources import database_and_redis, readiness_checks
 from shared.settings import Settings
-
-
-def _checks(request: Request) -> dict[str, Check]:
-    state = request.app.state
-    return {
-        "postgres": lambda: db.ping(state.pool),
-        "redis": lambda: redis_client.ping(state.redis),
-    }
 
 
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await retry(lambda: migrate.apply_with_settings(settings), what="postgres", timeout=60)
-        pool = await db.create_pool(settings)
-        redis = redis_client.create_client(settings)
-        await redis_client.initialize(redis)
-        # One immediate retry (a pooled connection gone stale across a Redis restart), no more:
-        # redis-py's default of ten would hold a user's publish lock through a long outage, and
-        # the outbox relay and the ingest consumer already retry with their own backoff.
-        redis.set_retry(Retry(NoBackoff(), 1))
-        outbox = Outbox(pool, redis)
-        sender = PushSender(pool, settings)
-        planner = PushPlanner(settings, Presence(redis), sender.wake)
-        app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
-        app.state.verifier = TokenVerifier(settings)
-        app.state.outbox = outbox
-        app.state.planner = planner
-        ingest = IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes, planner)
-        tasks = [
-            asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
-            asyncio.create_task(ingest.run(), name="ingest"),
-            asyncio.create_task(sender.run(), name="push-sender"),
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await app.state.verifier.aclose()
-            await redis.aclose()
-            await pool.close()
+        async with database_and_redis(settings) as (pool, redis):
+            # One immediate retry (a pooled connection gone stale across a Redis restart), no
+            # more: redis-py's default of ten would hold a user's publish lock through a long
+            # outage, and the outbox relay and the ingest consumer already retry with their own
+            # backoff.
+            redis.set_retry(Retry(NoBackoff(), 1))
+            outbox = Outbox(pool, redis)
+            sender = PushSender(pool, settings)
+            planner = PushPlanner(settings, Presence(redis), sender.wake)
+            app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
+            app.state.verifier = TokenVerifier(settings)
+            app.state.outbox = outbox
+            app.state.planner = planner
+            ingest = IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes, planner)
+            tasks = [
+                asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
+                asyncio.create_task(ingest.run(), name="ingest"),
+                asyncio.create_task(sender.run(), name="push-sender"),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await app.state.verifier.aclose()
 
     routes = [
-        *health_routes(_checks),
+        *health_routes(readiness_checks),
         metrics_route(),
         *api.routes,
         *api.internal_routes,

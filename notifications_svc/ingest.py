@@ -34,7 +34,7 @@ from notifications_svc import store
 from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import Outbox
 from notifications_svc.push_policy import PushPlanner
-from shared import db, keys
+from shared import consumer_group, db, keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed
 from shared.redis_client import RedisClient, is_cluster
@@ -125,7 +125,7 @@ class IngestConsumer:
             except ResponseError as exc:
                 # NOGROUP: the stream or group vanished (Redis restarted without its data).
                 self._group_ready, self._pending = False, True
-                if "NOGROUP" not in str(exc):
+                if not consumer_group.is_nogroup(exc):
                     log.error("ingest: redis refused a command", extra={"error": repr(exc)})
                     await backoff.sleep()
             except RedisError as exc:
@@ -151,6 +151,10 @@ class IngestConsumer:
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + _CLAIM_EVERY
             await self._claim_stale()
+            # Consumers of processes that stopped (a name per process) would pile up otherwise.
+            await consumer_group.prune_consumers(
+                self._redis, keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP
+            )
         if self._pending:
             entries = await self._read("0", block=None)
             if not entries:
@@ -160,16 +164,9 @@ class IngestConsumer:
         await self._handle_all(entries)
 
     async def _ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(
-                keys.NOTIFICATIONS_INGEST_STREAM,
-                keys.NOTIFICATIONS_INGEST_GROUP,
-                id="0",
-                mkstream=True,
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await consumer_group.ensure_group(
+            self._redis, keys.NOTIFICATIONS_INGEST_STREAM, keys.NOTIFICATIONS_INGEST_GROUP
+        )
         self._group_ready = True
 
     async def _read(self, start: str, block: int | None) -> list[Entry]:

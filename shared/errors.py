@@ -2,7 +2,8 @@
 
 Raise an `AppError` subclass anywhere; the HTTP layer turns it into a JSON body
 `{"error": {"code", "message", "details"}}` with `status`, the WebSocket layer into an `error`
-frame or a close with `close_code`, the SSE layer into an `error` event. Codes are stable strings
+frame (a connection is refused or closed with the close codes of `gateway.manager.Refused`,
+not with an `AppError`), the SSE layer into an `error` event. Codes are stable strings
 clients may switch on; messages are for humans.
 """
 
@@ -14,12 +15,16 @@ from typing import Any, ClassVar
 import msgspec
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one shape of every error body: `{"error": {"code", "message", "details"}}`."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
 class AppError(Exception):
-    """Base of every error a client may see. Subclasses fix status, code and close code."""
+    """Base of every error a client may see. Subclasses fix status and code."""
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
-    close_code: ClassVar[int] = 1011
 
     def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -33,14 +38,14 @@ class AppError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self.body())
 
 
 class BadRequest(AppError):
-    status, code, close_code = 400, "BAD_REQUEST", 1008
+    status, code = 400, "BAD_REQUEST"
 
 
 class InvalidJson(BadRequest):
@@ -48,34 +53,34 @@ class InvalidJson(BadRequest):
 
 
 class Unauthorized(AppError):
-    status, code, close_code = 401, "UNAUTHORIZED", 1008
+    status, code = 401, "UNAUTHORIZED"
 
 
 class Forbidden(AppError):
-    status, code, close_code = 403, "FORBIDDEN", 1008
+    status, code = 403, "FORBIDDEN"
 
 
 class NotFound(AppError):
-    status, code, close_code = 404, "NOT_FOUND", 1008
+    status, code = 404, "NOT_FOUND"
 
 
 class Conflict(AppError):
-    status, code, close_code = 409, "CONFLICT", 1008
+    status, code = 409, "CONFLICT"
 
 
 class PayloadTooLarge(AppError):
-    status, code, close_code = 413, "PAYLOAD_TOO_LARGE", 1009
+    status, code = 413, "PAYLOAD_TOO_LARGE"
 
 
 class ValidationFailed(AppError):
-    status, code, close_code = 422, "VALIDATION_ERROR", 1008
+    status, code = 422, "VALIDATION_ERROR"
 
 
 class RateLimited(AppError):
     """A limit was reached. `retry_after` (seconds) goes out as `Retry-After` over HTTP and in
     `details.retry_after` everywhere (WebSocket `error` frames included)."""
 
-    status, code, close_code = 429, "RATE_LIMITED", 1008
+    status, code = 429, "RATE_LIMITED"
 
     def __init__(
         self,
@@ -95,4 +100,4 @@ class RateLimited(AppError):
 
 
 class Unavailable(AppError):
-    status, code, close_code = 503, "SERVICE_UNAVAILABLE", 1013
+    status, code = 503, "SERVICE_UNAVAILABLE"

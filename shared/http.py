@@ -17,6 +17,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from uuid import UUID
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -25,12 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.auth import TokenError, TokenVerifier
 from shared.errors import (
     AppError,
     InvalidJson,
     PayloadTooLarge,
     Unauthorized,
     ValidationFailed,
+    error_body,
 )
 from shared.wire import ErrorBody
 
@@ -55,14 +58,12 @@ async def _app_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-    body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
-    return JSONResponse(body, exc.status_code, headers=exc.headers)
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    body = {"error": {"code": "INTERNAL_ERROR", "message": "internal error", "details": None}}
-    return JSONResponse(body, 500)
+    return JSONResponse(error_body("INTERNAL_ERROR", "internal error"), 500)
 
 
 EXCEPTION_HANDLERS: Mapping[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -112,6 +113,23 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
     return credentials.strip()
+
+
+async def verified_user(request: Request, token: str | None = None) -> UUID:
+    """The user whom the request's bearer JWT (or `token`, when given) names, checked by the
+    app's `TokenVerifier` (`app.state.verifier`); raises `Unauthorized` saying why not."""
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        identity = await verifier.verify(token if token is not None else bearer_token(request))
+    except TokenError as exc:
+        raise Unauthorized(exc.reason) from None
+    return identity.user_id
+
+
+def internal_headers(internal_token: str) -> dict[str, str]:
+    """The headers that authenticate a call to another service's `/internal/` endpoints (what
+    `require_internal` checks on the other side)."""
+    return {"Authorization": f"Bearer {internal_token}"}
 
 
 def require_internal(request: Request, internal_token: str) -> None:

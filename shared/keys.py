@@ -20,6 +20,17 @@ def user_sessions(user_id: UUID | str) -> str:
     return f"user:sessions:{user_id}"
 
 
+def ws_user(user_id: UUID | str) -> str:
+    """Set of the user's live connection ids across every gateway (the per-user cap)."""
+    return f"ws:user:{user_id}"
+
+
+# Per-user limits of the WebSocket gateway.
+def user_rate(user_id: UUID | str) -> str:
+    """Client frames of one user in the current one-second window, across every gateway."""
+    return f"ws:rate:user:{user_id}"
+
+
 # Gateway instance liveness, so the registry heals when an instance dies without cleaning up.
 GATEWAY_INSTANCES = "gw:instances"  # set of instance ids that may hold registry entries
 
@@ -35,11 +46,6 @@ def gateway_connections(instance_id: str) -> str:
 
 
 # Fan-out channels (pub/sub). Payloads are envelopes: see shared.wire.
-def user_rate(user_id: UUID | str) -> str:
-    """Client frames of one user in the current one-second window, across every gateway."""
-    return f"ws:rate:user:{user_id}"
-
-
 def user_channel(user_id: UUID | str) -> str:
     return f"ch:user:{user_id}"
 
@@ -71,11 +77,6 @@ def chat_queue(user_id: UUID | str) -> str:
     """List: the user's questions waiting for a place in `chat:requests`, as
     "<message id> <request>"."""
     return f"chat:queue:{{{CHAT_REQUESTS_STREAM}}}:{user_id}"
-
-
-def ws_user(user_id: UUID | str) -> str:
-    """Set of the user's live connection ids across every gateway (the per-user cap)."""
-    return f"ws:user:{user_id}"
 
 
 def chat_reply_stream(message_id: UUID | str) -> str:

@@ -554,8 +554,6 @@ VARIABLES: tuple[Variable, ...] = (
     ),
 )
 
-_BY_NAME = {variable.name: variable for variable in VARIABLES}
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -834,11 +832,6 @@ def load_or_exit() -> Settings:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def variable(name: str) -> Variable:
-    """The definition of one variable (KeyError for an unknown name)."""
-    return _BY_NAME[name]
 
 
 def markdown_table() -> str:

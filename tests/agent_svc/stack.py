@@ -11,13 +11,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from shared.infra import EmbeddedRedis
 from tests.conftest import SpawnService
@@ -180,3 +181,32 @@ def resume(
 
 def text_of(events: list[SseEvent]) -> str:
     return "".join(e.data["content"] for e in events if e.type == "token")
+
+
+def stack_fixture(
+    folder: str, *, offline: bool = False, notifications: bool = False, **env: str
+) -> Callable[..., Iterator[ChatStack]]:
+    """A module-scoped `stack` fixture (the one copy every chat test module uses): `start_stack`
+    under a fresh directory named after `folder`, stopped when the module's tests are done. With
+    `notifications`, notifications_svc gets a database of its own on the session's PostgreSQL."""
+
+    @pytest.fixture(scope="module")
+    def stack(
+        spawn_service: SpawnService,
+        tmp_path_factory: pytest.TempPathFactory,
+        base_env: dict[str, str],
+    ) -> Iterator[ChatStack]:
+        chat = start_stack(
+            spawn_service,
+            tmp_path_factory.mktemp(folder),
+            offline=offline,
+            notifications=notifications,
+            notifications_database=base_env["DATABASE_URL"] if notifications else "",
+            **env,
+        )
+        try:
+            yield chat
+        finally:
+            chat.stop()
+
+    return stack

@@ -23,7 +23,7 @@ from tests.support.redis_cluster import LocalRedisCluster
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
+async def client(settings: Settings) -> AsyncIterator[RedisClient]:
     connection = redis_client.create_client(settings)
     yield connection
     await connection.aclose()

@@ -32,7 +32,7 @@ async def _stream(client: anthropic.AsyncAnthropic, text: str) -> tuple[list[str
     async with client.messages.stream(
         model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": text}]
     ) as stream:
-        types = [event.type async for event in stream]
+        types: list[str] = [event.type async for event in stream]
         return types, await stream.get_final_message()
 
 

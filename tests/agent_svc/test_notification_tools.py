@@ -7,36 +7,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from shared import keys
 from shared.wire import decode_envelope
-from tests.agent_svc.stack import ChatStack, ask, start_stack
-from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
+from tests.agent_svc.stack import ChatStack, ask, stack_fixture
+from tests.conftest import TEST_INTERNAL_TOKEN
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService,
-    tmp_path_factory: pytest.TempPathFactory,
-    base_env: dict[str, str],
-) -> Iterator[ChatStack]:
-    chat = start_stack(
-        spawn_service,
-        tmp_path_factory.mktemp("chat-notify"),
-        notifications=True,
-        notifications_database=base_env["DATABASE_URL"],
-    )
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-notify", notifications=True)
 
 
 def _notifications(stack: ChatStack, token: str) -> list[dict[str, Any]]:
@@ -64,7 +47,7 @@ def test_notify_now_creates_and_publishes(
         fa.text("Done."),
     )
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(keys.user_channel(user_id))
     try:
         _, events = ask(stack.gateway, token_for(user_id), f"{key} nudge me")

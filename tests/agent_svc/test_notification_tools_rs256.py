@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import jwt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.agent_svc.stack import ChatStack, ask, start_stack
-from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
+from tests.agent_svc.stack import ChatStack, ask, stack_fixture
+from tests.conftest import TEST_INTERNAL_TOKEN
 from tests.support import fake_anthropic as fa
 
 PRIVATE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -32,26 +30,14 @@ def rs256_token(user: uuid.UUID) -> str:
     return jwt.encode(claims, PRIVATE_KEY, algorithm="RS256")
 
 
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService,
-    tmp_path_factory: pytest.TempPathFactory,
-    base_env: dict[str, str],
-) -> Iterator[ChatStack]:
-    chat = start_stack(
-        spawn_service,
-        tmp_path_factory.mktemp("chat-rs256"),
-        notifications=True,
-        notifications_database=base_env["DATABASE_URL"],
-        JWT_ALGORITHM="RS256",
-        JWT_PUBLIC_KEY=PUBLIC_PEM,
-        JWT_AUDIENCE="app",
-        JWT_ISSUER="https://id",
-    )
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture(
+    "chat-rs256",
+    notifications=True,
+    JWT_ALGORITHM="RS256",
+    JWT_PUBLIC_KEY=PUBLIC_PEM,
+    JWT_AUDIENCE="app",
+    JWT_ISSUER="https://id",
+)
 
 
 def test_read_tools_work_with_rs256_client_tokens(stack: ChatStack) -> None:

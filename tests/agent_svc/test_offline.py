@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -11,8 +11,7 @@ import redis
 
 from agent_svc.offline import LABEL, compose, plan_tool
 from shared import keys
-from tests.agent_svc.stack import ChatStack, ask, start_stack, text_of
-from tests.conftest import SpawnService
+from tests.agent_svc.stack import ChatStack, ask, stack_fixture, text_of
 
 
 @pytest.mark.parametrize(
@@ -46,21 +45,7 @@ def test_replies_are_labelled() -> None:
     assert compose("x", (scheduled, False)).endswith("at 2030-01-01T00:00:00+00:00.")
 
 
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService,
-    tmp_path_factory: pytest.TempPathFactory,
-    base_env: dict[str, str],
-) -> Iterator[ChatStack]:
-    chat = start_stack(
-        spawn_service, tmp_path_factory.mktemp("chat-offline"), offline=True,
-        notifications=True, notifications_database=base_env["DATABASE_URL"],
-        AGENT_OFFLINE_DELAY="0.005",
-    )  # fmt: skip
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-offline", offline=True, notifications=True, AGENT_OFFLINE_DELAY="0.005")
 
 
 def test_offline_answer_streams_labelled_deltas(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import httpx
@@ -36,11 +37,11 @@ def registry() -> ToolRegistry:
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> ToolContext:
+async def ctx(settings: Settings) -> AsyncIterator[ToolContext]:
     http = httpx.AsyncClient()
     client = redis.Redis.from_url(settings.redis_url)
     context = ToolContext(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), settings, client, http)
-    yield context  # type: ignore[misc]
+    yield context
     await http.aclose()
     await client.aclose()
 

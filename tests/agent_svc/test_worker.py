@@ -10,32 +10,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 import redis
 
 from agent_svc.worker import CANCEL_POLL, CancelWatch
 from shared import chat_wire, keys, redis_client
 from shared.settings import Settings
-from tests.agent_svc.stack import ChatStack, ask, resume, start_stack, text_of
-from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
+from tests.agent_svc.stack import ChatStack, ask, resume, stack_fixture, text_of
+from tests.conftest import TEST_INTERNAL_TOKEN
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-worker"), AGENT_WORKERS="2")
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-worker", AGENT_WORKERS="2")
 
 
 async def test_cancel_watch_sees_only_the_cancelled_answer(settings: Settings) -> None:
@@ -121,7 +111,9 @@ def test_forged_or_altered_requests_are_dead_lettered(
         stack.fake.script(question, fa.text("signed and answered"))
         _, events = ask(stack.gateway, token_for(uuid.uuid4()), question)
         assert text_of(events) == "signed and answered", events
-        dead = client.xrange(keys.CHAT_REQUESTS_DEAD_LETTER)[before:]
+        dead: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(
+            keys.CHAT_REQUESTS_DEAD_LETTER
+        )[before:]  # type: ignore[index,assignment]
         assert [entry[chat_wire.REQUEST_FIELD] for _, entry in dead] == values
         assert {entry[b"reason"] for _, entry in dead} == {
             b"request is not signed",

@@ -156,5 +156,5 @@ def test_every_error_and_close_code_in_the_code_is_documented() -> None:
     assert closes - {int(c) for c in DOCUMENTS["asyncapi.json"]["x-close-codes"]} == set()
 
 
-def _subclasses(cls: type) -> list[type]:
+def _subclasses(cls: type[AppError]) -> list[type[AppError]]:
     return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]

@@ -23,11 +23,10 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
@@ -35,10 +34,9 @@ from websockets.exceptions import ConnectionClosed
 
 from shared.chat_wire import ChatErrorCode
 from shared.contract import public_asyncapi
-from shared.settings import Settings
 from shared.wire import FrameErrorCode
-from tests.agent_svc.stack import ChatStack, start_stack
-from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
+from tests.agent_svc.stack import ChatStack, stack_fixture
+from tests.conftest import TEST_INTERNAL_TOKEN
 from tests.support.schema_strategies import ANY_JSON, Strategies, conforms
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4"))
@@ -49,26 +47,16 @@ MAX_BYTES = 65_536  # WS_MAX_MESSAGE_BYTES (default)
 ERROR_CODES = {code.value for code in FrameErrorCode} | {code.value for code in ChatErrorCode}
 
 
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService, settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatStack]:
-    chat = start_stack(
-        spawn_service,
-        tmp_path_factory.mktemp("fuzz-ws"),
-        offline=True,
-        notifications=True,
-        notifications_database=settings.asyncpg_dsn,
-        AGENT_OFFLINE_DELAY="0.001",
-        AGENT_WORKERS="1",
-        WS_RATE_LIMIT="100000",
-        WS_RATE_BURST="100000",
-        WS_USER_RATE_LIMIT="100000",
-    )
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture(
+    "fuzz-ws",
+    offline=True,
+    notifications=True,
+    AGENT_OFFLINE_DELAY="0.001",
+    AGENT_WORKERS="1",
+    WS_RATE_LIMIT="100000",
+    WS_RATE_BURST="100000",
+    WS_USER_RATE_LIMIT="100000",
+)
 
 
 def _deep(depth: int, opener: str) -> str:

@@ -81,7 +81,7 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
 
 def _refused(client: redis.Redis, *command: str) -> bool:
     try:
-        client.execute_command(*command)
+        client.execute_command(*command)  # type: ignore[no-untyped-call]
     except redis.exceptions.NoPermissionError:
         return True
     except redis.exceptions.ResponseError as exc:

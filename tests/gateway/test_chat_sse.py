@@ -9,9 +9,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,22 +29,13 @@ from tests.agent_svc.stack import (
     ask,
     parse_sse,
     resume,
-    start_stack,
+    stack_fixture,
     text_of,
 )
 from tests.conftest import TEST_INTERNAL_TOKEN, TEST_SECRET_KEY, SpawnService
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-sse"))
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-sse")
 
 
 def _key() -> str:
@@ -58,9 +50,11 @@ def _ids_increasing(ids: list[str]) -> bool:
 def test_text_answer_streams_real_deltas(
     stack: ChatStack, fake: fa.FakeAnthropic, token_for: Callable[..., str], user_id: uuid.UUID
 ) -> None:
-    """A paced text answer arrives as start, one token per model delta, end with real usage; the
-    new session is the caller's; then its reply stream is set to expire and the session is
-    free."""
+    """A paced text answer arrives as start, the model's deltas as tokens, end with real usage;
+    the new session is the caller's; then its reply stream is set to expire and the session is
+    free. (Consecutive deltas that arrive while the worker's previous write is in flight become
+    one token (agent_svc.answer), so on a loaded machine fewer events carry the same text: what
+    is guaranteed is the text, in order, each event a whole number of deltas.)"""
     key = _key()
     fake.script(key, fa.text("Hel", "lo ", "world", delay=0.02))
     response, events = ask(stack.gateway, token_for(user_id), f"{key} say hello")
@@ -68,8 +62,16 @@ def test_text_answer_streams_real_deltas(
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
-    assert [e.type for e in events] == ["start", "token", "token", "token", "end"]
-    assert [e.data.get("content") for e in events[1:4]] == ["Hel", "lo ", "world"]
+    kinds = [e.type for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    tokens = events[1:-1]
+    assert {e.type for e in tokens} == {"token"}
+    assert "".join(e.data["content"] for e in tokens) == "Hello world"
+    # Each event is a whole number of deltas, never a delta cut up.
+    assert all(
+        e.data["content"] in {"Hel", "lo ", "world", "Hello ", "lo world", "Hello world"}
+        for e in tokens
+    )
     start, end = events[0].data, events[-1].data
     assert start["message_id"] == end["message_id"]
     uuid.UUID(start["session_id"])
@@ -554,11 +556,11 @@ def test_bad_requests(
     """Bad chat requests answer the JSON error body with the right status, before any answer is
     queued (a NUL character, which PostgreSQL cannot store, included)."""
     sent_headers = {"Authorization": f"Bearer {token_for(user_id)}"} if headers is None else {}
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     response = httpx.post(
         stack.gateway.url + "/api/v1/chat/stream",
         headers=sent_headers,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     assert response.status_code == status
     assert response.json()["error"]["code"] == code

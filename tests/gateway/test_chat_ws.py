@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,27 +14,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.agent_svc.stack import ChatStack, ask, start_stack
-from tests.conftest import SpawnService
+from tests.agent_svc.stack import ChatStack, ask, stack_fixture
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService,
-    tmp_path_factory: pytest.TempPathFactory,
-    base_env: dict[str, str],
-) -> Iterator[ChatStack]:
-    chat = start_stack(
-        spawn_service,
-        tmp_path_factory.mktemp("chat-ws-e2e"),
-        notifications=True,
-        notifications_database=base_env["DATABASE_URL"],
-    )
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-ws-e2e", notifications=True)
 
 
 async def _open(stack: ChatStack, session: uuid.UUID, token: str) -> ClientConnection:

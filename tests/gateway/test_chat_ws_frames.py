@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,20 +16,10 @@ import redis.asyncio as redis
 
 from gateway.chat import ChatContext, ChatQuotas, handle_ws_frame
 from shared.settings import Settings
-from tests.agent_svc.stack import ChatStack, start_stack
-from tests.conftest import SpawnService
+from tests.agent_svc.stack import ChatStack, stack_fixture
 from tests.support import fake_anthropic as fa
 
-
-@pytest.fixture(scope="module")
-def stack(
-    spawn_service: SpawnService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatStack]:
-    chat = start_stack(spawn_service, tmp_path_factory.mktemp("chat-ws"))
-    try:
-        yield chat
-    finally:
-        chat.stop()
+stack = stack_fixture("chat-ws")
 
 
 class Connection:

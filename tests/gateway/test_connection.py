@@ -46,6 +46,21 @@ def limited(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
 
 
 @pytest.fixture(scope="module")
+def small_queue(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+    """A gateway whose only tight limit is the send queue. A client that stops reading cannot
+    answer keepalive pings nor send frames either, so with `limited`'s half-second heartbeat
+    and two-second idle timeout a loaded machine closed it 1011 or 1000 before the slow-consumer
+    bound was reached: here those timers are far beyond the test's length."""
+    return spawn_service(
+        "gateway",
+        WS_HEARTBEAT_INTERVAL="60",
+        WS_CONNECTION_TIMEOUT="600",
+        WS_SEND_QUEUE_SIZE="4",
+        **cluster.upstream_env,
+    )
+
+
+@pytest.fixture(scope="module")
 def user_limited(cluster: Cluster, spawn_service: SpawnService) -> list[ServiceProcess]:
     """Two gateways with a small per-user frame rate and a generous per-connection one."""
     env = {"WS_USER_RATE_LIMIT": "4", "WS_RATE_LIMIT": "100", "WS_RATE_BURST": "100"}
@@ -112,20 +127,20 @@ async def test_rate_limit_then_disconnect(limited: ServiceProcess, token_for: To
 
 
 async def test_slow_consumer_closed_1013(
-    limited: ServiceProcess, infra: Infra, token_for: Token
+    small_queue: ServiceProcess, infra: Infra, token_for: Token
 ) -> None:
     """A client that stops reading while frames keep coming is closed 1013; other connections of
     the same gateway keep working."""
     session = uuid.uuid4()
     # max_queue=1 and a tiny read buffer: the client stops reading from the socket almost at once.
     slow = await connect(
-        ws_url(limited, session, token=token_for(uuid.uuid4())),
+        ws_url(small_queue, session, token=token_for(uuid.uuid4())),
         compression=None,
         max_queue=1,
         max_size=None,
     )
     assert (await recv_json(slow))["type"] == "connection_established"
-    healthy = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+    healthy = await open_ws(small_queue, uuid.uuid4(), token_for(uuid.uuid4()))
     big = encode({"type": "bulk", "blob": "y" * 100_000})
     client = redis.Redis.from_url(infra.redis.url)
     # ~20 MB at once: more than the kernel's socket buffers (a few MB on loopback), the
@@ -139,7 +154,7 @@ async def test_slow_consumer_closed_1013(
     assert (await recv_json(healthy))["type"] == "pong"
     await healthy.close()
     async with httpx.AsyncClient() as http:
-        metrics = (await http.get(limited.url + "/metrics")).text
+        metrics = (await http.get(small_queue.url + "/metrics")).text
     assert 'gateway_ws_frames_dropped_total{reason="slow_consumer"}' in metrics
 
 

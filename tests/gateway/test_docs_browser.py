@@ -45,15 +45,18 @@ async def test_docs_page_renders_every_operation_with_no_failed_request(cluster:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
             page.on(
-                "response", lambda r: failed.append(f"{r.url} {r.status}") if r.status >= 400 else 0
+                "response",
+                lambda r: failed.append(f"{r.url} {r.status}") if r.status >= 400 else None,
             )
             page.on(
                 "request",
                 lambda r: (
-                    foreign.append(r.url) if not r.url.startswith((cluster.a.url, "data:")) else 0
+                    foreign.append(r.url)
+                    if not r.url.startswith((cluster.a.url, "data:"))
+                    else None
                 ),
             )
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else 0)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             await page.goto(cluster.a.url + "/docs", wait_until="networkidle")
             # Locator waits, not `wait_for_function`: the page's CSP forbids eval, which is

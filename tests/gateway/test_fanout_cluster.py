@@ -15,6 +15,7 @@ the session's server, so no other test's outbox relay publishes these notificati
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -100,8 +101,11 @@ def stack(
         notifications = spawn("notifications_svc")
         agent = spawn("agent_svc", AGENT_WORKERS="1", AGENT_OFFLINE_DELAY="0.01")
         env |= {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
-        a = spawn("gateway", WS_HEARTBEAT_INTERVAL="1")
-        b = spawn("gateway", WS_HEARTBEAT_INTERVAL="1")
+        # The heartbeat is also the WebSocket keepalive's ping timeout: at 1 s a loaded machine
+        # closed the test's clients 1011 "keepalive ping timeout" mid-test. 3 s keeps the pub/sub
+        # link check (every 3 s) well inside the gap-fill test's 20 s.
+        a = spawn("gateway", WS_HEARTBEAT_INTERVAL="3")
+        b = spawn("gateway", WS_HEARTBEAT_INTERVAL="3")
         yield Stack(nodes, env, log_dir, a, b, notifications, processes)
     finally:
         for process in reversed(processes):
@@ -275,7 +279,7 @@ async def test_chat_answers_on_the_cluster(stack: Stack, token_for: Token) -> No
     loop = asyncio.get_running_loop()
     for question in ("hello", "and again"):
         response, events = await loop.run_in_executor(
-            None, lambda q=question: ask(stack.a, token, q, session)
+            None, functools.partial(ask, stack.a, token, question, session)
         )
         assert response.status_code == 200, response.text
         kinds = [event.type for event in events]
@@ -288,12 +292,14 @@ async def test_invalid_ingest_entry_is_dead_lettered(stack: Stack, r: RedisClust
     entry = await r.xadd(keys.NOTIFICATIONS_INGEST_STREAM, {"payload": "not json"})
 
     async def dead_lettered() -> bool:
-        dead = await r.xrange(keys.NOTIFICATIONS_DEAD_LETTER_STREAM)
+        dead: list[tuple[str, dict[str, str]]] = await r.xrange(  # type: ignore[assignment]
+            keys.NOTIFICATIONS_DEAD_LETTER_STREAM
+        )
         return any(fields.get("dead_source_id") == entry for _, fields in dead)
 
     async def nothing_pending() -> bool:
         group = keys.NOTIFICATIONS_INGEST_GROUP
-        return (await r.xpending(keys.NOTIFICATIONS_INGEST_STREAM, group))["pending"] == 0
+        return bool((await r.xpending(keys.NOTIFICATIONS_INGEST_STREAM, group))["pending"] == 0)
 
     await eventually(dead_lettered, 10)
     # On a cluster the acknowledgement is a second command after the dead letter.

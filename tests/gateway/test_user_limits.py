@@ -78,7 +78,7 @@ class Asked:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def first_token_id(self) -> str:
-        return next(e["event_id"] for e in self.events if e["type"] == "token")
+        return str(next(e["event_id"] for e in self.events if e["type"] == "token"))
 
 
 async def _ask(

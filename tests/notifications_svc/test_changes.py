@@ -68,5 +68,5 @@ async def test_read_read_all_and_delete_are_announced(
         change = (await next_change(pubsub)).data
         assert (change.change, change.ids, change.unread_count) == ("all_read", [], 0)
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()

@@ -48,23 +48,27 @@ async def _listed(
 
 
 async def _dead_entry(
-    rds: redis.Redis, source_id: bytes, timeout: float = 15
+    rds: redis.Redis, source_id: bytes | str, timeout: float = 15
 ) -> dict[bytes, bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for _, fields in await rds.xrevrange(keys.NOTIFICATIONS_DEAD_LETTER_STREAM, count=200):
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await rds.xrevrange(
+            keys.NOTIFICATIONS_DEAD_LETTER_STREAM, count=200
+        )  # type: ignore[assignment]  # bytes: the client does not decode responses
+        for _, fields in entries:
             if fields.get(b"dead_source_id") == source_id:
                 return dict(fields)
         await asyncio.sleep(0.1)
     raise AssertionError(f"{source_id!r} never reached the dead-letter stream")
 
 
-def _id(entry_id: bytes) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition(b"-")
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, _, sequence = text.partition("-")
     return int(millis), int(sequence)
 
 
-async def _processed(rds: redis.Redis, *entry_ids: bytes, timeout: float = 15) -> None:
+async def _processed(rds: redis.Redis, *entry_ids: bytes | str, timeout: float = 15) -> None:
     """Wait until the group has delivered and acknowledged every one of `entry_ids`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

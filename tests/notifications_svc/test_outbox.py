@@ -57,7 +57,7 @@ async def subscribed(url: str, user: uuid.UUID) -> AsyncIterator[Subscriber]:
         await pubsub.subscribe(keys.user_channel(user))
         yield Subscriber(pubsub)
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
 
 

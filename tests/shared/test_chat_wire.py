@@ -57,7 +57,7 @@ def test_transcript_folds_rounds_tool_calls_and_reply() -> None:
     """Tokens after tool calls open a new round; the reply joins all text; tool calls carry
     their results."""
     transcript = Transcript()
-    for event in [
+    events: list[chat_wire.ReplyEvent] = [
         Start(session_id="s", message_id="m"),
         Token(content="Let me "),
         Token(content="check."),
@@ -65,7 +65,8 @@ def test_transcript_folds_rounds_tool_calls_and_reply() -> None:
         ToolResult(id="t1", name="current_time", content="noon"),
         Token(content="Noon."),
         End(message_id="m", tokens_used=9),
-    ]:
+    ]
+    for event in events:
         transcript.feed(event)
     assert transcript.reply == "Let me check.Noon."
     assert [r.text for r in transcript.rounds] == ["Let me check.", "Noon."]

@@ -157,6 +157,7 @@ def test_url_passwords_are_secrets(tmp_path: Path) -> None:
 
 def test_rediss_url_makes_a_tls_client(tmp_path: Path) -> None:
     """`rediss://` gives a client whose connections use TLS (no I/O here)."""
+    from redis.asyncio import Redis
     from redis.asyncio.connection import SSLConnection
 
     from shared.redis_client import create_client
@@ -165,4 +166,5 @@ def test_rediss_url_makes_a_tls_client(tmp_path: Path) -> None:
         {"DATA_DIR": str(tmp_path), **SECRETS, "REDIS_URL": "rediss://u:p@redis:6380/0"}
     )
     client = create_client(settings)
+    assert isinstance(client, Redis)
     assert client.connection_pool.connection_class is SSLConnection

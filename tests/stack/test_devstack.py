@@ -62,10 +62,10 @@ def _child_pid(stack: Stack, name: str) -> int | None:
         if not cmdline or child.status() == psutil.STATUS_ZOMBIE:
             continue
         if name in SERVICES and cmdline[-2:] == ["-m", name]:
-            return child.pid
+            return int(child.pid)
         # The servers rewrite their command lines; their process names stay.
         if (name, child.name()) in (("redis", "redis-server"), ("postgres", "postgres")):
-            return child.pid
+            return int(child.pid)
     return None
 
 
@@ -251,17 +251,21 @@ async def test_each_killed_process_comes_back_and_clients_lose_nothing(stack: St
         await client.connected.wait()  # live before the first create: it must see every one
     tasks.append(asyncio.create_task(producer.run()))
     try:
+        # Each check is awaited within its own iteration, so closing over the loop's variables
+        # is safe (hence the B023 exemptions).
         for victim in VICTIMS:
             before = len(producer.created)
             await _wait(
-                "notifications flowing", lambda b=before: len(producer.created) >= b + 3, 30
+                "notifications flowing",
+                lambda: len(producer.created) >= before + 3,  # noqa: B023
+                30,
             )
             pid = _child_pid(stack, victim)
             assert pid is not None, victim
             os.kill(pid, signal.SIGKILL)
             await _wait(
                 f"{victim} restarted",
-                lambda v=victim, p=pid: _child_pid(stack, v) not in (None, p),
+                lambda: _child_pid(stack, victim) not in (None, pid),  # noqa: B023
                 60,
             )
             await asyncio.to_thread(
@@ -270,13 +274,13 @@ async def test_each_killed_process_comes_back_and_clients_lose_nothing(stack: St
             after = len(producer.created)
             await _wait(
                 f"{victim}: notifications flowing again",
-                lambda a=after: len(producer.created) > a,
+                lambda: len(producer.created) > after,  # noqa: B023
                 60,
             )
             target = producer.created[-1]
             await _wait(
                 f"{victim}: client caught up to seq {target}",
-                lambda t=target: bool(client.seqs) and client.seqs[-1] >= t,
+                lambda: bool(client.seqs) and client.seqs[-1] >= target,  # noqa: B023
                 60,
             )
             assert f"{victim} exited with status -9; restarting" in stack.log()

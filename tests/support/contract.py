@@ -139,7 +139,7 @@ class Checker:
         if answer is None:
             documented = sorted(operation["responses"])
             raise self.fail(
-                f"{where}: undocumented status (documented: {documented}): {response.text[:300]}"
+                f"{where}: undocumented status (documented: {documented}): {_peek(response)}"
             )
         return document, answer
 
@@ -266,6 +266,14 @@ class _SyncSse(httpx.SyncByteStream):
         self.inner.close()
 
 
+def _peek(response: httpx.Response) -> str:
+    """The start of the body when it has been read; a streamed body is not (reading it here
+    would raise `ResponseNotRead` and hide the status the violation is about)."""
+    if hasattr(response, "_content"):
+        return response.text[:300]
+    return "(streamed body, not read)"
+
+
 def _after_send(checker: Checker, request: httpx.Request, response: httpx.Response) -> None:
     expected = checker.expected(request, response)
     if expected is None:
@@ -312,7 +320,9 @@ def install(checker: Checker) -> Callable[[], None]:
 
     async def checked_recv(self: ClientConnection, *args: Any, **kwargs: Any) -> Any:
         message = await recv(self, *args, **kwargs)
-        if isinstance(message, str) and urlsplit(self.request.path).path.startswith("/api/v1/ws/"):
+        if isinstance(message, str) and urlsplit(
+            self.request.path if self.request is not None else ""
+        ).path.startswith("/api/v1/ws/"):
             checker.check_frame(message)
         return message
 
@@ -326,9 +336,9 @@ def install(checker: Checker) -> Callable[[], None]:
 
     httpx.AsyncClient.send = checked_async_send  # type: ignore[method-assign]
     httpx.Client.send = checked_sync_send  # type: ignore[method-assign]
-    ClientConnection.recv = checked_recv  # type: ignore[method-assign]
+    ClientConnection.recv = checked_recv  # type: ignore[method-assign,assignment]
     redis.commands.core.PubSubCommands.publish = recorded_publish  # type: ignore[method-assign]
-    redis.commands.core.PubSubCommands.spublish = recorded_spublish  # type: ignore[method-assign]
+    redis.commands.core.PubSubCommands.spublish = recorded_spublish  # type: ignore[method-assign,assignment]
 
     def uninstall() -> None:
         LAST_COUNTS.update(checker.checked)

@@ -98,4 +98,5 @@ class Strategies:
 
 
 def conforms(components: dict[str, Any], schema: dict[str, Any], value: Any) -> bool:
-    return jsonschema.Draft202012Validator({"components": components, **schema}).is_valid(value)
+    validator = jsonschema.Draft202012Validator({"components": components, **schema})
+    return bool(validator.is_valid(value))

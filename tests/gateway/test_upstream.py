@@ -1,4 +1,4 @@
-"""shared.upstream against a real uvicorn server on a loopback port, and against raw TCP servers
+"""gateway.upstream against a real uvicorn server on a loopback port, and against raw TCP servers
 that misbehave in the ways a keep-alive client must survive."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.upstream import Upstream, UpstreamError, UpstreamTimeout
+from gateway.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 _open_now = 0
 _open_most = 0
@@ -191,7 +191,7 @@ async def test_concurrency_is_bounded_by_the_pool(server: str) -> None:
     _open_most = 0
     client = Upstream(server, timeout=5, max_connections=2)
     answers = await asyncio.gather(
-        *(client.get("/slow", params={"seconds": 0.05}) for _ in range(10))
+        *(client.get("/slow", params={"seconds": "0.05"}) for _ in range(10))
     )
     await client.aclose()
     assert [a.status_code for a in answers] == [200] * 10

@@ -5,7 +5,8 @@ inbox, chat and connection state (docs/frontend.md). It is plain ES modules, so 
 the files as they are in the repository (no build step, no node at run time):
 
 - `/console` → `client/console/index.html`;
-- `/console/app/<file>` → `client/console/<file>` (the page's script and style);
+- `/console/app/<file>` → `client/console/<file>` (the page's script and style; `sw.js`, the
+  Web Push service worker, with `Service-Worker-Allowed: /console`);
 - `/console/src/<file>` → `client/src/<file>` (the client library the page imports, at the same
   relative path as in the repository, so the page's imports work served and type-checked).
 
@@ -44,11 +45,21 @@ HEADERS = {
 }
 
 
+# The console's service worker (Web Push) lives beside the page's other files but controls the
+# page itself: its scope, `/console`, is above its own folder, which the browser allows only when
+# the script's response says so.
+SERVICE_WORKER = FOLDERS["app"] / "sw.js"
+SERVICE_WORKER_SCOPE = "/console"
+
+
 def _file(path: Path) -> Response:
     content_type = CONTENT_TYPES.get(path.suffix)
     if content_type is None or not path.is_file():
         return PlainTextResponse("not found", status_code=404, headers=HEADERS)
-    return FileResponse(path, media_type=content_type, headers=HEADERS)
+    headers = HEADERS
+    if path == SERVICE_WORKER:
+        headers = HEADERS | {"service-worker-allowed": SERVICE_WORKER_SCOPE}
+    return FileResponse(path, media_type=content_type, headers=headers)
 
 
 async def index(request: Request) -> Response:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Public prefix -> upstream name (a key of `app.state.upstreams`). Adding a proxied API is one line.
 PUBLIC_PROXY: tuple[tuple[str, str], ...] = (
     ("/api/v1/notifications", "notifications"),
+    ("/api/v1/push", "notifications"),
     ("/api/v1/sessions", "agent"),
 )
 

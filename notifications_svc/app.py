@@ -12,9 +12,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 
-from notifications_svc import api, internal_api
+from notifications_svc import api, internal_api, push_api
 from notifications_svc.ingest import IngestConsumer
 from notifications_svc.outbox import Outbox
+from notifications_svc.push_policy import Presence, PushPlanner
+from notifications_svc.push_sender import PushSender
 from shared import db
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, health_routes, metrics_route
@@ -32,15 +34,17 @@ def create_app(settings: Settings) -> Starlette:
             # backoff.
             redis.set_retry(Retry(NoBackoff(), 1))
             outbox = Outbox(pool, redis)
+            sender = PushSender(pool, settings)
+            planner = PushPlanner(settings, Presence(redis), sender.wake)
             app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
             app.state.verifier = TokenVerifier(settings)
             app.state.outbox = outbox
+            app.state.planner = planner
+            ingest = IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes, planner)
             tasks = [
                 asyncio.create_task(outbox.run_relay(), name="outbox-relay"),
-                asyncio.create_task(
-                    IngestConsumer(pool, redis, outbox, settings.http_max_body_bytes).run(),
-                    name="ingest",
-                ),
+                asyncio.create_task(ingest.run(), name="ingest"),
+                asyncio.create_task(sender.run(), name="push-sender"),
             ]
             try:
                 yield
@@ -57,6 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics_route(),
         *api.routes,
         *api.internal_routes,
+        *push_api.routes,
         *internal_api.routes,
     ]
     # PostgreSQL unavailable: 503, never a 500 (shared.db owns the classification).

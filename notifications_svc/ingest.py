@@ -33,6 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from notifications_svc import store
 from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import Outbox
+from notifications_svc.push_policy import PushPlanner
 from shared import consumer_group, db, keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed
@@ -94,9 +95,15 @@ class IngestConsumer:
     """One consumer of the group; `run` is its background loop (cancel to stop)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, client: RedisClient, outbox: Outbox, max_payload_bytes: int
+        self,
+        pool: asyncpg.Pool,
+        client: RedisClient,
+        outbox: Outbox,
+        max_payload_bytes: int,
+        planner: PushPlanner | None = None,
     ) -> None:
         self._pool = pool
+        self._planner = planner
         self._max_payload_bytes = max_payload_bytes
         self._redis = client
         self._outbox = outbox
@@ -199,7 +206,7 @@ class IngestConsumer:
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
             request = parse_entry(entry_id, fields, self._max_payload_bytes)
-            created = await store.create(self._pool, request)
+            created = await store.create(self._pool, request, planner=self._planner)
         except (InvalidEntry, ValidationFailed) as exc:
             await self._dead_letter(entry_id, fields, str(exc))
             return

@@ -90,7 +90,9 @@ async def create(request: Request) -> Response:
     settings = _authorised(request)
     key = _idempotency_key(request)
     body = await read_json(request, model.CreateNotification, settings.http_max_body_bytes)
-    result = await store.create(request.app.state.pool, body, idempotency_key=key)
+    result = await store.create(
+        request.app.state.pool, body, idempotency_key=key, planner=request.app.state.planner
+    )
     if result.created and body.send_push:
         outbox: Outbox = request.app.state.outbox
         await outbox.after_commit(body.user_id)
@@ -110,7 +112,9 @@ async def create_batch(request: Request) -> Response:
             details={"field": "Idempotency-Key"},
         )
     body = await read_json(request, BatchRequest, settings.http_max_body_bytes)
-    results = await store.create_many(request.app.state.pool, body.notifications)
+    results = await store.create_many(
+        request.app.state.pool, body.notifications, planner=request.app.state.planner
+    )
     if any(r.created for r in results):
         outbox: Outbox = request.app.state.outbox
         outbox.wake()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
@@ -17,6 +18,9 @@ import asyncpg
 from notifications_svc.model import COLUMNS, CreateNotification, Stored
 from shared.errors import ValidationFailed
 from shared.users import ensure_user
+
+if TYPE_CHECKING:
+    from notifications_svc.push_policy import PushPlanner
 
 _T = "notifications.notifications"
 
@@ -64,10 +68,14 @@ class Created:
 
     row: Stored
     created: bool
+    pushes: int = 0  # Web Push jobs enqueued with it
 
 
 async def _create_one(
-    conn: asyncpg.Connection, request: CreateNotification, dedupe_key: str | None
+    conn: asyncpg.Connection,
+    request: CreateNotification,
+    dedupe_key: str | None,
+    planner: PushPlanner | None = None,
 ) -> Created:
     await ensure_user(conn, request.user_id)
     await conn.execute(ENSURE_COUNTER, request.user_id)
@@ -94,13 +102,20 @@ async def _create_one(
         request.send_push,
         dedupe_key,
     )
-    return Created(Stored.from_record(record), created=True)
+    row = Stored.from_record(record)
+    pushes = 0 if planner is None else await planner.plan(conn, row, request.send_push)
+    return Created(row, created=True, pushes=pushes)
 
 
 async def create(
-    pool: asyncpg.Pool, request: CreateNotification, *, idempotency_key: str | None = None
+    pool: asyncpg.Pool,
+    request: CreateNotification,
+    *,
+    idempotency_key: str | None = None,
+    planner: PushPlanner | None = None,
 ) -> Created:
-    """Insert one notification with the user's next seq, in one transaction.
+    """Insert one notification with the user's next seq, in one transaction, with its Web Push
+    jobs when `planner` decides so (then woken after the commit).
 
     Idempotent by key: with `request.dedupe_key` (or `idempotency_key`) a repeat returns the
     first notification unchanged with `created=False`. Raises `ValidationFailed` when the two keys
@@ -109,12 +124,20 @@ async def create(
     key = _dedupe_key(request, idempotency_key)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            return await _create_one(conn, request, key)
+            result = await _create_one(conn, request, key, planner)
     except asyncpg.DataError as exc:
         raise ValidationFailed(f"value refused by the database: {exc}") from None
+    if result.pushes and planner is not None:
+        planner.after_commit()
+    return result
 
 
-async def create_many(pool: asyncpg.Pool, requests: Sequence[CreateNotification]) -> list[Created]:
+async def create_many(
+    pool: asyncpg.Pool,
+    requests: Sequence[CreateNotification],
+    *,
+    planner: PushPlanner | None = None,
+) -> list[Created]:
     """Insert many notifications atomically (all or none); results in request order.
 
     Users' counter rows are locked in user-id order, so two concurrent batches never deadlock.
@@ -126,9 +149,11 @@ async def create_many(pool: asyncpg.Pool, requests: Sequence[CreateNotification]
         async with pool.acquire() as conn, conn.transaction():
             for index in order:
                 request = requests[index]
-                results[index] = await _create_one(conn, request, request.dedupe_key)
+                results[index] = await _create_one(conn, request, request.dedupe_key, planner)
     except asyncpg.DataError as exc:
         raise ValidationFailed(f"value refused by the database: {exc}") from None
+    if planner is not None and any(r.pushes for r in results.values()):
+        planner.after_commit()
     return [results[i] for i in range(len(requests))]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared import vapid
 from shared.topics import Namespace, load_namespaces
 
 
@@ -115,6 +116,40 @@ def _trusted_proxies(raw: str) -> tuple[str, ...]:
 
 
 def _text(raw: str) -> str:
+    return raw
+
+
+PUSH_POLICIES = ("offline", "always", "never")
+PUSH_URGENCIES = ("very-low", "low", "normal", "high")
+
+
+def _push_policy(raw: str) -> str:
+    policy = raw.strip().lower()
+    if policy not in PUSH_POLICIES:
+        raise ValueError(f"expected offline, always or never, got {raw!r}")
+    return policy
+
+
+def _push_policy_by_type(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for item in _parse_list(raw):
+        name, sep, policy = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected type=policy pairs separated by commas, got {item!r}")
+        pairs.append((name.strip(), _push_policy(policy)))
+    return tuple(pairs)
+
+
+def _push_urgency(raw: str) -> str:
+    urgency = raw.strip().lower()
+    if urgency not in PUSH_URGENCIES:
+        raise ValueError(f"expected very-low, low, normal or high, got {raw!r}")
+    return urgency
+
+
+def _vapid_subject(raw: str) -> str:
+    if not raw.startswith(("mailto:", "https://")):
+        raise ValueError("expected a mailto: or https:// URL (RFC 8292 `sub`)")
     return raw
 
 
@@ -477,6 +512,94 @@ VARIABLES: tuple[Variable, ...] = (
         "Client `publish` frames a connection may send in a burst (token bucket size).",
     ),
     Variable(
+        "VAPID_PRIVATE_KEY",
+        _text,
+        "",
+        "Web Push VAPID private key: base64url of the 32-byte P-256 key, or PEM "
+        "(`python -m shared.vapid` makes a pair). Empty in development: generated once into "
+        "`DATA_DIR/vapid.json` (mode 0600).",
+        secret=True,
+    ),
+    Variable(
+        "VAPID_PUBLIC_KEY",
+        _text,
+        "",
+        "Web Push VAPID public key (base64url, 65-byte uncompressed point); must match "
+        "`VAPID_PRIVATE_KEY`. Empty: derived from it.",
+    ),
+    Variable(
+        "VAPID_SUBJECT",
+        _vapid_subject,
+        "mailto:push@localhost",
+        "Contact the push services may use (`mailto:` or `https://`); set a real one in "
+        "production.",
+    ),
+    Variable(
+        "PUSH_POLICY",
+        _push_policy,
+        "offline",
+        "When a notification is also sent by Web Push: `offline` (the user had no live "
+        "connection on any gateway when it committed), `always` or `never`.",
+    ),
+    Variable(
+        "PUSH_POLICY_BY_TYPE",
+        _push_policy_by_type,
+        "",
+        "Per notification type overrides of `PUSH_POLICY`, e.g. `chat_reply=always,digest=never`.",
+    ),
+    Variable(
+        "PUSH_ALLOW_LOOPBACK",
+        _parse_bool,
+        "false",
+        "Accept `http://127.0.0.1:<port>/...` push endpoints (development and tests only); "
+        "otherwise endpoints must be https.",
+    ),
+    Variable(
+        "PUSH_ENDPOINT_HOSTS",
+        _parse_list,
+        "fcm.googleapis.com,updates.push.services.mozilla.com,*.push.apple.com,"
+        "*.notify.windows.com",
+        "Hosts a push endpoint may name (`*.` matches subdomains; `*` any host): the browsers' "
+        "push services, so a subscription cannot make the service POST to anything else.",
+    ),
+    Variable(
+        "PUSH_MAX_SUBSCRIPTIONS",
+        _positive_int,
+        "10",
+        "Push subscriptions one user may register; one more answers 409.",
+    ),
+    Variable(
+        "PUSH_MAX_ATTEMPTS",
+        _positive_int,
+        "8",
+        "Send attempts per push before it is dead-lettered.",
+    ),
+    Variable(
+        "PUSH_TTL",
+        _non_negative_int,
+        "86400",
+        "Seconds a push service keeps an undelivered push (the `TTL` header).",
+    ),
+    Variable(
+        "PUSH_URGENCY",
+        _push_urgency,
+        "normal",
+        "The `Urgency` header of pushes: very-low, low, normal or high.",
+    ),
+    Variable(
+        "PUSH_TIMEOUT",
+        _positive_float,
+        "10",
+        "Seconds one request to a push service may take; a push is leased for twice this plus "
+        "one second, after which a crashed sender's push is sent again.",
+    ),
+    Variable(
+        "PUSH_CONCURRENCY",
+        _positive_int,
+        "32",
+        "Push requests one notifications_svc instance has in flight at once.",
+    ),
+    Variable(
         "SSE_KEEPALIVE_INTERVAL",
         _positive_float,
         "15",
@@ -541,6 +664,19 @@ class Settings:
     http_user_rate_limit: float
     http_user_rate_burst: int
     agent_max_reminders_per_user: int
+    vapid_private_key: str = ""
+    vapid_public_key: str = ""
+    vapid_subject: str = "mailto:push@localhost"
+    push_policy: str = "offline"
+    push_policy_by_type: tuple[tuple[str, str], ...] = ()
+    push_allow_loopback: bool = False
+    push_endpoint_hosts: tuple[str, ...] = ()
+    push_max_subscriptions: int = 10
+    push_max_attempts: int = 8
+    push_ttl: int = 86400
+    push_urgency: str = "normal"
+    push_timeout: float = 10.0
+    push_concurrency: int = 32
     redis_cluster: bool = False
     topic_namespaces: str = ""
     topic_namespaces_file: str = ""
@@ -580,10 +716,33 @@ class Settings:
             changes["notifications_url"] = f"http://127.0.0.1:{self.notifications_port}"
         if not self.agent_url:
             changes["agent_url"] = f"http://127.0.0.1:{self.agent_port}"
+        changes |= self._vapid_keys()
         merged = {f.name: getattr(self, f.name) for f in fields(self)} | changes
         settings = Settings(**merged)
         settings._validate()
         return settings
+
+    def _vapid_keys(self) -> dict[str, str]:
+        """The VAPID pair, validated and normalised (base64url); generated in development."""
+        if not self.vapid_private_key:
+            if self.vapid_public_key:
+                raise ConfigError("VAPID_PUBLIC_KEY: set without VAPID_PRIVATE_KEY")
+            pair = _dev_vapid_keys(Path(self.data_dir))
+        else:
+            try:
+                pair = vapid.keys_from(self.vapid_private_key, self.vapid_public_key)
+            except vapid.VapidKeyError as exc:
+                which, _, reason = str(exc).partition(": ")
+                name = "VAPID_PRIVATE_KEY" if which == "private" else "VAPID_PUBLIC_KEY"
+                raise ConfigError(f"{name}: {reason}") from None
+        return {"vapid_private_key": pair.private_key, "vapid_public_key": pair.public_key}
+
+    def push_policy_for(self, notification_type: str) -> str:
+        """The push policy of one notification type (`PUSH_POLICY_BY_TYPE`, else the default)."""
+        for name, policy in self.push_policy_by_type:
+            if name == notification_type:
+                return policy
+        return self.push_policy
 
     def _validate(self) -> None:
         if self.jwt_algorithm == "HS256" and len(self.secret_key) < 32:
@@ -645,7 +804,13 @@ class Settings:
         passwords = (_url_password(self.database_url), _url_password(self.redis_url))
         return tuple(
             value
-            for value in (self.secret_key, self.internal_token, self.anthropic_api_key, *passwords)
+            for value in (
+                self.secret_key,
+                self.internal_token,
+                self.anthropic_api_key,
+                self.vapid_private_key,
+                *passwords,
+            )
             if value
         )
 
@@ -702,6 +867,35 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
         return dict(json.loads(path.read_text()))
     tmp.unlink()
     return stored
+
+
+VAPID_FILE = "vapid.json"
+
+
+def _dev_vapid_keys(data_dir: Path) -> vapid.VapidKeys:
+    """The development VAPID pair of `data_dir`, generated once (0600 from the first byte, the
+    first of two concurrent starts wins) and reused after, so subscriptions survive restarts."""
+    import json
+
+    path = data_dir / VAPID_FILE
+    try:
+        stored = json.loads(path.read_text())
+        return vapid.keys_from(stored["private_key"], stored["public_key"])
+    except FileNotFoundError:
+        pass
+    private_dir(data_dir)
+    pair = vapid.generate()
+    tmp = data_dir / f".vapid.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    body = {"private_key": pair.private_key, "public_key": pair.public_key}
+    write_private(tmp, json.dumps(body).encode())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        stored = json.loads(path.read_text())
+        return vapid.keys_from(stored["private_key"], stored["public_key"])
+    finally:
+        tmp.unlink()
+    return pair
 
 
 def load_or_exit() -> Settings:

@@ -26,6 +26,7 @@ from shared.infra import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
 from tests.support import contract
 from tests.support.processes import ServiceProcess
+from tests.support.push_service import PushService
 from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
 
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
@@ -192,6 +193,17 @@ def token_for(settings: Settings) -> Callable[..., str]:
         return mint_token(settings, user, ttl, **claims)
 
     return mint
+
+
+@pytest.fixture(scope="session")
+def push_service(settings: Settings) -> Iterator[PushService]:
+    """The Web Push stand-in, expecting the session's VAPID public key (every service of the
+    session shares `DATA_DIR`, hence the generated development key pair)."""
+    service = PushService(settings.vapid_public_key).start()
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import { RealtimeClient, jwtClaims, webStorageSeqStore } from "../src/index.js";
 import { ChatPanel } from "./chat.js";
 import { Inbox } from "./inbox.js";
 import { TopicPanel } from "./topics.js";
+import { PushSwitch } from "./push.js";
 import { byId } from "./dom.js";
 
 const TOKEN_KEY = "console.token";
@@ -116,6 +117,7 @@ function main() {
   // The inbox's newest seq becomes the resume point before the socket opens.
   void inbox.reload({ resumePoint: true }).then(() => client.connect());
   void chat.start();
+  void new PushSwitch(client.rest, report).start();
   Object.assign(globalThis, { consoleClient: client });
 }
 

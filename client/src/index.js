@@ -12,3 +12,4 @@ export { SeqTracker, webStorageSeqStore } from "./seq.js";
 export { Emitter } from "./emitter.js";
 export { jwtClaims, refreshTime } from "./jwt.js";
 export { systemClock } from "./clock.js";
+export { enablePush, disablePush, pushStatus, pushSupported, base64UrlToBytes, PushError } from "./push.js";

@@ -6,6 +6,10 @@
 /** @typedef {import("./wire.js").ChatSession} ChatSession */
 /** @typedef {import("./wire.js").SessionPage} SessionPage */
 /** @typedef {import("./wire.js").History} History */
+/** @typedef {import("./wire.js").VapidPublicKey} VapidPublicKey */
+/** @typedef {import("./wire.js").SubscriptionBody} SubscriptionBody */
+/** @typedef {import("./wire.js").PushSubscriptionItem} PushSubscriptionItem */
+/** @typedef {import("./wire.js").PushSubscriptionList} PushSubscriptionList */
 
 /** Any failure of a request: HTTP errors with the server's code, and network failures. */
 export class ApiError extends Error {
@@ -182,5 +186,37 @@ export class RestClient {
     return this.request("GET", `/api/v1/sessions/${encodeURIComponent(sessionId)}/messages`, {
       query: { limit: options.limit },
     });
+  }
+
+  /**
+   * The VAPID public key browsers subscribe with (base64url; no token needed).
+   * @returns {Promise<string>}
+   */
+  async vapidPublicKey() {
+    /** @type {VapidPublicKey} */
+    const body = await this.request("GET", "/api/v1/push/vapid-public-key");
+    return body.public_key;
+  }
+
+  /**
+   * Register a browser's push subscription (`PushSubscription.toJSON()`); idempotent per
+   * endpoint.
+   * @param {SubscriptionBody} subscription
+   * @returns {Promise<PushSubscriptionItem>}
+   */
+  registerPushSubscription(subscription) {
+    return this.request("POST", "/api/v1/push/subscriptions", { body: subscription });
+  }
+
+  /** @returns {Promise<PushSubscriptionItem[]>} the caller's subscriptions, oldest first */
+  async listPushSubscriptions() {
+    /** @type {PushSubscriptionList} */
+    const body = await this.request("GET", "/api/v1/push/subscriptions");
+    return body.items;
+  }
+
+  /** @param {string} id */
+  async deletePushSubscription(id) {
+    await this.request("DELETE", `/api/v1/push/subscriptions/${encodeURIComponent(id)}`);
   }
 }

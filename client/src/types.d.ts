@@ -136,6 +136,8 @@ export interface ApiContract {
   PublicationEntry?: PublicationEntry;
   Publish?: Publish;
   Published?: Published;
+  PushSubscriptionItem?: PushSubscriptionItem;
+  PushSubscriptionList?: PushSubscriptionList;
   Ready?: Ready;
   RefreshToken?: RefreshToken;
   ServerFrame?: ServerFrame;
@@ -149,6 +151,8 @@ export interface ApiContract {
   SubRefreshed?: SubRefreshed;
   Subscribe?: Subscribe;
   Subscribed?: Subscribed;
+  SubscriptionBody?: SubscriptionBody;
+  SubscriptionKeys?: SubscriptionKeys;
   TokenEvent?: TokenEvent;
   TokenExpiring?: TokenExpiring;
   TokenRefreshed?: TokenRefreshed;
@@ -159,6 +163,7 @@ export interface ApiContract {
   UnreadCount?: UnreadCount;
   Unsubscribe?: Unsubscribe;
   Unsubscribed?: Unsubscribed;
+  VapidPublicKey?: VapidPublicKey;
   WsCancel?: WsCancel;
   WsMessage?: WsMessage;
 }
@@ -489,6 +494,26 @@ export interface Published {
   epoch: string;
 }
 /**
+ * A stored subscription (its keys are the browser's public ones).
+ */
+export interface PushSubscriptionItem {
+  id: string;
+  endpoint: string;
+  keys: SubscriptionKeys;
+  created_at: string;
+}
+/**
+ * A browser's subscription keys, base64url: its P-256 public key and 16-byte auth secret.
+ */
+export interface SubscriptionKeys {
+  p256dh: string;
+  auth: string;
+}
+export interface PushSubscriptionList {
+  items: PushSubscriptionItem[];
+  minItems?: 0;
+}
+/**
  * `/readyz`: `status` is `ready`, or `unavailable` (503) with `error` naming what is down; `checks` maps each dependency to `ok` or `down: <reason>`.
  */
 export interface Ready {
@@ -574,6 +599,17 @@ export interface SessionPage {
   page_size: number;
   minItems?: 0;
 }
+/**
+ * `PushSubscription.toJSON()`; unknown fields are ignored (browsers may add some).
+ */
+export interface SubscriptionBody {
+  endpoint: string;
+  keys: SubscriptionKeys;
+  expirationTime?: number | null;
+}
 export interface UnreadCount {
   unread_count: number;
+}
+export interface VapidPublicKey {
+  public_key: string;
 }

@@ -30,5 +30,9 @@
 /** @typedef {import("./types.js").SessionMessages} History */
 /** @typedef {import("./types.js").CancelAccepted} CancelAccepted */
 /** @typedef {import("./types.js").ErrorResponse} ErrorResponse */
+/** @typedef {import("./types.js").VapidPublicKey} VapidPublicKey */
+/** @typedef {import("./types.js").SubscriptionBody} SubscriptionBody */
+/** @typedef {import("./types.js").PushSubscriptionItem} PushSubscriptionItem */
+/** @typedef {import("./types.js").PushSubscriptionList} PushSubscriptionList */
 
 export {};

@@ -18,6 +18,7 @@ from agent_svc import api as agent_api
 from gateway import chat, internal
 from notifications_svc import internal_api as notifications_internal
 from notifications_svc import model as notifications
+from notifications_svc import push_api, webpush
 from shared import chat_wire, topic_wire
 from shared.contract.schemas import Schemas, fields
 from shared.http import Alive, Ready
@@ -134,6 +135,37 @@ _NOTIFICATION_ROUTES = (
           answers=(Answer(204, "Deleted."), E401, E404_NOTIFICATION, E422)),
 )  # fmt: skip
 
+E404_SUBSCRIPTION = Answer(404, "No such push subscription of the caller's (another user's id "
+                           "answers exactly like a missing one).", ErrorResponse,
+                           codes=("NOT_FOUND",))  # fmt: skip
+
+# Web Push (docs/push.md): served by notifications_svc, reached through the facade.
+_PUSH_ROUTES = (
+    Route("GET", "/api/v1/push/vapid-public-key", "getVapidPublicKey",
+          "The VAPID public key to subscribe with (the browser's `applicationServerKey`)", "push",
+          security=None, answers=(Answer(200, "The key, base64url.", push_api.VapidPublicKey),)),
+    Route("POST", "/api/v1/push/subscriptions", "registerPushSubscription",
+          "Register a browser's push subscription (`PushSubscription.toJSON()`)", "push",
+          description="Idempotent per endpoint. The endpoint must be https on a host of "
+          "`PUSH_ENDPOINT_HOSTS`; `keys.p256dh` a P-256 point, `keys.auth` 16 bytes (base64url). "
+          "An endpoint registered by another user moves to the caller under a new id.",
+          body=webpush.SubscriptionBody,
+          answers=(Answer(201, "Registered.", push_api.PushSubscriptionItem),
+                   Answer(200, "The endpoint was registered before: the same subscription.",
+                          push_api.PushSubscriptionItem),
+                   E400, E401,
+                   Answer(409, "The caller has `PUSH_MAX_SUBSCRIPTIONS` subscriptions already.",
+                          ErrorResponse, codes=("CONFLICT",)),
+                   E422)),
+    Route("GET", "/api/v1/push/subscriptions", "listPushSubscriptions",
+          "The caller's push subscriptions, oldest first", "push",
+          answers=(Answer(200, "The subscriptions.", push_api.PushSubscriptionList), E401)),
+    Route("DELETE", "/api/v1/push/subscriptions/{subscription_id}", "deletePushSubscription",
+          "Delete one push subscription (and its pending pushes)", "push",
+          path_params=push_api.SubscriptionPath,
+          answers=(Answer(204, "Deleted."), E401, E404_SUBSCRIPTION, E422)),
+)  # fmt: skip
+
 _GATEWAY_ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "healthz", "The process is alive", "health", security=None,
           answers=(Answer(200, "Alive.", Alive),)),
@@ -145,6 +177,10 @@ _GATEWAY_ROUTES: tuple[Route, ...] = (
             (*r.answers, E413_FACADE, E429, E503_UPSTREAM), query=r.query,
             path_params=r.path_params)
       for r in _NOTIFICATION_ROUTES),
+    *(Route(r.method, r.path, r.operation_id, r.summary, r.tag,
+            (*r.answers, E413_FACADE, E429, E503_UPSTREAM), description=r.description,
+            body=r.body, path_params=r.path_params, security=r.security)
+      for r in _PUSH_ROUTES),
     Route("POST", "/api/v1/sessions", "createSession", "Create a chat session", "sessions",
           body=agent_api.CreateSession, body_required=False,
           answers=(Answer(201, "The new session.", agent_api.Session), E400, E401, E413_FACADE,

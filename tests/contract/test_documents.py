@@ -19,6 +19,7 @@ from gateway import apidocs, chat, internal, proxy, topic_api
 from gateway import app as gateway_app
 from notifications_svc import api as notifications_api
 from notifications_svc import internal_api as notifications_internal
+from notifications_svc import push_api
 from shared.contract import all_documents, render
 from shared.contract.asyncapi import CLIENT_FRAMES, SERVER_FRAMES
 from shared.errors import AppError
@@ -74,6 +75,7 @@ def test_every_public_route_is_in_the_public_openapi_document() -> None:
     proxied = tuple(prefix for prefix, _ in proxy.PUBLIC_PROXY)
     served = {(m, p) for m, p in served if not p.startswith(proxied)}
     served |= _routes(notifications_api.routes, "/api/")
+    served |= _routes(push_api.routes, "/api/")
     served |= _routes(agent_api.routes, "/api/")
     served -= {("GET", "/docs/assets/{name}")}  # the page's static files
     served -= {("GET", "/console/{folder}/{name:path}")}  # the console's modules

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -36,6 +38,7 @@ from shared.contract import public_openapi
 from tests.agent_svc.stack import ChatStack, stack_fixture
 from tests.conftest import TEST_INTERNAL_TOKEN
 from tests.support.contract import Checker
+from tests.support.push_service import b64url
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4"))
 LONG = EXAMPLES > 20  # `make fuzz`: random examples, and say what was tried
@@ -53,7 +56,8 @@ stack = stack_fixture(
 
 
 def _foreign_data(stack: ChatStack, token: str, user: uuid.UUID) -> dict[str, str]:
-    """User B's notification and session; the ids by name."""
+    """User B's notification, session and push subscription (registered after the
+    notification, so nothing is ever sent to its endpoint); the ids by name."""
     notifications = stack.extra[0].url
     created = httpx.post(
         notifications + "/internal/v1/notifications",
@@ -65,12 +69,28 @@ def _foreign_data(stack: ChatStack, token: str, user: uuid.UUID) -> dict[str, st
         json={"title": "B's session"},
         headers={"Authorization": f"Bearer {token}"},
     )
+    endpoint = f"https://fcm.googleapis.com/fcm/send/{uuid.uuid4()}"
+    subscription = httpx.post(
+        stack.gateway.url + "/api/v1/push/subscriptions",
+        json={"endpoint": endpoint, "keys": _browser_keys()},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert created.status_code == 201 and session.status_code == 201
+    assert subscription.status_code == 201, subscription.text
     return {
         "user": str(user),
         "notification": created.json()["id"],
         "session": session.json()["id"],
+        "subscription": subscription.json()["id"],
+        "endpoint": endpoint,
     }
+
+
+def _browser_keys() -> dict[str, str]:
+    """A browser's push subscription keys: a real P-256 public key and a 16-byte secret."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    return {"p256dh": b64url(point), "auth": b64url(os.urandom(16))}
 
 
 def _strict(checker: Checker, response: Any, case: Any) -> None:
@@ -156,6 +176,7 @@ def test_public_rest_api_fuzz(
         ("PATCH", "/api/v1/notifications/{notification}/read"),
         ("DELETE", "/api/v1/notifications/{notification}"),
         ("GET", "/api/v1/sessions/{session}/messages"),
+        ("DELETE", "/api/v1/push/subscriptions/{subscription}"),
     ],
 )
 def test_another_users_ids_answer_404(

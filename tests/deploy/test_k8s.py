@@ -115,7 +115,13 @@ def test_container_ports_match_configuration() -> None:
 # connection and never calls the model; only the agent holds the Claude key).
 SECRETS_NEEDED = {
     "gateway": {"REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"},
-    "notifications": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN"},
+    "notifications": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SECRET_KEY",
+        "INTERNAL_TOKEN",
+        "VAPID_PRIVATE_KEY",
+    },
     "agent": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INTERNAL_TOKEN", "ANTHROPIC_API_KEY"},
 }
 

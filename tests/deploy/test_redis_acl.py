@@ -91,7 +91,8 @@ def _refused(client: redis.Redis, *command: str) -> bool:
 
 def test_each_user_reaches_only_its_own_keys_and_channels(acl_redis: AclRedis) -> None:
     """The default user may only PING; the gateway cannot write the ingest stream, the
-    notifications service cannot queue chat requests or touch the registry, the agent cannot
+    notifications service cannot queue chat requests or write the registry (it may read
+    `user:sessions:*`, for the Web Push presence check), the agent cannot
     publish to a user; none may run FLUSHALL, CONFIG, KEYS or SHUTDOWN."""
     anonymous = redis.Redis(port=acl_redis.port)
     assert anonymous.ping()
@@ -101,6 +102,8 @@ def test_each_user_reaches_only_its_own_keys_and_channels(acl_redis: AclRedis) -
         assert _refused(clients["gateway"], "XADD", "notifications:ingest", "*", "f", "v")
         assert _refused(clients["notifications"], "XADD", "chat:requests", "*", "r", "v")
         assert _refused(clients["notifications"], "SADD", "ws:session:x", "c")
+        assert _refused(clients["notifications"], "SADD", "user:sessions:x", "s")
+        assert clients["notifications"].scard("user:sessions:x") == 0  # push presence: read only
         assert _refused(clients["agent"], "PUBLISH", "ch:user:x", "frame")
         assert _refused(clients["agent"], "SADD", "ws:user:x", "c")
         for client in clients.values():

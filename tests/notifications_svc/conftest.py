@@ -73,3 +73,9 @@ def auth(token_for: Callable[..., str]) -> Callable[[uuid.UUID], dict[str, str]]
         return {"Authorization": f"Bearer {token_for(user)}"}
 
     return headers
+
+
+@pytest.fixture(scope="session")
+def push_notifications(spawn_service: SpawnService) -> ServiceProcess:
+    """A notifications_svc accepting the stand-in's loopback endpoints, pushing always."""
+    return spawn_service("notifications_svc", PUSH_ALLOW_LOOPBACK="true", PUSH_POLICY="always")

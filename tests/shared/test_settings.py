@@ -91,7 +91,8 @@ def test_readme_documents_every_variable() -> None:
 def test_dev_secrets_are_private_from_the_first_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DATA_DIR (and each folder created above it) is made 0700 and secrets.json 0600 at
+    """DATA_DIR (and each folder created above it) is made 0700, secrets.json and the
+    development VAPID key vapid.json 0600 at
     creation, under a umask that would allow anything: no chmod is ever needed (any is refused
     here), so no moment exists where another user could read them."""
 
@@ -109,7 +110,8 @@ def test_dev_secrets_are_private_from_the_first_byte(
     assert stat.S_IMODE((tmp_path / "parent").stat().st_mode) == 0o700
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((data_dir / "secrets.json").stat().st_mode) == 0o600
-    assert sorted(p.name for p in data_dir.iterdir()) == ["secrets.json"]
+    assert stat.S_IMODE((data_dir / "vapid.json").stat().st_mode) == 0o600
+    assert sorted(p.name for p in data_dir.iterdir()) == ["secrets.json", "vapid.json"]
 
 
 @pytest.mark.parametrize(

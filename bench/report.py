@@ -546,7 +546,13 @@ def write(results: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     names = plot(results, out)
     path = out / "report.md"
-    path.write_text(markdown(results, names))
+    text = markdown(results, names)
+    topic_result = results.get("topics")
+    if isinstance(topic_result, dict) and "error" not in topic_result:
+        from bench.scenarios.topics import report_lines  # only runs that measured topics
+
+        text = text.rstrip("\n") + "\n\n" + "\n".join(report_lines(topic_result))
+    path.write_text(text)
     return path
 
 

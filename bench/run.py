@@ -28,7 +28,7 @@ from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
-from bench.scenarios import chat, fairness, rest, websocket
+from bench.scenarios import chat, fairness, rest, topics, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
@@ -105,6 +105,7 @@ def run(out: Path) -> dict[str, Any]:
         "chat": chat.STEPS,
         "rest": rest.STEPS,
         "fairness": fairness.STEPS,
+        "topics": 1,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
@@ -121,6 +122,8 @@ def run(out: Path) -> dict[str, Any]:
                 lambda name=name: _websocket(stack, name, scale, cores, progress),  # type: ignore[misc]
             )
         _http_scenarios(stack, scale, results, progress)
+        if "topics" in scale.scenarios:
+            _guarded("topics", results, progress, lambda: _topics(stack, scale, progress))
         if "fairness" in scale.scenarios:
             results["fairness"] = {}
             for mode in fairness.MODES:
@@ -305,6 +308,19 @@ def _websocket(
         stack.stop(service)
 
 
+def _topics(stack: Stack, scale: scales.Scale, progress: Progress) -> dict[str, Any]:
+    port = stack.ports["gateway"]
+    service = stack.start("gateway", _gateway_module(), port, pinned=True, extra_env=GATEWAY_ENV)
+    try:
+        result = topics.run(port, stack.redis_url, stack.settings, scale)
+        progress.step("topics: one big topic, many small ones")
+        return result
+    except Exception as exc:
+        raise ScenarioError(f"{exc}\n--- gateway log ---\n{service.log_tail()}") from exc
+    finally:
+        stack.stop(service)
+
+
 def failed(results: dict[str, Any]) -> list[str]:
     """Names of the scenarios that raised."""
     sections = {
@@ -312,6 +328,7 @@ def failed(results: dict[str, Any]) -> list[str]:
         "chat": results.get("chat"),
         **{f"fairness {m}": (results.get("fairness") or {}).get(m) for m in fairness.MODES},
         "rest": results.get("rest"),
+        "topics": results.get("topics"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 

@@ -32,11 +32,16 @@ class Scale:
     rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
     fair_flood: int  # questions the flooding user asks at once in the fairness scenario
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
-    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness run
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics run
+    topic_subscribers: int = 10_000  # subscribers of the one big topic
+    topic_publications: int = 20  # publications to it, one at a time
+    topic_groups: int = 1000  # small topics...
+    topic_group_size: int = 10  # ...of this many subscribers each
+    topic_rates: tuple[int, ...] = (500, 1000, 2000, 4000)  # publications/s over the small topics
 
 
 SERVERS = ("gateway", "lean")
-SCENARIOS = ("websocket", "chat", "rest", "fairness")
+SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics")
 
 SCALES = {
     "full": Scale(
@@ -58,7 +63,7 @@ SCALES = {
         rest_concurrency=(1, 8),
         fair_flood=8,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
     ),
     "small": Scale(
         name="small",
@@ -79,7 +84,12 @@ SCALES = {
         rest_concurrency=(1, 4),
         fair_flood=4,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
+        topic_subscribers=300,
+        topic_publications=5,
+        topic_groups=30,
+        topic_group_size=10,
+        topic_rates=(50, 200),
     ),
 }
 

@@ -17,6 +17,8 @@ collection would have looked at it, so collections find less to walk and promote
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +31,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import apidocs, chat, console, internal, proxy, websocket
+from gateway import apidocs, chat, console, internal, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
@@ -94,13 +96,20 @@ def create_app(settings: Settings) -> Starlette:
         state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
         state.user_requests = shared.user_requests
         state.manager = ConnectionManager(shared)
+        state.topics = state.manager.topics.topics
         await state.manager.start()
+        ingest = asyncio.create_task(
+            topic_api.consume_ingest(redis, state.topics, state.manager.instance_id)
+        )
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         try:
             yield
         finally:
+            ingest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingest
             await state.manager.stop()
             await state.verifier.aclose()
             for client in upstreams.values():
@@ -112,6 +121,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics_route(),
         *websocket.routes,
         *internal.routes,
+        *topic_api.routes,
         *chat.routes,
         *console.routes,
         *apidocs.routes,
@@ -123,7 +133,7 @@ def create_app(settings: Settings) -> Starlette:
             CORSMiddleware,
             allow_origins=["*"] if allow_all else list(settings.cors_origins),
             allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-            allow_headers=["authorization", "content-type", "last-event-id"],
+            allow_headers=["authorization", "content-type", "last-event-id", "x-topic-token"],
             allow_credentials=not allow_all,
         )
     ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from starlette.websockets import WebSocket
@@ -44,7 +44,11 @@ from gateway.wsprotocol import EXTENSION, FrameSink, TextFrame
 from shared import keys
 from shared.auth import TokenError, TokenVerifier
 from shared.settings import Settings
+from shared.topic_wire import TOPIC_FRAME_TYPES
 from shared.wire import error_frame
+
+if TYPE_CHECKING:  # gateway.subscriptions reaches connections through `Subscriber` only
+    from gateway.subscriptions import TopicHub
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,11 @@ class ConnectionHost(Protocol):
 
     def close_later(self, conn: Connection, code: int, reason: str) -> None:
         """Close `conn` from synchronous code (the delivery path never waits)."""
+        ...
+
+    @property
+    def topics(self) -> TopicHub:
+        """Topic subscriptions (`subscribe`, `publish`, `presence`... frames)."""
         ...
 
 
@@ -264,6 +273,8 @@ class Connection:
                 await self._chat(text.encode())
             elif kind == "refresh_token":
                 await self.put(await self._refresh(frames.refresh_token(text), verifier))
+            elif kind in TOPIC_FRAME_TYPES:
+                await self._host.topics.handle(self, text)
             else:
                 unknown = error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}")
                 await self.put(TextFrame(unknown))

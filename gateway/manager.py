@@ -48,11 +48,14 @@ from gateway.ordering import Action, Replay
 from gateway.registry import SESSION_FULL, USER_FULL, create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.state import GatewayState
+from gateway.subscriptions import TopicHub
 from gateway.timers import Due, due
+from gateway.topics import Topics
 from gateway.wsprotocol import TextFrame
 from shared import publish
 from shared.backoff import Backoff
 from shared.errors import NotFound, RateLimited, Unavailable
+from shared.topic_store import TopicStore
 from shared.wire import (
     ConnectionEstablished,
     ConnectionEstablishedData,
@@ -129,6 +132,13 @@ class ConnectionManager:
         # or it is finishing the entry it took), oldest first.
         self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, TextFrame]] = deque()
         self._deliverer: asyncio.Task[None] | None = None
+        # Topic subscriptions ride on the same fan-out (one channel per topic).
+        self.topics = TopicHub(
+            Topics(settings, TopicStore(redis_client), state.verifier),
+            self._fanout,
+            redis_client,
+            settings.ws_heartbeat_interval,
+        )
 
     # Lifecycle.
 
@@ -156,6 +166,7 @@ class ConnectionManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.topics.stop()
         await self._fanout.stop()
         with contextlib.suppress(redis.RedisError, OSError):
             await self._registry.leave()
@@ -288,6 +299,7 @@ class ConnectionManager:
         self._everyone.discard(conn)
         self._detaching += 1
         try:
+            await self.topics.drop(conn)
             await self._fanout.leave(conn, conn.channels)
             await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
         except (redis.RedisError, OSError) as exc:
@@ -359,6 +371,9 @@ class ConnectionManager:
             self._deliverer = None
 
     def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, frame: TextFrame) -> None:
+        if meta.topic is not None:
+            self.topics.deliver(members, meta, frame)
+            return
         seq, exclude = meta.seq, meta.exclude_session
         deliver = Action.DELIVER  # an enum member lookup costs ~100 ns: once, not per recipient
         sent = 0
@@ -377,7 +392,9 @@ class ConnectionManager:
 
     def _resync(self, channels: Collection[bytes] | None) -> None:
         """Redis came back (on a cluster: the shard of `channels`; None: every channel): replay,
-        per user, what was published while the link was down."""
+        per user, what was published while the link was down; topic subscriptions catch up
+        from their history."""
+        self.topics.resync(channels)
         for channel, members in list(self._fanout.routes.items()):
             if not channel.startswith(_USER_CHANNEL_PREFIX):
                 continue
@@ -445,6 +462,7 @@ class ConnectionManager:
         while True:
             await self._sleep(interval)
             self.watch_round()
+            await self.topics.tick(self._wall())
 
     def watch_round(self) -> None:
         """One round of `_watch`, at the injected clocks' current time."""

@@ -12,13 +12,15 @@ baseline. A gap between live seqs is normal (deleted or push-less notifications)
 only when the pub/sub link drops, and the manager then starts a replay (`SeqOrder.resync()`).
 
 `SeqOrder` is one connection's state; `Replay` is one catch-up of a group of one user's
-connections (one fetch serves them all).
+connections (one fetch serves them all). `OffsetOrder` does the same for a topic subscription,
+whose publications carry a gapless offset per epoch (`gateway.subscriptions`).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 
 class Action(enum.Enum):
@@ -167,3 +169,84 @@ class Replay:
             order.last_seq = cursor if last is None or cursor > last else last
             order.replaying, order.held = False, 0
         return True
+
+
+# Topics: offsets and epochs (docs/topics.md).
+
+OFFSET_HOLD_LIMIT = 1000
+
+
+class OffsetAction(enum.Enum):
+    """What to do with a live topic publication."""
+
+    DELIVER = "deliver"
+    DUPLICATE = "duplicate"
+    HOLD = "hold"
+    GAP = "gap"
+
+
+@dataclass(slots=True)
+class HeldPublication:
+    offset: int
+    epoch: str
+    frame: object  # what the owner hands back on `resume` (the encoded frame)
+
+
+@dataclass(slots=True)
+class OffsetOrder:
+    """One connection's subscription to one topic (`gateway.subscriptions`), the topic
+    counterpart of `SeqOrder`: publications carry a gapless `offset` per `epoch`, so unlike
+    notifications a skipped offset or a new epoch is a loss, reported as `GAP`, which the owner
+    closes from the topic's history.
+
+    Starts syncing: everything live is held (in arrival order, at most `OFFSET_HOLD_LIMIT`, past
+    which only the overflow is remembered) until the first `resume(position)`, which hands back
+    the held publications that follow the position. Each publication is thus delivered once, in
+    offset order, with no gap — or the owner learns it cannot be (`INSUFFICIENT_STATE`)."""
+
+    offset: int = 0
+    epoch: str = ""
+    syncing: bool = True
+    held: list[HeldPublication] = field(default_factory=list)
+    overflowed: bool = False
+
+    def live(self, offset: int, epoch: str, frame: object) -> OffsetAction:
+        """Judge a live publication (and advance the cursor when it is delivered)."""
+        if self.syncing:
+            if len(self.held) < OFFSET_HOLD_LIMIT:
+                self.held.append(HeldPublication(offset, epoch, frame))
+            else:
+                self.overflowed = True
+            return OffsetAction.HOLD
+        return self._judge(offset, epoch)
+
+    def _judge(self, offset: int, epoch: str) -> OffsetAction:
+        if epoch != self.epoch:
+            return OffsetAction.GAP
+        if offset <= self.offset:
+            return OffsetAction.DUPLICATE
+        if offset != self.offset + 1:
+            return OffsetAction.GAP
+        self.offset = offset
+        return OffsetAction.DELIVER
+
+    def start_sync(self) -> None:
+        """Hold live publications from now on (a gap was found, or the link to Redis came
+        back); the owner reads the history after `offset` and then calls `resume`."""
+        self.syncing = True
+
+    def resume(self, offset: int, epoch: str) -> tuple[list[HeldPublication], bool]:
+        """The history was read up to `offset` of `epoch` (and delivered): go live. Returns the
+        held publications that are due (in order, cursor advanced past them) and whether a gap
+        remains (some held were out of sequence or dropped: sync again)."""
+        self.offset, self.epoch, self.syncing = offset, epoch, False
+        held, self.held = self.held, []
+        overflowed, self.overflowed = self.overflowed, False
+        due: list[HeldPublication] = []
+        for entry in held:
+            verdict = self._judge(entry.offset, entry.epoch)
+            if verdict is OffsetAction.DELIVER:
+                due.append(entry)
+            elif verdict is OffsetAction.GAP:
+                return due, True
+        return due, overflowed

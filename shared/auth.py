@@ -104,6 +104,22 @@ class TokenVerifier:
         return len(self._verified)
 
     async def _verify(self, token: str) -> Identity:
+        claims = await self._claims(token, ["exp", "sub"])
+        return Identity(user_id=_subject(claims.get("sub")), expires_at=float(claims["exp"]))
+
+    async def verify_subscription(self, token: str, topic: str, user_id: uuid.UUID) -> float:
+        """Check a subscription token (docs/topics.md): same algorithm, key, `aud` and `iss`
+        as connection tokens, `sub` the connection's user, `topic` the topic asked for, `exp`
+        required. Returns its `exp`; raises `TokenError` ("token expired" when it is only
+        late). Not remembered: a subscription token is checked once per subscribe or refresh."""
+        claims = await self._claims(token, ["exp", "sub", "topic"])
+        if _subject(claims.get("sub")) != user_id:
+            raise TokenError("token is for another user")
+        if claims.get("topic") != topic:
+            raise TokenError("token is for another topic")
+        return float(claims["exp"])
+
+    async def _claims(self, token: str, required: list[str]) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -118,13 +134,13 @@ class TokenVerifier:
             except KeyLookupError as exc:
                 raise TokenError(exc.reason) from None
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+                options={"require": required, "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token expired") from None
@@ -138,7 +154,7 @@ class TokenVerifier:
             raise TokenError("token issuer invalid") from None
         except jwt.InvalidTokenError:
             raise TokenError("token malformed") from None
-        return Identity(user_id=_subject(claims.get("sub")), expires_at=float(claims["exp"]))
+        return claims
 
 
 def _subject(sub: object) -> uuid.UUID:
@@ -157,6 +173,14 @@ def mint_token(
     now = int(time.time())
     payload = {"sub": str(user_id), "iat": now, "exp": now + int(ttl)} | claims
     return jwt.encode(payload, settings.secret_key, algorithm="HS256")
+
+
+def mint_subscription_token(
+    settings: Settings, user_id: uuid.UUID | str, topic: str, ttl: float = 3600, **claims: Any
+) -> str:
+    """An HS256 subscription token for `user_id` and `topic` signed with `SECRET_KEY`: what an
+    application backend mints for a private topic (docs/topics.md)."""
+    return mint_token(settings, user_id, ttl, topic=topic, **claims)
 
 
 def main(argv: list[str]) -> int:

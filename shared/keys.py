@@ -106,3 +106,41 @@ AGENT_SCHEDULED_NOTIFICATIONS = "agent:scheduled"
 def agent_user_reminders(user_id: UUID | str) -> str:
     """Sorted set: ids of the user's scheduled notifications by due time (the per-user cap)."""
     return f"agent:scheduled:user:{user_id}"
+
+
+# Topics (docs/topics.md). Every key of one topic carries the topic in a hash tag, so they share
+# a Redis Cluster slot and one Lua script may touch them all (and SPUBLISH on its channel, which
+# hashes to the same slot). Topic names cannot contain braces (shared.topics).
+def topic_channel(topic: str) -> str:
+    """Pub/sub channel of one topic's publications, join and leave events."""
+    return f"ch:topic:{{{topic}}}"
+
+
+def topic_history(topic: str) -> str:
+    """Stream of the topic's recent publications; entry id `<offset>-0`, field `d` = data."""
+    return f"topic:{{{topic}}}:history"
+
+
+def topic_meta(topic: str) -> str:
+    """Hash: `e` the topic's epoch, `s` its last offset."""
+    return f"topic:{{{topic}}}:meta"
+
+
+def topic_idempotency(topic: str, key: str) -> str:
+    """Hash: `e`, `s` of the publication made with this Idempotency-Key."""
+    return f"topic:{{{topic}}}:idem:{key}"
+
+
+def topic_presence(topic: str) -> str:
+    """Hash: connection id -> presence entry JSON."""
+    return f"topic:{{{topic}}}:presence"
+
+
+def topic_presence_expiry(topic: str) -> str:
+    """Sorted set: connection id scored by when its presence expires (Unix ms)."""
+    return f"topic:{{{topic}}}:presence:exp"
+
+
+# Producers that publish to topics through Redis rather than HTTP; every gateway consumes it.
+TOPICS_INGEST_STREAM = "topics:ingest"
+TOPICS_INGEST_GROUP = "gateways"

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared import vapid
+from shared.topics import Namespace, load_namespaces
 
 
 class ConfigError(ValueError):
@@ -459,6 +460,58 @@ VARIABLES: tuple[Variable, ...] = (
         "model with `REMINDER_LIMIT`.",
     ),
     Variable(
+        "TOPIC_NAMESPACES",
+        _text,
+        "",
+        "Topic namespaces as JSON (docs/topics.md). Empty: `public`, `user` and `private` "
+        "(or the file of `TOPIC_NAMESPACES_FILE`).",
+    ),
+    Variable(
+        "TOPIC_NAMESPACES_FILE",
+        _text,
+        "",
+        "A file holding the `TOPIC_NAMESPACES` JSON (set one of the two, not both).",
+    ),
+    Variable(
+        "TOPICS_MAX_PER_CONNECTION",
+        _positive_int,
+        "100",
+        "Topics one connection may subscribe to; one more is refused with `TOO_MANY_TOPICS`.",
+    ),
+    Variable(
+        "TOPIC_MAX_PUBLICATION_BYTES",
+        _positive_int,
+        "16384",
+        "Largest publication `data` (encoded JSON); a larger one is refused with "
+        "`PUBLICATION_TOO_LARGE` (HTTP 413).",
+    ),
+    Variable(
+        "TOPIC_MAX_HISTORY_SIZE",
+        _positive_int,
+        "1000",
+        "Largest `history_size` a namespace may configure (publications kept per topic).",
+    ),
+    Variable(
+        "TOPIC_MAX_PRESENCE",
+        _positive_int,
+        "1000",
+        "Presence entries listed per topic (`presence_result`, the presence endpoint); more are "
+        "left out and `truncated` says so (`presence_stats` still counts all).",
+    ),
+    Variable(
+        "TOPIC_CLIENT_PUBLISH_RATE",
+        _positive_float,
+        "5",
+        "Client `publish` frames per second per connection (where a namespace allows clients "
+        "to publish; token bucket refill rate); over it: `RATE_LIMITED`.",
+    ),
+    Variable(
+        "TOPIC_CLIENT_PUBLISH_BURST",
+        _positive_int,
+        "10",
+        "Client `publish` frames a connection may send in a burst (token bucket size).",
+    ),
+    Variable(
         "VAPID_PRIVATE_KEY",
         _text,
         "",
@@ -625,6 +678,14 @@ class Settings:
     push_timeout: float = 10.0
     push_concurrency: int = 32
     redis_cluster: bool = False
+    topic_namespaces: str = ""
+    topic_namespaces_file: str = ""
+    topics_max_per_connection: int = 100
+    topic_max_publication_bytes: int = 16384
+    topic_max_history_size: int = 1000
+    topic_max_presence: int = 1000
+    topic_client_publish_rate: float = 5.0
+    topic_client_publish_burst: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -709,6 +770,11 @@ class Settings:
             raise ConfigError("REDIS_CLUSTER: needs REDIS_URL (the embedded Redis is one server)")
         if self.ws_rate_burst < 1:
             raise ConfigError("WS_RATE_BURST: must be at least 1")
+        try:
+            self.namespaces()
+        except ValueError as exc:
+            name = "TOPIC_NAMESPACES_FILE" if self.topic_namespaces_file else "TOPIC_NAMESPACES"
+            raise ConfigError(f"{name}: {exc}") from None
         if self.ws_connection_timeout <= self.ws_heartbeat_interval:
             raise ConfigError(
                 "WS_CONNECTION_TIMEOUT: must be longer than WS_HEARTBEAT_INTERVAL "
@@ -719,6 +785,14 @@ class Settings:
     def asyncpg_dsn(self) -> str:
         """`DATABASE_URL` in the form asyncpg accepts (the SQLAlchemy driver suffix removed)."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    def namespaces(self) -> dict[str, Namespace]:
+        """The topic namespaces of this deployment (`shared.topics`); raises `ValueError`."""
+        return load_namespaces(
+            self.topic_namespaces,
+            self.topic_namespaces_file,
+            max_history_size=self.topic_max_history_size,
+        )
 
     @property
     def offline_model(self) -> bool:

@@ -179,6 +179,11 @@ class EnvelopeMeta(msgspec.Struct, omit_defaults=True):
     user_id: str | None = None
     exclude_session: str | None = None  # broadcast: skip this session's connections
     ts: float | None = None  # publish time (Unix seconds), for the gateway's fan-out latency
+    # Topics (shared.topic_store): the topic of a publication, join or leave; a publication's
+    # offset and epoch, so a gateway can drop duplicates and notice gaps.
+    topic: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 _meta_decoder = msgspec.json.Decoder(EnvelopeMeta)

@@ -4,6 +4,7 @@
 import { RealtimeClient, jwtClaims, webStorageSeqStore } from "../src/index.js";
 import { ChatPanel } from "./chat.js";
 import { Inbox } from "./inbox.js";
+import { TopicPanel } from "./topics.js";
 import { PushSwitch } from "./push.js";
 import { byId } from "./dom.js";
 
@@ -112,6 +113,7 @@ function main() {
   connectionPanel(client);
   const inbox = new Inbox(client, report);
   const chat = new ChatPanel(client, report);
+  new TopicPanel(client, report);
   // The inbox's newest seq becomes the resume point before the socket opens.
   void inbox.reload({ resumePoint: true }).then(() => client.connect());
   void chat.start();

@@ -2,6 +2,7 @@
 // parts for those who assemble their own. ES module, no runtime dependencies.
 
 export { RealtimeClient } from "./realtime.js";
+export { Subscription } from "./topics.js";
 export { RestClient, ApiError } from "./rest.js";
 export { ChatAnswer, askOverSse, resumeOverSse, sseEvents } from "./chat.js";
 export { SseParser } from "./sse.js";

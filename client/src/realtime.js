@@ -11,6 +11,7 @@ import { SeqTracker } from "./seq.js";
 import { closeDecision } from "./close-policy.js";
 import { jwtClaims, refreshTime } from "./jwt.js";
 import { systemClock } from "./clock.js";
+import { Topics } from "./topics.js";
 
 /** @typedef {import("./wire.js").ServerFrame} ServerFrame */
 /** @typedef {import("./wire.js").AnyFrame} AnyFrame */
@@ -134,6 +135,8 @@ export class RealtimeClient {
     this.refreshing = false;
     /** @type {{answer: ChatAnswer, events: Channel<ChatEvent>} | null} */
     this.wsAnswer = null;
+    /** @type {Topics | null} created by the first `subscribe` */
+    this.topics = null;
     /** @type {Record<string, unknown>} */
     this.timers = {};
     this.#installHandlers();
@@ -172,6 +175,20 @@ export class RealtimeClient {
    */
   handle(type, handler) {
     this.frameHandlers.set(type, handler);
+  }
+
+  /**
+   * Subscribe to a topic (docs/topics.md). Publications arrive once, in offset order; after a
+   * reconnect the subscription is sent again with the last position, and the gateway sends
+   * what was missed (`subscribed` event: `recovered` false means some were lost).
+   * @param {string} topic  namespace:name
+   * @param {import("./topics.js").SubscribeOptions} [options]  `token`: a subscription token,
+   *   or a provider called at every (re)subscribe and before the token expires
+   * @returns {import("./topics.js").Subscription}
+   */
+  subscribe(topic, options = {}) {
+    this.topics ??= new Topics(this);
+    return this.topics.subscribe(topic, options);
   }
 
   /** Notifications as an async iterator, each once, in seq order. */

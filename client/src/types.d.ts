@@ -28,7 +28,17 @@ export type ChatErrorCode =
   | "VALIDATION_ERROR";
 export type ChatEvent =
   StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | EndEvent | ErrorEvent;
-export type ClientFrame = Ping | WsMessage | WsCancel | RefreshToken;
+export type ClientFrame =
+  | Ping
+  | WsMessage
+  | WsCancel
+  | RefreshToken
+  | Subscribe
+  | Unsubscribe
+  | SubRefresh
+  | PresenceRequest
+  | PresenceStatsRequest
+  | Publish;
 /**
  * WebSocket close codes the gateway uses. Every close also carries a short reason. 1000 idle timeout (no frame for WS_CONNECTION_TIMEOUT seconds); 1008 policy violation (token missing/invalid/expired, foreign session, origin not allowed, bad last_seq, rate limit exceeded): do not retry with the same credentials; 1009 frame too large; 1011 keepalive ping timeout or internal error: reconnect with backoff; 1012 server restarting: reconnect at once with last_seq; 1013 try again later (too many connections for the session, slow consumer, server at capacity, a dependency unavailable): reconnect with backoff and jitter, with last_seq.
  */
@@ -53,7 +63,33 @@ export type ServerFrame =
   | ErrorFrame
   | TokenExpiring
   | TokenRefreshed
-  | ChatEventFrame;
+  | ChatEventFrame
+  | Subscribed
+  | Unsubscribed
+  | Publication
+  | Join
+  | Leave
+  | PresenceResult
+  | PresenceStats
+  | Published
+  | SubRefreshed;
+/**
+ * `error.code` of refused topic frames; `error.details.topic` names the topic. None of them closes the connection. TOPIC_INVALID not `namespace:name` in the documented charset; TOPIC_UNKNOWN_NAMESPACE no such namespace; SUBSCRIBE_FORBIDDEN the namespace does not let this user subscribe (or read presence); TOPIC_TOKEN_REQUIRED a token namespace and no token; TOPIC_TOKEN_INVALID a token that does not verify, is for another topic or another user; TOPIC_TOKEN_EXPIRED the token's `exp` passed; TOO_MANY_TOPICS over `TOPICS_MAX_PER_CONNECTION`; ALREADY_SUBSCRIBED; NOT_SUBSCRIBED; PUBLISH_FORBIDDEN the namespace does not let clients publish; PUBLICATION_TOO_LARGE over `TOPIC_MAX_PUBLICATION_BYTES`; PRESENCE_DISABLED the namespace keeps no presence; TOPIC_UNAVAILABLE Redis did not answer (try again).
+ */
+export type TopicErrorCode =
+  | "ALREADY_SUBSCRIBED"
+  | "NOT_SUBSCRIBED"
+  | "PRESENCE_DISABLED"
+  | "PUBLICATION_TOO_LARGE"
+  | "PUBLISH_FORBIDDEN"
+  | "SUBSCRIBE_FORBIDDEN"
+  | "TOO_MANY_TOPICS"
+  | "TOPIC_INVALID"
+  | "TOPIC_TOKEN_EXPIRED"
+  | "TOPIC_TOKEN_INVALID"
+  | "TOPIC_TOKEN_REQUIRED"
+  | "TOPIC_UNAVAILABLE"
+  | "TOPIC_UNKNOWN_NAMESPACE";
 
 /**
  * Every schema of the API contract (docs/api), by component name.
@@ -67,6 +103,7 @@ export interface ApiContract {
   ChatEvent?: ChatEvent;
   ChatEventFrame?: ChatEventFrame;
   ClientFrame?: ClientFrame;
+  ClientInfo?: ClientInfo;
   CloseCode?: CloseCode;
   ConnectionEstablished?: ConnectionEstablished;
   ConnectionEstablishedData?: ConnectionEstablishedData;
@@ -77,6 +114,8 @@ export interface ApiContract {
   ErrorFrame?: ErrorFrame;
   ErrorResponse?: ErrorResponse;
   FrameErrorCode?: FrameErrorCode;
+  Join?: Join;
+  Leave?: Leave;
   MarkedRead?: MarkedRead;
   Message?: Message;
   MessageData?: MessageData;
@@ -88,6 +127,15 @@ export interface ApiContract {
   NotificationsChangedData?: NotificationsChangedData;
   Ping?: Ping;
   Pong?: Pong;
+  PresenceAnswer?: PresenceAnswer;
+  PresenceRequest?: PresenceRequest;
+  PresenceResult?: PresenceResult;
+  PresenceStats?: PresenceStats;
+  PresenceStatsRequest?: PresenceStatsRequest;
+  Publication?: Publication;
+  PublicationEntry?: PublicationEntry;
+  Publish?: Publish;
+  Published?: Published;
   PushSubscriptionItem?: PushSubscriptionItem;
   PushSubscriptionList?: PushSubscriptionList;
   Ready?: Ready;
@@ -97,7 +145,12 @@ export interface ApiContract {
   SessionMessage?: SessionMessage;
   SessionMessages?: SessionMessages;
   SessionPage?: SessionPage;
+  Since?: Since;
   StartEvent?: StartEvent;
+  SubRefresh?: SubRefresh;
+  SubRefreshed?: SubRefreshed;
+  Subscribe?: Subscribe;
+  Subscribed?: Subscribed;
   SubscriptionBody?: SubscriptionBody;
   SubscriptionKeys?: SubscriptionKeys;
   TokenEvent?: TokenEvent;
@@ -106,7 +159,10 @@ export interface ApiContract {
   ToolCallEvent?: ToolCallEvent;
   ToolCallRecord?: ToolCallRecord;
   ToolResultEvent?: ToolResultEvent;
+  TopicErrorCode?: TopicErrorCode;
   UnreadCount?: UnreadCount;
+  Unsubscribe?: Unsubscribe;
+  Unsubscribed?: Unsubscribed;
   VapidPublicKey?: VapidPublicKey;
   WsCancel?: WsCancel;
   WsMessage?: WsMessage;
@@ -211,6 +267,67 @@ export interface RefreshToken {
   type: "refresh_token";
   token: string;
 }
+export interface Subscribe {
+  type: "subscribe";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+  since?: Since | null;
+  token?: string | null;
+}
+/**
+ * The position a client had reached: the last offset it saw and that offset's epoch.
+ */
+export interface Since {
+  offset: number;
+  epoch: string;
+}
+export interface Unsubscribe {
+  type: "unsubscribe";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+}
+export interface SubRefresh {
+  type: "sub_refresh";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+  token: string;
+}
+export interface PresenceRequest {
+  type: "presence";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+}
+export interface PresenceStatsRequest {
+  type: "presence_stats";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+}
+export interface Publish {
+  type: "publish";
+  /**
+   * namespace:name (docs/topics.md)
+   */
+  topic: string;
+  data: unknown;
+}
+/**
+ * One connection in a topic's presence.
+ */
+export interface ClientInfo {
+  user_id: string;
+  session_id: string;
+  conn_id: string;
+}
 export interface ConnectionEstablished {
   type: "connection_established";
   data: ConnectionEstablishedData;
@@ -232,6 +349,18 @@ export interface ErrorFrame {
  */
 export interface ErrorResponse {
   error: ErrorBody;
+}
+export interface Join {
+  type: "join";
+  topic: string;
+  user_id: string;
+  session_id: string;
+}
+export interface Leave {
+  type: "leave";
+  topic: string;
+  user_id: string;
+  session_id: string;
 }
 export interface MarkedRead {
   marked_read: number;
@@ -324,6 +453,47 @@ export interface Pong {
   timestamp: string;
 }
 /**
+ * `GET /api/v1/topics/{topic}/presence` (and the internal variant).
+ */
+export interface PresenceAnswer {
+  topic: string;
+  clients: ClientInfo[];
+  users: number;
+  total: number;
+  truncated?: boolean;
+}
+export interface PresenceResult {
+  type: "presence_result";
+  topic: string;
+  clients: ClientInfo[];
+  truncated?: boolean;
+}
+export interface PresenceStats {
+  type: "presence_stats";
+  topic: string;
+  clients: number;
+  users: number;
+}
+export interface Publication {
+  type: "publication";
+  topic: string;
+  offset: number;
+  data: unknown;
+}
+export interface PublicationEntry {
+  offset: number;
+  data: unknown;
+}
+/**
+ * Answer to a client's `publish`.
+ */
+export interface Published {
+  type: "published";
+  topic: string;
+  offset: number;
+  epoch: string;
+}
+/**
  * A stored subscription (its keys are the browser's public ones).
  */
 export interface PushSubscriptionItem {
@@ -360,6 +530,32 @@ export interface TokenExpiring {
 export interface TokenRefreshed {
   type: "token_refreshed";
   expires_at: string;
+}
+/**
+ * `recovered` is true when every publication after `since` is in `publications` (always true without `since`); false means some were lost: reload the state. `offset` and `epoch` are the position after `publications`. `expires_at` (token subscriptions): send `sub_refresh` before it.
+ */
+export interface Subscribed {
+  type: "subscribed";
+  topic: string;
+  offset: number;
+  epoch: string;
+  recovered: boolean;
+  publications: PublicationEntry[];
+  expires_at?: number | null;
+}
+/**
+ * The subscription ended: asked by the client (`code` null), or by the server with a `code`: `TOPIC_TOKEN_EXPIRED` (no `sub_refresh` in time), `INSUFFICIENT_STATE` (the gateway missed publications it could not recover: subscribe again with `since`).
+ */
+export interface Unsubscribed {
+  type: "unsubscribed";
+  topic: string;
+  code?: string | null;
+  reason?: string | null;
+}
+export interface SubRefreshed {
+  type: "sub_refreshed";
+  topic: string;
+  expires_at: number;
 }
 export interface Session {
   id: string;

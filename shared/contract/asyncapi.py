@@ -17,7 +17,7 @@ import msgspec
 from gateway import chat, frames
 from gateway.handshake import HandshakeHeaders, HandshakePath, HandshakeQuery
 from notifications_svc.model import CreateNotification
-from shared import chat_wire, keys, wire
+from shared import chat_wire, keys, topic_wire, wire
 from shared.contract.schemas import Schemas, discriminators_as_names, fields
 
 VERSION = "1.0.0"
@@ -33,12 +33,27 @@ SERVER_FRAMES: tuple[type[msgspec.Struct], ...] = (
     frames.TokenExpiring,
     frames.TokenRefreshed,
     chat_wire.ChatEventFrame,
+    topic_wire.Subscribed,
+    topic_wire.Unsubscribed,
+    topic_wire.Publication,
+    topic_wire.Join,
+    topic_wire.Leave,
+    topic_wire.PresenceResult,
+    topic_wire.PresenceStats,
+    topic_wire.Published,
+    topic_wire.SubRefreshed,
 )
 CLIENT_FRAMES: tuple[type[msgspec.Struct], ...] = (
     frames.Ping,
     chat.WsMessage,
     chat.WsCancel,
     frames.RefreshToken,
+    topic_wire.Subscribe,
+    topic_wire.Unsubscribe,
+    topic_wire.SubRefresh,
+    topic_wire.PresenceRequest,
+    topic_wire.PresenceStatsRequest,
+    topic_wire.Publish,
 )
 
 _SUMMARIES: dict[type[msgspec.Struct], str] = {
@@ -53,6 +68,26 @@ _SUMMARIES: dict[type[msgspec.Struct], str] = {
     frames.TokenExpiring: "About 60 s before the token's `exp`: send `refresh_token`.",
     frames.TokenRefreshed: "Answer to a successful `refresh_token`.",
     chat_wire.ChatEventFrame: "One event of a streaming answer (asked with `stream: true`).",
+    topic_wire.Subscribed: "Answer to `subscribe`: the topic's position and, with `since`, the "
+    "missed publications (`recovered` false: some were lost, reload the state).",
+    topic_wire.Unsubscribed: "The subscription ended: asked for, or `code` says why "
+    "(`TOPIC_TOKEN_EXPIRED`, `INSUFFICIENT_STATE`: subscribe again with `since`).",
+    topic_wire.Publication: "A publication of a subscribed topic; offsets are gapless per epoch.",
+    topic_wire.Join: "A connection joined the topic (namespaces with `join_leave`).",
+    topic_wire.Leave: "A connection left the topic (namespaces with `join_leave`).",
+    topic_wire.PresenceResult: "Answer to `presence`: the topic's live connections.",
+    topic_wire.PresenceStats: "Answer to `presence_stats`: connections and distinct users.",
+    topic_wire.Published: "Answer to a client's `publish`.",
+    topic_wire.SubRefreshed: "Answer to `sub_refresh`: the subscription now lasts until "
+    "`expires_at`.",
+    topic_wire.Subscribe: "Subscribe to a topic (`token` for token namespaces; `since` to "
+    "recover what was missed).",
+    topic_wire.Unsubscribe: "Stop receiving a topic; answered `unsubscribed`.",
+    topic_wire.SubRefresh: "A fresh subscription token before the current one expires.",
+    topic_wire.PresenceRequest: "Ask who is subscribed; answered `presence_result`.",
+    topic_wire.PresenceStatsRequest: "Ask how many are subscribed; answered `presence_stats`.",
+    topic_wire.Publish: "Publish to a topic whose namespace lets clients publish; answered "
+    "`published`.",
     frames.Ping: "Keeps the connection from the idle timeout; answered with `pong`.",
     chat.WsMessage: "Ask the agent; `stream: true` adds `chat_event` frames before `message`.",
     chat.WsCancel: "Stop the session's running answer (or the one named).",
@@ -86,6 +121,7 @@ def public_asyncapi() -> dict[str, Any]:
             wire.CloseCode,
             wire.FrameErrorCode,
             chat_wire.ChatErrorCode,
+            topic_wire.TopicErrorCode,
             *SERVER_FRAMES,
             *CLIENT_FRAMES,
         ],
@@ -200,6 +236,7 @@ def public_asyncapi() -> dict[str, Any]:
         "x-error-codes": sorted(
             {code.value for code in wire.FrameErrorCode}
             | {code.value for code in chat_wire.ChatErrorCode}
+            | {code.value for code in topic_wire.TopicErrorCode}
         ),
     }
     return discriminators_as_names(document)  # type: ignore[no-any-return]
@@ -215,7 +252,7 @@ def internal_asyncapi() -> dict[str, Any]:
     reply_event: Any = chat_wire.ReplyEvent
     server_union: Any = Union[SERVER_FRAMES]  # noqa: UP007
     schemas = Schemas(
-        [wire.EnvelopeMeta, chat_wire.ChatRequest, CreateNotification],
+        [wire.EnvelopeMeta, chat_wire.ChatRequest, CreateNotification, topic_wire.IngestEntry],
         named={"ReplyEvent": reply_event, "ServerFrame": server_union},
     )
     envelope = {
@@ -234,6 +271,12 @@ def internal_asyncapi() -> dict[str, Any]:
         "userChannel": (keys.user_channel("{user_id}"), "A user's frames (notifications)."),
         "sessionChannel": (keys.session_channel("{session_id}"), "A session's frames."),
         "broadcast": (keys.BROADCAST_CHANNEL, "Frames for every connection."),
+        "topicChannel": (
+            keys.topic_channel("{topic}"),
+            "A topic's publication, join and leave frames (meta: `topic`, and `offset` and "
+            "`epoch` for publications); SPUBLISH on a cluster. Publications only by the "
+            "gateway's publish script (docs/topics.md).",
+        ),
     }
     streams = {
         "chatRequests": (
@@ -257,6 +300,13 @@ def internal_asyncapi() -> dict[str, Any]:
             f"`{keys.NOTIFICATIONS_INGEST_GROUP}`, field `payload`; bad entries go to "
             f"`{keys.NOTIFICATIONS_DEAD_LETTER_STREAM}`).",
             "CreateNotification",
+            "producers",
+        ),
+        "topicsIngest": (
+            keys.TOPICS_INGEST_STREAM,
+            f"Topic publications from producers without HTTP (group "
+            f"`{keys.TOPICS_INGEST_GROUP}` of the gateways, field `publication`).",
+            "IngestEntry",
             "producers",
         ),
     }
@@ -314,5 +364,8 @@ def _redis_channel(address: str, description: str, messages: dict[str, Any]) -> 
         "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
     }
     if params:
-        channel["parameters"] = {p: {"description": f"a {p} (UUID)"} for p in params}
+        channel["parameters"] = {
+            p: {"description": "a topic, namespace:name" if p == "topic" else f"a {p} (UUID)"}
+            for p in params
+        }
     return channel

@@ -19,7 +19,7 @@ from gateway import chat, internal
 from notifications_svc import internal_api as notifications_internal
 from notifications_svc import model as notifications
 from notifications_svc import push_api, webpush
-from shared import chat_wire
+from shared import chat_wire, topic_wire
 from shared.contract.schemas import Schemas, fields
 from shared.http import Alive, Ready
 from shared.wire import ErrorResponse
@@ -98,6 +98,17 @@ E429_CHAT = Answer(429, "Over the caller's request rate, the sessions a user may
                    "(`CHAT_DAILY_TOKEN_BUDGET`).", ErrorResponse,
                    codes=("RATE_LIMITED", "SESSION_LIMIT", "CHAT_QUEUE_FULL",
                           "TOKEN_BUDGET_EXHAUSTED"), headers=RETRY_AFTER)  # fmt: skip
+
+E403_TOPIC = Answer(403, "The namespace does not let the caller subscribe (`details.topic`).",
+                    ErrorResponse, codes=("SUBSCRIBE_FORBIDDEN", "TOPIC_TOKEN_REQUIRED",
+                                          "TOPIC_TOKEN_INVALID",
+                                          "TOPIC_TOKEN_EXPIRED"))  # fmt: skip
+E404_TOPIC = Answer(404, "No such namespace, or it keeps no presence.", ErrorResponse,
+                    codes=("TOPIC_UNKNOWN_NAMESPACE", "PRESENCE_DISABLED"))  # fmt: skip
+E422_TOPIC = Answer(422, "Not a valid topic name (`namespace:name`, docs/topics.md).",
+                    ErrorResponse, codes=("TOPIC_INVALID", "VALIDATION_ERROR"))  # fmt: skip
+E503_REDIS = Answer(503, "Redis is down.", ErrorResponse,
+                    codes=("SERVICE_UNAVAILABLE",))  # fmt: skip
 
 SSE_HEADERS = {
     "Cache-Control": "`no-cache`",
@@ -223,6 +234,14 @@ _GATEWAY_ROUTES: tuple[Route, ...] = (
                    Answer(204, "The answer is over and nothing is left after that id "
                           "(EventSource stops reconnecting)."),
                    E401, E404_ANSWER, E422, E429)),
+    Route("GET", "/api/v1/topics/{topic}/presence", "topicPresence",
+          "Who is subscribed to a topic (docs/topics.md)", "topics",
+          description="Same authorization as subscribing; a token namespace needs the "
+          "subscription token in `X-Topic-Token`. At most `TOPIC_MAX_PRESENCE` clients are "
+          "listed (`truncated` says when more exist; `total` and `users` count all).",
+          path_params=topic_wire.TopicPath, headers=topic_wire.PresenceHeaders,
+          answers=(Answer(200, "The topic's live connections.", topic_wire.PresenceAnswer),
+                   E401, E403_TOPIC, E404_TOPIC, E422_TOPIC, E429, E503_REDIS)),
     Route("POST", "/api/v1/chat/stream/{message_id}/cancel", "cancelChatStream",
           "Stop an answer (it ends with `end`, status `cancelled`; idempotent)", "chat",
           path_params=chat.MessageIdPath,
@@ -294,6 +313,25 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
           answers=(Answer(202, "Published.", internal.Published), E400, E401, E413, E422,
                    Answer(503, "Redis is down: not published.", ErrorResponse,
                           codes=("SERVICE_UNAVAILABLE",)))),
+    Route("POST", "/internal/v1/topics/{topic}/publications", "publishToTopic",
+          "Publish to a topic's subscribers, kept in its history (docs/topics.md)", "topics",
+          path_params=topic_wire.TopicPath, headers=topic_wire.PublishHeaders,
+          body=topic_wire.PublishBody, security="internal", server="gateway",
+          answers=(Answer(201, "Published at this offset and epoch.", topic_wire.PublishAnswer),
+                   Answer(200, "Seen before (same `Idempotency-Key`): the first publication's "
+                          "position; nothing published.", topic_wire.PublishAnswer),
+                   E400, E401,
+                   Answer(404, "No such namespace.", ErrorResponse,
+                          codes=("TOPIC_UNKNOWN_NAMESPACE",)),
+                   Answer(413, "The body is over `HTTP_MAX_BODY_BYTES`, or `data` over "
+                          "`TOPIC_MAX_PUBLICATION_BYTES`.", ErrorResponse,
+                          codes=("PAYLOAD_TOO_LARGE", "PUBLICATION_TOO_LARGE")),
+                   E422_TOPIC, E503_REDIS)),
+    Route("GET", "/internal/v1/topics/{topic}/presence", "topicPresenceInternal",
+          "Who is subscribed to a topic (no per-user rule)", "topics",
+          path_params=topic_wire.TopicPath, security="internal", server="gateway",
+          answers=(Answer(200, "The topic's live connections.", topic_wire.PresenceAnswer),
+                   E401, E404_TOPIC, E422_TOPIC, E503_REDIS)),
     Route("GET", "/internal/v1/connections", "countConnections",
           "Live connections and active sessions on every gateway", "gateway",
           security="internal", server="gateway",

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate as validate_openapi
 from starlette.routing import Route
 
 from agent_svc import api as agent_api
-from gateway import apidocs, chat, internal, proxy
+from gateway import apidocs, chat, internal, proxy, topic_api
 from gateway import app as gateway_app
 from notifications_svc import api as notifications_api
 from notifications_svc import internal_api as notifications_internal
@@ -24,6 +24,7 @@ from shared.contract import all_documents, render
 from shared.contract.asyncapi import CLIENT_FRAMES, SERVER_FRAMES
 from shared.errors import AppError
 from shared.settings import Settings
+from shared.topic_wire import TOPIC_FRAME_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI_SCHEMA = json.loads((Path(__file__).parent / "asyncapi-3.0.0.schema.json").read_text())
@@ -87,6 +88,7 @@ def test_every_internal_route_is_in_the_internal_document_and_only_there() -> No
         | _routes(notifications_api.internal_routes, "/internal/")
         | _routes(agent_api.routes, "/internal/")
         | _routes(internal.routes, "/internal/")
+        | _routes(topic_api.routes, "/internal/")
     )
     assert internal_routes == _operations(DOCUMENTS["openapi-internal.json"])
     public_paths = DOCUMENTS["openapi.json"]["paths"]
@@ -97,11 +99,13 @@ def test_every_frame_the_gateway_handles_is_in_the_asyncapi_document() -> None:
     document = DOCUMENTS["asyncapi.json"]
     messages = document["components"]["messages"]
     client = {m["name"] for n, m in messages.items() if n.startswith("Client")}
-    assert client == {"ping", "refresh_token"} | chat.CHAT_FRAME_TYPES
+    assert client == {"ping", "refresh_token"} | chat.CHAT_FRAME_TYPES | TOPIC_FRAME_TYPES
     server = {m["name"] for n, m in messages.items() if n.startswith("Server")}
     assert server == {
         "connection_established", "pong", "message", "notification", "notifications_changed",
         "error", "token_expiring", "token_refreshed", "chat_event",
+        "subscribed", "unsubscribed", "publication", "join", "leave", "presence_result",
+        "presence_stats", "published", "sub_refreshed",
     }  # fmt: skip
     assert len(CLIENT_FRAMES) == len(client) and len(SERVER_FRAMES) == len(server)
 

@@ -251,9 +251,16 @@ async def test_restarted_shard_is_gap_filled(
     await create(http, user, title="before")
     for ws in (on_a, on_b):
         assert await _titles(ws, 1) == ["before"]
-    elsewhere = stack.spawn("notifications_svc", REDIS_CLUSTER="false", REDIS_URL=private_redis.url)
-    shard = stack.redis.owner_of(r.keyslot(keys.user_channel(user)))
     loop = asyncio.get_running_loop()
+    # Process start-up and shutdown run off the event loop: while it is blocked the clients
+    # cannot answer the gateways' keepalive pings, and a slow start under load closed them 1011.
+    elsewhere = await loop.run_in_executor(
+        None,
+        functools.partial(
+            stack.spawn, "notifications_svc", REDIS_CLUSTER="false", REDIS_URL=private_redis.url
+        ),
+    )
+    shard = stack.redis.owner_of(r.keyslot(keys.user_channel(user)))
     await loop.run_in_executor(None, stack.redis.stop_node, shard)
     try:
         missed = [f"missed {n}" for n in range(3)]
@@ -262,7 +269,7 @@ async def test_restarted_shard_is_gap_filled(
                 await create(lost, user, title=title)
     finally:
         await loop.run_in_executor(None, stack.redis.start_node, shard)
-        elsewhere.stop()
+        await loop.run_in_executor(None, elsewhere.stop)
     for ws in (on_a, on_b):
         assert await _titles(ws, 3, timeout=20) == missed
     await create(http, user, title="after")

@@ -108,14 +108,15 @@ async def test_subscription_follows_a_moved_slot(
     async with cluster.ShardedSubscriber(client, on_resubscribed=resubscribed) as subscriber:
         await subscriber.subscribe(channel)
         assert await cluster.spublish(client, channel, b"before") == 1
-        local_cluster.move_slot(slot, to=(owner + 1) % 3)
+        # Off the event loop, so the subscriber's reader sees the move while it happens.
+        await asyncio.to_thread(local_cluster.move_slot, slot, to=(owner + 1) % 3)
         try:
             await resubscribed.wait()
             assert resubscribed.calls == [{channel}]
             assert await cluster.spublish(client, channel, b"after") == 1
             assert [data for _, data in await _receive(subscriber, 2)] == [b"before", b"after"]
         finally:
-            local_cluster.move_slot(slot, to=owner)
+            await asyncio.to_thread(local_cluster.move_slot, slot, to=owner)
 
 
 async def test_subscription_survives_its_primary_restarting(

@@ -7,6 +7,7 @@ expiring within two heartbeats."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -296,3 +297,54 @@ async def test_dead_gateways_presence_expires_within_two_heartbeats(
 
         await eventually(expired, timeout=10)
         assert time.monotonic() - killed <= 2 * 1.0 + 0.5  # two heartbeats, and a poll
+
+
+async def test_configured_namespaces_replace_the_defaults_and_apply_their_options(
+    cluster: Cluster, spawn_service: SpawnService, token_for: Token
+) -> None:
+    """A gateway started with TOPIC_NAMESPACES knows only those namespaces and applies each
+    one's options: `room` lets clients publish and keeps no presence, `mine` is for the user
+    the name names, keeps presence and refuses client publications (the default); the
+    built-in namespaces (`public`) are gone."""
+    namespaces = {
+        "room": {"subscribe": "authenticated", "publish": True, "presence": False},
+        "mine": {"subscribe": "owner", "presence": True},
+    }
+    gateway = await asyncio.to_thread(
+        spawn_service, "gateway", TOPIC_NAMESPACES=json.dumps(namespaces), **cluster.upstream_env
+    )
+    me = uuid.uuid4()
+    ws = await open_ws(gateway, uuid.uuid4(), token_for(me))
+    room, mine = _topic("room"), f"mine:{me}"
+
+    def code(answer: dict[str, Any]) -> str:
+        return str(answer["type"] if answer["type"] != "error" else answer["error"]["code"])
+
+    assert code(await _subscribe(ws, _topic("public"))) == "TOPIC_UNKNOWN_NAMESPACE"
+    assert code(await _subscribe(ws, f"mine:{uuid.uuid4()}")) == "SUBSCRIBE_FORBIDDEN"
+    assert code(await _subscribe(ws, mine)) == "subscribed"
+    assert code(await _subscribe(ws, room)) == "subscribed"
+
+    # The acknowledgement and the publication itself race (the publication comes back through
+    # Redis): read until both have arrived, in whichever order.
+    await ws.send(json.dumps({"type": "publish", "topic": room, "data": {"hello": 1}}))
+    acknowledged: dict[str, Any] | None = None
+    delivered: list[tuple[int, Any]] = []
+    async with asyncio.timeout(5):
+        while acknowledged is None or (not delivered and code(acknowledged) == "published"):
+            frame = await recv_until(ws, lambda f: f.get("topic") == room or f["type"] == "error")
+            if frame["type"] == "publication":
+                delivered.append((frame["offset"], frame["data"]))
+            else:
+                acknowledged = frame
+    assert code(acknowledged) == "published"
+    assert delivered == [(1, {"hello": 1})]
+
+    await ws.send(json.dumps({"type": "publish", "topic": mine, "data": 1}))
+    assert code(await _answer(ws, mine)) == "PUBLISH_FORBIDDEN"
+    await ws.send(json.dumps({"type": "presence", "topic": room}))
+    assert code(await _answer(ws, room)) == "PRESENCE_DISABLED"
+    await ws.send(json.dumps({"type": "presence", "topic": mine}))
+    assert code(await _answer(ws, mine)) == "presence_result"
+    assert await silent(ws), "no publication arrived for the refused one"
+    await ws.close()

@@ -11,8 +11,10 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from gateway import topic_api
 from shared import keys
 from shared.auth import mint_subscription_token
+from shared.redis_client import create_client
 from shared.settings import Settings
 from shared.topic_store import TopicStore
 from shared.topics import DEFAULT_NAMESPACES
@@ -136,3 +138,16 @@ async def test_presence_endpoint_authorization(
         assert (await client.get(f"/api/v1/topics/{_topic()}/presence")).status_code == 401
         internal = await client.get(f"/internal/v1/topics/{private}/presence", headers=INTERNAL)
         assert internal.status_code == 200
+
+
+async def test_ingest_blocks_for_less_than_the_clients_socket_timeout(settings: Settings) -> None:
+    """A blocking read on a quiet `topics:ingest` must return before the shared client gives up
+    on the socket; otherwise every quiet period is logged as a failure and the consumer backs
+    off."""
+    client = create_client(settings)
+    try:
+        assert isinstance(client, redis.Redis)
+        socket_timeout = client.connection_pool.connection_kwargs["socket_timeout"]
+    finally:
+        await client.aclose()
+    assert socket_timeout / 2 > topic_api.INGEST_BLOCK_MS / 1000

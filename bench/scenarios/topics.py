@@ -35,6 +35,8 @@ from shared.topics import DEFAULT_NAMESPACES
 
 NAMESPACE = DEFAULT_NAMESPACES["public"]
 QUIET_SECONDS = 3.0
+CONNECT_TIMEOUT = 30.0
+CONNECT_ATTEMPTS = 3
 
 
 class Subscriber:
@@ -56,12 +58,24 @@ class Subscriber:
                 self.last_arrival = now
 
 
+async def _connect(url: str) -> ClientConnection:
+    """Open one connection, retrying a handshake that timed out: thousands of handshakes queue
+    on one gateway core, and a slow one is not a failed subscriber."""
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            return await connect(url, compression=None, open_timeout=CONNECT_TIMEOUT)
+        except TimeoutError:
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def _subscribe(
     base: str, settings: Settings, topic: str, limit: asyncio.Semaphore
 ) -> Subscriber:
     async with limit:
         token = mint_token(settings, uuid.uuid4(), ttl=3600)
-        ws = await connect(f"{base}/api/v1/ws/{uuid.uuid4()}?token={token}", compression=None)
+        ws = await _connect(f"{base}/api/v1/ws/{uuid.uuid4()}?token={token}")
         greeting = json.loads(await ws.recv())
         assert greeting["type"] == "connection_established", greeting
         await ws.send(json.dumps({"type": "subscribe", "topic": topic}))

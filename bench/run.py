@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -333,7 +334,14 @@ def failed(results: dict[str, Any]) -> list[str]:
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    # SIGTERM (a timeout, a supervisor) unwinds like Ctrl-C, so the stack's processes are stopped
+    # rather than orphaned with their ports and data directories.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out = Path(os.environ.get("BENCH_OUT", "bench/results"))
     try:
         results = run(out)

@@ -67,12 +67,18 @@ def _local_nginx() -> ModuleType:
     return module
 
 
+def nginx_binary() -> str | None:
+    """Path of the nginx executable, None when it is not installed."""
+    found: str | None = _local_nginx().nginx_binary()
+    return found
+
+
 @contextlib.contextmanager
 def nginx(stack: Stack, upstreams: list[int]) -> Iterator[int]:
     """nginx with deploy/nginx.conf in front of `upstreams`, on the load cores; yields its port.
     Raises `RuntimeError` when nginx is not installed or does not start."""
     local = _local_nginx()
-    binary = local.nginx_binary()
+    binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed (Debian: apt-get install nginx)")
     port = free_port()

@@ -328,7 +328,9 @@ def _topics(stack: Stack, scale: scales.Scale, progress: Progress) -> dict[str, 
 def _storm(
     stack: Stack, scale: scales.Scale, cores: system.Cores, progress: Progress
 ) -> dict[str, Any]:
-    return storm.run(stack, scale, cores, progress, _gateway_module(), GATEWAY_ENV)
+    return storm.run(
+        stack, scale, cores, progress, _gateway_module(), GATEWAY_ENV, _profiles(stack)
+    )
 
 
 def failed(results: dict[str, Any]) -> list[str]:

@@ -42,6 +42,7 @@ import httpx
 
 from bench import storm_client, system
 from bench.loadside import Remote
+from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
 from bench.scale import Scale
 from bench.scenarios.websocket import ws_path
@@ -50,6 +51,7 @@ from shared.http import internal_headers
 from shared.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+PROFILE_NAME = "gateway-storm.txt"
 STEPS = 2  # progress steps: clients connected, storm over
 CAUGHT_UP_TARGET_S = 5.0
 CONNECT_RATE_TARGET = 2500.0
@@ -179,8 +181,10 @@ def run(
     progress: Progress,
     module: str,
     env: dict[str, str],
+    profiles: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole scenario; gateways, nginx and the load processes are stopped at the end."""
+    """The whole scenario; gateways, nginx and the load processes are stopped at the end. With
+    `profiles`, the survivor is sampled with py-spy while the clients come back."""
     ports = [free_port(), free_port()]
     survivor = stack.start(
         "gateway_b", module, ports[1], pinned=True, extra_env=env | {"GATEWAY_PORT": str(ports[1])}
@@ -195,7 +199,7 @@ def run(
                 Remote(f"storm-{i}", storm_client.main, (cores.load,))
                 for i in range(scale.loadgen_workers)
             ]
-            return _storm(stack, scale, progress, victim, survivor, workers, nginx_port)
+            return _storm(stack, scale, progress, victim, survivor, workers, nginx_port, profiles)
     finally:
         for worker in workers:
             worker.stop()
@@ -211,6 +215,7 @@ def _storm(
     survivor: Service,
     workers: list[Remote],
     nginx_port: int,
+    profiles: Path | None,
 ) -> dict[str, Any]:
     count = scale.storm_clients
     users = [uuid.uuid4() for _ in range(count)]
@@ -236,9 +241,10 @@ def _storm(
             worker.ask("arm", nginx_port)
         cpu_before = system.cpu_seconds(survivor.pid)
         killed_ns = time.monotonic_ns()
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.process.wait()
-        _wait_for(workers, "reconnected", count, RECONNECT_TIMEOUT)
+        with _profiler(survivor.pid, profiles):
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.process.wait()
+            _wait_for(workers, "reconnected", count, RECONNECT_TIMEOUT)
         cpu_after = system.cpu_seconds(survivor.pid)
         time.sleep(scale.storm_warm_seconds)
     finally:
@@ -247,7 +253,17 @@ def _storm(
     _wait_arrivals(workers, created)
     progress.step(f"storm: gateway A killed, {count:,} clients back on gateway B")
     replies = [worker.ask("results") for worker in workers]
-    return summarize(replies, producer, killed_ns, cpu_after - cpu_before)
+    result = summarize(replies, producer, killed_ns, cpu_after - cpu_before)
+    if profiles is not None:
+        result["profile"] = hot_functions(profiles / PROFILE_NAME)
+    return result
+
+
+def _profiler(pid: int, profiles: Path | None) -> contextlib.AbstractContextManager[object]:
+    """py-spy on the survivor from the kill until every client is back (`BENCH_PROFILE=1`)."""
+    if profiles is None:
+        return contextlib.nullcontext()
+    return Profiler(pid, profiles / PROFILE_NAME)
 
 
 def _wait_for(workers: list[Remote], key: str, count: int, timeout: float) -> None:

@@ -22,7 +22,6 @@ seen is a duplicate (the gateway promises each once, in order). Commands, as in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import threading
@@ -38,6 +37,7 @@ from bench.wsclient import OP_TEXT, ClientConnection, connect_from
 CLIENTS_PER_ADDRESS = 50  # deploy/nginx.conf: limit_conn per_address 100
 _SEQ = re.compile(rb'"seq":(\d+)')
 GREETING_TIMEOUT = 30.0
+INITIAL_RETRIES = (0.5, 1.0, 2.0)  # seconds before each retry of a first connection refused
 
 
 def source_address(index: int) -> str:
@@ -136,7 +136,8 @@ class StormWorker:
         """Keep the client connected: after a drop during the storm, reconnect through the
         storm port with `last_seq`, retrying with backoff."""
         while client.conn is not None:
-            await client.conn.closed
+            # Shielded: cancelling this task at the end must not cancel the connection's future.
+            await asyncio.shield(client.conn.closed)
             port = self.storm_port
             if port is None:
                 return
@@ -157,6 +158,12 @@ class StormWorker:
             client = self.clients[index] = Client(index, path)
             async with gate:
                 opened = await self._open(client, port, path)
+            for delay in INITIAL_RETRIES:  # refused under load: retried, as a client would
+                if opened:
+                    break
+                await asyncio.sleep(delay)
+                async with gate:
+                    opened = await self._open(client, port, path)
             if opened:
                 task = asyncio.create_task(self._hold(client))
                 self.tasks.add(task)
@@ -211,8 +218,7 @@ class StormWorker:
                 client.conn.close()
                 pending.append(client.conn.closed)
         if pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending), 20)
+            await asyncio.wait(pending, timeout=20)
         closed = len(self.clients)
         self.clients = {}
         return {"closed": closed}

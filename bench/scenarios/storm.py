@@ -16,7 +16,7 @@ Reported, all from what the clients received and what the producer's creates ans
 - lost (created, never received) and duplicates (a `seq` at or below one already received): 0;
 - connects/s on B (clients over the span between the first and the last reconnection) and B's CPU
   per reconnection over that span (replay of the missed notifications and live traffic
-  included).
+  included), with the CPU of B, notifications_svc, agent_svc and Redis over it.
 Targets: every client caught up within 5 s, >= 2,500 connects/s per gateway process.
 """
 
@@ -239,13 +239,14 @@ def _storm(
         time.sleep(scale.storm_warm_seconds)
         for worker in workers:
             worker.ask("arm", nginx_port)
-        cpu_before = system.cpu_seconds(survivor.pid)
+        pids = _pids(stack, survivor)
+        cpu_before = {name: system.cpu_seconds(pid) for name, pid in pids.items()}
         killed_ns = time.monotonic_ns()
         with _profiler(survivor.pid, profiles):
             os.kill(victim.pid, signal.SIGKILL)
             victim.process.wait()
             _wait_for(workers, "reconnected", count, RECONNECT_TIMEOUT)
-        cpu_after = system.cpu_seconds(survivor.pid)
+        cpu = {name: system.cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         time.sleep(scale.storm_warm_seconds)
     finally:
         producer.stop()
@@ -253,10 +254,20 @@ def _storm(
     _wait_arrivals(workers, created)
     progress.step(f"storm: gateway A killed, {count:,} clients back on gateway B")
     replies = [worker.ask("results") for worker in workers]
-    result = summarize(replies, producer, killed_ns, cpu_after - cpu_before)
+    result = summarize(replies, producer, killed_ns, cpu["gateway_b"])
+    result["cpu_seconds"] = {name: round(seconds, 2) for name, seconds in cpu.items()}
     if profiles is not None:
         result["profile"] = hot_functions(profiles / PROFILE_NAME)
     return result
+
+
+def _pids(stack: Stack, survivor: Service) -> dict[str, int]:
+    """The processes a reconnection keeps busy: the survivor and what it calls."""
+    pids = {"gateway_b": survivor.pid}
+    pids |= {s.name: s.pid for s in stack.services if s.name in ("notifications_svc", "agent_svc")}
+    if stack.redis_pid is not None:
+        pids["redis"] = stack.redis_pid
+    return pids
 
 
 def _profiler(pid: int, profiles: Path | None) -> contextlib.AbstractContextManager[object]:
@@ -331,7 +342,7 @@ def summarize(
         ),
         "lost": lost,
         "duplicates": sum(r["duplicates"] for r in replies),
-        "attempts": sum(r["attempts"] for r in replies) - 2 * clients,
+        "attempts": sum(r["attempts"] for r in replies) - 2 * clients,  # retries, both phases
         "connects_per_s": round(clients / span_s, 1) if span_s else None,
         "survivor_cpu_ms_per_connect": round(cpu_seconds * 1000 / clients, 3),
         "errors": {k: v for r in replies for k, v in r["errors"].items()},
@@ -385,6 +396,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"{result['all_caught_up_s']} s | {result['missed']:,} | {result['lost']} | "
         f"{result['duplicates']} | {result['attempts']:,} | {result['connects_per_s']} | "
         f"{result['survivor_cpu_ms_per_connect']} ms |",
+        "",
+        "CPU from the kill until every client was back (s): "
+        + ", ".join(f"{name} {seconds}" for name, seconds in result.get("cpu_seconds", {}).items())
+        + ".",
         "",
         *(
             [f"Client errors: {', '.join(f'{k} ({v})' for k, v in result['errors'].items())}.", ""]

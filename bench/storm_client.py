@@ -11,7 +11,8 @@ address, 50 clients per address, because nginx limits connections per address.
 
 A notification's `seq` is read from the frame's bytes (`"seq":N`); one at or below the highest
 seen is a duplicate (the gateway promises each once, in order). Commands, as in `bench.loadgen`:
-  connect(clients, port, concurrency) -> dict   clients: (index, user_id, path) triples
+  connect(clients, port, concurrency) -> dict   clients: (index, path) pairs; a refused first
+                   connection is retried three times
   arm(port)        -> dict    reconnect through `port` from now on
   status()         -> dict    how many are connected, back since the storm, arrivals
   results()        -> dict    per client: reconnected time, seq before the drop; all arrivals

@@ -114,6 +114,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("fan-out vs lean reference", ">= 0.8x", "not measured", None)
+    storm = results.get("storm") or {}
+    if "clients" in storm:
+        from bench.scenarios.storm import targets as storm_targets  # runs that measured it
+
+        for name, target, measured, met in storm_targets(storm):
+            add(name, target, measured, met)
+    else:
+        add("reconnect storm", "10k clients caught up within 5 s", "not measured", None)
+        add("connect rate", ">= 2,500 connects/s per gateway", "not measured", None)
     stall = worst_stall(gateway)
     if stall is not None:
         add(
@@ -552,6 +561,11 @@ def write(results: dict[str, Any], out: Path) -> Path:
         from bench.scenarios.topics import report_lines  # only runs that measured topics
 
         text = text.rstrip("\n") + "\n\n" + "\n".join(report_lines(topic_result))
+    storm_result = results.get("storm")
+    if isinstance(storm_result, dict) and "error" not in storm_result:
+        from bench.scenarios.storm import report_lines as storm_lines
+
+        text = text.rstrip("\n") + "\n\n" + "\n".join(storm_lines(storm_result))
     path.write_text(text)
     return path
 

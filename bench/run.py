@@ -1,7 +1,8 @@
 """`make bench` / `python -m bench`: start the stack, run every scenario, write the results.
 
 Order: the WebSocket scenarios against each server of `Scale.servers` (the gateway, then the lean
-reference, each alone on the server core), then chat over SSE, then REST. Results go to
+reference, each alone on the server core), then chat over SSE, then REST, topics, the reconnect
+storm (two gateways behind nginx) and fairness. Results go to
 `BENCH_OUT` (default `bench/results/`): `results.json` (everything measured), `report.md` (the
 tables, targets met or not) and PNG plots. A scenario that fails is recorded with its error and the
 run goes on, so one broken part never hides the others' numbers; the exit status is non-zero if
@@ -29,7 +30,7 @@ from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
-from bench.scenarios import chat, fairness, rest, topics, websocket
+from bench.scenarios import chat, fairness, rest, storm, topics, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
@@ -107,6 +108,7 @@ def run(out: Path) -> dict[str, Any]:
         "rest": rest.STEPS,
         "fairness": fairness.STEPS,
         "topics": 1,
+        "storm": storm.STEPS,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
@@ -125,6 +127,8 @@ def run(out: Path) -> dict[str, Any]:
         _http_scenarios(stack, scale, results, progress)
         if "topics" in scale.scenarios:
             _guarded("topics", results, progress, lambda: _topics(stack, scale, progress))
+        if "storm" in scale.scenarios:
+            _guarded("storm", results, progress, lambda: _storm(stack, scale, cores, progress))
         if "fairness" in scale.scenarios:
             results["fairness"] = {}
             for mode in fairness.MODES:
@@ -322,6 +326,14 @@ def _topics(stack: Stack, scale: scales.Scale, progress: Progress) -> dict[str, 
         stack.stop(service)
 
 
+def _storm(
+    stack: Stack, scale: scales.Scale, cores: system.Cores, progress: Progress
+) -> dict[str, Any]:
+    return storm.run(
+        stack, scale, cores, progress, _gateway_module(), GATEWAY_ENV, _profiles(stack)
+    )
+
+
 def failed(results: dict[str, Any]) -> list[str]:
     """Names of the scenarios that raised."""
     sections = {
@@ -330,6 +342,7 @@ def failed(results: dict[str, Any]) -> list[str]:
         **{f"fairness {m}": (results.get("fairness") or {}).get(m) for m in fairness.MODES},
         "rest": results.get("rest"),
         "topics": results.get("topics"),
+        "storm": results.get("storm"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 

@@ -32,16 +32,19 @@ class Scale:
     rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
     fair_flood: int  # questions the flooding user asks at once in the fairness scenario
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
-    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics run
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics, storm run
     topic_subscribers: int = 10_000  # subscribers of the one big topic
     topic_publications: int = 20  # publications to it, one at a time
     topic_groups: int = 1000  # small topics...
     topic_group_size: int = 10  # ...of this many subscribers each
     topic_rates: tuple[int, ...] = (500, 1000, 2000, 4000)  # publications/s over the small topics
+    storm_clients: int = 10_000  # clients of the gateway killed in the reconnect storm
+    storm_rate: int = 1000  # notifications/s created during the storm
+    storm_warm_seconds: float = 2.0  # steady traffic before the kill (and after everyone is back)
 
 
 SERVERS = ("gateway", "lean")
-SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics")
+SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics", "storm")
 
 SCALES = {
     "full": Scale(
@@ -63,7 +66,7 @@ SCALES = {
         rest_concurrency=(1, 8),
         fair_flood=8,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics", "storm"),
     ),
     "small": Scale(
         name="small",
@@ -90,6 +93,9 @@ SCALES = {
         topic_groups=30,
         topic_group_size=10,
         topic_rates=(50, 200),
+        storm_clients=200,
+        storm_rate=100,
+        storm_warm_seconds=0.5,
     ),
 }
 

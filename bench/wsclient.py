@@ -245,13 +245,29 @@ async def connect(
 ) -> ClientConnection:
     """Open a connection to `ws://host:port{target}` and wait for the handshake to finish.
     Raises `HandshakeError`, `ConnectionError`/`OSError`, or `TimeoutError` after `timeout`."""
+    return await connect_from(None, host, port, target, sink, index, timeout)
+
+
+async def connect_from(
+    source: str | None,
+    host: str,
+    port: int,
+    target: str,
+    sink: Sink,
+    index: int = 0,
+    timeout: float = 15.0,
+) -> ClientConnection:
+    """`connect`, from the local address `source` (None: the kernel's choice) — a proxy that
+    limits connections per client address sees many clients."""
     key = base64.b64encode(os.urandom(16))
     loop = asyncio.get_running_loop()
+    local = None if source is None else (source, 0)
     async with asyncio.timeout(timeout):
         _, connection = await loop.create_connection(
             lambda: ClientConnection(handshake_request(host, port, target, key), key, sink, index),
             host,
             port,
+            local_addr=local,
         )
         try:
             await connection.opened

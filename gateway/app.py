@@ -36,13 +36,18 @@ from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
-from shared import redis_client
+from shared import log, redis_client
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
 from shared.settings import Settings
 
 GC_GEN0_THRESHOLD = 20_000
+# uvicorn logs every WebSocket handshake at INFO, one JSON line per connect (the access log of
+# WebSockets); unless WS_LOG_HANDSHAKES or DEBUG asks for all of them, one in this many is written
+# and `gateway_ws_handshakes_total` counts them.
+HANDSHAKE_LOG_SAMPLE = 1000
+HANDSHAKE_LINE = '%s - "WebSocket %s"'
 
 
 def _checks(request: Request) -> dict[str, Check]:
@@ -72,6 +77,9 @@ REDIS_POOL_SIZE = 2048
 
 
 def create_app(settings: Settings) -> Starlette:
+    every_line = settings.ws_log_handshakes or settings.log_level == "DEBUG"
+    log.sample("uvicorn.error", HANDSHAKE_LINE, 1 if every_line else HANDSHAKE_LOG_SAMPLE)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)

@@ -52,7 +52,7 @@ from gateway.subscriptions import TopicHub
 from gateway.timers import Due, due
 from gateway.topics import Topics
 from gateway.wsprotocol import TextFrame
-from shared import publish
+from shared import keys, publish
 from shared.backoff import Backoff
 from shared.errors import NotFound, RateLimited, Unavailable
 from shared.topic_store import TopicStore
@@ -70,6 +70,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
+OWNER_TTL = 30 * 86400  # seconds Redis remembers a session's owner (then agent_svc is asked again)
 FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap)
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
@@ -205,22 +206,40 @@ class ConnectionManager:
     async def claim(self, session_id: UUID, user_id: UUID) -> None:
         """Make sure the session is the user's, durably (agent_svc); raises `Refused`.
 
-        A session never changes owner, so a positive answer is remembered (bounded): a client
-        reconnecting to the same instance costs no round trip.
+        A session never changes owner (none is ever deleted), so a positive answer is
+        remembered: in this instance (bounded), and in Redis for every gateway
+        (`ws:owner:{session_id}`, written only after agent_svc said yes). A client reconnecting
+        to this instance costs no round trip; one reconnecting to another instance — all the
+        clients of a gateway that died — costs a GET instead of agent_svc's transaction. Redis
+        only ever confirms: an absent or different owner, or Redis failing, asks agent_svc,
+        which decides.
         """
         if self._owners.get(session_id) == user_id:
             return
-        try:
-            await claim_session(self._agent, self.settings, session_id, user_id)
-        except NotFound:
-            raise Refused(1008, "session belongs to another user") from None
-        except RateLimited:
-            raise Refused(1013, "too many new sessions: try again later") from None
-        except Unavailable:
-            raise Refused(1013, "session service unavailable: try again later") from None
+        key = keys.session_owner(session_id)
+        if await self._remembered_owner(key) != str(user_id):
+            try:
+                await claim_session(self._agent, self.settings, session_id, user_id)
+            except NotFound:
+                raise Refused(1008, "session belongs to another user") from None
+            except RateLimited:
+                raise Refused(1013, "too many new sessions: try again later") from None
+            except Unavailable:
+                raise Refused(1013, "session service unavailable: try again later") from None
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.redis.set(key, str(user_id), ex=OWNER_TTL)
         if len(self._owners) >= OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]  # oldest first
         self._owners[session_id] = user_id
+
+    async def _remembered_owner(self, key: str) -> str | None:
+        """The owner a gateway stored after agent_svc confirmed it; None if unknown (or Redis
+        failed: agent_svc answers instead)."""
+        try:
+            owner = await self.redis.get(key)
+        except (redis.RedisError, OSError):
+            return None
+        return owner.decode() if isinstance(owner, bytes) else owner
 
     # The seed's manager API.
 

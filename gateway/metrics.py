@@ -11,6 +11,10 @@ import asyncio
 from prometheus_client import Counter, Gauge, Histogram
 
 OPEN_CONNECTIONS = Gauge("gateway_ws_connections", "WebSocket connections open on this instance")
+HANDSHAKES = Counter(
+    "gateway_ws_handshakes_total",
+    "WebSocket handshakes answered (their log line is sampled unless WS_LOG_HANDSHAKES)",
+)
 FRAMES_IN = Counter("gateway_ws_frames_in_total", "Client frames received")
 FRAMES_OUT = Counter("gateway_ws_frames_out_total", "Frames queued for clients")
 DROPPED = Counter(

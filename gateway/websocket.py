@@ -27,6 +27,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     manager: ConnectionManager = websocket.app.state.manager
     verifier: TokenVerifier = websocket.app.state.verifier
     scope = websocket.scope
+    metrics.HANDSHAKES.inc()
     try:
         creds = credentials(
             scope.get("query_string", b""),

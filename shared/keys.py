@@ -25,6 +25,13 @@ def ws_user(user_id: UUID | str) -> str:
     return f"ws:user:{user_id}"
 
 
+def session_owner(session_id: UUID | str) -> str:
+    """The user agent_svc confirmed as the session's owner (a session never changes owner):
+    written by a gateway only after agent_svc's claim answered yes, so any gateway can skip the
+    claim for a reconnecting client. Absent is no answer; agent_svc stays the authority."""
+    return f"ws:owner:{session_id}"
+
+
 # Per-user limits of the WebSocket gateway.
 def user_rate(user_id: UUID | str) -> str:
     """Client frames of one user in the current one-second window, across every gateway."""

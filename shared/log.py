@@ -11,6 +11,10 @@ and WebSocket handshake lines pass through it too. Before a record is written:
   (their names percent-decoded first) and `Bearer` credentials are redacted.
 
 A log line can be pasted into a ticket safely.
+
+`Sampled` thins out a line written once per event of a hot path (the gateway's WebSocket
+handshakes: one JSON line per connect is about as much CPU as the rest of the handshake's
+logging-free work in a reconnect storm, docs/performance-notes.md) to one line in N.
 """
 
 from __future__ import annotations
@@ -115,6 +119,40 @@ class JsonFormatter(logging.Formatter):
             return record.getMessage()
         finally:
             record.args = original  # other handlers see the record as it was
+
+
+class Sampled(logging.Filter):
+    """Lets one in `every` records whose message template starts with `prefix` through — the
+    first, then every `every`-th after it — each marked `sampled=every`; other records pass
+    untouched. A filter on a logger runs after the level check, so records below the logger's
+    level cost nothing here."""
+
+    def __init__(self, prefix: str, every: int) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.prefix, self.every = prefix, every
+        self._seen = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.prefix):
+            return True
+        self._seen += 1
+        if (self._seen - 1) % self.every:
+            return False
+        record.sampled = self.every
+        return True
+
+
+def sample(logger_name: str, prefix: str, every: int) -> None:
+    """Install `Sampled(prefix, every)` on the named logger, replacing one installed before
+    (idempotent: an app created twice in one process does not filter twice); `every=1` removes
+    it."""
+    logger = logging.getLogger(logger_name)
+    for old in [f for f in logger.filters if isinstance(f, Sampled) and f.prefix == prefix]:
+        logger.removeFilter(old)
+    if every > 1:
+        logger.addFilter(Sampled(prefix, every))
 
 
 def configure(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:

@@ -327,6 +327,14 @@ VARIABLES: tuple[Variable, ...] = (
         "Connections one published frame is queued to before the fan-out yields to the event loop.",
     ),
     Variable(
+        "WS_LOG_HANDSHAKES",
+        _parse_bool,
+        "false",
+        'Log every WebSocket handshake (uvicorn\'s `"WebSocket /path" [accepted]` line). Off: '
+        "one in 1000 is logged, marked `sampled`, and `gateway_ws_handshakes_total` counts them "
+        "all. `LOG_LEVEL=DEBUG` logs every one too.",
+    ),
+    Variable(
         "WS_RATE_LIMIT",
         _positive_float,
         "20",
@@ -686,6 +694,7 @@ class Settings:
     topic_max_presence: int = 1000
     topic_client_publish_rate: float = 5.0
     topic_client_publish_burst: int = 10
+    ws_log_handshakes: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

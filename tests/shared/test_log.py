@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from shared.log import JsonFormatter, Scrubber
+from shared.log import JsonFormatter, Sampled, Scrubber, sample
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
 
@@ -87,3 +87,30 @@ def test_formatter_drops_queries_left_in_the_text() -> None:
     assert "opaque-secret" not in line
     assert entry["msg"] == 'GET "/api/v1/chat/stream/m?[query dropped]" 200'
     assert entry["url"] == "/api/v1/ws/s?[query dropped]"
+
+
+def test_sampled_passes_one_in_n_matching_records_and_every_other_record() -> None:
+    """Of 2001 handshake lines the 1st, 1001st and 2001st pass, marked `sampled`; a record
+    with another template always passes, unmarked."""
+    sampled = Sampled('%s - "WebSocket %s"', 1000)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, ("a", "b"), None)
+
+    handshakes = [record('%s - "WebSocket %s" [accepted]') for _ in range(2001)]
+    passed = [i for i, r in enumerate(handshakes) if sampled.filter(r)]
+    assert passed == [0, 1000, 2000]
+    assert all(getattr(handshakes[i], "sampled", None) == 1000 for i in passed)
+    other = record("Started server process [%s]")
+    assert sampled.filter(other)
+    assert not hasattr(other, "sampled")
+
+
+def test_sample_replaces_its_filter_and_every_one_removes_it() -> None:
+    """`sample()` twice leaves one filter on the logger; `every=1` leaves none."""
+    logger = logging.getLogger("test.sampled")
+    sample("test.sampled", "x %s", 10)
+    sample("test.sampled", "x %s", 5)
+    assert [f.every for f in logger.filters if isinstance(f, Sampled)] == [5]
+    sample("test.sampled", "x %s", 1)
+    assert not [f for f in logger.filters if isinstance(f, Sampled)]

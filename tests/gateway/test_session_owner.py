@@ -1,0 +1,54 @@
+"""The session owner remembered in Redis (`ws:owner:{session_id}`): written after agent_svc
+confirmed a claim, it lets any gateway admit the owner back without asking agent_svc, and only
+ever confirms — anyone else, or an unknown session, is still decided by agent_svc."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from shared.infra import free_port
+from tests.conftest import SpawnService
+from tests.gateway.conftest import Cluster, closed_with, open_ws
+from tests.support.processes import ServiceProcess
+
+Token = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def cut_off(spawn_service: SpawnService, cluster: Cluster) -> ServiceProcess:
+    """A gateway on the cluster's Redis whose agent_svc address answers nothing."""
+    return spawn_service(
+        "gateway",
+        NOTIFICATIONS_URL=cluster.notifications.url,
+        AGENT_URL=f"http://127.0.0.1:{free_port()}",
+    )
+
+
+async def test_owner_claimed_elsewhere_is_admitted_without_agent_svc(
+    cluster: Cluster, cut_off: ServiceProcess, token_for: Token
+) -> None:
+    """A session claimed through gateway A is reopened by its owner on a gateway that cannot
+    reach agent_svc: the owner Redis remembers is enough."""
+    owner, session = uuid.uuid4(), uuid.uuid4()
+    ws = await open_ws(cluster.a, session, token_for(owner))
+    await ws.close()
+    back = await open_ws(cut_off, session, token_for(owner))
+    await back.close()
+
+
+async def test_remembered_owner_never_admits_anyone_else(
+    cluster: Cluster, cut_off: ServiceProcess, token_for: Token
+) -> None:
+    """Another user of a remembered session, and any user of a session Redis does not know,
+    still need agent_svc: without it they are refused (1013), never admitted."""
+    owner, session = uuid.uuid4(), uuid.uuid4()
+    ws = await open_ws(cluster.a, session, token_for(owner))
+    await ws.close()
+    unavailable = (1013, "session service unavailable: try again later")
+    intruder = await open_ws(cut_off, session, token_for(uuid.uuid4()), greet=False)
+    assert await closed_with(intruder) == unavailable
+    stranger = await open_ws(cut_off, uuid.uuid4(), token_for(owner), greet=False)
+    assert await closed_with(stranger) == unavailable

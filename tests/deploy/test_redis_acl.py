@@ -2,7 +2,8 @@
 exact `command` of the compose file's redis service (passwords filled in), then each service run
 as its own user. The users' boundaries hold (the default user can only PING; no service reaches
 another's keys, channels or the dangerous commands), and the whole stack works under them: a
-WebSocket gets a notification, and a chat answer with a tool call streams through the gateway."""
+WebSocket gets a notification, a chat answer with a tool call streams through the gateway, and a
+topic publication reaches its subscriber (the topic's history, the ingest stream)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from shared.infra import free_port, port_open
 from tests.agent_svc.stack import _create_database, ask
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.deploy.test_compose import COMPOSE_FILE
-from tests.gateway.conftest import recv_json
+from tests.gateway.conftest import recv_json, recv_until
 from tests.support.processes import ServiceProcess
 from tests.support.redis_cluster import redis_server_7
 
@@ -147,7 +148,8 @@ async def test_the_stack_works_with_one_user_per_service(
 ) -> None:
     """Under the compose file's ACL users: a created notification reaches the user's
     WebSocket (notifications publishes, the gateway subscribes), and a "notify me" question is
-    answered through the gateway by the agent, whose tool's notification arrives too; no
+    answered through the gateway by the agent, whose tool's notification arrives too; a topic
+    publication reaches its subscriber; no
     service logged a refused command (limits fail open, so a missing key pattern would only
     show there)."""
     user = uuid.uuid4()
@@ -174,11 +176,25 @@ async def test_the_stack_works_with_one_user_per_service(
         frame = await recv_json(ws, timeout=10)
         assert frame["type"] == "notification"
         assert json.dumps(frame["data"]["content"]).find("ACLs hold") >= 0
+
+        topic = f"public:acl-{uuid.uuid4().hex[:8]}"
+        await ws.send(json.dumps({"type": "subscribe", "topic": topic}))
+        assert (await recv_until(ws, lambda f: f.get("topic") == topic))["type"] == "subscribed"
+        async with httpx.AsyncClient() as http:
+            published = await http.post(
+                f"{gateway.url}/internal/v1/topics/{topic}/publications",
+                json={"data": {"acl": True}},
+                headers={"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"},
+            )
+        assert published.status_code == 201, published.text
+        frame = await recv_until(ws, lambda f: f["type"] == "publication")
+        assert (frame["topic"], frame["data"]) == (topic, {"acl": True})
     # Limits fail open when Redis refuses them: make sure none was refused for permissions.
     for process in services.values():
         assert "NOPERM" not in process.log(tail=100_000), process.module
         assert "not checked" not in process.log(tail=100_000), process.module
         assert "not counted" not in process.log(tail=100_000), process.module
+        assert "topic ingest failed" not in process.log(tail=100_000), process.module
 
 
 def test_compose_services_use_their_own_user() -> None:

@@ -1,4 +1,4 @@
-"""Notification shapes: the create request, the stored row, and what goes out (REST item, frame).
+"""Notification wire shapes: the create request, the stored row, the REST item and the frame.
 
 Pure code, no I/O. A stored row renders to exactly one `notification` frame, built from the row
 alone (its `timestamp` is the creation time), so the frame published live and the frame replayed

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 
 from shared import cluster, keys, publish
-from shared.settings import Settings
 from shared.wire import EnvelopeMeta, decode_envelope
 from tests.support.redis_cluster import LocalRedisCluster
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(settings.redis_url)
-    yield connection
-    await connection.aclose()
 
 
 async def _next(pubsub: PubSub) -> tuple[str, EnvelopeMeta, bytes]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
 
 from shared.errors import RateLimited
 from shared.quotas import DailyTokens, HourlyCount, TokenBucket
-from shared.settings import Settings
 
 
 class FakeClock:
@@ -23,13 +21,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(settings.redis_url)
-    yield connection
-    await connection.aclose()
 
 
 async def test_bucket_allows_a_burst_then_refills_at_the_rate(client: redis.Redis) -> None:

@@ -4,21 +4,12 @@ answer refreshes or releases the lock."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as redis
 
 from shared import keys, session_lock
 from shared.session_lock import SessionLock
 from shared.settings import Settings
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(settings.redis_url)
-    yield connection
-    await connection.aclose()
 
 
 async def test_one_answer_holds_a_session(client: redis.Redis) -> None:

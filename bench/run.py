@@ -28,7 +28,7 @@ from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
-from bench.scenarios import chat, fairness, rest, topics, websocket
+from bench.scenarios import chat, fairness, pubsub, rest, topics, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
@@ -106,6 +106,7 @@ def run(out: Path) -> dict[str, Any]:
         "rest": rest.STEPS,
         "fairness": fairness.STEPS,
         "topics": 1,
+        "pubsub": 1,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
@@ -124,6 +125,8 @@ def run(out: Path) -> dict[str, Any]:
         _http_scenarios(stack, scale, results, progress)
         if "topics" in scale.scenarios:
             _guarded("topics", results, progress, lambda: _topics(stack, scale, progress))
+        if "pubsub" in scale.scenarios:
+            _guarded("pubsub", results, progress, lambda: _pubsub(scale, progress))
         if "fairness" in scale.scenarios:
             results["fairness"] = {}
             for mode in fairness.MODES:
@@ -321,6 +324,18 @@ def _topics(stack: Stack, scale: scales.Scale, progress: Progress) -> dict[str, 
         stack.stop(service)
 
 
+def _pubsub(scale: scales.Scale, progress: Progress) -> dict[str, Any]:
+    result = pubsub.run(scale.pubsub_channels, scale.pubsub_messages)
+    if "skipped" in result:
+        progress.step(f"pubsub: skipped ({result['skipped']})")
+    else:
+        progress.step(
+            f"pubsub read loop: {result['single_redis_us_per_message']} us/message on one Redis, "
+            f"{result['cluster_us_per_message']} us/message on a 3-primary cluster"
+        )
+    return result
+
+
 def failed(results: dict[str, Any]) -> list[str]:
     """Names of the scenarios that raised."""
     sections = {
@@ -329,6 +344,7 @@ def failed(results: dict[str, Any]) -> list[str]:
         **{f"fairness {m}": (results.get("fairness") or {}).get(m) for m in fairness.MODES},
         "rest": results.get("rest"),
         "topics": results.get("topics"),
+        "pubsub": results.get("pubsub"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 

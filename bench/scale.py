@@ -32,16 +32,18 @@ class Scale:
     rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
     fair_flood: int  # questions the flooding user asks at once in the fairness scenario
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
-    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics run
+    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics, pubsub run
     topic_subscribers: int = 10_000  # subscribers of the one big topic
     topic_publications: int = 20  # publications to it, one at a time
     topic_groups: int = 1000  # small topics...
     topic_group_size: int = 10  # ...of this many subscribers each
     topic_rates: tuple[int, ...] = (500, 1000, 2000, 4000)  # publications/s over the small topics
+    pubsub_channels: int = 1000  # fan-out read loop alone: channels subscribed...
+    pubsub_messages: int = 20_000  # ...and messages published per run (best of 3 runs)
 
 
 SERVERS = ("gateway", "lean")
-SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics")
+SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics", "pubsub")
 
 SCALES = {
     "full": Scale(
@@ -63,7 +65,7 @@ SCALES = {
         rest_concurrency=(1, 8),
         fair_flood=8,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics", "pubsub"),
     ),
     "small": Scale(
         name="small",
@@ -84,12 +86,14 @@ SCALES = {
         rest_concurrency=(1, 4),
         fair_flood=4,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics", "pubsub"),
         topic_subscribers=300,
         topic_publications=5,
         topic_groups=30,
         topic_group_size=10,
         topic_rates=(50, 200),
+        pubsub_channels=100,
+        pubsub_messages=2000,
     ),
 }
 

@@ -144,6 +144,10 @@ class ShardedSubscriber:
         self._on_resubscribed = on_resubscribed
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Channels a `_resubscribe` is bringing back: a second one (a slot move followed by the
+        # refused SSUBSCRIBE ending the old shard's link) leaves them to the first, so the owner
+        # hears of each channel coming back once.
+        self._following: set[str] = set()
         self._closed = False
 
     async def __aenter__(self) -> ShardedSubscriber:
@@ -287,7 +291,18 @@ class ShardedSubscriber:
 
     async def _resubscribe(self, channels: set[str]) -> None:
         """Subscribe `channels` (those still wanted) where their slots live now, after refreshing
-        the topology, until Redis confirms them (retried with backoff); then tell the owner."""
+        the topology, until Redis confirms them (retried with backoff); then tell the owner.
+        Channels another call is already bringing back are left to it."""
+        channels = channels - self._following
+        if not channels:
+            return
+        self._following |= channels
+        try:
+            await self._follow(channels)
+        finally:
+            self._following -= channels
+
+    async def _follow(self, channels: set[str]) -> None:
         backoff = Backoff(base=0.1, maximum=5.0)
         while not self._closed:
             async with self._lock:

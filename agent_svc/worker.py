@@ -43,11 +43,12 @@ from agent_svc import builtin_tools, messages, scheduler, sessions
 from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.model import Model, ModelError, Turn, create_model
 from agent_svc.tools import ToolContext, ToolRegistry, load_modules
-from shared import chat_queue, chat_wire, consumer_group, db, keys
+from shared import chat_queue, chat_wire, consumer_group, db, keys, session_lock
 from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, End, Transcript
 from shared.quotas import DailyTokens
 from shared.redis_client import RedisClient
+from shared.session_lock import SessionLock
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ CONSUMER_PRUNE_INTERVAL = 300.0
 CONSUMER_MAX_IDLE_MS = 3600 * 1000
 CANCEL_POLL = 0.2
 READ_BLOCK_MS = 1000  # below the Redis client's socket timeout
-_REFRESH_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
@@ -260,13 +257,7 @@ class Worker:
             [entry_id],
             justid=True,
         )
-        await r.eval(
-            _REFRESH_LOCK,
-            1,
-            keys.chat_active(request.session_id),
-            request.message_id,
-            self._p.lock_ms,
-        )
+        await self._p.lock(request).refresh(r)
         await r.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
         await chat_queue.touch(r, request.user_id, request.message_id)
 
@@ -299,9 +290,7 @@ class Worker:
         async with r.pipeline(transaction=False) as pipe:
             pipe.expire(keys.chat_reply_stream(request.message_id), self._p.settings.chat_reply_ttl)
             pipe.delete(keys.chat_cancel(request.message_id))
-            pipe.eval(
-                chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
-            )
+            self._p.lock(request).release_in(pipe)
             pipe.xack(keys.CHAT_REQUESTS_STREAM, keys.CHAT_REQUESTS_GROUP, entry_id)
             pipe.xdel(keys.CHAT_REQUESTS_STREAM, entry_id)
             # The user's place is free: their next waiting question goes to the stream's end.
@@ -315,9 +304,7 @@ class Worker:
 
     async def _release(self, request: ChatRequest) -> None:
         """Free the session for its next question (only if this answer still holds it)."""
-        await self._p.redis.eval(
-            chat_wire.RELEASE_LOCK, 1, keys.chat_active(request.session_id), request.message_id
-        )
+        await self._p.lock(request).release(self._p.redis)
 
     async def _dead_letter(self, entry_id: str, raw: bytes, reason: str) -> None:
         """Set aside a request that is not the gateway's (never answered: it may name any user)
@@ -435,13 +422,17 @@ class WorkerPool:
         self.registry = registry or build_registry(settings)
         self.model = model or create_model(settings, self.registry)
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout)
-        self.lock_ms = chat_wire.session_lock_ms(settings)
+        self.lock_ms = session_lock.ttl_ms(settings)
         self.request_key = chat_wire.request_key(settings.internal_token)
         self.replies = ReplyWriter(client)
         self.cancels = CancelWatch(client)
         self.tokens = DailyTokens(client, settings.chat_daily_token_budget)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[str] = []
+
+    def lock(self, request: ChatRequest) -> SessionLock:
+        """The session lock `request`'s answer holds (the gateway took it when queueing)."""
+        return SessionLock(request.session_id, request.message_id, self.lock_ms)
 
     async def __aenter__(self) -> WorkerPool:
         try:

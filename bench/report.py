@@ -222,6 +222,7 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
     out += _chat_section(results.get("chat"))
     out += _rest_section(results.get("rest"))
     out += _fairness_section(results.get("fairness"))
+    out += _pubsub_section(results.get("pubsub"))
     out += _profile_section(results)
     if plots is not None:
         out += ["", "## Plots", ""]
@@ -460,6 +461,29 @@ def _rest_section(rest: dict[str, Any] | None) -> list[str]:
         rows,
     )
     return out
+
+
+def _pubsub_section(pubsub: dict[str, Any] | None) -> list[str]:
+    if pubsub is None:
+        return []
+    out = ["", "## Fan-out read loop: one Redis beside a Redis Cluster", ""]
+    if "error" in pubsub:
+        return [*out, f"Failed: `{pubsub['error'].splitlines()[0]}`"]
+    if "skipped" in pubsub:
+        return [*out, f"Skipped: {pubsub['skipped']}."]
+    out += [
+        f"The gateway's fan-out alone, {pubsub['channels']} user channels, "
+        f"{pubsub['messages']} messages; subscriber CPU per delivered message, best of "
+        f"{len(pubsub['runs']['single'])} runs (bench/scenarios/pubsub.py).",
+        "",
+    ]
+    return out + _table(
+        ["Redis", "CPU µs per message", "runs"],
+        [
+            ["one server", pubsub["single_redis_us_per_message"], pubsub["runs"]["single"]],
+            ["3-primary cluster", pubsub["cluster_us_per_message"], pubsub["runs"]["cluster"]],
+        ],
+    )
 
 
 def _profile_section(results: dict[str, Any]) -> list[str]:

@@ -30,7 +30,7 @@ from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
-from bench.scenarios import chat, fairness, rest, storm, topics, websocket
+from bench.scenarios import chat, fairness, pubsub, rest, storm, topics, websocket
 from bench.stack import Stack
 from shared.infra import free_port
 
@@ -109,6 +109,7 @@ def run(out: Path) -> dict[str, Any]:
         "fairness": fairness.STEPS,
         "topics": 1,
         "storm": storm.STEPS,
+        "pubsub": 1,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
     shutil.rmtree(out / "logs", ignore_errors=True)
@@ -129,6 +130,8 @@ def run(out: Path) -> dict[str, Any]:
             _guarded("topics", results, progress, lambda: _topics(stack, scale, progress))
         if "storm" in scale.scenarios:
             _guarded("storm", results, progress, lambda: _storm(stack, scale, cores, progress))
+        if "pubsub" in scale.scenarios:
+            _guarded("pubsub", results, progress, lambda: _pubsub(scale, progress))
         if "fairness" in scale.scenarios:
             results["fairness"] = {}
             for mode in fairness.MODES:
@@ -334,6 +337,18 @@ def _storm(
     )
 
 
+def _pubsub(scale: scales.Scale, progress: Progress) -> dict[str, Any]:
+    result = pubsub.run(scale.pubsub_channels, scale.pubsub_messages)
+    if "skipped" in result:
+        progress.step(f"pubsub: skipped ({result['skipped']})")
+    else:
+        progress.step(
+            f"pubsub read loop: {result['single_redis_us_per_message']} us/message on one Redis, "
+            f"{result['cluster_us_per_message']} us/message on a 3-primary cluster"
+        )
+    return result
+
+
 def failed(results: dict[str, Any]) -> list[str]:
     """Names of the scenarios that raised."""
     sections = {
@@ -343,6 +358,7 @@ def failed(results: dict[str, Any]) -> list[str]:
         "rest": results.get("rest"),
         "topics": results.get("topics"),
         "storm": results.get("storm"),
+        "pubsub": results.get("pubsub"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 

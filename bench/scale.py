@@ -32,7 +32,7 @@ class Scale:
     rest_concurrency: tuple[int, ...]  # REST requests in flight, one level after another
     fair_flood: int  # questions the flooding user asks at once in the fairness scenario
     servers: tuple[str, ...]  # which servers the WebSocket scenarios measure
-    scenarios: tuple[str, ...]  # which of websocket, chat, rest, fairness, topics, storm run
+    scenarios: tuple[str, ...]  # which of SCENARIOS run
     topic_subscribers: int = 10_000  # subscribers of the one big topic
     topic_publications: int = 20  # publications to it, one at a time
     topic_groups: int = 1000  # small topics...
@@ -41,10 +41,12 @@ class Scale:
     storm_clients: int = 10_000  # clients of the gateway killed in the reconnect storm
     storm_rate: int = 1000  # notifications/s created during the storm
     storm_warm_seconds: float = 2.0  # steady traffic before the kill (and after everyone is back)
+    pubsub_channels: int = 1000  # fan-out read loop alone: channels subscribed...
+    pubsub_messages: int = 20_000  # ...and messages published per run (best of 3 runs)
 
 
 SERVERS = ("gateway", "lean")
-SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics", "storm")
+SCENARIOS = ("websocket", "chat", "rest", "fairness", "topics", "storm", "pubsub")
 
 SCALES = {
     "full": Scale(
@@ -66,7 +68,7 @@ SCALES = {
         rest_concurrency=(1, 8),
         fair_flood=8,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness", "topics", "storm"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics", "storm", "pubsub"),
     ),
     "small": Scale(
         name="small",
@@ -87,7 +89,7 @@ SCALES = {
         rest_concurrency=(1, 4),
         fair_flood=4,
         servers=("gateway", "lean"),
-        scenarios=("websocket", "chat", "rest", "fairness", "topics"),
+        scenarios=("websocket", "chat", "rest", "fairness", "topics", "pubsub"),
         topic_subscribers=300,
         topic_publications=5,
         topic_groups=30,
@@ -96,6 +98,8 @@ SCALES = {
         storm_clients=200,
         storm_rate=100,
         storm_warm_seconds=0.5,
+        pubsub_channels=100,
+        pubsub_messages=2000,
     ),
 }
 

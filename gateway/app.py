@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import apidocs, chat, console, internal, proxy, topic_api, websocket
+from gateway import apidocs, chat, console, internal_api, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> Starlette:
         *health_routes(_checks),
         metrics_route(),
         *websocket.routes,
-        *internal.routes,
+        *internal_api.routes,
         *topic_api.routes,
         *chat.routes,
         *console.routes,

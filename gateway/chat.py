@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
-from shared import chat_queue, chat_wire, keys
+from shared import chat_queue, chat_wire, keys, session_lock
 from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import (
     AppError,
@@ -50,6 +50,7 @@ from shared.errors import (
 from shared.http import bearer_token, internal_headers, json_response, read_json, verified_user
 from shared.quotas import DailyTokens, HourlyCount
 from shared.redis_client import RedisClient, is_cluster
+from shared.session_lock import SessionLock
 from shared.settings import Settings
 from shared.wire import (
     Message,
@@ -180,13 +181,12 @@ async def open_answer(
     if new_session:
         await quotas.new_sessions.count_session(user_id)
     message_id = str(uuid4())
-    lock = keys.chat_active(session_id)
-    if not await client.set(lock, message_id, nx=True, px=chat_wire.session_lock_ms(settings)):
-        running: bytes | None = await client.get(lock)  # type: ignore[assignment]
+    lock = SessionLock(session_id, message_id, session_lock.ttl_ms(settings))
+    if not await lock.acquire(client):
         raise Conflict(
             "an answer is already streaming in this session",
             code="CHAT_BUSY",
-            details={"message_id": running.decode() if running else None},
+            details={"message_id": await session_lock.holder(client, session_id)},
         )
     request = ChatRequest(
         message_id=message_id,
@@ -227,7 +227,7 @@ async def open_answer(
             # Nothing was queued: free the session again.
             with contextlib.suppress(redis.RedisError, OSError):
                 await client.delete(reply)
-                await client.eval(chat_wire.RELEASE_LOCK, 1, lock, message_id)
+                await lock.release(client)
     if admitted == chat_queue.REFUSED:
         raise RateLimited(
             "too many of your questions are waiting; wait for an answer first",
@@ -520,9 +520,9 @@ async def _ws_cancel(ctx: ChatContext, frame: WsCancel) -> None:
     if frame.message_id is not None:
         message_id = str(frame.message_id)
     else:
-        running = await state.redis.get(keys.chat_active(ctx.session_id))
+        running = await session_lock.holder(state.redis, ctx.session_id)
         if running is None:
             raise NotFound("no answer is streaming in this session", code="NOTHING_TO_CANCEL")
-        message_id = running.decode() if isinstance(running, bytes) else running
+        message_id = running
     await owned_answer(state.redis, message_id, ctx.user_id)
     await request_cancel(state.redis, state.settings, message_id)

@@ -43,6 +43,7 @@ from gateway.state import GatewayState
 from gateway.wsprotocol import EXTENSION, FrameSink, TextFrame
 from shared import keys
 from shared.auth import TokenError, TokenVerifier
+from shared.errors import BadRequest
 from shared.settings import Settings
 from shared.topic_wire import TOPIC_FRAME_TYPES
 from shared.wire import error_frame
@@ -278,8 +279,8 @@ class Connection:
             else:
                 unknown = error_frame("UNKNOWN_TYPE", f"unknown frame type {kind!r}")
                 await self.put(TextFrame(unknown))
-        except frames.FrameError as exc:
-            await self.put(TextFrame(exc.frame))
+        except BadRequest as exc:
+            await self.put(TextFrame(exc.frame()))
 
     async def _refresh(self, token: str, verifier: TokenVerifier) -> TextFrame:
         """Adopt a fresh token of the same user; the frame to answer with."""

@@ -36,8 +36,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from gateway import metrics
 from shared import keys
 from shared.backoff import Backoff
-from shared.cluster import ShardedSubscriber
-from shared.errors import Unavailable
+from shared.cluster import ClusterUnavailable, ShardedSubscriber
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
 
@@ -298,7 +297,10 @@ class ClusterFanout(_Router[M]):
         self._client = client
         self._on_resync = on_resync
         self._subscriber = ShardedSubscriber(
-            client, ping_interval=ping_interval, on_resubscribed=self._resubscribed
+            client,
+            on_message=self._message,
+            ping_interval=ping_interval,
+            on_resubscribed=self._resubscribed,
         )
         self._ready = asyncio.Event()
 
@@ -321,7 +323,7 @@ class ClusterFanout(_Router[M]):
             # Bounded by the subscriber's own confirmation timeout; not cancelled midway, which
             # could leave a shard connection half-way through a command.
             await self._subscriber.subscribe(*(channel.decode() for channel in channels))
-        except (TimeoutError, Unavailable, redis.RedisError, OSError) as exc:
+        except (TimeoutError, ClusterUnavailable, redis.RedisError, OSError) as exc:
             raise FanoutUnavailable(
                 f"Redis Cluster did not confirm the subscription: {exc!r}"
             ) from None
@@ -339,19 +341,18 @@ class ClusterFanout(_Router[M]):
             log.warning("pub/sub command failed", extra={"error": repr(exc)})
 
     async def _run(self) -> None:
+        """Subscribe the broadcast channel; from then on the subscriber's shard readers call
+        `_message` themselves."""
         backoff = Backoff(base=0.1, maximum=5.0)
         while True:
             try:
                 await self._client.initialize()
                 await self._subscriber.subscribe(keys.BROADCAST_CHANNEL)
                 break
-            except (Unavailable, redis.RedisError, OSError) as exc:
+            except (ClusterUnavailable, redis.RedisError, OSError) as exc:
                 log.warning("Redis Cluster unreachable", extra={"error": repr(exc)})
                 await backoff.sleep()
         self._ready.set()
-        while True:
-            channel, payload = await self._subscriber.get()
-            self._message(channel.encode(), payload)
 
     def _resubscribed(self, channels: frozenset[str]) -> None:
         metrics.PUBSUB_RECONNECTS.inc()

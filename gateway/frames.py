@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from shared.wire import Pong, encode, error_frame, utc_now_iso
+from shared.errors import InvalidJson, InvalidMessage
+from shared.wire import Pong, encode, utc_now_iso
 
 
 class _Head(msgspec.Struct):
@@ -38,42 +39,32 @@ class TokenRefreshed(msgspec.Struct, tag="token_refreshed", tag_field="type"):
 NESTED_TOO_DEEPLY = "frame is not valid JSON: nested too deeply"
 
 
-class FrameError(Exception):
-    """A client frame the gateway cannot use; `frame` is the `error` frame to answer with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.frame = error_frame(code, message)
-
-
 _decode_head = msgspec.json.Decoder(_Head).decode
 _decode_refresh = msgspec.json.Decoder(RefreshToken).decode
 
 
 def classify(raw: str | bytes) -> str:
-    """The frame's `type`; raises `FrameError` (INVALID_JSON, INVALID_MESSAGE) otherwise."""
+    """The frame's `type`; raises `InvalidJson` or `InvalidMessage` otherwise."""
     try:
         return _decode_head(raw).type
     except msgspec.ValidationError as exc:
-        raise FrameError(
-            "INVALID_MESSAGE", f"a frame is a JSON object with a string type: {exc}"
-        ) from None
+        raise InvalidMessage(f"a frame is a JSON object with a string type: {exc}") from None
     except msgspec.DecodeError:
-        raise FrameError("INVALID_JSON", "frame is not valid JSON") from None
+        raise InvalidJson("frame is not valid JSON") from None
     except RecursionError:
         # msgspec decodes nesting recursively, even of fields it skips: a frame nested a few
         # thousand deep would otherwise escape as an exception and close the connection 1011.
-        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
+        raise InvalidJson(NESTED_TOO_DEEPLY) from None
 
 
 def refresh_token(raw: str | bytes) -> str:
-    """The token of a `refresh_token` frame; raises `FrameError` (INVALID_MESSAGE)."""
+    """The token of a `refresh_token` frame; raises `InvalidMessage` (or `InvalidJson`)."""
     try:
         return _decode_refresh(raw).token
     except msgspec.DecodeError as exc:
-        raise FrameError("INVALID_MESSAGE", f"refresh_token needs a string token: {exc}") from None
+        raise InvalidMessage(f"refresh_token needs a string token: {exc}") from None
     except RecursionError:
-        raise FrameError("INVALID_JSON", NESTED_TOO_DEEPLY) from None
+        raise InvalidJson(NESTED_TOO_DEEPLY) from None
 
 
 def _iso(timestamp: float) -> str:

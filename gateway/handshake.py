@@ -16,6 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from shared.errors import Refused
+from shared.wire import CloseCode
+
 BEARER_SUBPROTOCOL = "bearer"
 
 
@@ -69,18 +72,10 @@ class HandshakePath(msgspec.Struct):
     session_id: Annotated[str, msgspec.Meta(description="UUID of the chat session")]
 
 
-class HandshakeError(Exception):
-    """The handshake is refused; `reason` is the close reason shown to the client (1008)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def credentials(
     query_string: bytes, authorization: str | None, subprotocols: Sequence[str]
 ) -> Credentials:
-    """The client's token and resume point; raises `HandshakeError` for a malformed `last_seq`."""
+    """The client's token and resume point; raises `Refused` (1008) for a malformed `last_seq`."""
     query = parse_qs(query_string.decode("latin-1"))
     token: str | None = None
     subprotocol: str | None = None
@@ -106,7 +101,7 @@ def _last_seq(query: dict[str, list[str]]) -> int | None:
         return None
     raw = values[0]
     if not raw.isdigit() or len(raw) > LAST_SEQ_MAX_DIGITS:
-        raise HandshakeError("last_seq must be a non-negative integer")
+        raise Refused(CloseCode.POLICY_VIOLATION, "last_seq must be a non-negative integer")
     return int(raw)
 
 

@@ -54,7 +54,7 @@ from gateway.topics import Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys, publish
 from shared.backoff import Backoff
-from shared.errors import NotFound, RateLimited, Unavailable
+from shared.errors import NotFound, RateLimited, Refused, Unavailable
 from shared.topic_store import TopicStore
 from shared.wire import (
     ConnectionEstablished,
@@ -75,14 +75,6 @@ FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]
-
-
-class Refused(Exception):
-    """The connection cannot be served: close it with `code` and `reason`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 class ConnectionManager:

@@ -43,6 +43,7 @@ from gateway.ordering import OffsetOrder
 from gateway.topics import Grant, TopicRefused, Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys
+from shared.errors import InvalidJson, InvalidMessage
 from shared.redis_client import RedisClient, is_cluster
 from shared.topic_store import Position, Recovery
 from shared.topic_wire import (
@@ -140,10 +141,10 @@ class TopicHub:
         try:
             frame = decode_topic_frame(text)
         except msgspec.ValidationError as exc:
-            await conn.put(TextFrame(error_frame("INVALID_MESSAGE", str(exc))))
+            await conn.put(TextFrame(InvalidMessage(str(exc)).frame()))
             return
         except msgspec.DecodeError:
-            await conn.put(TextFrame(error_frame("INVALID_JSON", "frame is not valid JSON")))
+            await conn.put(TextFrame(InvalidJson("frame is not valid JSON").frame()))
             return
         try:
             if isinstance(frame, Subscribe):
@@ -157,12 +158,12 @@ class TopicHub:
             else:
                 await self._publish(conn, frame)
         except TopicRefused as exc:
-            await conn.put(TextFrame(error_frame(exc.code, exc.message, exc.details)))
+            await conn.put(TextFrame(exc.frame()))
         except (redis.RedisError, OSError, FanoutUnavailable) as exc:
             log.warning("topic frame failed", extra={"error": repr(exc)})
-            message = "Redis unavailable: try again"
-            refused = TopicRefused(Code.TOPIC_UNAVAILABLE, message, getattr(frame, "topic", None))
-            await conn.put(TextFrame(error_frame(refused.code, message, refused.details)))
+            topic = getattr(frame, "topic", None)
+            refused = TopicRefused(Code.TOPIC_UNAVAILABLE, "Redis unavailable: try again", topic)
+            await conn.put(TextFrame(refused.frame()))
 
     async def _subscribe(self, conn: Subscriber, frame: Subscribe) -> None:
         grant = await self.topics.authorize(frame.topic, conn.user_id, frame.token)

@@ -1,5 +1,5 @@
 """Topic rules of the gateway: who may subscribe, read presence and publish, and the publishing
-and presence operations every entry point shares (WebSocket frames, the public and internal HTTP
+and presence operations every entry point shares (WebSocket frames, the public and internal API
 endpoints, the ingest stream).
 
 Every refusal raises `TopicRefused` with a stable code (`shared.topic_wire.TopicErrorCode`); the

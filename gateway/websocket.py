@@ -16,9 +16,10 @@ from starlette.websockets import WebSocket
 
 from gateway import metrics
 from gateway.connection import Connection, open_connection
-from gateway.handshake import HandshakeError, credentials, origin_allowed
-from gateway.manager import ConnectionManager, Refused
+from gateway.handshake import credentials, origin_allowed
+from gateway.manager import ConnectionManager
 from shared.auth import Identity, TokenError, TokenVerifier
+from shared.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             websocket.headers.get("authorization"),
             scope.get("subprotocols") or [],
         )
-    except HandshakeError as exc:
+    except Refused as exc:
         await websocket.accept()
-        await _refuse(websocket, 1008, exc.reason)
+        await _refuse(websocket, exc.close_code, exc.reason)
         return
     await websocket.accept(subprotocol=creds.subprotocol)
     try:
         manager.reserve()
     except Refused as exc:
-        await _refuse(websocket, exc.code, exc.reason)
+        await _refuse(websocket, exc.close_code, exc.reason)
         return
     conn: Connection | None = None
     try:
@@ -67,9 +68,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await conn.run(verifier)
     except Refused as exc:
         if conn is not None:
-            await conn.close(exc.code, exc.reason)
+            await conn.close(exc.close_code, exc.reason)
         else:
-            await _refuse(websocket, exc.code, exc.reason)
+            await _refuse(websocket, exc.close_code, exc.reason)
     except Exception:
         log.exception("connection failed")
         if conn is not None:

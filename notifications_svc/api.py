@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifications_svc import changes, model, store
+from notifications_svc import changes, store, wire
 from shared.errors import NotFound
 from shared.http import json_response, require_internal, verified_user
 
@@ -44,16 +44,16 @@ async def list_notifications(request: Request) -> Response:
     """`GET /api/v1/notifications?page&page_size&unread_only&notification_type&cursor`."""
     user_id = await caller(request)
     query = request.query_params
-    page = model.parse_int(query.get("page"), "page", default=1, low=1, high=model.MAX_PAGE)
-    page_size = model.parse_int(
-        query.get("page_size"), "page_size", default=20, low=1, high=model.MAX_PAGE_SIZE
+    page = wire.parse_int(query.get("page"), "page", default=1, low=1, high=wire.MAX_PAGE)
+    page_size = wire.parse_int(
+        query.get("page_size"), "page_size", default=20, low=1, high=wire.MAX_PAGE_SIZE
     )
     filters = store.Filters(
-        unread_only=model.parse_bool(query.get("unread_only"), "unread_only"),
-        notification_type=model.parse_type(query.get("notification_type")),
+        unread_only=wire.parse_bool(query.get("unread_only"), "unread_only"),
+        notification_type=wire.parse_type(query.get("notification_type")),
     )
     cursor = query.get("cursor")
-    before_seq = None if cursor is None else model.decode_cursor(cursor)
+    before_seq = None if cursor is None else wire.decode_cursor(cursor)
     rows, total, has_more = await store.list_page(
         request.app.state.pool,
         user_id,
@@ -62,13 +62,13 @@ async def list_notifications(request: Request) -> Response:
         offset=(page - 1) * page_size,
         before_seq=before_seq,
     )
-    body = model.NotificationPage(
-        items=[model.item(row) for row in rows],
+    body = wire.NotificationPage(
+        items=[wire.item(row) for row in rows],
         total=total,
         page=page,
         page_size=page_size,
         has_more=has_more,
-        next_cursor=model.encode_cursor(rows[-1].seq) if has_more else None,
+        next_cursor=wire.encode_cursor(rows[-1].seq) if has_more else None,
     )
     return json_response(body)
 
@@ -76,11 +76,11 @@ async def list_notifications(request: Request) -> Response:
 async def mark_read(request: Request) -> Response:
     """`PATCH /api/v1/notifications/{id}/read` → the notification, now read (idempotent)."""
     user_id = await caller(request)
-    notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
+    notification_id = wire.parse_uuid(request.path_params["notification_id"], "id")
     row = await store.mark_read(request.app.state.pool, user_id, notification_id)
     if row is None:
         raise _not_found(notification_id)
-    response = json_response(model.item(row))
+    response = json_response(wire.item(row))
     response.background = changes.after_response(request, user_id, "read", [str(notification_id)])
     return response
 
@@ -89,7 +89,7 @@ async def mark_all_read(request: Request) -> Response:
     """`POST /api/v1/notifications/read-all` → how many were marked."""
     user_id = await caller(request)
     count = await store.mark_all_read(request.app.state.pool, user_id)
-    response = json_response(model.MarkedRead(marked_read=count))
+    response = json_response(wire.MarkedRead(marked_read=count))
     response.background = changes.after_response(request, user_id, "all_read", [])
     return response
 
@@ -97,7 +97,7 @@ async def mark_all_read(request: Request) -> Response:
 async def delete_notification(request: Request) -> Response:
     """`DELETE /api/v1/notifications/{id}` → 204."""
     user_id = await caller(request)
-    notification_id = model.parse_uuid(request.path_params["notification_id"], "id")
+    notification_id = wire.parse_uuid(request.path_params["notification_id"], "id")
     if not await store.delete(request.app.state.pool, user_id, notification_id):
         raise _not_found(notification_id)
     deleted = changes.after_response(request, user_id, "deleted", [str(notification_id)])
@@ -108,7 +108,7 @@ async def unread_count(request: Request) -> Response:
     """`GET /api/v1/notifications/unread/count` → `{"unread_count": n}`."""
     user_id = await caller(request)
     count = await store.unread_count(request.app.state.pool, user_id)
-    return json_response(model.UnreadCount(unread_count=count))
+    return json_response(wire.UnreadCount(unread_count=count))
 
 
 routes = [
@@ -125,7 +125,7 @@ def _on_behalf(endpoint: Endpoint) -> Endpoint:
 
     async def internal(request: Request) -> Response:
         require_internal(request, request.app.state.settings.internal_token)
-        request.state.on_behalf_of = model.parse_uuid(request.path_params["user_id"], "user_id")
+        request.state.on_behalf_of = wire.parse_uuid(request.path_params["user_id"], "user_id")
         return await endpoint(request)
 
     return internal

@@ -31,9 +31,9 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError, ResponseError
 
 from notifications_svc import store
-from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import Outbox
 from notifications_svc.push_policy import PushPlanner
+from notifications_svc.wire import CreateNotification
 from shared import consumer_group, db, keys
 from shared.backoff import Backoff
 from shared.errors import ValidationFailed

@@ -1,4 +1,4 @@
-"""Internal HTTP endpoints (Bearer `INTERNAL_TOKEN`): create, batch create, replay for the gateway.
+"""Internal API endpoints (Bearer `INTERNAL_TOKEN`): create, batch create, replay for the gateway.
 
 Never routed by the gateway's public facade. Contracts in docs/internal-api.md and
 docs/notifications.md.
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifications_svc import model, store
+from notifications_svc import store, wire
 from notifications_svc.outbox import Outbox
 from shared.errors import ValidationFailed
 from shared.http import json_response, read_json, require_internal
@@ -28,13 +28,13 @@ REPLAY_MAX_LIMIT = 1000
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     notifications: Annotated[
-        list[model.CreateNotification], msgspec.Meta(min_length=1, max_length=MAX_BATCH)
+        list[wire.CreateNotification], msgspec.Meta(min_length=1, max_length=MAX_BATCH)
     ]
 
 
 class BatchItem(msgspec.Struct):
     created: bool
-    notification: model.NotificationItem
+    notification: wire.NotificationItem
 
 
 class BatchResult(msgspec.Struct):
@@ -52,7 +52,7 @@ class ReplayPage(msgspec.Struct):
 
 
 class ReplayQuery(msgspec.Struct, kw_only=True):
-    after_seq: Annotated[int, msgspec.Meta(ge=0, le=model.MAX_SEQ)] = 0
+    after_seq: Annotated[int, msgspec.Meta(ge=0, le=wire.MAX_SEQ)] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=REPLAY_MAX_LIMIT)] = REPLAY_DEFAULT_LIMIT
 
 
@@ -89,14 +89,14 @@ async def create(request: Request) -> Response:
     its `Idempotency-Key`/`dedupe_key` was seen before. Redis being down never fails it."""
     settings = _authorised(request)
     key = _idempotency_key(request)
-    body = await read_json(request, model.CreateNotification, settings.http_max_body_bytes)
+    body = await read_json(request, wire.CreateNotification, settings.http_max_body_bytes)
     result = await store.create(
         request.app.state.pool, body, idempotency_key=key, planner=request.app.state.planner
     )
     if result.created and body.send_push:
         outbox: Outbox = request.app.state.outbox
         await outbox.after_commit(body.user_id)
-    return json_response(model.item(result.row), 201 if result.created else 200)
+    return json_response(wire.item(result.row), 201 if result.created else 200)
 
 
 async def create_batch(request: Request) -> Response:
@@ -118,7 +118,7 @@ async def create_batch(request: Request) -> Response:
     if any(r.created for r in results):
         outbox: Outbox = request.app.state.outbox
         outbox.wake()
-    items = [BatchItem(created=r.created, notification=model.item(r.row)) for r in results]
+    items = [BatchItem(created=r.created, notification=wire.item(r.row)) for r in results]
     return json_response(BatchResult(items), 201 if any(r.created for r in results) else 200)
 
 
@@ -126,16 +126,16 @@ async def replay(request: Request) -> Response:
     """`GET /internal/v1/users/{user_id}/notifications/replay?after_seq=N&limit=L` → the user's
     pushed notifications with seq > N as frames, ascending, with `has_more` and `last_seq`."""
     _authorised(request)
-    user_id = model.parse_uuid(request.path_params["user_id"], "user_id")
+    user_id = wire.parse_uuid(request.path_params["user_id"], "user_id")
     query = request.query_params
-    after_seq = model.parse_int(
-        query.get("after_seq"), "after_seq", default=0, low=0, high=model.MAX_SEQ
+    after_seq = wire.parse_int(
+        query.get("after_seq"), "after_seq", default=0, low=0, high=wire.MAX_SEQ
     )
-    limit = model.parse_int(
+    limit = wire.parse_int(
         query.get("limit"), "limit", default=REPLAY_DEFAULT_LIMIT, low=1, high=REPLAY_MAX_LIMIT
     )
     rows, has_more, last_seq = await store.replay(request.app.state.pool, user_id, after_seq, limit)
-    return json_response(ReplayPage([model.frame(row) for row in rows], has_more, last_seq))
+    return json_response(ReplayPage([wire.frame(row) for row in rows], has_more, last_seq))
 
 
 routes = [

@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from notifications_svc import store
-from notifications_svc.model import frame_bytes
+from notifications_svc.wire import frame_bytes
 from shared import db, publish, redis_client
 from shared.backoff import Backoff
 from shared.redis_client import RedisClient

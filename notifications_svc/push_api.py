@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifications_svc import model, push_store, webpush
+from notifications_svc import push_store, webpush, wire
 from notifications_svc.api import caller
 from notifications_svc.webpush import SubscriptionKeys
 from shared.errors import NotFound
@@ -84,7 +84,7 @@ async def list_subscriptions(request: Request) -> Response:
 async def unsubscribe(request: Request) -> Response:
     """`DELETE /api/v1/push/subscriptions/{id}` → 204; its pending pushes are dropped."""
     user_id = await caller(request)
-    subscription_id = model.parse_uuid(request.path_params["subscription_id"], "id")
+    subscription_id = wire.parse_uuid(request.path_params["subscription_id"], "id")
     if not await push_store.unsubscribe(request.app.state.pool, user_id, subscription_id):
         raise NotFound("push subscription not found", details={"id": str(subscription_id)})
     return Response(status_code=204)

@@ -28,7 +28,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from notifications_svc import push_store
-from notifications_svc.model import Stored
+from notifications_svc.wire import Stored
 from shared import keys
 from shared.redis_client import RedisClient
 from shared.settings import Settings

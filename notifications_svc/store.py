@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from notifications_svc.model import COLUMNS, CreateNotification, Stored
+from notifications_svc.wire import COLUMNS, CreateNotification, Stored
 from shared.errors import ValidationFailed
 from shared.users import ensure_user
 

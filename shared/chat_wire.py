@@ -21,26 +21,12 @@ from typing import Any
 
 import msgspec
 
-from shared.settings import Settings
 from shared.wire import ErrorBody
 
 # Stream entry field names (short: every token of every answer carries one).
 REQUEST_FIELD = b"r"
 EVENT_FIELD = b"e"
 OWNER_FIELD = b"u"  # on the `start` entry only: the user the answer belongs to
-
-
-def session_lock_ms(settings: Settings) -> int:
-    """How long a session stays busy (`chat:active:{session_id}`) without a worker heartbeat:
-    the gateway's initial lock covers the wait in the queue, the worker refreshes it."""
-    return int(max(60.0, 3 * settings.agent_reclaim_idle) * 1000)
-
-
-# Lua for `chat:active:{session_id}`: delete it only if it still names this answer (ARGV[1]).
-RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 class ChatErrorCode(enum.StrEnum):

@@ -6,12 +6,16 @@ the slot and only that shard's subscribers see it. This module owns the two halv
 
 - `create_client(url)`: an asyncio `RedisCluster` with the timeouts of `shared.redis_client`;
   `spublish(client, channel, payload)` routes by the channel's slot.
-- `ShardedSubscriber`: a gateway's subscriptions over one connection per shard primary, a reader
-  task per connection, and one bounded queue of `(channel, payload)` for the consumer. When the
-  cluster moves a slot (resharding, failover), Redis ends the subscriptions of that slot with a
-  server-sent `sunsubscribe`; the subscriber refreshes the topology and subscribes again on the
-  new owner. Messages published while a slot moves can be lost (pub/sub is at-most-once), which
-  is why notifications carry a `seq` and the gateway replays gaps from the notifications service.
+- `ShardedSubscriber`: a gateway's subscriptions over one connection per shard primary, each
+  read by one task with the loop of the single-Redis fan-out (`gateway.fanout`): no per-message
+  timeout, no queue hop — each message is handed to the owner's `on_message` on the reader task,
+  and a pinger per shard watches for silence instead. When the cluster moves a slot (resharding,
+  failover), Redis ends the subscriptions of that slot with a server-sent `sunsubscribe`; the
+  subscriber refreshes the topology and subscribes again on the new owner. Messages published
+  while a slot moves can be lost (pub/sub is at-most-once), which is why notifications carry a
+  `seq` and the gateway replays gaps from the notifications service.
+
+Infrastructure failures raise `ClusterUnavailable`; the callers decide what a client is told.
 
 Channel names must not contain `{...}` hash tags unless several channels are meant to share a
 slot; `shared.keys` names (`ch:user:<uuid>`) contain none, so they spread over every shard.
@@ -22,22 +26,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared.backoff import Backoff
-from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+# (channel, payload) as Redis sent them; called on a shard's reader task, must not wait.
+OnMessage = Callable[[bytes, bytes], None]
+
+
+class ClusterUnavailable(Exception):
+    """The cluster did not confirm a subscription in time."""
 
 
 def create_client(
@@ -66,71 +75,79 @@ async def spublish(client: RedisCluster, channel: str, payload: bytes) -> int:
 
 
 class _Shard:
-    """One shard primary: a dedicated connection in subscribe mode and its reader task."""
+    """One shard primary: a dedicated connection in subscribe mode, its reader and its pinger."""
 
     def __init__(self, node: ClusterNode) -> None:
         self.name = node.name
         # No hidden retries: a dropped link must surface, so the subscriber re-subscribes
         # deliberately and tells its owner to replay what was missed meanwhile.
-        self.client = redis.Redis(
+        self.conn = Connection(
             host=node.host,
             port=int(node.port),
             socket_connect_timeout=2,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
         )
-        self.pubsub: PubSub = self.client.pubsub()
         self.channels: set[str] = set()
-        self.reader: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.heard = 0.0  # loop time of the last reply on the link
+
+    async def send(self, command: bytes, *channels: str) -> None:
+        await self.conn.send_command(command, *channels)
 
     async def close(self) -> None:
-        """Stop the reader (unless it is the caller) and close the connection; idempotent."""
-        reader, self.reader = self.reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self.client.aclose()
+        """Stop the reader and pinger (except the caller) and close the link; idempotent."""
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.conn.disconnect(nowait=True)
 
 
 class ShardedSubscriber:
     """Sharded pub/sub subscriptions of one process, across every shard of a cluster.
 
-    Use as `async with ShardedSubscriber(client) as subscriber:`. `subscribe` returns once Redis
-    has confirmed every channel (so a caller may replay from its durable source right after,
-    without a window in which a publish is neither replayed nor received) and raises
-    `Unavailable` if that takes longer than `confirm_timeout`. `get()` returns the next
-    `(channel, payload)` in the order each shard delivered them (no order across shards).
+    Use as `async with ShardedSubscriber(client, on_message=...) as subscriber:`. `subscribe`
+    returns once Redis has confirmed every channel (so a caller may replay from its durable source
+    right after, without a window in which a publish is neither replayed nor received) and raises
+    `ClusterUnavailable` if that takes longer than `confirm_timeout`. `on_message(channel,
+    payload)` is called synchronously on the shard's reader, in the order the shard delivered the
+    messages (no order across shards); it must not wait (it may defer work, keeping the order).
 
     Subscriptions follow their slot when it moves and survive a lost shard connection (found by
     its errors, or by PINGs going unanswered for 2.5 `ping_interval`s): they are re-subscribed
     wherever the slot lives now (with backoff), and once confirmed
     `on_resubscribed(channels)` is called so the owner can replay what was published meanwhile.
-    The queue is bounded (`queue_size`): a consumer that stops reading stalls the readers, and
-    Redis then drops this client when its pub/sub output buffer limit is exceeded — never
-    unbounded memory here. Closing is idempotent and leaves no task running.
+    Nothing is buffered here: a consumer too slow for Redis makes Redis drop this client when its
+    pub/sub output buffer limit is exceeded — never unbounded memory here. Closing is idempotent
+    and leaves no task running.
     """
 
     def __init__(
         self,
         client: RedisCluster,
         *,
-        queue_size: int = 10_000,
+        on_message: OnMessage,
         confirm_timeout: float = 5.0,
         ping_interval: float = 5.0,
         on_resubscribed: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._client = client
+        self._on_message = on_message
         self._shards: dict[str, _Shard] = {}
         self._wanted: set[str] = set()
         self._confirmed: dict[str, asyncio.Event] = {}
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(queue_size)
         self._confirm_timeout = confirm_timeout
         self._ping_interval = ping_interval
         self._on_resubscribed = on_resubscribed
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Channels a `_resubscribe` is bringing back: a second one (a slot move followed by the
+        # refused SSUBSCRIBE ending the old shard's link) leaves them to the first, so the owner
+        # hears of each channel coming back once.
+        self._following: set[str] = set()
         self._closed = False
 
     async def __aenter__(self) -> ShardedSubscriber:
@@ -157,7 +174,8 @@ class ShardedSubscriber:
 
     async def subscribe(self, *channels: str) -> None:
         """SSUBSCRIBE each channel on the shard owning its slot and wait for Redis to confirm
-        them all; subscribing twice is harmless. Raises `Unavailable` when unconfirmed in time."""
+        them all; subscribing twice is harmless. Raises `ClusterUnavailable` when unconfirmed in
+        time, `RedisError`/`OSError` when a shard cannot be reached."""
         async with self._lock:
             self._wanted.update(channels)
             for channel in channels:
@@ -173,11 +191,7 @@ class ShardedSubscriber:
                 for shard in self._shards.values():
                     if channel in shard.channels:
                         shard.channels.discard(channel)
-                        await shard.pubsub.sunsubscribe(channel)
-
-    async def get(self) -> tuple[str, bytes]:
-        """The next message: `(channel, payload)`. Waits until one arrives."""
-        return await self._queue.get()
+                        await shard.send(b"SUNSUBSCRIBE", channel)
 
     async def aclose(self) -> None:
         """Stop every task and close every shard connection (idempotent)."""
@@ -202,7 +216,7 @@ class ShardedSubscriber:
                 for event in events:
                     await event.wait()
         except TimeoutError:
-            raise Unavailable("Redis Cluster did not confirm the subscription") from None
+            raise ClusterUnavailable("Redis Cluster did not confirm the subscription") from None
 
     async def _subscribe_on_owner(self, channel: str) -> None:
         node = self._client.get_node_from_key(channel)  # raises SlotNotCoveredError if none
@@ -210,40 +224,57 @@ class ShardedSubscriber:
         shard = self._shards.get(node.name)
         if shard is None:
             shard = self._shards[node.name] = _Shard(node)
+        if not shard.tasks:
+            await shard.conn.connect()  # type: ignore[no-untyped-call]
+            shard.heard = asyncio.get_running_loop().time()
+            shard.tasks = [
+                asyncio.create_task(self._read(shard), name=f"sharded:{shard.name}"),
+                asyncio.create_task(self._ping(shard), name=f"sharded-ping:{shard.name}"),
+            ]
         if channel not in shard.channels:
             self._confirmed.setdefault(channel, asyncio.Event()).clear()
-            await shard.pubsub.ssubscribe(channel)
+            await shard.send(b"SSUBSCRIBE", channel)
             shard.channels.add(channel)
-        if shard.reader is None:
-            shard.reader = asyncio.create_task(self._read(shard), name=f"sharded:{shard.name}")
+
+    async def _ping(self, shard: _Shard) -> None:
+        """PING every interval; a link silent for 2.5 intervals (a half-open TCP connection, a
+        node that stopped answering) is closed, which ends the blocked read with an error."""
+        loop = asyncio.get_running_loop()
+        silence = 2.5 * self._ping_interval
+        with contextlib.suppress(RedisError, OSError):
+            while True:
+                await asyncio.sleep(self._ping_interval)
+                if loop.time() - shard.heard > silence:
+                    log.warning("shard %s silent for %.1f s: closing its link", shard.name, silence)
+                    await shard.conn.disconnect(nowait=True)
+                    return
+                await shard.send(b"PING")
 
     async def _read(self, shard: _Shard) -> None:
+        # No read timeout: redis-py would open an asyncio timeout per message; the pinger
+        # watches for silence instead (the loop of `gateway.fanout.Fanout`).
         loop = asyncio.get_running_loop()
-        heard = loop.time()
+        conn, on_message = shard.conn, self._on_message
         try:
             while True:
-                message = await shard.pubsub.get_message(timeout=self._ping_interval)
-                if message is None:
-                    # A silent link may be a half-open TCP connection: PING, and give up on it
-                    # when even the PONGs stop coming.
-                    if loop.time() - heard > 2.5 * self._ping_interval:
-                        raise RedisConnectionError(f"no answer from {shard.name}")
-                    await shard.pubsub.ping()
+                response: Any = await conn.read_response(timeout=math.inf, push_request=True)
+                shard.heard = loop.time()
+                if not isinstance(response, list):
                     continue
-                heard = loop.time()
-                kind = message["type"]
-                if kind == "pong":
-                    continue
-                channel = message["channel"].decode()
-                if kind == "smessage":
-                    await self._queue.put((channel, message["data"]))
-                elif kind == "ssubscribe" and channel in self._confirmed:
-                    self._confirmed[channel].set()
-                elif kind == "sunsubscribe" and channel in shard.channels:
-                    # Not asked for: the slot moved to another shard. Follow it.
-                    shard.channels.discard(channel)
-                    self._spawn(self._resubscribe({channel}), f"follow:{channel}")
-        except RedisError as exc:
+                kind = response[0]
+                if kind == b"smessage":
+                    on_message(response[1], response[2])
+                elif kind == b"ssubscribe":
+                    event = self._confirmed.get(response[1].decode())
+                    if event is not None:
+                        event.set()
+                elif kind == b"sunsubscribe":
+                    channel = response[1].decode()
+                    if channel in shard.channels:
+                        # Not asked for: the slot moved to another shard. Follow it.
+                        shard.channels.discard(channel)
+                        self._spawn(self._resubscribe({channel}), f"follow:{channel}")
+        except (RedisError, OSError) as exc:
             # The shard's node died or failed over: its channels now live elsewhere, or will.
             log.warning("shard %s lost (%s); re-subscribing its channels", shard.name, exc)
             self._spawn(self._replace(shard), f"replace:{shard.name}")
@@ -260,7 +291,18 @@ class ShardedSubscriber:
 
     async def _resubscribe(self, channels: set[str]) -> None:
         """Subscribe `channels` (those still wanted) where their slots live now, after refreshing
-        the topology, until Redis confirms them (retried with backoff); then tell the owner."""
+        the topology, until Redis confirms them (retried with backoff); then tell the owner.
+        Channels another call is already bringing back are left to it."""
+        channels = channels - self._following
+        if not channels:
+            return
+        self._following |= channels
+        try:
+            await self._follow(channels)
+        finally:
+            self._following -= channels
+
+    async def _follow(self, channels: set[str]) -> None:
         backoff = Backoff(base=0.1, maximum=5.0)
         while not self._closed:
             async with self._lock:
@@ -270,13 +312,13 @@ class ShardedSubscriber:
                     for channel in pending:
                         await self._subscribe_on_owner(channel)
                     sent = True
-                except RedisError as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("re-subscribing %d shard channels failed: %s", len(pending), exc)
                     sent = False
             if sent:
                 try:
                     await self._wait_confirmed(pending)
-                except Unavailable:
+                except ClusterUnavailable:
                     sent = False
             if sent:
                 if pending and self._on_resubscribed is not None:

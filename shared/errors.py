@@ -2,9 +2,11 @@
 
 Raise an `AppError` subclass anywhere; the HTTP layer turns it into a JSON body
 `{"error": {"code", "message", "details"}}` with `status`, the WebSocket layer into an `error`
-frame (a connection is refused or closed with the close codes of `gateway.manager.Refused`,
-not with an `AppError`), the SSE layer into an `error` event. Codes are stable strings
-clients may switch on; messages are for humans.
+frame (`frame()`: bad input never closes a connection), the SSE layer into an `error` event.
+`Refused` is the one error that ends a WebSocket instead: the connection is closed with its
+`close_code` and `reason`. Codes are stable strings clients may switch on; messages are for
+humans. Infrastructure code raises its own errors (`shared.cluster.ClusterUnavailable`) and the
+callers map them to one of these.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 from typing import Any, ClassVar
 
 import msgspec
+
+from shared.wire import CloseCode, error_frame
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -43,6 +47,10 @@ class AppError(Exception):
     def encode(self) -> bytes:
         return msgspec.json.encode(self.body())
 
+    def frame(self) -> bytes:
+        """The WebSocket `error` frame answering the frame that caused this error."""
+        return error_frame(self.code, self.message, self.details)
+
 
 class BadRequest(AppError):
     status, code = 400, "BAD_REQUEST"
@@ -50,6 +58,12 @@ class BadRequest(AppError):
 
 class InvalidJson(BadRequest):
     code = "INVALID_JSON"
+
+
+class InvalidMessage(BadRequest):
+    """A WebSocket frame of the wrong shape (not an object, no string `type`, wrong fields)."""
+
+    code = "INVALID_MESSAGE"
 
 
 class Unauthorized(AppError):
@@ -101,3 +115,27 @@ class RateLimited(AppError):
 
 class Unavailable(AppError):
     status, code = 503, "SERVICE_UNAVAILABLE"
+
+
+# The close codes a refusal uses, with the HTTP status and code that say the same.
+_CLOSES: dict[int, tuple[int, str]] = {
+    CloseCode.POLICY_VIOLATION: (403, "POLICY_VIOLATION"),
+    CloseCode.SERVICE_RESTART: (503, "SERVICE_RESTART"),
+    CloseCode.TRY_AGAIN_LATER: (503, "TRY_AGAIN_LATER"),
+}
+
+
+class Refused(AppError):
+    """A WebSocket connection refused or ended by the server: close it with `close_code` (a
+    `shared.wire.CloseCode`) and `reason`, a short text the client sees. `status` and `code`
+    follow from the close code; an unknown close code raises `ValueError`."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        try:
+            status, code = _CLOSES[close_code]
+        except KeyError:
+            raise ValueError(f"expected a close code of CloseCode, got {close_code}") from None
+        super().__init__(reason, code=code)
+        self.status = status  # type: ignore[misc]  # per-instance, from the close code
+        self.close_code = close_code
+        self.reason = reason

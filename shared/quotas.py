@@ -2,8 +2,8 @@
 
 Each limit is one small Lua script over keys of one user (one slot: they work on a Redis Cluster
 too), answering "allowed" or "refused, retry after N seconds". Time inside the scripts is Redis's
-own clock (`TIME`), so instances with skewed clocks agree; where a test must control time, the
-caller passes `now`.
+own clock (`TIME`), so instances with skewed clocks agree; where a test must control time, it
+gives `TokenBucket` and `DailyTokens` a clock (`HourlyCount`'s window is a Redis expiry).
 
 - `TokenBucket`: requests per second with bursts (REST and chat requests per user).
 - `HourlyCount`: events per rolling window that starts at the first event (sessions created per
@@ -31,10 +31,13 @@ from shared.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] hash {tokens, ms}; ARGV rate/s, burst. Returns {allowed, ms until one token}.
+# KEYS[1] hash {tokens, ms}; ARGV rate/s, burst[, now ms]. Returns {allowed, ms until one token}.
 _BUCKET = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(ARGV[3])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ms')
 local tokens, stamp = tonumber(state[1]), tonumber(state[2])
@@ -71,18 +74,27 @@ def tokens_key(user_id: UUID | str, day: dt.date) -> str:
 
 
 class TokenBucket:
-    """`rate` requests per second per user on average, bursts of `burst`."""
+    """`rate` requests per second per user on average, bursts of `burst`. `clock` (Unix
+    seconds) replaces Redis's clock; None (the default) keeps Redis's, which every process
+    shares."""
 
-    def __init__(self, client: RedisClient, rate: float, burst: int) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._script = client.register_script(_BUCKET)
-        self._rate, self._burst = rate, burst
+        self._rate, self._burst, self._clock = rate, burst, clock
 
     async def take(self, user_id: UUID) -> None:
         """Take one token or raise `RateLimited` (`RATE_LIMITED`)."""
+        args: list[float] = [self._rate, self._burst]
+        if self._clock is not None:
+            args.append(int(self._clock() * 1000))
         try:
-            allowed, wait_ms = await self._script(
-                keys=[bucket_key(user_id)], args=[self._rate, self._burst]
-            )
+            allowed, wait_ms = await self._script(keys=[bucket_key(user_id)], args=args)
         except (RedisError, OSError) as exc:
             log.warning("request rate not checked", extra={"error": repr(exc)})
             return

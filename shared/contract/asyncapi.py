@@ -16,7 +16,7 @@ import msgspec
 
 from gateway import chat, frames
 from gateway.handshake import HandshakeHeaders, HandshakePath, HandshakeQuery
-from notifications_svc.model import CreateNotification
+from notifications_svc.wire import CreateNotification
 from shared import chat_wire, keys, topic_wire, wire
 from shared.contract.schemas import Schemas, discriminators_as_names, fields
 

@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 
 from agent_svc import api as agent_api
-from gateway import chat, internal
+from gateway import chat, internal_api
 from notifications_svc import internal_api as notifications_internal
-from notifications_svc import model as notifications
 from notifications_svc import push_api, webpush
+from notifications_svc import wire as notifications
 from shared import chat_wire, topic_wire
 from shared.contract.schemas import Schemas, fields
 from shared.http import Alive, Ready
@@ -309,8 +309,8 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
                           codes=("SESSION_LIMIT",), headers=RETRY_AFTER))),
     Route("POST", "/internal/v1/publish", "publishFrame",
           "Publish a frame to a user, a session or everyone (fire-and-forget)", "gateway",
-          body=internal.PublishRequest, security="internal", server="gateway",
-          answers=(Answer(202, "Published.", internal.Published), E400, E401, E413, E422,
+          body=internal_api.PublishRequest, security="internal", server="gateway",
+          answers=(Answer(202, "Published.", internal_api.Published), E400, E401, E413, E422,
                    Answer(503, "Redis is down: not published.", ErrorResponse,
                           codes=("SERVICE_UNAVAILABLE",)))),
     Route("POST", "/internal/v1/topics/{topic}/publications", "publishToTopic",
@@ -335,13 +335,13 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
     Route("GET", "/internal/v1/connections", "countConnections",
           "Live connections and active sessions on every gateway", "gateway",
           security="internal", server="gateway",
-          answers=(Answer(200, "Counted.", internal.ConnectionsSummary), E401,
+          answers=(Answer(200, "Counted.", internal_api.ConnectionsSummary), E401,
                    Answer(503, "Redis is down.", ErrorResponse,
                           codes=("SERVICE_UNAVAILABLE",)))),
     Route("GET", "/internal/v1/sessions/{session_id}/connections", "sessionConnections",
           "Whether a session is connected, and how many times", "gateway",
-          path_params=internal.SessionPath, security="internal", server="gateway",
-          answers=(Answer(200, "Counted.", internal.SessionConnections), E401, E422,
+          path_params=internal_api.SessionPath, security="internal", server="gateway",
+          answers=(Answer(200, "Counted.", internal_api.SessionConnections), E401, E422,
                    Answer(503, "Redis is down.", ErrorResponse,
                           codes=("SERVICE_UNAVAILABLE",)))),
 )  # fmt: skip
@@ -496,7 +496,7 @@ def public_openapi() -> dict[str, Any]:
 def internal_openapi() -> dict[str, Any]:
     """The `/internal/` routes of the three services. Never served through the gateway."""
     return _document(
-        "Real-time backend: internal HTTP API",
+        "Real-time backend: internal API",
         "Service-to-service routes under `/internal/` (bearer `INTERNAL_TOKEN`). Not reachable "
         "through the gateway's public routes or the edge proxy.",
         INTERNAL_ROUTES,

@@ -118,6 +118,14 @@ def test_scheduled_notification_is_delivered_once(
     while not _notifications(stack, token):
         assert time.monotonic() < deadline, "the scheduled notification never arrived"
         time.sleep(0.2)
-    time.sleep(1.5)  # a second poll must not deliver it again
+    # Delivered, then taken off the schedule (the item leaves the user's reminders last): no
+    # later poll can deliver it again.
+    reminders = redis.Redis.from_url(stack.redis.url)
+    try:
+        while reminders.zcard(keys.agent_user_reminders(user_id)):
+            assert time.monotonic() < deadline, "the delivered notification stayed scheduled"
+            time.sleep(0.05)
+    finally:
+        reminders.close()
     items = _notifications(stack, token)
     assert [(n["title"], n["type"]) for n in items] == [("Later", "reminder")]

@@ -155,3 +155,18 @@ def test_rest_verdict_is_the_latency_with_one_request_in_flight() -> None:
     )
     text = report.markdown(results, [])
     assert "| gateway | list | 8 | 100 | 20.0 | 36.0 | 40.0 | 41.0 | 500.0 | 0.4 | 0.8 |" in text
+
+
+def test_pubsub_section_shows_both_figures_or_why_not() -> None:
+    """The read-loop step lists one Redis beside the cluster, or says why it was skipped."""
+    measured = {
+        "channels": 10,
+        "messages": 100,
+        "single_redis_us_per_message": 8.1,
+        "cluster_us_per_message": 7.5,
+        "runs": {"single": [8.1, 9.0], "cluster": [7.5, 7.9]},
+    }
+    text = report.markdown({"pubsub": measured}, None)
+    assert "| one server | 8.1 |" in text and "| 3-primary cluster | 7.5 |" in text
+    skipped = report.markdown({"pubsub": {"skipped": "needs redis-server 7"}}, None)
+    assert "Skipped: needs redis-server 7." in skipped

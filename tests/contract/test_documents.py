@@ -15,7 +15,7 @@ from openapi_spec_validator import validate as validate_openapi
 from starlette.routing import Route
 
 from agent_svc import api as agent_api
-from gateway import apidocs, chat, internal, proxy, topic_api
+from gateway import apidocs, chat, internal_api, proxy, topic_api
 from gateway import app as gateway_app
 from notifications_svc import api as notifications_api
 from notifications_svc import internal_api as notifications_internal
@@ -87,7 +87,7 @@ def test_every_internal_route_is_in_the_internal_document_and_only_there() -> No
         _routes(notifications_internal.routes, "/internal/")
         | _routes(notifications_api.internal_routes, "/internal/")
         | _routes(agent_api.routes, "/internal/")
-        | _routes(internal.routes, "/internal/")
+        | _routes(internal_api.routes, "/internal/")
         | _routes(topic_api.routes, "/internal/")
     )
     assert internal_routes == _operations(DOCUMENTS["openapi-internal.json"])

@@ -172,28 +172,46 @@ async def test_idle_timeout_closes_1000(limited: ServiceProcess, token_for: Toke
     """No client frame for WS_CONNECTION_TIMEOUT: closed 1000 "idle timeout"; pings keep a
     connection alive."""
     idle = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
-    chatty = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
-    for _ in range(6):
-        await asyncio.sleep(0.5)
+    heartbeats: asyncio.Queue[None] = asyncio.Queue()
+    chatty = await open_ws(
+        limited, uuid.uuid4(), token_for(uuid.uuid4()), logger=_ping_logger(heartbeats)
+    )
+    closing = asyncio.create_task(closed_with(idle))
+    # The server's heartbeat (every 0.5 s) paces the client's pings: no clock of the test's own.
+    while not closing.done():
+        async with asyncio.timeout(5):
+            await heartbeats.get()
         await chatty.send('{"type": "ping"}')
         assert (await recv_json(chatty))["type"] == "pong"
-    assert await closed_with(idle) == (1000, "idle timeout")
+    assert await closing == (1000, "idle timeout")
+    await chatty.send('{"type": "ping"}')
+    assert (await recv_json(chatty))["type"] == "pong"
     await chatty.close()
 
 
 async def test_server_heartbeat_pings(limited: ServiceProcess, token_for: Token) -> None:
     """The server sends a WebSocket ping every WS_HEARTBEAT_INTERVAL (here 0.5 s)."""
-    seen: list[str] = []
+    heartbeats: asyncio.Queue[None] = asyncio.Queue()
+    ws = await open_ws(
+        limited, uuid.uuid4(), token_for(uuid.uuid4()), logger=_ping_logger(heartbeats)
+    )
+    async with asyncio.timeout(5):
+        for _ in range(2):
+            await heartbeats.get()
+    await ws.close()
+
+
+def _ping_logger(heartbeats: asyncio.Queue[None]) -> logging.Logger:
+    """A client connection logger that puts one item in `heartbeats` per server PING received
+    (the websockets client logs frames at DEBUG, on the event loop)."""
 
     class Recorder(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
+            if record.getMessage().startswith("< PING"):
+                heartbeats.put_nowait(None)
 
     logger = logging.getLogger(f"test.heartbeat.{uuid.uuid4()}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     logger.addHandler(Recorder())
-    ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()), logger=logger)
-    await asyncio.sleep(1.3)
-    await ws.close()
-    assert sum(1 for line in seen if line.startswith("< PING")) >= 2
+    return logger

@@ -151,7 +151,9 @@ async def test_pings_keep_a_healthy_link(infra: Infra, r: redis.Redis) -> None:
         channel = keys.user_channel(uuid.uuid4())
         await fanout.join(member, (channel.encode(),), timeout=5)
         reconnects = metrics.PUBSUB_RECONNECTS._value.get()
-        await asyncio.sleep(1.0)  # ten pings
+        # Ten ping intervals on: a PONG heard then proves the link was kept all along.
+        ten_pings_on = asyncio.get_running_loop().time() + 1.0
+        await eventually(lambda: _true(fanout._heard >= ten_pings_on), 5)
         assert fanout.connected
         assert metrics.PUBSUB_RECONNECTS._value.get() == reconnects
         frame = b'{"type":"pong"}'

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gateway import frames
+from shared.errors import BadRequest
 
 
 def test_classify_reads_only_the_type() -> None:
@@ -30,20 +31,21 @@ def test_classify_reads_only_the_type() -> None:
     ids=["open", "empty", "number", "null-type", "no-type", "deep", "deep-field", "deep-objects"],
 )
 def test_classify_errors(raw: str, code: str) -> None:
-    """Malformed frames raise FrameError carrying the error frame to answer with."""
-    with pytest.raises(frames.FrameError) as caught:
+    """Malformed frames raise a `BadRequest` whose `frame()` is the error frame to answer with."""
+    with pytest.raises(BadRequest) as caught:
         frames.classify(raw)
-    assert json.loads(caught.value.frame)["error"]["code"] == code
+    assert json.loads(caught.value.frame())["error"]["code"] == code
 
 
 def test_refresh_and_token_frames() -> None:
     """`refresh_token` needs a string token; expiry frames carry an ISO timestamp in UTC."""
     assert frames.refresh_token('{"type": "refresh_token", "token": "t"}') == "t"
-    with pytest.raises(frames.FrameError):
+    with pytest.raises(BadRequest) as caught:
         frames.refresh_token('{"type": "refresh_token", "token": 5}')
-    with pytest.raises(frames.FrameError) as caught:
+    assert caught.value.code == "INVALID_MESSAGE"
+    with pytest.raises(BadRequest) as caught:
         frames.refresh_token('{"type": "refresh_token", "x": ' + "[" * 100_000)
-    assert json.loads(caught.value.frame)["error"]["code"] == "INVALID_JSON"
+    assert json.loads(caught.value.frame())["error"]["code"] == "INVALID_JSON"
     assert json.loads(frames.token_refreshed(0)) == {
         "type": "token_refreshed",
         "expires_at": "1970-01-01T00:00:00+00:00",

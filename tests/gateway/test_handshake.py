@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.handshake import HandshakeError, credentials, origin_allowed
+from gateway.handshake import credentials, origin_allowed
+from shared.errors import Refused
 
 
 def test_subprotocol_wins_and_is_echoed() -> None:
@@ -26,8 +27,9 @@ def test_last_seq() -> None:
     assert credentials(b"last_seq=42", None, []).last_seq == 42
     assert credentials(b"", None, []).last_seq is None
     for bad in (b"last_seq=-1", b"last_seq=x", b"last_seq=" + b"9" * 30):
-        with pytest.raises(HandshakeError):
+        with pytest.raises(Refused) as caught:
             credentials(bad, None, [])
+        assert caught.value.close_code == 1008
 
 
 def test_origin() -> None:

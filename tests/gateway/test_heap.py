@@ -50,3 +50,16 @@ def test_freeze_after_growth_collect_after_churn() -> None:
     heap.tick(2)
     assert ref() is None
     assert gc.get_freeze_count() > 0  # what is still alive is frozen again
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_full_collection_is_timed_on_the_given_clock(caplog: pytest.LogCaptureFixture) -> None:
+    """The logged duration of a full collection is read from the injected clock."""
+    readings = iter([10.0, 10.25])
+    heap = HeapFreezer(step=1, clock=lambda: next(readings))
+    heap.opened()
+    heap.tick(1)
+    heap.closed()
+    with caplog.at_level("INFO", logger="gateway.heap"):
+        heap.tick(0)
+    assert [r.__dict__["ms"] for r in caplog.records] == [250.0]

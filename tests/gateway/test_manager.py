@@ -21,7 +21,7 @@ from shared import keys
 from shared.infra import EmbeddedRedis
 from shared.wire import EnvelopeMeta, encode_envelope
 from tests.conftest import Infra, SpawnService
-from tests.gateway.conftest import INTERNAL, Cluster, open_ws, recv_json, silent
+from tests.gateway.conftest import INTERNAL, Cluster, eventually, open_ws, recv_json, silent
 from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
@@ -66,11 +66,17 @@ async def test_resume_replays_then_goes_live_without_gap_or_duplicate(
         resume_from = first[1]
         steady = await open_ws(cluster.b, uuid.uuid4(), token)
 
+        creating_started = asyncio.Event()
+
         async def keep_creating() -> list[int]:
-            return [await create(client, cluster.notifications, user, i) for i in range(5, 30)]
+            seqs = []
+            for i in range(5, 30):
+                seqs.append(await create(client, cluster.notifications, user, i))
+                creating_started.set()
+            return seqs
 
         creating = asyncio.create_task(keep_creating())
-        await asyncio.sleep(0.05)
+        await creating_started.wait()
         resumed = await open_ws(cluster.a, uuid.uuid4(), token, query={"last_seq": resume_from})
         later = await creating
     expected = [s for s in first + later if s > resume_from]
@@ -169,7 +175,8 @@ async def test_silent_redis_link_is_replaced_and_gap_filled(
         os.kill(pid, signal.SIGSTOP)
         try:
             seqs += [await create(client, notifications, user, i) for i in range(3, 6)]
-            await asyncio.sleep(4)  # ping interval 1 s: the link is given up after 2.5 s
+            # Ping interval 1 s: the link is given up after 2.5 s of silence.
+            await eventually(lambda: _logged(gateway, "pub/sub link silent"), timeout=15)
         finally:
             os.kill(pid, signal.SIGCONT)
         seqs += [await create(client, notifications, user, i) for i in range(6, 9)]
@@ -260,3 +267,7 @@ def _envelope(channel: str, name: str, seq: int | None = None) -> tuple[str, byt
     """A PUBLISH's arguments for a small test frame, enveloped as `shared.publish` does."""
     frame = msgspec.json.encode({"type": "test", "data": {"n": name}})
     return channel, encode_envelope(frame, EnvelopeMeta(seq=seq, ts=time.time()))
+
+
+async def _logged(service: ServiceProcess, text: str) -> bool:
+    return text in service.log_path.read_text(errors="replace")

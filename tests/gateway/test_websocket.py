@@ -3,7 +3,6 @@ auth/Origin/ownership refusals, bad frames, token refresh and expiry."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -155,9 +154,12 @@ async def test_bad_frames_answered_connection_survives(cluster: Cluster, token_f
 
 async def test_token_refresh_extends_connection(cluster: Cluster, token_for: Token) -> None:
     """A short-lived token gets `token_expiring`; after `refresh_token` the connection outlives
-    the first token; a token for another user is refused without closing."""
+    the first token (a twin connection with the same token, not refreshed, is closed at its
+    `exp` first); a token for another user is refused without closing."""
     user = uuid.uuid4()
-    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(user, ttl=3))
+    short = token_for(user, ttl=3)
+    ws = await open_ws(cluster.a, uuid.uuid4(), short)
+    twin = await open_ws(cluster.a, uuid.uuid4(), short)
     warning = await recv_json(ws)
     assert warning["type"] == "token_expiring" and "expires_at" in warning
     await ws.send(json.dumps({"type": "refresh_token", "token": token_for(uuid.uuid4())}))
@@ -165,7 +167,8 @@ async def test_token_refresh_extends_connection(cluster: Cluster, token_for: Tok
     assert refused["error"]["code"] == "TOKEN_INVALID"
     await ws.send(json.dumps({"type": "refresh_token", "token": token_for(user, ttl=3600)}))
     assert (await recv_json(ws))["type"] == "token_refreshed"
-    await asyncio.sleep(3.5)
+    assert (await recv_json(twin))["type"] == "token_expiring"
+    assert await closed_with(twin, timeout=10) == (1008, "token expired")
     await ws.send('{"type": "ping"}')
     assert (await recv_json(ws))["type"] == "pong"
     await ws.close()

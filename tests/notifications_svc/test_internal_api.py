@@ -1,4 +1,4 @@
-"""Internal endpoints through HTTP: create (idempotent, ordered, validated), batch, replay."""
+"""Internal API endpoints: create (idempotent, ordered, validated), batch, replay."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ async def test_body_over_limit_is_413(http: httpx.AsyncClient) -> None:
 async def test_internal_token_required(
     http: httpx.AsyncClient, auth: Auth, method: str, path: str
 ) -> None:
-    """Internal endpoints refuse no token, a wrong one and a user's JWT with 401."""
+    """Internal API endpoints refuse no token, a wrong one and a user's JWT with 401."""
     for headers in ({}, {"Authorization": "Bearer wrong"}, auth(uuid.uuid4())):
         response = await http.request(method, path, json=payload(uuid.uuid4()), headers=headers)
         assert response.status_code == 401

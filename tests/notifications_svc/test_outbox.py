@@ -16,8 +16,8 @@ import msgspec
 import redis.asyncio as redis
 
 from notifications_svc import store
-from notifications_svc.model import CreateNotification
 from notifications_svc.outbox import LOCK_NAMESPACE
+from notifications_svc.wire import CreateNotification
 from shared import db, keys
 from shared.infra import EmbeddedRedis
 from shared.settings import Settings

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from notifications_svc import push_store, store, webpush
-from notifications_svc.model import CreateNotification
 from notifications_svc.push_policy import Presence, PushPlanner
 from notifications_svc.push_sender import PushSender
+from notifications_svc.wire import CreateNotification
 from shared import db, migrate, redis_client
 from shared.settings import Settings
 from tests.support.push_service import HANG, Answer, PushService, StandInSubscription

@@ -29,9 +29,19 @@ async def client(local_cluster: LocalRedisCluster) -> AsyncIterator[RedisCluster
         await connection.aclose()
 
 
-async def _receive(subscriber: cluster.ShardedSubscriber, count: int) -> list[tuple[str, bytes]]:
+class _Inbox:
+    """The subscriber's `on_message`: keeps what arrives, in order, for a test to wait on."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    def __call__(self, channel: bytes, payload: bytes) -> None:
+        self.queue.put_nowait((channel.decode(), payload))
+
+
+async def _receive(inbox: _Inbox, count: int) -> list[tuple[str, bytes]]:
     async with asyncio.timeout(5):
-        return [await subscriber.get() for _ in range(count)]
+        return [await inbox.queue.get() for _ in range(count)]
 
 
 class _Resubscribed:
@@ -60,12 +70,13 @@ async def test_spublish_reaches_subscribers_on_every_shard(
         channel = keys.user_channel(uuid.uuid4())
         by_shard[local_cluster.owner_of(client.keyslot(channel))].append(channel)
     channels = [channel for names in by_shard.values() for channel in names]
-    async with cluster.ShardedSubscriber(client) as subscriber:
+    inbox = _Inbox()
+    async with cluster.ShardedSubscriber(client, on_message=inbox) as subscriber:
         await subscriber.subscribe(*channels)
         for channel in channels:
             assert await cluster.spublish(client, channel, b"first") == 1
             assert await cluster.spublish(client, channel, b"second") == 1
-        received = await _receive(subscriber, 2 * len(channels))
+        received = await _receive(inbox, 2 * len(channels))
     for channel in channels:
         assert [data for name, data in received if name == channel] == [b"first", b"second"]
 
@@ -73,7 +84,8 @@ async def test_spublish_reaches_subscribers_on_every_shard(
 async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> None:
     """After unsubscribe, SPUBLISH finds no subscriber and nothing arrives."""
     kept, dropped = keys.user_channel(uuid.uuid4()), keys.session_channel(uuid.uuid4())
-    async with cluster.ShardedSubscriber(client) as subscriber:
+    inbox = _Inbox()
+    async with cluster.ShardedSubscriber(client, on_message=inbox) as subscriber:
         await subscriber.subscribe(kept, dropped)
         await subscriber.unsubscribe(dropped)
         assert subscriber.channels == {kept}
@@ -82,18 +94,19 @@ async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> No
             while await cluster.spublish(client, dropped, b"x"):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         assert await cluster.spublish(client, kept, b"kept") == 1
-        assert await _receive(subscriber, 1) == [(kept, b"kept")]
+        assert await _receive(inbox, 1) == [(kept, b"kept")]
 
 
 async def test_plain_publish_is_not_sharded(client: RedisCluster) -> None:
     """A shard-channel subscriber does not receive classic PUBLISH on the same name: publishers
     and subscribers must switch together."""
     channel = keys.user_channel(uuid.uuid4())
-    async with cluster.ShardedSubscriber(client) as subscriber:
+    inbox = _Inbox()
+    async with cluster.ShardedSubscriber(client, on_message=inbox) as subscriber:
         await subscriber.subscribe(channel)
         assert await client.publish(channel, b"classic") == 0
         assert await cluster.spublish(client, channel, b"sharded") == 1
-        assert await _receive(subscriber, 1) == [(channel, b"sharded")]
+        assert await _receive(inbox, 1) == [(channel, b"sharded")]
 
 
 async def test_subscription_follows_a_moved_slot(
@@ -105,7 +118,10 @@ async def test_subscription_follows_a_moved_slot(
     slot = client.keyslot(channel)
     owner = local_cluster.owner_of(slot)
     resubscribed = _Resubscribed()
-    async with cluster.ShardedSubscriber(client, on_resubscribed=resubscribed) as subscriber:
+    inbox = _Inbox()
+    async with cluster.ShardedSubscriber(
+        client, on_message=inbox, on_resubscribed=resubscribed
+    ) as subscriber:
         await subscriber.subscribe(channel)
         assert await cluster.spublish(client, channel, b"before") == 1
         # Off the event loop, so the subscriber's reader sees the move while it happens.
@@ -114,7 +130,7 @@ async def test_subscription_follows_a_moved_slot(
             await resubscribed.wait()
             assert resubscribed.calls == [{channel}]
             assert await cluster.spublish(client, channel, b"after") == 1
-            assert [data for _, data in await _receive(subscriber, 2)] == [b"before", b"after"]
+            assert [data for _, data in await _receive(inbox, 2)] == [b"before", b"after"]
         finally:
             await asyncio.to_thread(local_cluster.move_slot, slot, to=owner)
 
@@ -130,8 +146,9 @@ async def test_subscription_survives_its_primary_restarting(
     while local_cluster.owner_of(client.keyslot(other)) == owner:
         other = keys.user_channel(uuid.uuid4())
     resubscribed = _Resubscribed()
+    inbox = _Inbox()
     async with cluster.ShardedSubscriber(
-        client, on_resubscribed=resubscribed, ping_interval=0.5
+        client, on_message=inbox, on_resubscribed=resubscribed, ping_interval=0.5
     ) as subscriber:
         await subscriber.subscribe(channel, other)
         await asyncio.to_thread(local_cluster.restart, owner)
@@ -139,6 +156,4 @@ async def test_subscription_survives_its_primary_restarting(
         assert resubscribed.calls == [{channel}]
         assert await cluster.spublish(client, other, b"other") == 1
         assert await cluster.spublish(client, channel, b"back") == 1
-        assert sorted(await _receive(subscriber, 2)) == sorted(
-            [(other, b"other"), (channel, b"back")]
-        )
+        assert sorted(await _receive(inbox, 2)) == sorted([(other, b"other"), (channel, b"back")])

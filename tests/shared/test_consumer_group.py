@@ -4,20 +4,11 @@ only idle consumers without pending entries pruned."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
 
 from shared import consumer_group
-from shared.settings import Settings
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(settings.redis_url)
-    yield connection
-    await connection.aclose()
 
 
 async def test_ensure_group_is_idempotent(client: redis.Redis) -> None:

@@ -1,4 +1,4 @@
-"""The gateway's internal HTTP API (internal bearer token; never routed publicly): publishing to
+"""The gateway's internal API (internal bearer token; never routed publicly): publishing to
 clients, and the connection manager's queries across every instance.
 
 `POST /internal/v1/publish` body (JSON):

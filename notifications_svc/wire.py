@@ -1,4 +1,4 @@
-"""Notification shapes: the create request, the stored row, and what goes out (REST item, frame).
+"""Notification wire shapes: the create request, the stored row, the REST item and the frame.
 
 Pure code, no I/O. A stored row renders to exactly one `notification` frame, built from the row
 alone (its `timestamp` is the creation time), so the frame published live and the frame replayed
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -52,9 +51,9 @@ class CreateNotification(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     send_push: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One row of `notifications.notifications` as the service reads it."""
+class _Columns(msgspec.Struct, frozen=True):
+    """The columns a stored row and its REST item share, by name and type (timestamps differ:
+    `datetime` in the row, the seed's ISO text in the item)."""
 
     id: UUID
     user_id: UUID
@@ -66,16 +65,24 @@ class Stored:
     related_entity_type: str | None
     related_entity_id: UUID | None
     is_read: bool
+
+
+_SHARED = _Columns.__struct_fields__
+
+
+class Stored(_Columns, frozen=True):
+    """One row of `notifications.notifications` as the service reads it."""
+
     read_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Stored:
-        return cls(**{name: record[name] for name in cls.__slots__})
+        return cls(**{name: record[name] for name in cls.__struct_fields__})
 
 
-COLUMNS = ", ".join(Stored.__slots__)
+COLUMNS = ", ".join(Stored.__struct_fields__)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -87,20 +94,10 @@ def _iso(moment: datetime | None) -> str | None:
 # `isoformat()` form with `+00:00`; msgspec would write a `Z`).
 
 
-class NotificationItem(msgspec.Struct):
+class NotificationItem(_Columns, frozen=True):
     """A notification in the REST API: the seed's model fields (`type`, not
     `notification_type`) plus `seq`."""
 
-    id: UUID
-    user_id: UUID
-    seq: int
-    title: str
-    content: str
-    type: str
-    action: dict[str, Any] | None
-    related_entity_type: str | None
-    related_entity_id: UUID | None
-    is_read: bool
     read_at: str | None
     created_at: str
     updated_at: str
@@ -145,16 +142,7 @@ class NotificationPath(msgspec.Struct):
 def item(row: Stored) -> NotificationItem:
     """The REST representation of a stored row."""
     return NotificationItem(
-        id=row.id,
-        user_id=row.user_id,
-        seq=row.seq,
-        title=row.title,
-        content=row.content,
-        type=row.type,
-        action=row.action,
-        related_entity_type=row.related_entity_type,
-        related_entity_id=row.related_entity_id,
-        is_read=row.is_read,
+        **{name: getattr(row, name) for name in _SHARED},
         read_at=_iso(row.read_at),
         created_at=row.created_at.isoformat(),
         updated_at=row.updated_at.isoformat(),

@@ -1,4 +1,4 @@
-"""Pure shapes: cursors, query-string parsing, and the frame built from a stored row."""
+"""`notifications_svc.wire`: cursors, query-string parsing, the frame built from a stored row."""
 
 from __future__ import annotations
 
@@ -8,37 +8,37 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from notifications_svc import model
+from notifications_svc import wire
 from shared.errors import ValidationFailed
 from shared.wire import Notification
 
 
 def test_cursor_round_trip() -> None:
     """A cursor decodes to the seq it was made from and is URL-safe."""
-    for seq in (0, 1, 42, model.MAX_SEQ):
-        cursor = model.encode_cursor(seq)
+    for seq in (0, 1, 42, wire.MAX_SEQ):
+        cursor = wire.encode_cursor(seq)
         assert cursor.replace("-", "").replace("_", "").isalnum()
-        assert model.decode_cursor(cursor) == seq
+        assert wire.decode_cursor(cursor) == seq
 
 
 @pytest.mark.parametrize(
-    "cursor", ["", "!!", "czo", "eDox", "czotMQ", model.encode_cursor(model.MAX_SEQ + 1), "czrCsg"]
+    "cursor", ["", "!!", "czo", "eDox", "czotMQ", wire.encode_cursor(wire.MAX_SEQ + 1), "czrCsg"]
 )
 def test_foreign_cursor_is_refused(cursor: str) -> None:
     """Anything not made by encode_cursor (junk, other prefixes, negative, beyond bigint,
     non-ASCII digits) is a 422."""
     with pytest.raises(ValidationFailed):
-        model.decode_cursor(cursor)
+        wire.decode_cursor(cursor)
 
 
 def test_parse_helpers() -> None:
     """Integers are bounded, booleans accept the usual spellings, and the rest is a 422."""
-    assert model.parse_int(None, "page", default=1, low=1, high=5) == 1
-    assert model.parse_int("5", "page", default=1, low=1, high=5) == 5
+    assert wire.parse_int(None, "page", default=1, low=1, high=5) == 1
+    assert wire.parse_int("5", "page", default=1, low=1, high=5) == 5
     for bad in ("6", "0", "x", "1.0"):
         with pytest.raises(ValidationFailed, match="page"):
-            model.parse_int(bad, "page", default=1, low=1, high=5)
-    assert [model.parse_bool(v, "b") for v in ("true", "1", "YES", "false", "0", None)] == [
+            wire.parse_int(bad, "page", default=1, low=1, high=5)
+    assert [wire.parse_bool(v, "b") for v in ("true", "1", "YES", "false", "0", None)] == [
         True,
         True,
         True,
@@ -47,15 +47,15 @@ def test_parse_helpers() -> None:
         False,
     ]
     with pytest.raises(ValidationFailed):
-        model.parse_bool("maybe", "b")
+        wire.parse_bool("maybe", "b")
     with pytest.raises(ValidationFailed):
-        model.parse_uuid("nope", "id")
+        wire.parse_uuid("nope", "id")
 
 
 def test_frame_from_row_is_the_seed_frame() -> None:
     """The frame carries the seed's fields, data.seq, and the creation time as timestamp."""
     created = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    row = model.Stored(
+    row = wire.Stored(
         id=uuid.uuid4(),
         user_id=uuid.uuid4(),
         seq=7,
@@ -70,7 +70,7 @@ def test_frame_from_row_is_the_seed_frame() -> None:
         created_at=created,
         updated_at=created,
     )
-    decoded = msgspec.json.decode(model.frame_bytes(row))
+    decoded = msgspec.json.decode(wire.frame_bytes(row))
     assert decoded == {
         "type": "notification",
         "data": {
@@ -87,4 +87,4 @@ def test_frame_from_row_is_the_seed_frame() -> None:
         },
         "timestamp": "2026-01-02T03:04:05.678901+00:00",
     }
-    assert msgspec.json.decode(model.frame_bytes(row), type=Notification).data.seq == 7
+    assert msgspec.json.decode(wire.frame_bytes(row), type=Notification).data.seq == 7

@@ -73,6 +73,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("broadcast", "10k clients in < 100 ms p99", "not measured", None)
+    probe = broadcast.get("probe_latency")
+    if probe:
+        add(
+            "broadcast: other connections",
+            f"no other connection's frame delayed > {broadcast['probe_target_ms']:.0f} ms "
+            "while a broadcast to 10k runs",
+            f"max {probe['max_ms']:.1f} ms, p99 {probe['p99_ms']:.1f} ms over "
+            f"{probe['count']:,} targeted frames to another user, "
+            f"{broadcast['probe_in_flight']:,} of them sent before the last client had the "
+            f"broadcast" + (f", {broadcast['probe_lost']} lost" if broadcast["probe_lost"] else ""),
+            broadcast["receivers"] >= 10_000 and broadcast["probe_met"],
+        )
+    else:
+        add(
+            "broadcast: other connections",
+            "<= 20 ms delay during a broadcast",
+            "not measured",
+            None,
+        )
     chat = results.get("chat") or {}
     if "added_per_token" in chat:
         p50 = chat["added_per_token"]["p50_ms"]
@@ -302,6 +321,7 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                 "Last client p99 (ms)",
                 "Last client max (ms)",
                 "Per-client p50 / p99 (ms)",
+                "Other user's frames meanwhile p99 / max (ms)",
                 "Worst stall (ms)",
             ],
             [
@@ -313,11 +333,19 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                     broadcast["completion_p99_ms"],
                     broadcast["completion_max_ms"],
                     f"{latency['p50_ms']} / {latency['p99_ms']}",
+                    _probe_cell(broadcast),
                     broadcast["worst_stall_ms"],
                 ]
             ],
         )
     return out
+
+
+def _probe_cell(broadcast: dict[str, Any]) -> str:
+    probe = broadcast.get("probe_latency")
+    if not probe:
+        return "not measured"
+    return f"{probe['p99_ms']} / {probe['max_ms']} ({broadcast['probe_in_flight']:,} in flight)"
 
 
 def _chat_section(chat: dict[str, Any] | None) -> list[str]:

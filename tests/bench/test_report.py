@@ -93,6 +93,22 @@ def test_broadcast_delay_of_other_connections_is_a_row_and_a_column() -> None:
     assert "| 8.0 / 25.0 (150 in flight) |" in report.markdown(RESULTS, [])
 
 
+def test_sse_verdict_is_what_the_gateway_adds() -> None:
+    """With the gateway's share measured, the SSE target is judged on it, and the whole
+    pipeline's figure is named beside it."""
+    summary = {"p50_ms": 40.0, "p95_ms": 80.0, "p99_ms": 90.0, "max_ms": 100.0}
+    chat = {
+        "streams": 200,
+        "completed": 200,
+        "added_per_token": summary,
+        "gateway_added_per_token": summary | {"p50_ms": 1.2, "p99_ms": 4.0},
+    }
+    row = next(r for r in report.targets(RESULTS | {"chat": chat}) if r["name"].startswith("SSE"))
+    assert row["met"] is True
+    assert row["measured"].startswith("1.20 ms p50, 4.00 ms p99 (200 streams")
+    assert "whole pipeline from the model 40.00 ms p50" in row["measured"]
+
+
 def test_stall_counts_only_sustained_load() -> None:
     """The overloaded step past the best passing one does not count against the stall target."""
     assert report.worst_stall(RESULTS["websocket"]["gateway"]) == 12.0

@@ -209,7 +209,9 @@ def _chat(
     model's stream (the anthropic SDK) and write every token to Redis, run on the load core
     with the fake model, Redis, PostgreSQL, agent_svc's HTTP API and the client — in production
     they are other pods, not the gateway's core — so the scenario can tell what the gateway
-    adds per token from what the whole pipeline adds. One worker per stream (a worker answers
+    adds per token from what the whole pipeline adds. They run behind the load side's own
+    processes (`system.BACKGROUND_PRIORITY`): a client starved by them would count its own delay
+    as the gateway's. One worker per stream (a worker answers
     one question at a time), all in one process: more processes only add context switches and
     smaller write batches (docs/performance-notes.md)."""
     workers = stack.start(
@@ -217,6 +219,7 @@ def _chat(
         "agent_svc.worker",
         None,
         pinned=False,
+        niceness=system.BACKGROUND_PRIORITY,
         extra_env=stack.agent_env | {"AGENT_WORKERS": str(scale.chat_streams)},
     )
     try:

@@ -332,6 +332,7 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                 "Last client max (ms)",
                 "Per-client p50 / p99 (ms)",
                 "Other user's frames meanwhile p99 / max (ms)",
+                "CPU per broadcast: server / clients (ms)",
                 "Worst stall (ms)",
             ],
             [
@@ -344,6 +345,8 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                     broadcast["completion_max_ms"],
                     f"{latency['p50_ms']} / {latency['p99_ms']}",
                     _probe_cell(broadcast),
+                    f"{broadcast.get('server_cpu_ms_per_broadcast', '-')} / "
+                    f"{broadcast.get('receivers_cpu_ms_per_broadcast', '-')}",
                     broadcast["worst_stall_ms"],
                 ]
             ],

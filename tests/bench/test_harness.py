@@ -88,6 +88,8 @@ def test_broadcast_reports_another_users_frames_meanwhile(lean_results: dict[str
     assert broadcast["probe_in_flight"] <= broadcast["probe_latency"]["count"]
     assert broadcast["probe_target_ms"] == websocket.PROBE_DELAY_TARGET_MS
     assert isinstance(broadcast["probe_met"], bool)
+    assert broadcast["server_cpu_ms_per_broadcast"] >= 0
+    assert broadcast["receivers_cpu_ms_per_broadcast"] >= 0
 
 
 def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> None:

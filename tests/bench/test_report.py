@@ -60,6 +60,8 @@ def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
             "probe_lost": 0,
             "probe_target_ms": 20.0,
             "probe_met": False,
+            "server_cpu_ms_per_broadcast": 90.0,
+            "receivers_cpu_ms_per_broadcast": 70.0,
             "worst_stall_ms": 12.0,
         },
     }
@@ -90,7 +92,7 @@ def test_broadcast_delay_of_other_connections_is_a_row_and_a_column() -> None:
     row = next(r for r in report.targets(RESULTS) if r["name"] == "broadcast: other connections")
     assert row["measured"].startswith("max 25.0 ms, p99 8.0 ms over 600 targeted frames")
     assert "150 of them sent before the last client had the broadcast" in row["measured"]
-    assert "| 8.0 / 25.0 (150 in flight) |" in report.markdown(RESULTS, [])
+    assert "| 8.0 / 25.0 (150 in flight) | 90.0 / 70.0 |" in report.markdown(RESULTS, [])
 
 
 def test_sse_verdict_is_what_the_gateway_adds() -> None:

@@ -14,6 +14,7 @@ Commands (`(name, *args)` in, one reply out):
   received()      -> dict    benchmark frames recorded and not yet collected
   targeted(step)  -> dict    latencies and distinct count of step `step`'s targeted frames
   broadcast(k)    -> dict    latencies of broadcast `k`
+  probe_frames(k) -> dict    send times and latencies of the probe frames sent during broadcast `k`
   status()        -> dict    open/closed counts, close codes, frames seen
   probe(interval) -> dict    start (or restart) the stall probe on the first connection
   probe_read()    -> dict    RTTs since the last probe_read
@@ -45,6 +46,8 @@ class Recorder:
     def __init__(self) -> None:
         self.targeted: dict[int, tuple[array[int], set[int]]] = {}
         self.broadcasts: dict[int, array[int]] = {}
+        # broadcast k -> (send times, latencies) of the targeted frames sent while it ran
+        self.probe_frames: dict[int, tuple[array[int], array[int]]] = {}
         self.other_frames = 0
         self.pongs: array[int] = array("q")
 
@@ -64,6 +67,12 @@ class Recorder:
                 entry = self.targeted[step] = (array("q"), set())
             entry[0].append(now - sent)
             entry[1].add(k)
+        elif kind == marks.PROBE:
+            probe = self.probe_frames.get(k)
+            if probe is None:
+                probe = self.probe_frames[k] = (array("q"), array("q"))
+            probe[0].append(sent)
+            probe[1].append(now - sent)
         else:
             self.broadcasts.setdefault(k, array("q")).append(now - sent)
 
@@ -153,6 +162,10 @@ class Worker:
     async def cmd_broadcast(self, k: int) -> dict[str, Any]:
         latencies = self.recorder.broadcasts.pop(k, array("q"))
         return {"latencies": latencies.tobytes(), "count": len(latencies)}
+
+    async def cmd_probe_frames(self, k: int) -> dict[str, Any]:
+        sent, latencies = self.recorder.probe_frames.pop(k, (array("q"), array("q")))
+        return {"sent": sent.tobytes(), "latencies": latencies.tobytes()}
 
     async def cmd_received(self) -> dict[str, int]:
         """How many benchmark frames are waiting to be collected (to know when a step drained)."""

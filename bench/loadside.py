@@ -175,6 +175,24 @@ class LoadSide:
             latencies.frombytes(reply["latencies"])
         return latencies
 
+    def probe_frames(self, k: int) -> tuple[array[int], array[int]]:
+        """Send times and latencies (ns) of the probe frames sent during broadcast `k`."""
+        assert self.probe is not None
+        reply = self.probe.ask("probe_frames", k)
+        sent: array[int] = array("q")
+        latencies: array[int] = array("q")
+        sent.frombytes(reply["sent"])
+        latencies.frombytes(reply["latencies"])
+        return sent, latencies
+
+    def add_probe_connection(self, target: str) -> None:
+        """Open a second connection in the probe process (it receives the probe frames; the
+        probe's first connection keeps pinging)."""
+        assert self.probe is not None
+        reply = self.probe.ask("connect", [target], 1, 10.0)
+        if reply["opened"] != 1:
+            raise WorkerError(f"probe connection could not connect: {reply['errors']}")
+
     def start_probe(self, target: str, interval: float) -> None:
         assert self.probe is not None
         reply = self.probe.ask("connect", [target], 1, 10.0)

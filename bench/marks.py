@@ -3,8 +3,10 @@ receiver reads it back. Pure code, no I/O.
 
 A benchmark frame is a real seed `notification` frame (same shape and size as production ones)
 with one extra field in `data`: `"bench": "<kind>:<step>:<k>:<sent_ns>"`, where `kind` is `T`
-(targeted) or `B` (broadcast), `step` numbers the rate step, `k` numbers the message within it and
-`sent_ns` is `time.monotonic_ns()` just before PUBLISH. CLOCK_MONOTONIC is one clock for every
+(targeted), `B` (broadcast) or `P` (a targeted frame to the probe connection while a broadcast
+runs), `step` numbers the rate step (for `P`: the frame within its broadcast), `k` numbers the
+message within it (for `P`: the broadcast) and `sent_ns` is `time.monotonic_ns()` just before
+PUBLISH. CLOCK_MONOTONIC is one clock for every
 process on the machine, so `arrival_ns - sent_ns` is the publish-to-receive latency. Extra fields
 are allowed by the wire contract, so the gateway forwards these frames like any other.
 """
@@ -20,6 +22,7 @@ from shared.wire import EnvelopeMeta, Notification, NotificationData, encode_env
 
 TARGETED: Final = b"T"
 BROADCAST: Final = b"B"
+PROBE: Final = b"P"
 _KEY: Final = b'"bench":"'
 _HOLE: Final = "@@bench-mark@@"  # cannot occur in the rest of the frame
 

@@ -7,8 +7,10 @@ well beyond what one gateway process delivers. A reply of `0` means no subscribe
 
 Commands over the pipe (`(name, *args)` in, one reply out):
   users(user_ids)             -> None   the user ids targeted messages go to (uniformly at random)
+  probe_user(user_id)         -> None   the user whose connection receives the probe frames
   targeted(step, rate, secs)  -> dict   publish for `secs` seconds at `rate` messages/second
-  broadcast(k)                -> dict   publish broadcast `k` once
+  broadcast(k, secs, every)   -> dict   publish broadcast `k` once, then for `secs` seconds a
+                                        probe frame to the probe user every `every` seconds
   stop()                      -> None   exit
 """
 
@@ -80,9 +82,13 @@ class Publisher:
         self.resp = RespPublisher(redis_url)
         self.targets: list[tuple[bytes, marks.Template]] = []
         self.broadcast_template = marks.Template(None)
+        self.probe: tuple[bytes, marks.Template] | None = None
 
     def users(self, user_ids: list[str]) -> None:
         self.targets = [(keys.user_channel(u).encode(), marks.Template(u)) for u in user_ids]
+
+    def probe_user(self, user_id: str) -> None:
+        self.probe = (keys.user_channel(user_id).encode(), marks.Template(user_id))
 
     def targeted(self, step: int, rate: float, seconds: float) -> dict[str, Any]:
         """Offer `rate` messages/s for `seconds`; each message goes to one random user."""
@@ -119,12 +125,33 @@ class Publisher:
             "cpu": (time.process_time() - cpu0) / wall,
         }
 
-    def broadcast(self, k: int) -> dict[str, Any]:
-        self.resp.unrouted = self.resp.errors = 0
-        payload = self.broadcast_template.fill(marks.BROADCAST, 0, k, time.monotonic_ns())
-        self.resp.send([RespPublisher.command(keys.BROADCAST_CHANNEL.encode(), payload)])
-        self.resp.read_replies(block=True)
-        return {"unrouted": self.resp.unrouted, "errors": self.resp.errors}
+    def broadcast(self, k: int, probe_seconds: float = 0.0, every: float = 0.001) -> dict[str, Any]:
+        """Publish broadcast `k`; then, with a probe user set, one targeted frame to that user
+        every `every` seconds for `probe_seconds` (on the same connection, so Redis relays them
+        after the broadcast: they measure how long the broadcast holds up another user's frame).
+        """
+        resp = self.resp
+        resp.unrouted = resp.errors = 0
+        sent_ns = time.monotonic_ns()
+        payload = self.broadcast_template.fill(marks.BROADCAST, 0, k, sent_ns)
+        resp.send([RespPublisher.command(keys.BROADCAST_CHANNEL.encode(), payload)])
+        probes = 0
+        if self.probe is not None and probe_seconds > 0:
+            channel, template = self.probe
+            started = time.monotonic()
+            while time.monotonic() - started < probe_seconds:
+                probe = template.fill(marks.PROBE, probes, k, time.monotonic_ns())
+                resp.send([RespPublisher.command(channel, probe)])
+                probes += 1
+                resp.read_replies(block=False)
+                time.sleep(every)
+        resp.read_replies(block=True)
+        return {
+            "sent_ns": sent_ns,
+            "probes": probes,
+            "unrouted": resp.unrouted,
+            "errors": resp.errors,
+        }
 
 
 def main(pipe: Connection, redis_url: str, cores: frozenset[int]) -> None:

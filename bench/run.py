@@ -213,17 +213,21 @@ def _http_scenarios(
 def _chat(
     stack: Stack, scale: scales.Scale, port: int, pids: dict[str, int], progress: Progress
 ) -> dict[str, Any]:
-    """Chat against the whole pipeline under test: the gateway and the agent workers, which
-    parse the model's stream (the anthropic SDK) and write every token to Redis, share the
-    server core; the fake model, Redis, PostgreSQL, agent_svc's HTTP API and the client stay on
-    the load side. One worker per stream (a worker answers one question at a time), all in one
-    process: on one core, more processes only add context switches and smaller write batches
-    (docs/performance-notes.md)."""
+    """Chat through the gateway, alone on the server core. The agent workers, which parse the
+    model's stream (the anthropic SDK) and write every token to Redis, run on the load core
+    with the fake model, Redis, PostgreSQL, agent_svc's HTTP API and the client — in production
+    they are other pods, not the gateway's core — so the scenario can tell what the gateway
+    adds per token from what the whole pipeline adds. They run behind the load side's own
+    processes (`system.BACKGROUND_PRIORITY`): a client starved by them would count its own delay
+    as the gateway's. One worker per stream (a worker answers
+    one question at a time), all in one process: more processes only add context switches and
+    smaller write batches (docs/performance-notes.md)."""
     workers = stack.start(
         "agent_worker",
         "agent_svc.worker",
         None,
-        pinned=True,
+        pinned=False,
+        niceness=system.BACKGROUND_PRIORITY,
         extra_env=stack.agent_env | {"AGENT_WORKERS": str(scale.chat_streams)},
     )
     try:

@@ -5,8 +5,10 @@ measures the services, not the disk), unless `DATABASE_URL` and `REDIS_URL` are 
 real `python -m <module>` processes on free loopback ports. The process that starts the stack has
 already pinned itself to the load cores, so Redis, PostgreSQL and the other services inherit them;
 only a server under test (`pinned=True`) is moved to the server cores, at a raised scheduling
-priority (when running as root). Every child gets the raised open-file limit of its parent.
-`close()` stops everything started, in reverse order, and is idempotent.
+priority (when running as root); a process given a `niceness` runs at that one instead (the chat
+scenario's agent workers: behind the instruments on the load core). Every child gets the raised
+open-file limit of its parent. `close()` stops everything started, in reverse order, and is
+idempotent.
 """
 
 from __future__ import annotations
@@ -145,10 +147,12 @@ class Stack:
         ready: str | None = "/readyz",
         extra_env: Mapping[str, str] | None = None,
         timeout: float = 60,
+        niceness: int | None = None,
     ) -> Service:
         """Start `python -m module`; wait for `ready` (an HTTP path) or, when None, for the port;
         a process without a port (`port=None`) is ready once it has run for a second without
-        exiting. `pinned` moves the process to the server cores."""
+        exiting. `pinned` moves the process to the server cores; `niceness` sets its scheduling
+        priority (default: the server's when pinned, else the load side's, inherited)."""
         log_path = self.logs / f"{name}.log"
         cores = self.cores.server if pinned else self.cores.load
         with open(log_path, "ab") as log:
@@ -158,7 +162,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(cores, pinned),
+                preexec_fn=_child_setup(cores, pinned, niceness),
             )
         service = Service(name, process, port or 0, log_path)
         self.services.append(service)
@@ -196,11 +200,13 @@ def _answers(port: int, path: str | None) -> bool:
         return False
 
 
-def _child_setup(cores: frozenset[int], server: bool) -> Callable[[], None]:
+def _child_setup(cores: frozenset[int], server: bool, niceness: int | None) -> Callable[[], None]:
     def setup() -> None:
         system.pin(0, cores)
         system.raise_nofile()
-        if server:
+        if niceness is not None:
+            system.raise_priority(niceness)
+        elif server:
             system.raise_priority(system.SERVER_PRIORITY)
 
     return setup

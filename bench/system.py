@@ -44,6 +44,9 @@ def pin(pid: int, cores: frozenset[int]) -> None:
 
 SERVER_PRIORITY = -10
 LOAD_PRIORITY = -5
+# Work that shares the load core but is not an instrument (the chat scenario's agent workers):
+# an ordinary process, so the client, Redis and the fake model run ahead of it.
+BACKGROUND_PRIORITY = 0
 
 
 def raise_priority(niceness: int) -> bool:

@@ -6,11 +6,10 @@ channels this instance needs), and the notifications replay (resume and gap fill
 published frame is allocation-light: its wire bytes are built once
 (`gateway.wsprotocol.TextFrame`), then each local recipient is filtered (excluded session,
 duplicate or out-of-order `seq`) and handed the same frame, which `Connection.offer()` writes to
-its socket at once. A frame for at most `WS_DELIVERY_CHUNK` recipients is delivered synchronously
-on the fan-out reader; a larger one (a broadcast to 10k connections) goes to an instance-wide FIFO
-drained by one delivery task that yields to the event loop after every `WS_DELIVERY_CHUNK`
-recipients, so no fan-out stalls the loop for long. While that FIFO is not empty every frame,
-however small, joins it: frames reach each connection in publish order.
+its socket at once. A frame for more than `WS_DELIVERY_CHUNK` recipients (a broadcast to 10k
+connections) is handed out in chunks that yield to the event loop, and a small frame published
+meanwhile is not held behind it (`gateway.delivery`): frames reach each connection in publish
+order, and no fan-out stalls the loop or the other connections for long.
 
 Notification ordering per connection is decided by `gateway.ordering` (no I/O there: this module
 acts on its answers — deliver, hold for the running replay, drop a duplicate, fetch the page after
@@ -30,8 +29,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +39,7 @@ import redis.asyncio as redis
 from gateway import frames, metrics
 from gateway.chat import claim_session
 from gateway.connection import Connection
+from gateway.delivery import OrderedDelivery
 from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
@@ -121,10 +120,9 @@ class ConnectionManager:
         self._empty = asyncio.Event()
         self._detaching = 0
         self._heap = HeapFreezer(FREEZE_STEP)
-        # Deliveries waiting for the delivery task (which runs exactly while this is non-empty
-        # or it is finishing the entry it took), oldest first.
-        self._backlog: deque[tuple[Sequence[Connection], EnvelopeMeta, TextFrame]] = deque()
-        self._deliverer: asyncio.Task[None] | None = None
+        self._delivery: OrderedDelivery[Connection, TextFrame] = OrderedDelivery(
+            self._offer, settings.ws_delivery_chunk, self._spawn
+        )
         # Topic subscriptions ride on the same fan-out (one channel per topic).
         self.topics = TopicHub(
             Topics(settings, TopicStore(redis_client), state.verifier),
@@ -345,41 +343,9 @@ class ConnectionManager:
     # Delivery (called by the fan-out reader, synchronously, in the order Redis sent frames).
 
     def _deliver(self, members: Collection[Connection], meta: EnvelopeMeta, payload: bytes) -> None:
-        """Send the frame `payload` to `members`, in publish order per connection: at once when
-        the frame is small and nothing is waiting, else behind everything waiting, via the
-        delivery task. Never waits. The frame is put on the wire format once, here."""
-        frame = TextFrame(payload)
-        if self._deliverer is None and len(members) <= self.settings.ws_delivery_chunk:
-            self._offer(members, meta, frame)
-            return
-        # A snapshot: the live member sets change while the delivery task yields. Who joins
-        # meanwhile gets what is published after its join, as with synchronous delivery.
-        self._backlog.append((tuple(members), meta, frame))
-        if self._deliverer is None:
-            self._deliverer = self._spawn(self._drain_backlog())
-
-    async def _drain_backlog(self) -> None:
-        """Deliver the backlog in order, yielding to the loop after every `WS_DELIVERY_CHUNK`
-        recipients (the flush tasks those offers started run then, too). Ends once it is empty."""
-        backlog, chunk = self._backlog, self.settings.ws_delivery_chunk
-        budget = chunk
-        try:
-            while backlog:
-                members, meta, frame = backlog.popleft()
-                start, count = 0, len(members)
-                while start < count:
-                    if budget <= 0:
-                        await asyncio.sleep(0)
-                        budget = chunk
-                    end = min(count, start + budget)
-                    self._offer(members[start:end], meta, frame)
-                    budget -= end - start
-                    start = end
-                budget -= 1  # an entry costs something even with no recipient left
-        finally:
-            # Reached with the backlog empty (or on cancellation at `stop()`): later frames may
-            # take the synchronous path again.
-            self._deliverer = None
+        """Send the frame `payload` to `members` in publish order per connection
+        (`gateway.delivery`). Never waits. The frame is put on the wire format once, here."""
+        self._delivery.deliver(members, meta, TextFrame(payload))
 
     def _offer(self, members: Iterable[Connection], meta: EnvelopeMeta, frame: TextFrame) -> None:
         if meta.topic is not None:

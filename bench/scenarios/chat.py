@@ -2,8 +2,15 @@
 the agent and Redis streams, against the fake model (`bench.fake_model`) at fixed pacing.
 
 Reported: time to first token (request sent to first `token` event read, which includes the
-model's own first-token delay of one pacing interval), and the latency the pipeline adds to each
-token (arrival at the client minus the moment the fake model wrote it; both are CLOCK_MONOTONIC).
+model's own first-token delay of one pacing interval), the latency the whole pipeline adds to each
+token (arrival at the client minus the moment the fake model wrote it; both are CLOCK_MONOTONIC),
+and what the gateway adds: arrival of each `token` event minus the moment the agent worker wrote
+it to its reply stream. That moment is the event's `event_id`, the Redis stream entry id, whose
+first part is Redis's wall clock in milliseconds when the XADD ran; the entry was written no
+earlier than that millisecond nor than the model wrote its last delta, so arrival minus the later
+of the two is an upper bound on the gateway's share (at most 1 ms above it). The agent workers
+run on the load core, as in production where they are other pods: their own backlog shows in
+the pipeline figure, not in the gateway's.
 Every stream must end with `end`; tokens received (the model's deltas, counted by their stamps:
 one `token` event may carry several deltas that were written together) are checked against
 tokens sent, and `token` events are counted apart. Streams start once every agent worker has
@@ -47,6 +54,7 @@ class StreamResult:
     events: int = 0  # `token` events received
     ended: str = ""  # "end", "error" or "" (cut off)
     added_ns: array[int] = field(default_factory=lambda: array("q"))
+    gateway_ns: array[int] = field(default_factory=lambda: array("q"))  # per `token` event
     error: str = ""
 
 
@@ -57,6 +65,7 @@ async def one_stream(port: int, token: str, question: str) -> StreamResult:
     body = json.dumps({"message": question}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     sent = time.monotonic_ns()
+    wall_offset = time.time_ns() - time.monotonic_ns()
     try:
         async with asyncio.timeout(STREAM_TIMEOUT):
             result.status, pieces = await conn.stream("POST", "/api/v1/chat/stream", headers, body)
@@ -66,7 +75,7 @@ async def one_stream(port: int, token: str, question: str) -> StreamResult:
                 buffer += piece
                 *events, buffer = buffer.split(b"\n\n")
                 for raw in events:
-                    if _read_event(raw, now, sent, result):
+                    if _read_event(raw, now, sent, result, wall_offset):
                         return result
     except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -75,8 +84,11 @@ async def one_stream(port: int, token: str, question: str) -> StreamResult:
     return result
 
 
-def _read_event(raw: bytes, now: int, sent: int, result: StreamResult) -> bool:
-    """Account one SSE event; True when it ends the stream."""
+def _read_event(
+    raw: bytes, now: int, sent: int, result: StreamResult, wall_offset: int = 0
+) -> bool:
+    """Account one SSE event (`now`, `sent`: monotonic ns; `wall_offset`: wall clock minus
+    monotonic clock, ns); True when it ends the stream."""
     for line in raw.split(b"\n"):
         if not line.startswith(b"data: "):
             continue
@@ -86,9 +98,14 @@ def _read_event(raw: bytes, now: int, sent: int, result: StreamResult) -> bool:
             result.events += 1
             if result.first_token_ns is None:
                 result.first_token_ns = now - sent
-            for stamp in stamps(str(event.get("content", "")).encode()):
+            written = stamps(str(event.get("content", "")).encode())
+            for stamp in written:
                 result.tokens += 1
                 result.added_ns.append(now - stamp)
+            entry_ms = str(event.get("event_id", "")).partition("-")[0]
+            if entry_ms.isdigit():
+                stored = int(entry_ms) * 1_000_000 - wall_offset  # on the monotonic clock
+                result.gateway_ns.append(now - max([stored, *written]))
         elif kind in ("end", "error"):
             result.ended = kind
             if kind == "error":
@@ -139,13 +156,16 @@ def run(
     cpu = {name: round(meter.stop(), 3) for name, meter in meters.items()}
     first = [r.first_token_ns for r in results if r.first_token_ns is not None]
     added: array[int] = array("q")
+    gateway: array[int] = array("q")
     for r in results:
         added.extend(r.added_ns)
+        gateway.extend(r.gateway_ns)
     errors: dict[str, int] = {}
     for r in results:
         if r.error:
             errors[r.error] = errors.get(r.error, 0) + 1
     first_token, per_token = stats.summarize(first), stats.summarize(added)
+    gateway_added = stats.summarize(gateway)
     report: dict[str, Any] = {
         "streams": scale.chat_streams,
         "tokens_per_answer": scale.chat_tokens,
@@ -160,11 +180,13 @@ def run(
         "time_to_first_token": first_token,
         "added_per_token": per_token,
         "added_per_token_cdf": stats.cdf(added),
+        "gateway_added_per_token": gateway_added,
         "cpu": cpu,
     }
     progress.step(
         f"chat {scale.chat_streams} streams: {report['completed']} completed, first token p50 "
         f"{first_token['p50_ms']:.1f} / p99 {first_token['p99_ms']:.1f} ms, added per token "
-        f"p50 {per_token['p50_ms']:.2f} / p99 {per_token['p99_ms']:.2f} ms"
+        f"p50 {per_token['p50_ms']:.2f} / p99 {per_token['p99_ms']:.2f} ms, by the gateway "
+        f"p50 {gateway_added['p50_ms']:.2f} / p99 {gateway_added['p99_ms']:.2f} ms"
     )
     return report

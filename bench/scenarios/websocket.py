@@ -4,7 +4,9 @@ a. idle connections: connect in levels (1k, 5k, 10k), time to connect and RSS pe
 b. targeted fan-out: one random connected user per message, offered rate rising step by step
    until the server fails (a message lost, a connection dropped, p99 over a second) or the step
    budget ends; per step delivered/lost, latency percentiles, CPU of every side, worst stall;
-c. broadcast: one frame to everyone connected, repeated; time until the last client has it.
+c. broadcast: one frame to everyone connected, repeated; time until the last client has it, and
+   how long targeted frames to one other connection (the "probe frames", published every
+   millisecond while the broadcast runs) took meanwhile.
 
 Every step records the worst event-loop stall seen by a probe connection that pings the server
 every `PROBE_INTERVAL` (a WebSocket ping is answered by the server's event loop, so a stall of the
@@ -38,6 +40,12 @@ HELD_SECONDS = 3.0  # probe window with every connection of an idle level up and
 # long enough to ride out a garbage-collection pause, short enough to bound a step.
 QUIET_SECONDS = 3.0
 DRAIN_TIMEOUT = 15.0
+# Probe frames: one every PROBE_EVERY seconds for PROBE_SECONDS after each broadcast is published
+# (longer than a broadcast to 10k takes), to a connection of the probe process, which is not
+# busy receiving the broadcast the way the generator workers are.
+PROBE_SECONDS = 0.3
+PROBE_EVERY = 0.001
+PROBE_DELAY_TARGET_MS = 20.0  # no other connection's frame may be held up longer by a broadcast
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def run(
         with phase("fanout"):
             fanout = targeted_fanout(server, load, scale, progress, len(connected))
         with phase("broadcast"):
-            broadcast = broadcast_all(server, load, scale, progress, idle[-1]["open"])
+            broadcast = broadcast_all(server, load, scale, settings, progress, idle[-1]["open"])
     finally:
         load.close_all()
     result: dict[str, Any] = {"idle": idle, "fanout": fanout, "broadcast": broadcast}
@@ -272,21 +280,41 @@ def _failure(row: dict[str, Any], rate: float) -> str:
 
 
 def broadcast_all(
-    server: Server, load: LoadSide, scale: Scale, progress: Progress, receivers: int
+    server: Server,
+    load: LoadSide,
+    scale: Scale,
+    settings: Settings,
+    progress: Progress,
+    receivers: int,
 ) -> dict[str, Any]:
+    """`scale.broadcasts` broadcasts, one at a time; during each, probe frames to one more
+    connection (its own user) measure how long the broadcast holds up other users' frames."""
+    probe_user = uuid.uuid4()
+    load.add_probe_connection(ws_path(settings, probe_user))
+    load.publish("probe_user", str(probe_user))
     repeats: list[dict[str, Any]] = []
     everything: array[int] = array("q")
+    probes: array[int] = array("q")
     worst_stall = 0.0
     cpu = system.CpuMeter([server.pid])
+    # CPU seconds of the server and of the generator workers that receive the broadcast: which
+    # of the two sides a broadcast's completion time is made of.
+    sides = {"server": [server.pid], "receivers": [w.pid for w in load.workers]}
+    used = dict.fromkeys(sides, 0.0)
     for k in range(scale.broadcasts):
         load.probe_rtts()
+        before = {side: sum(map(system.cpu_seconds, pids)) for side, pids in sides.items()}
         cpu.start()
-        load.publish("broadcast", k)
+        published = load.publish("broadcast", k, PROBE_SECONDS, PROBE_EVERY)
         _wait_delivered(load, "broadcast", receivers, DRAIN_TIMEOUT)
         server_cpu = cpu.stop()
+        for side, pids in sides.items():
+            used[side] += sum(map(system.cpu_seconds, pids)) - before[side]
         latencies = load.broadcast_latencies(k)
         everything.extend(latencies)
         summary = stats.summarize(latencies)
+        probe = _probe_frames(load, k, published, int(summary["max_ms"] * 1e6))
+        probes.extend(probe.pop("latencies"))
         stall = _stall(load)
         worst_stall = max(worst_stall, stall["worst_stall_ms"])
         repeats.append(
@@ -295,11 +323,13 @@ def broadcast_all(
                 "completion_ms": summary["max_ms"],
                 "p50_ms": summary["p50_ms"],
                 "server_cpu": round(server_cpu, 3),
+                **probe,
                 **stall,
             }
         )
         time.sleep(0.2)
     completions = sorted(int(r["completion_ms"] * 1e6) for r in repeats)
+    probe_latency = stats.summarize(probes)
     result = {
         "receivers": receivers,
         "repeats": repeats,
@@ -308,11 +338,52 @@ def broadcast_all(
         "completion_p99_ms": stats.percentile(completions, 99),
         "completion_max_ms": stats.percentile(completions, 100),
         "recipient_latency": stats.summarize(everything),
+        "probe_latency": probe_latency,
+        "probe_in_flight": sum(r["probe_in_flight"] for r in repeats),
+        "probe_lost": sum(r["probe_lost"] for r in repeats),
+        "probe_target_ms": PROBE_DELAY_TARGET_MS,
         "worst_stall_ms": worst_stall,
+        # per broadcast, the probe frames' share included (a few hundred targeted frames)
+        "server_cpu_ms_per_broadcast": round(used["server"] * 1000 / len(repeats), 1),
+        "receivers_cpu_ms_per_broadcast": round(used["receivers"] * 1000 / len(repeats), 1),
     }
+    result["probe_met"] = (
+        result["probe_in_flight"] > 0
+        and result["probe_lost"] == 0
+        and probe_latency["max_ms"] <= PROBE_DELAY_TARGET_MS
+    )
     progress.step(
         f"{server.name} broadcast to {receivers}: last client after p50 "
         f"{result['completion_p50_ms']:.1f} / p99 {result['completion_p99_ms']:.1f} ms "
-        f"({len(repeats)} repeats), worst stall {worst_stall:.1f} ms"
+        f"({len(repeats)} repeats), another user's frames meanwhile p99 "
+        f"{probe_latency['p99_ms']:.1f} / max {probe_latency['max_ms']:.1f} ms, "
+        f"worst stall {worst_stall:.1f} ms, CPU per broadcast: server "
+        f"{result['server_cpu_ms_per_broadcast']} ms, receiving clients "
+        f"{result['receivers_cpu_ms_per_broadcast']} ms"
     )
     return result
+
+
+def _probe_frames(
+    load: LoadSide, k: int, published: dict[str, Any], completion_ns: int
+) -> dict[str, Any]:
+    """Collect broadcast `k`'s probe frames (waiting a little for the last ones); how many
+    were sent before the last client had the broadcast (`in_flight`), how many never came."""
+    sent: array[int] = array("q")
+    latencies: array[int] = array("q")
+    deadline = time.monotonic() + QUIET_SECONDS
+    while True:
+        more_sent, more_latencies = load.probe_frames(k)
+        sent.extend(more_sent)
+        latencies.extend(more_latencies)
+        if len(latencies) >= published["probes"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    finished = published["sent_ns"] + completion_ns
+    return {
+        "probe_frames": published["probes"],
+        "probe_in_flight": sum(1 for s in sent if s < finished),
+        "probe_lost": published["probes"] - len(latencies),
+        "probe_max_ms": round(max(latencies, default=0) / 1e6, 3),
+        "latencies": latencies,
+    }

@@ -28,6 +28,28 @@ def test_an_event_carrying_several_deltas_counts_each() -> None:
     assert result.ended == "end" and result.first_token_ns == 5000
 
 
+def test_the_gateways_share_starts_when_the_worker_wrote_the_event() -> None:
+    """The gateway's latency for a `token` event is its arrival minus the later of its reply
+    stream entry's millisecond (wall clock, moved to the monotonic one) and its last delta's
+    stamp; an event without an `event_id` gives none."""
+    result = StreamResult()
+    offset = 1_000_000_000  # the wall clock is 1 s ahead of the monotonic one here
+
+    def token(event_id: str, content: str) -> bytes:
+        event = {"type": "token", "content": content}
+        if event_id:
+            event["event_id"] = event_id
+        return b"data: " + json.dumps(event).encode()
+
+    # Entry at wall 1005 ms = monotonic 5 ms, but the last delta was stamped at 6 ms: 6 counts.
+    assert not _read_event(token("1005-0", "[1000000] [6000000] "), 9_000_000, 0, result, offset)
+    # Entry at monotonic 8 ms, later than its delta's stamp (7 ms): 8 counts.
+    assert not _read_event(token("1008-1", "[7000000] "), 9_500_000, 0, result, offset)
+    assert not _read_event(token("", "[9000000] "), 9_600_000, 0, result, offset)
+    assert list(result.gateway_ns) == [3_000_000, 1_500_000]
+    assert result.tokens == 4
+
+
 def test_wait_for_workers_counts_fresh_heartbeats(
     settings: Settings, private_redis: EmbeddedRedis
 ) -> None:

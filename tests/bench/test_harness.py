@@ -73,6 +73,25 @@ def test_broadcast_reaches_every_client(lean_results: dict[str, Any]) -> None:
     assert [r["received"] for r in broadcast["repeats"]] == [30] * TINY.broadcasts
 
 
+def test_broadcast_reports_another_users_frames_meanwhile(lean_results: dict[str, Any]) -> None:
+    """During each broadcast the probe connection's own frames are published, every one arrives,
+    and the report has their latency, how many overlapped the broadcast and the verdict."""
+    broadcast = lean_results["broadcast"]
+    for repeat in broadcast["repeats"]:
+        assert repeat["probe_frames"] > 0
+        assert repeat["probe_lost"] == 0
+        assert repeat["probe_max_ms"] > 0
+    assert broadcast["probe_latency"]["count"] == sum(
+        r["probe_frames"] for r in broadcast["repeats"]
+    )
+    assert broadcast["probe_lost"] == 0
+    assert broadcast["probe_in_flight"] <= broadcast["probe_latency"]["count"]
+    assert broadcast["probe_target_ms"] == websocket.PROBE_DELAY_TARGET_MS
+    assert isinstance(broadcast["probe_met"], bool)
+    assert broadcast["server_cpu_ms_per_broadcast"] >= 0
+    assert broadcast["receivers_cpu_ms_per_broadcast"] >= 0
+
+
 def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> None:
     """A targeted publish to users without a subscriber is reported as unrouted, not lost."""
     cores = system.plan_cores()

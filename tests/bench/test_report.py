@@ -55,6 +55,13 @@ def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
             "completion_p99_ms": 80.0,
             "completion_max_ms": 80.0,
             "recipient_latency": {"p50_ms": 30.0, "p99_ms": 79.0},
+            "probe_latency": {"count": 600, "p50_ms": 1.0, "p99_ms": 8.0, "max_ms": 25.0},
+            "probe_in_flight": 150,
+            "probe_lost": 0,
+            "probe_target_ms": 20.0,
+            "probe_met": False,
+            "server_cpu_ms_per_broadcast": 90.0,
+            "receivers_cpu_ms_per_broadcast": 70.0,
             "worst_stall_ms": 12.0,
         },
     }
@@ -73,9 +80,35 @@ def test_targets_report_met_unmet_and_unmeasured() -> None:
     assert verdicts["idle connections"] is True
     assert verdicts["targeted fan-out"] is True
     assert verdicts["broadcast"] is True
+    assert verdicts["broadcast: other connections"] is False
     assert verdicts["fan-out vs lean reference"] is True
     assert verdicts["SSE per-token latency"] is None
     assert verdicts["REST list"] is None
+
+
+def test_broadcast_delay_of_other_connections_is_a_row_and_a_column() -> None:
+    """The probe frames' worst delay has its target row (with how many overlapped the
+    broadcast) and a column in each broadcast table."""
+    row = next(r for r in report.targets(RESULTS) if r["name"] == "broadcast: other connections")
+    assert row["measured"].startswith("max 25.0 ms, p99 8.0 ms over 600 targeted frames")
+    assert "150 of them sent before the last client had the broadcast" in row["measured"]
+    assert "| 8.0 / 25.0 (150 in flight) | 90.0 / 70.0 |" in report.markdown(RESULTS, [])
+
+
+def test_sse_verdict_is_what_the_gateway_adds() -> None:
+    """With the gateway's share measured, the SSE target is judged on it, and the whole
+    pipeline's figure is named beside it."""
+    summary = {"p50_ms": 40.0, "p95_ms": 80.0, "p99_ms": 90.0, "max_ms": 100.0}
+    chat = {
+        "streams": 200,
+        "completed": 200,
+        "added_per_token": summary,
+        "gateway_added_per_token": summary | {"p50_ms": 1.2, "p99_ms": 4.0},
+    }
+    row = next(r for r in report.targets(RESULTS | {"chat": chat}) if r["name"].startswith("SSE"))
+    assert row["met"] is True
+    assert row["measured"].startswith("1.20 ms p50, 4.00 ms p99 (200 streams")
+    assert "whole pipeline from the model 40.00 ms p50" in row["measured"]
 
 
 def test_stall_counts_only_sustained_load() -> None:

@@ -29,8 +29,9 @@ def unfrozen() -> Iterator[None]:
 @pytest.mark.usefixtures("unfrozen")
 def test_freeze_after_growth_collect_after_churn() -> None:
     """A cycle alive at a freeze survives full collections once it is garbage, until as many
-    connections closed as were frozen over 2 (at least `step`); then it is freed."""
-    heap = HeapFreezer(step=2)
+    connections closed as were frozen over 2 (at least `step`); then, the frozen heap being
+    within `max_walk`, it is freed."""
+    heap = HeapFreezer(step=2, max_walk=10**9)
     node = _Node()
     ref = weakref.ref(node)
     heap.opened()
@@ -50,3 +51,44 @@ def test_freeze_after_growth_collect_after_churn() -> None:
     heap.tick(2)
     assert ref() is None
     assert gc.get_freeze_count() > 0  # what is still alive is frozen again
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_growth_freeze_collects_garbage_first() -> None:
+    """A cycle that is already garbage when the heap is frozen is collected, not frozen."""
+    heap = HeapFreezer(step=1, max_walk=0)
+    node = _Node()
+    ref = weakref.ref(node)
+    del node
+    heap.opened()
+    heap.tick(1)
+    assert gc.get_freeze_count() > 0
+    assert ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
+    """After churn, a frozen heap over `max_walk` is not walked while it holds what its open
+    connections explain; once it holds over twice that (frozen cycles turned garbage), it is
+    collected anyway."""
+    gc.freeze()  # the test process's own objects: the application's share
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    few = [_Node() for _ in range(100)]
+    heap.opened()
+    heap.tick(4)  # 4 connections, about 25 frozen objects each
+    few_ref = weakref.ref(few[0])
+    del few
+    heap.closed()
+    heap.closed()
+    heap.tick(2)
+    assert few_ref() is not None  # 100 garbage objects: what 4 connections explain
+    many = [_Node() for _ in range(10_000)]
+    many_ref = weakref.ref(many[0])
+    heap.opened()
+    heap.tick(2)  # frozen at once: 5 times what 2 connections explain
+    del many
+    heap.closed()
+    heap.closed()
+    heap.tick(0)
+    assert many_ref() is None and few_ref() is None

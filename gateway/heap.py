@@ -12,7 +12,8 @@ A frozen object is never collected, but it is still freed by reference counting:
 connection leaves no reference cycle (`gateway.wsprotocol` breaks the two it had), so closing it
 frees its frozen objects at once. A cycle that does become garbage while frozen stays until the
 heap is unfrozen and collected in full — a walk of every live object. That is done after churn
-(as many connections closed as were frozen over 2, at least `step`), and only when it fits the
+(as many connections closed as were frozen over 2, at least `step`; first the unfrozen heap is
+collected, since young cycles may be what still holds frozen objects), and only when it fits the
 stall budget (`max_walk` frozen objects, e.g. after a mass disconnect) or when the frozen heap
 holds over twice what its open connections explain (garbage is piling up: then the stall
 is the lesser evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list
@@ -59,6 +60,9 @@ class HeapFreezer:
         if self._base is None:
             self._base = gc.get_freeze_count()
         if self._frozen and self._closed >= max(self.step, self._frozen // 2):
+            # Young cycles (a closed connection's last exceptions and timeouts) may be all that
+            # holds frozen objects: freeing them first lets reference counting free those.
+            gc.collect()
             frozen = gc.get_freeze_count()
             if frozen <= self.max_walk or self._piling_up(frozen, open_connections):
                 self._collect_all(frozen, open_connections)

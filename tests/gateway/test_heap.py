@@ -17,6 +17,11 @@ class _Node:
 
     def __init__(self) -> None:
         self.me = self
+        self.held: object = None
+
+
+class _Leaf:
+    """An object in no cycle, freed by reference counting alone."""
 
 
 @pytest.fixture
@@ -92,3 +97,24 @@ def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
     heap.closed()
     heap.tick(0)
     assert many_ref() is None and few_ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk() -> None:
+    """After churn, a frozen object held only by young cyclic garbage (as a closed connection's
+    task is by its last exception) is freed by collecting the unfrozen heap, while the frozen
+    heap over `max_walk` is not walked (a frozen cycle stays)."""
+    gc.freeze()
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    leaf, frozen_cycle = _Leaf(), _Node()
+    heap.opened()
+    heap.tick(1)
+    leaf_ref, cycle_ref = weakref.ref(leaf), weakref.ref(frozen_cycle)
+    young = _Node()
+    young.held = leaf
+    del leaf, frozen_cycle, young
+    heap.closed()
+    heap.tick(0)
+    assert leaf_ref() is None
+    assert cycle_ref() is not None

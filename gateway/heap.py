@@ -67,6 +67,7 @@ class HeapFreezer:
             if frozen <= self.max_walk or self._piling_up(frozen, open_connections):
                 self._collect_all(frozen, open_connections)
                 return
+            self._closed = 0  # look again after as much churn, not at every tick
         if self._opened >= self.step:
             gc.collect()  # walks only what is not frozen: what came since the last freeze
             gc.freeze()

@@ -118,3 +118,33 @@ def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk() -
     heap.tick(0)
     assert leaf_ref() is None
     assert cycle_ref() is not None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_skipped_churn_check_waits_for_as_much_churn_again() -> None:
+    """Once a churn check found the frozen heap over budget and not piling up, the next ticks
+    run no collection until as many connections closed again."""
+    gc.freeze()
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    heap.opened()
+    heap.tick(4)
+    heap.closed()
+    heap.closed()
+    heap.tick(2)  # due, over budget, nothing piling up: skipped
+    collections: list[dict[str, int]] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info)
+
+    gc.callbacks.append(count)
+    try:
+        heap.closed()
+        heap.tick(1)
+        assert collections == []
+        heap.closed()
+        heap.tick(3)
+        assert len(collections) == 1  # the next check's collection of the unfrozen heap
+    finally:
+        gc.callbacks.remove(count)

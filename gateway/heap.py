@@ -1,20 +1,23 @@
-"""Keeping CPython's full garbage collections short while thousands of connections are held.
+"""Keeping CPython's garbage collections short while thousands of connections are held.
 
 A full (generation 2) collection walks every tracked object with the event loop stopped, about
-90 ns each here: at 10k connections of ~90 objects that is a 100 ms stall, and CPython 3.11 runs
-one whenever the long-lived objects have grown by 25 % — that is, while connections arrive. An
-open connection's objects live as long as it does, so the collector gains nothing by walking them.
-`HeapFreezer` moves them out of its sight (`gc.freeze()`) once `step` connections have opened
-since the last freeze, so a full collection only walks what came after.
+90 ns each on an idle core here: at 10k connections of ~60 objects that is a 50 ms stall, and
+CPython 3.11 runs one whenever the long-lived objects have grown by 25 % — that is, while
+connections arrive. An open connection's objects live as long as it does, so the collector gains
+nothing by walking them. `HeapFreezer` moves them out of its sight (`gc.freeze()`) once `step`
+connections have opened since the last freeze, after collecting what is not frozen yet (only
+what came since the last freeze: `step` connections' worth) so that no garbage is frozen.
 
-The price: a frozen object is never collected, and a closed connection leaves reference cycles
-(uvicorn's protocol, the `websockets` parser, asyncio futures) that only the collector frees. So
-once as many connections have closed as were frozen over 2 (at least `step`), the heap is
-unfrozen, collected in full and frozen again: one full-length collection per that much churn, where
-CPython alone would run one per 25 % of the long-lived objects promoted (a quarter of the
-connections replaced) and at every 25 % of growth. Freezing and unfreezing themselves are O(1)
-(list splices). Cyclic garbage still young when a freeze happens is only freed at the next
-unfreeze. Not thread-safe; called from the event loop.
+A frozen object is never collected, but it is still freed by reference counting: a closed
+connection leaves no reference cycle (`gateway.wsprotocol` breaks the two it had), so closing it
+frees its frozen objects at once. A cycle that does become garbage while frozen stays until the
+heap is unfrozen and collected in full — a walk of every live object. That is done after churn
+(as many connections closed as were frozen over 2, at least `step`; first the unfrozen heap is
+collected, since young cycles may be what still holds frozen objects), and only when it fits the
+stall budget (`max_walk` frozen objects, e.g. after a mass disconnect) or when the frozen heap
+holds over twice what its open connections explain (garbage is piling up: then the stall
+is the lesser evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list
+splices). Not thread-safe; called from the event loop.
 """
 
 from __future__ import annotations
@@ -26,19 +29,37 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+# Frozen objects a full collection may walk on the event loop: about 9 ms at 90 ns per object,
+# leaving room under the 20 ms stall budget for a busy core.
+MAX_WALK = 100_000
+
 
 class HeapFreezer:
     """Counts connections opened and closed; `tick()` freezes or unfreezes when due. `clock`
     times the full collection for the log (tests pass a fake one)."""
 
-    __slots__ = ("_clock", "_closed", "_frozen", "_opened", "step")
+    __slots__ = (
+        "_base",
+        "_clock",
+        "_closed",
+        "_frozen",
+        "_opened",
+        "_per_connection",
+        "max_walk",
+        "step",
+    )
 
-    def __init__(self, step: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, step: int, max_walk: int = MAX_WALK, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.step = step
+        self.max_walk = max_walk
         self._clock = clock
         self._opened = 0  # since the last freeze
-        self._closed = 0  # since the last unfreeze
-        self._frozen = 0  # connections open at the last freeze (since the last unfreeze)
+        self._closed = 0  # since the last full collection
+        self._frozen = 0  # connections open at the last freeze (since the last full collection)
+        self._base: int | None = None  # frozen at the first tick: the application's objects
+        self._per_connection = 0.0  # frozen objects per open connection after a collection
 
     def opened(self) -> None:
         self._opened += 1
@@ -47,22 +68,45 @@ class HeapFreezer:
         self._closed += 1
 
     def tick(self, open_connections: int) -> None:
-        """Call periodically, between bursts of work: collect in full after enough churn, else
-        freeze after enough growth."""
+        """Call periodically, between bursts of work: collect in full after enough churn when
+        affordable (or when garbage piles up), else freeze after enough growth. The first call
+        takes what is frozen then as the application's own share."""
+        if self._base is None:
+            self._base = gc.get_freeze_count()
         if self._frozen and self._closed >= max(self.step, self._frozen // 2):
-            started = self._clock()
-            gc.unfreeze()
-            freed = gc.collect()
-            gc.freeze()
-            log.info(
-                "collected the frozen heap",
-                extra={
-                    "closed": self._closed,
-                    "freed": freed,
-                    "ms": round((self._clock() - started) * 1000, 1),
-                },
-            )
-            self._frozen, self._closed, self._opened = open_connections, 0, 0
-        elif self._opened >= self.step:
+            # Young cycles (a closed connection's last exceptions and timeouts) may be all that
+            # holds frozen objects: freeing them first lets reference counting free those.
+            gc.collect()
+            frozen = gc.get_freeze_count()
+            if frozen <= self.max_walk or self._piling_up(frozen, open_connections):
+                self._collect_all(frozen, open_connections)
+                return
+            self._closed = 0  # look again after as much churn, not at every tick
+        if self._opened >= self.step:
+            gc.collect()  # walks only what is not frozen: what came since the last freeze
             gc.freeze()
             self._frozen, self._opened = max(self._frozen, open_connections), 0
+            if not self._per_connection:
+                self._measure(open_connections)
+
+    def _piling_up(self, frozen: int, open_connections: int) -> bool:
+        """Whether the frozen heap holds over twice what its open connections explain."""
+        base = self._base or 0
+        return frozen - base > 2 * self._per_connection * (open_connections + self.step)
+
+    def _measure(self, open_connections: int) -> None:
+        if open_connections:
+            base = self._base or 0
+            self._per_connection = (gc.get_freeze_count() - base) / open_connections
+
+    def _collect_all(self, frozen: int, open_connections: int) -> None:
+        started = self._clock()
+        gc.unfreeze()
+        freed = gc.collect()
+        gc.freeze()
+        ms = round((self._clock() - started) * 1000, 1)
+        level = logging.INFO if frozen <= self.max_walk else logging.WARNING
+        extra = {"closed": self._closed, "walked": frozen, "freed": freed, "ms": ms}
+        log.log(level, "collected the frozen heap", extra=extra)
+        self._frozen, self._closed, self._opened = open_connections, 0, 0
+        self._measure(open_connections)

@@ -304,7 +304,6 @@ class ConnectionManager:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         metrics.OPEN_CONNECTIONS.dec()
-        self._heap.closed()
         self._everyone.discard(conn)
         self._detaching += 1
         try:
@@ -316,6 +315,9 @@ class ConnectionManager:
             # removes it later.
             log.warning("registry detach failed", extra={"error": repr(exc)})
         finally:
+            # Counted once detached: until then its objects are alive, and a mass disconnect
+            # must not look to the heap freezer like frozen garbage.
+            self._heap.closed()
             self._detaching -= 1
             if not self.connections and not self._detaching:
                 self._empty.set()

@@ -4,6 +4,10 @@ A refused connection is accepted first and then closed, so a browser sees the cl
 reason (closing before accept becomes a bare HTTP 403). Checks, cheapest first: instance capacity,
 `last_seq` syntax, Origin, token, session id, session ownership (agent_svc, durable), the
 per-session cap (Redis, atomic across instances). See docs/protocol.md.
+
+Once the connection is set up, what only the handshake needed (request headers, the query string
+and offered subprotocols — the token among them —, the endpoint's own copies) is dropped rather
+than kept for the connection's life (docs/performance-notes.md, "Memory per idle connection").
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             identity.expires_at,
         )
         await manager.connect(conn, creds.last_seq)
+        del creds, identity, origin, host
+        _forget_handshake(websocket)
         await conn.run(verifier)
     except Refused as exc:
         if conn is not None:
@@ -81,6 +87,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if conn is not None:
             await manager.disconnect(conn)
         manager.release_slot()
+
+
+def _forget_handshake(websocket: WebSocket) -> None:
+    """Drop the request's headers, query string and subprotocols: nothing reads them after the
+    handshake, and they (a JWT among them) would otherwise live as long as the connection."""
+    scope = websocket.scope
+    scope["headers"], scope["query_string"], scope["subprotocols"] = [], b"", []
+    # Starlette's cached views of them, if the handshake built any.
+    for cached in ("_headers", "_query_params"):
+        websocket.__dict__.pop(cached, None)
 
 
 async def _verify(verifier: TokenVerifier, token: str | None) -> Identity:

@@ -16,13 +16,25 @@ a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `
 nothing on the server side ever fragments a message — ASGI `websocket.send` always sends one
 final frame, and so does `TextFrame` — so no raw frame can land inside a fragmented message.
 After the close frame (`close_sent`), or once the transport is closing, the sink refuses.
+
+What an idle connection keeps is trimmed (docs/performance-notes.md, "Memory per idle
+connection"): the ASGI receive queue is an `Inbox` (a list, and a future only while the
+application waits) instead of an `asyncio.Queue` (three deques and an `Event`), the write
+flag is a `Flag` instead of an `asyncio.Event`, the handshake's `Request` and `Response` are
+dropped once the 101 is written, and the two reference cycles a finished connection used to
+leave are broken (the `websockets` frame parser, a generator whose frame refers to its protocol,
+is closed when the connection is lost; the extension, the protocol inside its own scope, is
+removed when the application returns): reference counting frees a closed connection without
+waiting for a full garbage collection (`gateway.heap`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
+from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -91,6 +103,76 @@ class FrameSink(Protocol):
         ...
 
 
+class Inbox:
+    """The ASGI receive queue of one connection: what uvicorn's protocol uses of
+    `asyncio.Queue` (`put_nowait`, `get`, `empty`), at the cost of a list. One consumer (the
+    application's `receive`); a second concurrent `get()` raises. Cancelling `get()` is safe:
+    no message is lost."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None  # only while `get()` waits
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("Inbox.get() is already waiting: one consumer only")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class Flag:
+    """What uvicorn's protocol uses of `asyncio.Event` for its `writable` flag (`set`, `clear`,
+    `is_set`, `wait`), with futures only while someone waits. Starts set."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol that also offers itself as the connection's `FrameSink`
     (pass the class as uvicorn's `ws` setting)."""
@@ -103,13 +185,26 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # or `LINGER` seconds pass.
     draining = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Duck-typed stand-ins for what uvicorn created: a few hundred bytes instead of ~3.5 KB.
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
+        # uvicorn keeps the request for the connection's life and never reads it again.
+        del self.request
         if self.response.status_code == 101:  # the ASGI scope exists only for an upgrade
             extensions = self.scope.get("extensions")
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
+
+    def start_keepalive(self) -> None:
+        # uvicorn calls this right after writing the 101 response, the last use of it.
+        del self.response
+        super().start_keepalive()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -123,6 +218,17 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # Like uvicorn's `writable` event: nobody waits for a lost transport to drain.
         self.write_paused = False
         super().connection_lost(exc)
+        # The parser generator's frame refers to `self.conn`, which refers to the generator: a
+        # cycle only a full collection would free. No byte arrives after this call.
+        self.conn.parser.close()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        # The application has returned: nobody reads the scope again, and the extension (the
+        # protocol itself) inside it is a cycle only a full collection would free.
+        extensions = self.scope.get("extensions")
+        if extensions is not None:
+            extensions.pop(EXTENSION, None)
 
     def data_received(self, data: bytes) -> None:
         if self.draining:

@@ -17,6 +17,11 @@ class _Node:
 
     def __init__(self) -> None:
         self.me = self
+        self.held: object = None
+
+
+class _Leaf:
+    """An object in no cycle, freed by reference counting alone."""
 
 
 @pytest.fixture
@@ -29,8 +34,9 @@ def unfrozen() -> Iterator[None]:
 @pytest.mark.usefixtures("unfrozen")
 def test_freeze_after_growth_collect_after_churn() -> None:
     """A cycle alive at a freeze survives full collections once it is garbage, until as many
-    connections closed as were frozen over 2 (at least `step`); then it is freed."""
-    heap = HeapFreezer(step=2)
+    connections closed as were frozen over 2 (at least `step`); then, the frozen heap being
+    within `max_walk`, it is freed."""
+    heap = HeapFreezer(step=2, max_walk=10**9)
     node = _Node()
     ref = weakref.ref(node)
     heap.opened()
@@ -56,10 +62,102 @@ def test_freeze_after_growth_collect_after_churn() -> None:
 def test_full_collection_is_timed_on_the_given_clock(caplog: pytest.LogCaptureFixture) -> None:
     """The logged duration of a full collection is read from the injected clock."""
     readings = iter([10.0, 10.25])
-    heap = HeapFreezer(step=1, clock=lambda: next(readings))
+    heap = HeapFreezer(step=1, max_walk=10**9, clock=lambda: next(readings))
     heap.opened()
     heap.tick(1)
     heap.closed()
     with caplog.at_level("INFO", logger="gateway.heap"):
         heap.tick(0)
     assert [r.__dict__["ms"] for r in caplog.records] == [250.0]
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_growth_freeze_collects_garbage_first() -> None:
+    """A cycle that is already garbage when the heap is frozen is collected, not frozen."""
+    heap = HeapFreezer(step=1, max_walk=0)
+    node = _Node()
+    ref = weakref.ref(node)
+    del node
+    heap.opened()
+    heap.tick(1)
+    assert gc.get_freeze_count() > 0
+    assert ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
+    """After churn, a frozen heap over `max_walk` is not walked while it holds what its open
+    connections explain; once it holds over twice that (frozen cycles turned garbage), it is
+    collected anyway."""
+    gc.freeze()  # the test process's own objects: the application's share
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    few = [_Node() for _ in range(100)]
+    heap.opened()
+    heap.tick(4)  # 4 connections, about 25 frozen objects each
+    few_ref = weakref.ref(few[0])
+    del few
+    heap.closed()
+    heap.closed()
+    heap.tick(2)
+    assert few_ref() is not None  # 100 garbage objects: what 4 connections explain
+    many = [_Node() for _ in range(10_000)]
+    many_ref = weakref.ref(many[0])
+    heap.opened()
+    heap.tick(2)  # frozen at once: 5 times what 2 connections explain
+    del many
+    heap.closed()
+    heap.closed()
+    heap.tick(0)
+    assert many_ref() is None and few_ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk() -> None:
+    """After churn, a frozen object held only by young cyclic garbage (as a closed connection's
+    task is by its last exception) is freed by collecting the unfrozen heap, while the frozen
+    heap over `max_walk` is not walked (a frozen cycle stays)."""
+    gc.freeze()
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    leaf, frozen_cycle = _Leaf(), _Node()
+    heap.opened()
+    heap.tick(1)
+    leaf_ref, cycle_ref = weakref.ref(leaf), weakref.ref(frozen_cycle)
+    young = _Node()
+    young.held = leaf
+    del leaf, frozen_cycle, young
+    heap.closed()
+    heap.tick(0)
+    assert leaf_ref() is None
+    assert cycle_ref() is not None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_skipped_churn_check_waits_for_as_much_churn_again() -> None:
+    """Once a churn check found the frozen heap over budget and not piling up, the next ticks
+    run no collection until as many connections closed again."""
+    gc.freeze()
+    heap = HeapFreezer(step=1, max_walk=0)
+    heap.tick(0)
+    heap.opened()
+    heap.tick(4)
+    heap.closed()
+    heap.closed()
+    heap.tick(2)  # due, over budget, nothing piling up: skipped
+    collections: list[dict[str, int]] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info)
+
+    gc.callbacks.append(count)
+    try:
+        heap.closed()
+        heap.tick(1)
+        assert collections == []
+        heap.closed()
+        heap.tick(3)
+        assert len(collections) == 1  # the next check's collection of the unfrozen heap
+    finally:
+        gc.callbacks.remove(count)

@@ -7,11 +7,14 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import jwt
 import pytest
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from gateway.websocket import _forget_handshake
 from tests.gateway.conftest import (
     Cluster,
     closed_with,
@@ -190,3 +193,26 @@ async def test_chat_frames_reach_the_chat_seam(cluster: Cluster, token_for: Toke
         "INVALID_MESSAGE",
     }
     await ws.close()
+
+
+async def test_handshake_data_is_forgotten_once_connected() -> None:
+    """After the handshake the endpoint drops the request's headers, query string (the seed's
+    `?token=`) and subprotocols (the browser's token), Starlette's cached views included."""
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "path": "/api/v1/ws/x",
+        "headers": [(b"authorization", b"Bearer secret"), (b"origin", b"http://a")],
+        "query_string": b"token=secret&last_seq=3",
+        "subprotocols": ["bearer", "secret"],
+    }
+
+    async def never(*_: object) -> Any:
+        raise AssertionError("no ASGI message is exchanged")
+
+    websocket = WebSocket(scope, never, never)
+    assert websocket.headers["authorization"] == "Bearer secret"
+    assert websocket.query_params["token"] == "secret"
+    _forget_handshake(websocket)
+    assert (scope["headers"], scope["query_string"], scope["subprotocols"]) == ([], b"", [])
+    assert "authorization" not in websocket.headers
+    assert "token" not in websocket.query_params

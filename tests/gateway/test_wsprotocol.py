@@ -7,10 +7,12 @@ ASGI fallback path delivers the same frames."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,19 @@ import httpx
 import msgspec
 import pytest
 import redis.asyncio as redis
+import uvicorn
+from uvicorn.server import ServerState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
-from gateway.wsprotocol import TextFrame, text_frame
+from gateway.wsprotocol import (
+    EXTENSION,
+    Flag,
+    GatewayWebSocketProtocol,
+    Inbox,
+    TextFrame,
+    text_frame,
+)
 from shared import keys
 from shared.wire import EnvelopeMeta, encode_envelope
 from tests.conftest import Infra, SpawnService
@@ -237,3 +248,98 @@ async def test_slow_reader_closed_1013_without_memory_growth(
         await client.aclose()
         slow.transport.abort()  # nothing to read: the gateway dropped it
     assert peak - rss_before < 10 * 1024, (rss_before, peak)
+
+
+async def test_inbox_delivers_in_order_and_survives_a_cancelled_get() -> None:
+    """`Inbox` hands messages out in order, wakes a waiting `get()`, loses nothing when a
+    waiting `get()` is cancelled, and refuses a second concurrent consumer."""
+    inbox = Inbox()
+    assert inbox.empty()
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one consumer only"):
+        await inbox.get()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    getter = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"type": "websocket.connect"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "a"})
+    assert await getter == {"type": "websocket.connect"}
+    assert not inbox.empty()
+    assert await inbox.get() == {"type": "websocket.receive", "text": "a"}
+    assert inbox.empty()
+
+
+async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_matter() -> None:
+    """`Flag` starts set; once cleared, `wait()` blocks until `set()`, which wakes every
+    waiter; cancelling one waiter leaves the others waiting."""
+    flag = Flag()
+    assert flag.is_set()
+    await flag.wait()
+    flag.clear()
+    assert not flag.is_set()
+    first, second = asyncio.create_task(flag.wait()), asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not second.done()
+    flag.set()
+    await second
+    assert flag.is_set()
+
+
+async def test_closed_connection_freed_without_the_collector() -> None:
+    """On `GatewayWebSocketProtocol` an accepted connection keeps neither the handshake request
+    nor its response, and once the client leaves, reference counting alone frees the protocol
+    and its `websockets` state (no cycle waits for a full collection)."""
+    ended, lost, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    class Observed(GatewayWebSocketProtocol):
+        """Tells the test when uvicorn's last two callbacks for the connection have run."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            lost.set()
+
+        def on_task_complete(self, task: asyncio.Task[None]) -> None:
+            super().on_task_complete(task)
+            finished.set()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        assert await receive() == {"type": "websocket.connect"}
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"][EXTENSION]["sink"]
+        seen["kept"] = [hasattr(protocol, "request"), hasattr(protocol, "response")]
+        seen["protocol"], seen["parser"] = weakref.ref(protocol), weakref.ref(protocol.conn)
+        del protocol
+        message = await receive()
+        await send({"type": "websocket.send", "text": message["text"]})
+        assert (await receive())["type"] == "websocket.disconnect"
+        ended.set()
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gc.disable()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+        await ended.wait()
+        await lost.wait()
+        await finished.wait()
+        assert seen["kept"] == [False, False]
+        assert seen["protocol"]() is None
+        assert seen["parser"]() is None
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()

@@ -202,7 +202,9 @@ def _mark(met: bool | None) -> str:
     return {True: "met", False: "**not met**", None: "not measured"}[met]
 
 
-def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
+def markdown(
+    results: dict[str, Any], plots: list[str] | None = None, matplotlib_missing: bool = False
+) -> str:
     machine = results.get("machine", {})
     scale = results.get("scale", {})
     cores = results.get("cores", {})
@@ -253,9 +255,10 @@ def markdown(results: dict[str, Any], plots: list[str] | None = None) -> str:
     out += _fairness_section(results.get("fairness"))
     out += _pubsub_section(results.get("pubsub"))
     out += _profile_section(results)
-    if plots is not None:
-        out += ["", "## Plots", ""]
-        out += [f"![{p}]({p})" for p in plots] if plots else ["matplotlib not installed: no plots."]
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    elif matplotlib_missing:
+        out += ["", "## Plots", "", "matplotlib not installed: no plots."]
     return "\n".join(out) + "\n"
 
 
@@ -561,15 +564,16 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def plot(results: dict[str, Any], out: Path) -> list[str]:
-    """Write the PNG plots; returns their file names ([] without matplotlib)."""
+def plot(results: dict[str, Any], out: Path) -> list[str] | None:
+    """Write the PNG plots; returns their file names (None without matplotlib; [] when the
+    scenarios run have nothing to plot)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
+        return None
     names: list[str] = []
     servers = {n: s for n, s in results.get("websocket", {}).items() if "error" not in s}
     for name, server in servers.items():
@@ -632,7 +636,7 @@ def write(results: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     names = plot(results, out)
     path = out / "report.md"
-    text = markdown(results, names)
+    text = markdown(results, names or [], matplotlib_missing=names is None)
     topic_result = results.get("topics")
     if isinstance(topic_result, dict) and "error" not in topic_result:
         from bench.scenarios.topics import report_lines  # only runs that measured topics

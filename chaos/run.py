@@ -30,7 +30,7 @@ import httpx
 from chaos import plot, report
 from chaos.chat import Asker
 from chaos.faults import Fault, faults
-from chaos.load import Client, Producer
+from chaos.load import BATCH_EVERY, CREATE_TIMEOUT, MAX_BATCH, SENDERS, Client, Producer
 from chaos.system import INTERNAL_TOKEN, System, nginx_binary
 from shared.auth import mint_token
 from shared.settings import Settings
@@ -334,8 +334,12 @@ def header(config: Config, result: Result, plot_name: str, note: str = "") -> st
         f"with `deploy/nginx.conf` in front of both gateways. {config.clients} WebSocket clients "
         "through nginx (two sessions per user, 50 per loopback source address: nginx limits "
         f"each address) resume with `?last_seq=`; a producer creates {config.rate:g} "
-        "notifications/s through notifications_svc, each with its own `Idempotency-Key`, retried "
-        f"until answered (5 s timeout); {config.answers} chat users stream one answer after "
+        "notifications/s through notifications_svc's batch endpoint (the users split over "
+        f"{SENDERS} lanes, each sending what fell due as one batch of up to {MAX_BATCH} once "
+        "its previous one was answered, checked every "
+        f"{BATCH_EVERY * 1000:.0f} ms), each "
+        "item with its own `dedupe_key`, a batch retried with the same body until answered "
+        f"({CREATE_TIMEOUT:g} s timeout); {config.answers} chat users stream one answer after "
         "another over SSE through nginx (the offline model, `AGENT_OFFLINE_DELAY="
         f"{config.answer_delay:g}`: answers took p50 "
         f"{_quantile(result.answer_seconds, 0.5):.1f} s from question to `end`, "

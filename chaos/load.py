@@ -138,6 +138,7 @@ class Producer:
     committed: Counter[uuid.UUID] = field(default_factory=Counter)  # creates answered, per user
     requested: int = 0  # creates requested (sent at least once)
     late: int = 0  # creates started more than 0.1 s after their due time
+    held_back: int = 0  # creates never offered: their lane already held a full batch
     errors: dict[int, Counter[str]] = field(default_factory=dict)  # step -> "500", "timeout", ...
     _started: float = field(default=0.0, init=False)  # monotonic, when `run` began
     _stopping: bool = field(default=False, init=False)  # `run` was cancelled: lanes finish
@@ -218,7 +219,8 @@ class Producer:
         split over `SENDERS` lanes; every `BATCH_EVERY` seconds the creates that fell due join
         their lane, and each lane sends what it holds as one batch as soon as its previous batch
         was answered: while the service is slow or stopped the due creates pile up and leave
-        as bigger batches, and two lanes never wait for each other's users' locks. On
+        as bigger batches (beyond a full batch they are not offered at all, and counted in
+        `held_back`), and two lanes never wait for each other's users' locks. On
         cancellation no create is added, and every one a lane holds is seen through to its
         answer."""
         limits = httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS)
@@ -231,7 +233,13 @@ class Producer:
                     await asyncio.sleep(BATCH_EVERY)
                     due = int((time.monotonic() - self._started) * self.rate)
                     for i in range(index, due):
-                        lanes[i % len(self.users) % SENDERS][0].append(i)
+                        held = lanes[i % len(self.users) % SENDERS][0]
+                        # A lane holding a full batch already: the service takes less than
+                        # `rate`; queueing more would only grow a backlog that outlives the run.
+                        if len(held) < MAX_BATCH:
+                            held.append(i)
+                        else:
+                            self.held_back += 1
                     index = due
                     for held, ready in lanes:
                         if held:

@@ -116,6 +116,7 @@ class Outcome:
     offline: int  # clients not connected at the end
     late_creates: int  # creates started over 0.1 s after their due time
     requested: int  # creates the producer sent
+    held_back: int  # creates that fell due and were never offered (the producer's lanes full)
     produced_seconds: float  # from the producer's start until every create was answered
     connect_seconds: float
 
@@ -187,6 +188,7 @@ async def soak(system: System, config: Config) -> Outcome:
         offline=sum(1 for c in clients if not c.connected.is_set()),
         late_creates=producer.late,
         requested=producer.requested,
+        held_back=producer.held_back,
         produced_seconds=produced_seconds,
         connect_seconds=connect_seconds,
     )
@@ -218,9 +220,10 @@ def report(config: Config, outcome: Outcome, plot_name: str, note: str) -> str:
         f"at the end. The producer (batches through `POST /internal/v1/notifications/batch`) "
         f"requested {outcome.requested / outcome.produced_seconds:.0f} creates/s and had "
         f"{outcome.committed / outcome.produced_seconds:.0f}/s committed over the "
-        f"{outcome.produced_seconds:.0f} s from its start until its last answer; it started "
-        f"{outcome.late_creates:,} creates more than 0.1 s late (the load generator is one "
-        "Python process on the same cores).\n"
+        f"{outcome.produced_seconds:.0f} s from its start until its last answer; "
+        f"{outcome.held_back:,} creates fell due while their lane already held a full batch and "
+        f"were never offered; it started {outcome.late_creates:,} creates more than 0.1 s late "
+        "(the load generator is one Python process on the same cores).\n"
     )
 
 

@@ -4,11 +4,10 @@ Starts the system (`chaos.system`), connects the clients through nginx (two sess
 so each user's frames fan out to both gateways), starts the producer, and then for each fault:
 steady traffic for `lead` seconds, the fault, and the wait until every part answers its probe
 again and every client holds what was requested until then (bounded by `settle_timeout`); then
-the fault's `restore`.
-After the last step the producer stops, every create it started is answered, and every client is
-given the time to receive everything; the report is computed from what was recorded and written
-to `--out` (default bench/CHAOS.md). Exit status 0 when no step lost, duplicated or reordered a
-notification and the producer never saw a 500; 1 otherwise.
+the fault's `restore`. After the last step the producer stops, every create it started is
+answered, and every client is given the time to receive everything; the report is computed from
+what was recorded and written to `--out` (default bench/CHAOS.md). Exit status 0 when no step
+lost, duplicated or reordered a notification and the producer never saw a 500; 1 otherwise.
 """
 
 from __future__ import annotations

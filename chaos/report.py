@@ -5,6 +5,10 @@ its user committed during the step (the creates requested in it):
 - lost: committed, never received by the end of the run (clients had resumed by then);
 - duplicated: received more than once by the same client;
 - reordered: received after a higher seq of the same user on the same client;
+- offered /s: the step's creates divided by the time from its first request to its last (what
+  the producer asked for, catch-up of a backlog included);
+- committed /s: the step's committed creates divided by the time from its first request to its
+  last answer (what the service took, recovery included);
 - producer 5xx / errors: answers >= 500 (by status) and timeouts or refused connections met by
   the producer's creates of the step (each retried with its idempotency key until answered);
 - clients back: how many clients dropped during the step, and the time from the fault until the
@@ -46,6 +50,8 @@ class Step:
 class Row:
     fault: str
     committed: int
+    offered_rate: float  # creates per second (module docstring)
+    committed_rate: float
     deliveries: int  # committed notifications times the clients of their users
     lost: int
     duplicated: int
@@ -105,7 +111,8 @@ def _row(
     errors: Counter[str],
     answers: Sequence[Answer],
 ) -> Row:
-    mine = [c for c in creates if c.step == index and c.seq is not None]
+    requested = [c for c in creates if c.step == index]
+    mine = [c for c in requested if c.seq is not None]
     by_user: dict[object, set[int]] = {}
     for create in mine:
         assert create.seq is not None
@@ -150,6 +157,12 @@ def _row(
     return Row(
         fault=step.title,
         committed=len(mine),
+        offered_rate=_rate(len(requested), [c.requested_at for c in requested]),
+        committed_rate=_rate(
+            len(mine),
+            [c.requested_at for c in mine]
+            + [c.committed_at for c in mine if c.committed_at is not None],
+        ),
         deliveries=deliveries,
         lost=lost,
         duplicated=duplicated,
@@ -165,6 +178,12 @@ def _row(
         mismatched=chat[3],
         answers_done_after=chat[4],
     )
+
+
+def _rate(count: int, times: Sequence[float]) -> float:
+    """`count` per second over the span of `times` (0 when they do not span any time)."""
+    span = max(times, default=0.0) - min(times, default=0.0)
+    return count / span if span > 0 else 0.0
 
 
 def rows(
@@ -193,15 +212,17 @@ def markdown(results: Sequence[Row], header: str) -> str:
     lines = [
         header.rstrip(),
         "",
-        "| fault | committed | deliveries | lost | duplicated | reordered | producer 5xx "
+        "| fault | committed | offered /s | committed /s | deliveries | lost | duplicated "
+        "| reordered | producer 5xx "
         "| producer timeouts / refused | clients dropped | clients back | all caught up "
         "| answers | completed | resumed | token gaps / repeats | answers done |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         back = "none dropped" if not row.dropped else _seconds(row.back_after, "never")
         lines.append(
-            f"| {row.fault} | {row.committed} | {row.deliveries} | {row.lost} | "
+            f"| {row.fault} | {row.committed} | {row.offered_rate:.0f} | "
+            f"{row.committed_rate:.0f} | {row.deliveries} | {row.lost} | "
             f"{row.duplicated} | {row.reordered} | {_counts(row.status_5xx)} | "
             f"{_counts(row.errors)} | {row.dropped} | {back} | "
             f"{_seconds(row.caught_up_after, 'never')} | {row.answers} | {row.completed} | "

@@ -115,6 +115,9 @@ class Outcome:
     missing: int  # per client, committed for its user and not received (duplicates aside)
     offline: int  # clients not connected at the end
     late_creates: int  # creates started over 0.1 s after their due time
+    requested: int  # creates the producer sent
+    held_back: int  # creates that fell due and were never offered (the producer's lanes full)
+    produced_seconds: float  # from the producer's start until every create was answered
     connect_seconds: float
 
 
@@ -162,6 +165,7 @@ async def soak(system: System, config: Config) -> Outcome:
                 await asyncio.sleep(config.sample - (time.monotonic() - now) % config.sample)
         background[0].cancel()  # the producer sees every create it started through
         await asyncio.gather(background[0], return_exceptions=True)
+        produced_seconds = time.monotonic() - begin
         background[1].cancel()
         committed = producer.committed
         for _ in range(300):  # at most 60 s for the last notifications to arrive
@@ -183,6 +187,9 @@ async def soak(system: System, config: Config) -> Outcome:
         missing=sum(max(0, committed[c.user] - (c.count - c.backwards)) for c in clients),
         offline=sum(1 for c in clients if not c.connected.is_set()),
         late_creates=producer.late,
+        requested=producer.requested,
+        held_back=producer.held_back,
+        produced_seconds=produced_seconds,
         connect_seconds=connect_seconds,
     )
 
@@ -210,8 +217,13 @@ def report(config: Config, outcome: Outcome, plot_name: str, note: str) -> str:
         f"{outcome.expected:,} and received {outcome.received:,}, of which "
         f"{outcome.backwards:,} duplicated or reordered, {outcome.missing:,} missing; "
         f"{outcome.drops:,} drops (churn and others), {outcome.offline} clients not connected "
-        f"at the end. The producer started {outcome.late_creates:,} creates "
-        "more than 0.1 s late (the load generator is one Python process on the same cores).\n"
+        f"at the end. The producer (batches through `POST /internal/v1/notifications/batch`) "
+        f"requested {outcome.requested / outcome.produced_seconds:.0f} creates/s and had "
+        f"{outcome.committed / outcome.produced_seconds:.0f}/s committed over the "
+        f"{outcome.produced_seconds:.0f} s from its start until its last answer; "
+        f"{outcome.held_back:,} creates fell due while their lane already held a full batch and "
+        f"were never offered; it started {outcome.late_creates:,} creates more than 0.1 s late "
+        "(the load generator is one Python process on the same cores).\n"
     )
 
 

@@ -54,9 +54,27 @@ def test_clients_back_and_caught_up_are_measured_from_the_fault() -> None:
     assert row.dropped == 1
     assert row.back_after is not None and abs(row.back_after - 1.0) < 1e-9
     assert row.caught_up_after is not None and abs(row.caught_up_after - 1.3) < 1e-9
-    assert "| kill | 3 | 6 | 0 | 0 | 0 | 0 | 0 | 1 | 1.00 s | 1.30 s | 0 |" in report.markdown(
-        [row], "# t"
+    assert "| kill | 3 | 1 | 1 | 6 | 0 | 0 | 0 | 0 | 0 | 1 | 1.00 s | 1.30 s | 0 |" in (
+        report.markdown([row], "# t")
     )
+
+
+def test_offered_and_committed_rates_span_the_steps_requests_and_answers() -> None:
+    """Offered: the step's creates over the time from its first request to its last; committed:
+    the committed ones over the time from the first request to the last answer. An unanswered
+    create is offered, not committed; another step's creates count in neither."""
+    user = uuid.uuid4()
+    creates = [
+        Create(user, 0, 1.0, 1, committed_at=1.5),
+        Create(user, 1, 10.0, 2, committed_at=10.5),
+        Create(user, 1, 11.0, 3, committed_at=12.0),
+        Create(user, 1, 12.0, 4, committed_at=14.0),
+        Create(user, 1, 12.0),
+    ]
+    client = _client(user, [(1, 1.6), (2, 10.6), (3, 12.1), (4, 14.1)])
+    steps = [report.Step("a", 1.0, 1.0, 9.0), report.Step("b", 10.0, 10.0, 20.0)]
+    _, row = report.rows(steps, creates, [client], {})
+    assert (row.committed, row.offered_rate, row.committed_rate) == (3, 2.0, 0.75)
 
 
 def test_answer_records_tokens_and_counts_a_repeated_event() -> None:

@@ -17,8 +17,10 @@ def test_gateway_kill_postgres_restart_and_worker_kill_lose_nothing(
     """kill -9 of `make run`'s gateway (its clients and answers move through nginx and
     resume), a PostgreSQL fast restart (the producer meets 503s, retries with its keys), and
     kill -9 of an agent process mid-answer (another worker takes the answers over): every
-    committed notification reaches every client of its user once, in order; every answer
-    completes, its tokens exactly the persisted reply; the producer sees no 500."""
+    committed notification (sent in batches, retried with their dedupe keys) reaches every
+    client of its user once, in order; every answer completes, its tokens exactly the
+    persisted reply; the producer sees no 500; each step reports its offered and committed
+    rates."""
     config = Config(
         clients=8,
         rate=20,
@@ -41,6 +43,7 @@ def test_gateway_kill_postgres_restart_and_worker_kill_lose_nothing(
         assert (row.lost, row.duplicated, row.reordered) == (0, 0, 0), row
         assert set(row.status_5xx) <= {"503"}, row
         assert row.committed > 0 and row.caught_up_after is not None, row
+        assert row.offered_rate > 0 and row.committed_rate > 0, row
         assert row.answers > 0 and row.completed == row.answers, row
         assert row.mismatched == 0 and row.answers_done_after is not None, row
     killed = rows[0]

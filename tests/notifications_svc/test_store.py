@@ -132,6 +132,30 @@ async def test_outbox_queries_use_partial_index(
     }
 
 
+async def test_relay_takes_the_longest_waiting_users_first(conn: asyncpg.Connection) -> None:
+    """Users with unpublished rows come oldest row first, not in user-id order: a user late in
+    that order whose row waits longest is served before newer rows of lower user ids."""
+    late = uuid.UUID(int=2**128 - 1)  # last in any user-id order
+    early = [uuid.UUID(int=n) for n in range(1, 4)]
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.execute("INSERT INTO users.users (id) SELECT unnest($1::uuid[])", [late, *early])
+        await conn.execute(
+            """
+            INSERT INTO notifications.notifications
+                (id, user_id, seq, title, content, type, created_at)
+            SELECT gen_random_uuid(), u, 1, 't', 'c', 'system', now() - make_interval(secs => w)
+            FROM unnest($1::uuid[], $2::int[]) AS x(u, w)
+            """,
+            [late, *early],
+            [60, 3, 2, 1],
+        )
+        assert await store.unpublished_users(conn, 2) == [late, early[0]]
+    finally:
+        await transaction.rollback()
+
+
 @pytest.mark.parametrize(
     ("name", "args"),
     [

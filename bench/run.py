@@ -322,7 +322,8 @@ def _websocket(
 
 def _topics(stack: Stack, scale: scales.Scale, progress: Progress) -> dict[str, Any]:
     port = stack.ports["gateway"]
-    service = stack.start("gateway", _gateway_module(), port, pinned=True, extra_env=GATEWAY_ENV)
+    env = GATEWAY_ENV | topics.GATEWAY_ENV
+    service = stack.start("gateway", _gateway_module(), port, pinned=True, extra_env=env)
     try:
         result = topics.run(port, stack.redis_url, stack.settings, scale)
         progress.step("topics: one big topic, many small ones")

@@ -56,8 +56,10 @@ def upstreams(spawn_service: SpawnService) -> Upstreams:
 
 @pytest.fixture(scope="module")
 def gateways(spawn_service: SpawnService, upstreams: Upstreams) -> list[ServiceProcess]:
-    """Two real gateways shared by the module's tests that leave them running."""
-    return [spawn_service("gateway", **upstreams.env), spawn_service("gateway", **upstreams.env)]
+    """Two real gateways shared by the module's tests that leave them running; every handshake
+    is logged (not one in 1000), so the logged client address can be checked."""
+    env = upstreams.env | {"WS_LOG_HANDSHAKES": "true"}
+    return [spawn_service("gateway", **env), spawn_service("gateway", **env)]
 
 
 @pytest.fixture(scope="module")

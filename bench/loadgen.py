@@ -77,14 +77,13 @@ class Recorder:
             self.broadcasts.setdefault(k, array("q")).append(now - sent)
 
 
-class Worker:
-    def __init__(self, pipe: Connection, host: str, port: int) -> None:
+class PipeWorker:
+    """A load-side process's command loop: commands arrive on a `multiprocessing` pipe as tuples
+    `(name, *args)`, each answered on the pipe with what `cmd_<name>(*args)` returns; `("stop",)`
+    or the pipe closing ends the loop, after `shutdown()`."""
+
+    def __init__(self, pipe: Connection) -> None:
         self.pipe = pipe
-        self.host, self.port = host, port
-        self.recorder = Recorder()
-        self.connections: list[ClientConnection] = []
-        self.errors: Counter[str] = Counter()
-        self._probe: asyncio.Task[None] | None = None
         self._commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -101,10 +100,10 @@ class Worker:
                 reply = await getattr(self, f"cmd_{name}")(*args)
                 self.pipe.send(reply)
         finally:
-            if self._probe is not None:
-                self._probe.cancel()
-            for conn in self.connections:
-                conn.close()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Release what the commands opened (the loop is ending)."""
 
     def _read_pipe(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -115,6 +114,22 @@ class Worker:
             loop.call_soon_threadsafe(self._commands.put_nowait, command)
             if command[0] == "stop":
                 return
+
+
+class Worker(PipeWorker):
+    def __init__(self, pipe: Connection, host: str, port: int) -> None:
+        super().__init__(pipe)
+        self.host, self.port = host, port
+        self.recorder = Recorder()
+        self.connections: list[ClientConnection] = []
+        self.errors: Counter[str] = Counter()
+        self._probe: asyncio.Task[None] | None = None
+
+    async def shutdown(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        for conn in self.connections:
+            conn.close()
 
     async def cmd_connect(
         self, targets: list[str], concurrency: int, ready_timeout: float

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import threading
 import time
 from array import array
 from collections import Counter
@@ -33,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench import system
+from bench.loadgen import PipeWorker
 from bench.wsclient import OP_TEXT, ClientConnection, connect_from
 
 CLIENTS_PER_ADDRESS = 50  # deploy/nginx.conf: limit_conn per_address 100
@@ -61,9 +61,9 @@ class Client:
         self.attempts = 0
 
 
-class StormWorker:
+class StormWorker(PipeWorker):
     def __init__(self, pipe: Connection) -> None:
-        self.pipe = pipe
+        super().__init__(pipe)
         self.clients: dict[int, Client] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.arrival_index: array[int] = array("q")
@@ -72,7 +72,6 @@ class StormWorker:
         self.duplicates = 0
         self.storm_port: int | None = None
         self.errors: Counter[str] = Counter()
-        self._commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     def sink(self, conn: ClientConnection, opcode: int, payload: bytes, now: int) -> None:
         if opcode != OP_TEXT:
@@ -90,29 +89,8 @@ class StormWorker:
         self.arrival_seq.append(seq)
         self.arrival_ns.append(now)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_pipe, args=(loop,), daemon=True).start()
-        try:
-            while True:
-                command = await self._commands.get()
-                name, args = command[0], command[1:]
-                if name == "stop":
-                    return
-                reply = await getattr(self, f"cmd_{name}")(*args)
-                self.pipe.send(reply)
-        finally:
-            await self.cmd_close_all()
-
-    def _read_pipe(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            try:
-                command = self.pipe.recv()
-            except (EOFError, OSError):
-                command = ("stop",)
-            loop.call_soon_threadsafe(self._commands.put_nowait, command)
-            if command[0] == "stop":
-                return
+    async def shutdown(self) -> None:
+        await self.cmd_close_all()
 
     async def _open(self, client: Client, port: int, path: str) -> bool:
         """One attempt: True once the greeting (the first frame) arrived."""

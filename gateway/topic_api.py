@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from gateway.chat import _caller
 from gateway.topics import TopicRefused, Topics
-from shared import keys
+from shared import consumer_group, keys
 from shared.backoff import Backoff
 from shared.errors import Unavailable, ValidationFailed
 from shared.http import json_response, read_json, require_internal
@@ -108,11 +108,9 @@ async def consume_ingest(client: RedisClient, topics: Topics, consumer: str) -> 
     consumer = f"{consumer}@{socket.gethostname()}"
     while True:
         try:
-            try:
-                await client.xgroup_create(stream, group, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await consumer_group.ensure_group(client, stream, group)
+            # Each gateway start is a new consumer name: drop those of gateways long gone.
+            await consumer_group.prune_consumers(client, stream, group)
             while True:
                 claimed: Any = await client.xautoclaim(
                     stream, group, consumer, INGEST_RECLAIM_IDLE_MS, "0", count=INGEST_BATCH

@@ -1,5 +1,6 @@
 """Redis stream consumer groups: the group's creation and its repair, and the clean-up of
-consumers left behind, shared by the agent's chat workers and the notifications ingest.
+consumers left behind, shared by the agent's chat workers, the notifications ingest and the
+gateways' topic ingest.
 
 `ensure_group` is idempotent (an existing group, BUSYGROUP, is success). A read that fails with
 NOGROUP means the stream or group vanished (Redis restarted without its data, FLUSHALL, a shard

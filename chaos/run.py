@@ -27,11 +27,12 @@ from pathlib import Path
 
 import httpx
 
+from bench.local_nginx import nginx_binary
 from chaos import plot, report
 from chaos.chat import Asker
 from chaos.faults import Fault, faults
 from chaos.load import BATCH_EVERY, CREATE_TIMEOUT, MAX_BATCH, SENDERS, Client, Producer
-from chaos.system import INTERNAL_TOKEN, System, nginx_binary
+from chaos.system import INTERNAL_TOKEN, System
 from shared.auth import mint_token
 from shared.settings import Settings
 

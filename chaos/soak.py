@@ -29,9 +29,10 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
+from bench.local_nginx import nginx_binary
 from chaos import trend
 from chaos.load import Client, Producer
-from chaos.system import INTERNAL_TOKEN, System, nginx_binary
+from chaos.system import INTERNAL_TOKEN, System
 from shared.auth import mint_token
 from shared.settings import Settings
 

@@ -10,7 +10,6 @@ folder. `close()` stops everything (SIGTERM, then SIGKILL) and is idempotent.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,10 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 
 import httpx
 
+from bench import local_nginx
 from shared.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,21 +34,6 @@ SERVICES = ("notifications_svc", "agent_svc", "gateway")
 
 class StartError(RuntimeError):
     """A part did not start; the message names it and carries its log's tail."""
-
-
-def _local_nginx() -> ModuleType:
-    """deploy/local_nginx.py (a script beside the file it serves, not a package module)."""
-    spec = importlib.util.spec_from_file_location("local_nginx", ROOT / "deploy" / "local_nginx.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def nginx_binary() -> str | None:
-    """Path of the nginx executable, None when it is not installed."""
-    found: str | None = _local_nginx().nginx_binary()
-    return found
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -150,7 +135,7 @@ class System:
         self._wait("devstack", self.devstack, [self.url(s) + "/readyz" for s in SERVICES])
         self.start_gateway2()
         self.start_agent2()
-        nginx = _local_nginx()
+        nginx = local_nginx.module()
         workdir = self.root / "nginx"
         workdir.mkdir()
         nginx.prepare(

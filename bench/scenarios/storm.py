@@ -23,7 +23,6 @@ Targets: every client caught up within 5 s, >= 2,500 connects/s per gateway proc
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import random
 import signal
@@ -35,13 +34,13 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 
-from bench import storm_client, system
+from bench import local_nginx, storm_client, system
 from bench.loadside import Remote
+from bench.local_nginx import nginx_binary
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
 from bench.scale import Scale
@@ -60,26 +59,11 @@ RECONNECT_TIMEOUT = 120.0
 DELIVERY_TIMEOUT = 30.0
 
 
-def _local_nginx() -> ModuleType:
-    """deploy/local_nginx.py (a script beside the file it renders, not a package module)."""
-    spec = importlib.util.spec_from_file_location("local_nginx", ROOT / "deploy" / "local_nginx.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def nginx_binary() -> str | None:
-    """Path of the nginx executable, None when it is not installed."""
-    found: str | None = _local_nginx().nginx_binary()
-    return found
-
-
 @contextlib.contextmanager
 def nginx(stack: Stack, upstreams: list[int]) -> Iterator[int]:
     """nginx with deploy/nginx.conf in front of `upstreams`, on the load cores; yields its port.
     Raises `RuntimeError` when nginx is not installed or does not start."""
-    local = _local_nginx()
+    local = local_nginx.module()
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed (Debian: apt-get install nginx)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import system
+from bench import local_nginx, system
 from bench.progress import Progress
 from bench.run import GATEWAY_ENV
 from bench.scale import SCALES
@@ -26,7 +26,7 @@ TINY = replace(SCALES["small"], storm_clients=30, storm_rate=40, storm_warm_seco
 
 @pytest.fixture(scope="module")
 def storm_result(settings: Settings) -> Iterator[dict[str, Any]]:
-    if storm.nginx_binary() is None:
+    if local_nginx.nginx_binary() is None:
         if os.environ.get("CI"):
             pytest.fail("nginx is not installed: .ci/run should have installed Debian's nginx")
         pytest.skip("nginx is not installed (apt-get install nginx-light)")

@@ -31,8 +31,9 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway import apidocs, chat, console, internal_api, proxy, topic_api, websocket
+from gateway import apidocs, chat, console, internal_api, metrics, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
+from gateway.heap import CollectionTimer
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
@@ -112,9 +113,12 @@ def create_app(settings: Settings) -> Starlette:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        collections = CollectionTimer(metrics.observe_gc_pause)
+        collections.install()
         try:
             yield
         finally:
+            collections.remove()
             ingest.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ingest

@@ -30,6 +30,20 @@ FANOUT_LATENCY = Histogram(
 )
 PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
 GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")
+# Every garbage collection stops the event loop for its whole length: the stall budget (20 ms at
+# 10k connections) is judged on this histogram (`gateway.heap.CollectionTimer` feeds it).
+GC_PAUSE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+GC_PAUSES = Histogram(
+    "gateway_gc_pause_seconds",
+    "Garbage collections, by generation: wall time the event loop was stopped",
+    ["generation"],
+    buckets=GC_PAUSE_BUCKETS,
+)
+_GC_PAUSES_BY_GENERATION = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
+
+
+def observe_gc_pause(generation: int, seconds: float) -> None:
+    _GC_PAUSES_BY_GENERATION[generation].observe(seconds)
 
 
 def _running_tasks() -> float:

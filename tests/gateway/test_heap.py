@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.heap import HeapFreezer
+from gateway.heap import CollectionTimer, HeapFreezer
 
 
 class _Node:
@@ -161,3 +161,25 @@ def test_skipped_churn_check_waits_for_as_much_churn_again() -> None:
         assert len(collections) == 1  # the next check's collection of the unfrozen heap
     finally:
         gc.callbacks.remove(count)
+
+
+def test_collection_timer_reports_each_collection_with_its_generation() -> None:
+    """Installed, the timer reports every collection (its generation, clock time from start to
+    stop); removed, it reports nothing more."""
+    ticks = iter(range(0, 1000, 5))
+    seen: list[tuple[int, float]] = []
+    timer = CollectionTimer(
+        lambda generation, seconds: seen.append((generation, seconds)),
+        clock=lambda: float(next(ticks)),
+    )
+    timer.install()
+    try:
+        gc.collect(1)
+        gc.collect(2)
+    finally:
+        timer.remove()
+    assert timer not in gc.callbacks
+    assert seen[-2:] == [(1, 5.0), (2, 5.0)]
+    reported = len(seen)
+    gc.collect(0)
+    assert len(seen) == reported

@@ -28,6 +28,7 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         "gateway_ws_closes_total",
         "gateway_ws_frames_dropped_total",
         "gateway_fanout_latency_seconds_bucket",
+        'gateway_gc_pause_seconds_bucket{generation="2",le="0.02"}',
     ):
         assert name in text, name
     count = next(

@@ -312,7 +312,8 @@ def _websocket(
         with LoadSide(
             "127.0.0.1", port, stack.redis_url, scale.loadgen_workers, cores.load
         ) as load:
-            server = websocket.Server(name, service.pid, stack.redis_pid)
+            metrics = f"http://127.0.0.1:{port}/metrics" if name == "gateway" else None
+            server = websocket.Server(name, service.pid, stack.redis_pid, metrics)
             return websocket.run(server, load, scale, stack.settings, progress, _profiles(stack))
     except Exception as exc:
         raise ScenarioError(f"{exc}\n--- {name} log ---\n{service.log_tail()}") from exc

@@ -43,6 +43,7 @@ class Scale:
     storm_warm_seconds: float = 2.0  # steady traffic before the kill (and after everyone is back)
     pubsub_channels: int = 1000  # fan-out read loop alone: channels subscribed...
     pubsub_messages: int = 20_000  # ...and messages published per run (best of 3 runs)
+    disconnect_window: float = 5.0  # seconds watched after every client disconnected at once
 
 
 SERVERS = ("gateway", "lean")

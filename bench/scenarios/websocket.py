@@ -6,11 +6,15 @@ b. targeted fan-out: one random connected user per message, offered rate rising 
    budget ends; per step delivered/lost, latency percentiles, CPU of every side, worst stall;
 c. broadcast: one frame to everyone connected, repeated; time until the last client has it, and
    how long targeted frames to one other connection (the "probe frames", published every
-   millisecond while the broadcast runs) took meanwhile.
+   millisecond while the broadcast runs) took meanwhile;
+d. mass disconnect: every client closes at once, and the server is watched for the scale's
+   `disconnect_window` seconds after (when a real fleet's clients would be reconnecting).
 
 Every step records the worst event-loop stall seen by a probe connection that pings the server
 every `PROBE_INTERVAL` (a WebSocket ping is answered by the server's event loop, so a stall of the
-loop delays the pong by as much).
+loop delays the pong by as much), and for the gateway the garbage collections that ran in it, as
+the gateway itself timed them (`bench.gcpauses`): the probe sees a stall from outside, the
+collections say whether the collector caused it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import stats, system
+from bench import gcpauses, stats, system
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
@@ -46,6 +50,7 @@ DRAIN_TIMEOUT = 15.0
 PROBE_SECONDS = 0.3
 PROBE_EVERY = 0.001
 PROBE_DELAY_TARGET_MS = 20.0  # no other connection's frame may be held up longer by a broadcast
+STALL_BUDGET_MS = 20.0  # no collection may stop the loop longer (a bucket bound of the histogram)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Server:
     name: str
     pid: int
     redis_pid: int | None
+    metrics_url: str | None = None  # the gateway's /metrics (its collections); None: not exposed
 
 
 def ws_path(settings: Settings, user_id: uuid.UUID) -> str:
@@ -63,7 +69,7 @@ def ws_path(settings: Settings, user_id: uuid.UUID) -> str:
 
 
 def steps_planned(scale: Scale) -> int:
-    return len(scale.idle_levels) + scale.rate_steps + 1
+    return len(scale.idle_levels) + scale.rate_steps + 2
 
 
 def run(
@@ -94,9 +100,15 @@ def run(
             fanout = targeted_fanout(server, load, scale, progress, len(connected))
         with phase("broadcast"):
             broadcast = broadcast_all(server, load, scale, settings, progress, idle[-1]["open"])
+        disconnect = mass_disconnect(server, load, scale, progress, idle[-1]["open"])
     finally:
         load.close_all()
-    result: dict[str, Any] = {"idle": idle, "fanout": fanout, "broadcast": broadcast}
+    result: dict[str, Any] = {
+        "idle": idle,
+        "fanout": fanout,
+        "broadcast": broadcast,
+        "disconnect": disconnect,
+    }
     if profiles is not None:
         result["profiles"] = {
             name: hot_functions(profiles / f"{server.name}-{name}.txt")
@@ -130,6 +142,7 @@ def idle_connections(
     for level in scale.idle_levels:
         batch = users[reached:level]
         reached = level
+        collections = gcpauses.scrape(server.metrics_url)
         cpu = system.CpuMeter([server.pid])
         cpu.start()
         result = load.connect([ws_path(settings, u) for u in batch], scale.connect_concurrency)
@@ -153,6 +166,7 @@ def idle_connections(
         # Two windows: while this level's clients connected (handshakes, registry writes, the
         # heap growing), then with all of them held and nothing arriving.
         connecting = _stall(load)
+        collected_connecting = gcpauses.scrape(server.metrics_url)
         time.sleep(HELD_SECONDS)
         row = {
             "connections": level,
@@ -168,6 +182,10 @@ def idle_connections(
             "rss_per_connection_bytes": round((rss - rss0) / level) if level else 0,
             "worst_stall_connecting_ms": connecting["worst_stall_ms"],
             **_stall(load),
+            "gc_connecting": gcpauses.window(collections, collected_connecting, STALL_BUDGET_MS),
+            "gc_held": gcpauses.window(
+                collected_connecting, gcpauses.scrape(server.metrics_url), STALL_BUDGET_MS
+            ),
         }
         rows.append(row)
         progress.step(
@@ -179,6 +197,40 @@ def idle_connections(
         if status["open"] < level * 0.99:
             break
     return rows, connected
+
+
+def mass_disconnect(
+    server: Server, load: LoadSide, scale: Scale, progress: Progress, connections: int
+) -> dict[str, Any]:
+    """Every generator connection closes at once; the probe's stalls and the server's
+    collections are taken over the close and the `disconnect_window` seconds after (the heap
+    freezer's collection after churn, and the registry detaches, run in them)."""
+    before = gcpauses.scrape(server.metrics_url)
+    load.probe_rtts()
+    started = time.monotonic()
+    closed = sum(reply["closed"] for reply in load.ask_all("close_all", 30.0, timeout=60.0))
+    closing_seconds = time.monotonic() - started
+    time.sleep(scale.disconnect_window)
+    row = {
+        "connections": connections,
+        "closed": closed,
+        "closing_seconds": round(closing_seconds, 3),
+        "window_seconds": scale.disconnect_window,
+        **_stall(load),
+        "gc": gcpauses.window(before, gcpauses.scrape(server.metrics_url), STALL_BUDGET_MS),
+    }
+    gc = row["gc"]
+    collected = (
+        f", {gc['gc_collections']} collections ({gc['gc_over_budget']} over "
+        f"{STALL_BUDGET_MS:.0f} ms, longest {gc['gc_longest']})"
+        if gc
+        else ""
+    )
+    progress.step(
+        f"{server.name} mass disconnect of {closed:,}: closed in {closing_seconds:.1f}s, worst "
+        f"stall {row['worst_stall_ms']:.1f} ms in the {scale.disconnect_window:g}s after{collected}"
+    )
+    return row
 
 
 def _wait_delivered(load: LoadSide, kind: str, expected: int, timeout: float) -> int:

@@ -27,6 +27,7 @@ TINY = replace(
     rate_steps=2,
     step_seconds=0.3,
     broadcasts=2,
+    disconnect_window=0.5,
 )
 
 
@@ -90,6 +91,18 @@ def test_broadcast_reports_another_users_frames_meanwhile(lean_results: dict[str
     assert isinstance(broadcast["probe_met"], bool)
     assert broadcast["server_cpu_ms_per_broadcast"] >= 0
     assert broadcast["receivers_cpu_ms_per_broadcast"] >= 0
+
+
+def test_mass_disconnect_closes_every_client_and_watches_the_server(
+    lean_results: dict[str, Any],
+) -> None:
+    """Every client of the last level closes at once; the probe, still connected, measured the
+    window after. The lean reference exposes no collections, so none are reported."""
+    disconnect = lean_results["disconnect"]
+    assert disconnect["connections"] == disconnect["closed"] == 30
+    assert disconnect["window_seconds"] == TINY.disconnect_window
+    assert disconnect["worst_stall_ms"] > 0
+    assert disconnect["gc"] == {}
 
 
 def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> None:

@@ -1,0 +1,55 @@
+"""`bench.gcpauses`: a window of the gateway's collection pauses, from two scrapes of the same
+histogram the gateway exposes (built here with prometheus_client, as the gateway builds it)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from bench import gcpauses
+from gateway import metrics
+
+
+def _histogram() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "gateway_gc_pause_seconds",
+        "pauses",
+        ["generation"],
+        buckets=metrics.GC_PAUSE_BUCKETS,
+        registry=registry,
+    )
+    return registry, histogram
+
+
+def test_window_counts_what_ran_between_two_scrapes() -> None:
+    """Collections before the first scrape are not counted; of those between, the ones over the
+    budget are counted, and the longest is named by its bucket."""
+    registry, histogram = _histogram()
+    histogram.labels(generation="2").observe(1.5)  # before the window
+    before = gcpauses.parse(generate_latest(registry).decode())
+    histogram.labels(generation="0").observe(0.004)
+    histogram.labels(generation="0").observe(0.015)
+    histogram.labels(generation="2").observe(0.045)
+    after = gcpauses.parse(generate_latest(registry).decode())
+    window = gcpauses.window(before, after, 20.0)
+    assert window == {
+        "gc_collections": 3,
+        "gc_ms": 64.0,
+        "gc_over_budget": 1,
+        "gc_longest": "<= 50 ms",
+    }
+
+
+def test_window_names_a_pause_past_the_last_bucket_and_an_empty_window() -> None:
+    registry, histogram = _histogram()
+    before = gcpauses.parse(generate_latest(registry).decode())
+    assert gcpauses.window(before, before, 20.0)["gc_longest"] == "none"
+    histogram.labels(generation="1").observe(3.0)
+    after = gcpauses.parse(generate_latest(registry).decode())
+    assert gcpauses.window(before, after, 20.0)["gc_longest"] == "> 2000 ms"
+
+
+def test_no_metrics_no_window() -> None:
+    """The lean reference exposes no collections: nothing is scraped, the window is empty."""
+    assert gcpauses.scrape(None) is None
+    assert gcpauses.window(None, None, 20.0) == {}

@@ -36,7 +36,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from gateway import metrics
 from shared import keys
 from shared.backoff import Backoff
-from shared.cluster import ClusterUnavailable, ShardedSubscriber
+from shared.cluster import ClusterUnavailable, ShardedSubscriber, lean_handshake
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
 
@@ -138,7 +138,11 @@ class Fanout(_Router[M]):
     ) -> None:
         super().__init__(everyone, deliver)
         self._pool = ConnectionPool.from_url(
-            redis_url, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=0
+            redis_url,
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            health_check_interval=0,
+            **lean_handshake(),
         )
         self._on_resync = on_resync
         self._ping_interval = ping_interval

@@ -49,6 +49,7 @@ def create_client(
         socket_timeout=5,
         health_check_interval=15,
         retry_on_timeout=False,
+        **cluster.lean_handshake(),
     )
 
 

@@ -38,6 +38,7 @@ from starlette.routing import Route
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys, session_lock
+from shared.backoff import Backoff
 from shared.chat_wire import ChatRequest, Start, Transcript
 from shared.errors import (
     AppError,
@@ -67,6 +68,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
 QUEUE_FULL_RETRY = 5.0  # seconds a client whose queue is full is told to wait
 READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
+# Seconds a reader waits for an unreachable Redis (a restart, a failover) before telling its
+# client the stream was interrupted; the answer itself goes on being written meanwhile.
+READ_OUTAGE = 30.0
 WORKER_SILENCE = 5.0  # seconds beyond AGENT_RECLAIM_IDLE before a silent worker counts as gone
 # (also absorbs clock skew between worker and gateway hosts)
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -254,26 +258,63 @@ async def owned_answer(client: RedisClient, message_id: str, user_id: UUID) -> N
         raise NotFound("no such answer", code="ANSWER_NOT_FOUND")
 
 
+class ReadInterrupted(Exception):
+    """Redis stayed unreachable for `READ_OUTAGE` seconds while an answer was being read."""
+
+
+_INTERRUPTED = (
+    "ANSWER_INTERRUPTED",
+    "the answer could not be read for a while; resume it after its last event_id",
+)
+
+
 async def read_batches(
-    client: RedisClient, message_id: str, after: str, keepalive: float
+    client: RedisClient,
+    message_id: str,
+    after: str,
+    keepalive: float,
+    outage: float | None = None,
 ) -> AsyncIterator[list[tuple[str, bytes]] | None]:
     """The answer's events after entry id `after`, in order, until its last event, in the
     batches one blocking read returns them (`(event_id, event_json)` each); `None` after each
     `keepalive` seconds of silence. Ends early if the stream expires.
+
+    A Redis that restarts or stops answering is waited for (with backoff, keepalives still
+    going out) for up to `outage` seconds, then `ReadInterrupted` is raised: the answer is still
+    being written, and the reader picks up where it stopped once Redis is back (`outage` None:
+    `READ_OUTAGE`).
 
     One blocking `XREAD` of one key per reader: a reader's key alone decides its hash slot, so
     this works unchanged on Redis Cluster."""
     key = keys.chat_reply_stream(message_id)
     last, quiet_since = after, time.monotonic()
     block_ms = max(1, int(min(READ_BLOCK, keepalive) * 1000))
+    backoff = Backoff(maximum=2.0)
+    outage = READ_OUTAGE if outage is None else outage
+    down_since: float | None = None
     while True:
-        read: Any = await client.xread({key: last}, count=100, block=block_ms)
-        if not read:
-            if time.monotonic() - quiet_since >= keepalive:
+        try:
+            read: Any = await client.xread({key: last}, count=100, block=block_ms)
+            gone = not read and time.monotonic() - quiet_since >= keepalive
+            if gone and await client.exists(key):
+                gone = False
                 quiet_since = time.monotonic()
-                if not await client.exists(key):
-                    return
                 yield None
+        except (redis.RedisError, OSError):
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since >= outage:
+                raise ReadInterrupted from None
+            if now - quiet_since >= keepalive:
+                quiet_since = now
+                yield None
+            await backoff.sleep()
+            continue
+        down_since = None
+        backoff.reset()
+        if gone:
+            return
+        if not read:
             continue
         quiet_since = time.monotonic()
         batch: list[tuple[str, bytes]] = []
@@ -358,12 +399,17 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     """The SSE body: the events of one read go out as one chunk (one socket write)."""
     finished = False
-    async for batch in read_batches(client, message_id, after, keepalive):
-        if batch is None:
-            yield chat_wire.SSE_KEEPALIVE
-            continue
-        finished = chat_wire.is_terminal(batch[-1][1])
-        yield b"".join([frame(event, event_id) for event_id, event in batch])
+    try:
+        async for batch in read_batches(client, message_id, after, keepalive):
+            if batch is None:
+                yield chat_wire.SSE_KEEPALIVE
+                continue
+            finished = chat_wire.is_terminal(batch[-1][1])
+            yield b"".join([frame(event, event_id) for event_id, event in batch])
+    except ReadInterrupted:
+        cut = chat_wire.error_event(message_id, *_INTERRUPTED)
+        yield b"data: " + chat_wire.encode(cut) + b"\n\n"
+        return
     if not finished:  # the reply stream expired under the reader: say so rather than just stop
         lost = chat_wire.error_event(
             message_id, "ANSWER_EXPIRED", "the answer is no longer available"
@@ -489,13 +535,19 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
         state.redis, settings, ctx.user_id, ctx.session_id, frame.message, state.chat_quotas
     )
     transcript = Transcript()
-    async for item in read_events(state.redis, message_id, "0-0", settings.sse_keepalive_interval):
-        if item is None:
-            continue
-        entry_id, event_json = item
-        if frame.stream:
-            await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
-        transcript.feed(chat_wire.decode_event(event_json))
+    events = read_events(state.redis, message_id, "0-0", settings.sse_keepalive_interval)
+    try:
+        async for item in events:
+            if item is None:
+                continue
+            entry_id, event_json = item
+            if frame.stream:
+                await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
+            transcript.feed(chat_wire.decode_event(event_json))
+    except ReadInterrupted:
+        details = {"message_id": message_id, "reply": transcript.reply}
+        await ctx.send(error_frame(*_INTERRUPTED, details))
+        return
     ending = transcript.ending
     if ending is None:
         details = {"message_id": message_id, "reply": transcript.reply}

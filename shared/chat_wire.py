@@ -35,6 +35,8 @@ class ChatErrorCode(enum.StrEnum):
     auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more
     than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries;
     AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader;
+    ANSWER_INTERRUPTED: the gateway could not reach Redis for `READ_OUTAGE` (30 s) while
+    reading the answer (it goes on being written: resume it);
     CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no
     agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing
     of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters;
@@ -54,6 +56,7 @@ class ChatErrorCode(enum.StrEnum):
     AGENT_FAILED = "AGENT_FAILED"
     AGENT_ERROR = "AGENT_ERROR"
     ANSWER_EXPIRED = "ANSWER_EXPIRED"
+    ANSWER_INTERRUPTED = "ANSWER_INTERRUPTED"
     CHAT_BUSY = "CHAT_BUSY"
     CHAT_UNAVAILABLE = "CHAT_UNAVAILABLE"
     NOTHING_TO_CANCEL = "NOTHING_TO_CANCEL"
@@ -142,7 +145,8 @@ class EndEvent(End, kw_only=True):
 
 
 class ErrorEvent(Error, kw_only=True):
-    """`ANSWER_EXPIRED` (the reply stream expired under the reader) comes without `event_id`."""
+    """`ANSWER_EXPIRED` (the reply stream expired under the reader) and `ANSWER_INTERRUPTED`
+    (Redis unreachable for too long while reading it) come without `event_id`."""
 
     event_id: str = ""
 

@@ -2,12 +2,13 @@
 // Do not edit: run `cd client && npm run gen-types` after `make docs`.
 
 /**
- * `error.code` of a failed answer (SSE `error` event, WebSocket `error` frame) and of a refused chat request. MODEL_*: the model provider failed (rate limit 429, overloaded 529, auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries; AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader; CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters; CHAT_QUEUE_FULL / SESSION_LIMIT / TOKEN_BUDGET_EXHAUSTED: a per-user limit refused the question (details carry `retry_after`).
+ * `error.code` of a failed answer (SSE `error` event, WebSocket `error` frame) and of a refused chat request. MODEL_*: the model provider failed (rate limit 429, overloaded 529, auth, bad request, unavailable or 5xx, ANTHROPIC_TIMEOUT of silence, stream cut short, more than 8 tool rounds, anything else); AGENT_FAILED: the request failed 5 deliveries; AGENT_ERROR: a bug; ANSWER_EXPIRED: the reply stream expired under the reader; ANSWER_INTERRUPTED: the gateway could not reach Redis for `READ_OUTAGE` (30 s) while reading the answer (it goes on being written: resume it); CHAT_BUSY: an answer already streams in the session (details name it); CHAT_UNAVAILABLE: no agent worker runs; NOTHING_TO_CANCEL / ANSWER_NOT_FOUND / SESSION_NOT_FOUND: no such thing of the caller's; VALIDATION_ERROR: an empty message or one with NUL characters; CHAT_QUEUE_FULL / SESSION_LIMIT / TOKEN_BUDGET_EXHAUSTED: a per-user limit refused the question (details carry `retry_after`).
  */
 export type ChatErrorCode =
   | "AGENT_ERROR"
   | "AGENT_FAILED"
   | "ANSWER_EXPIRED"
+  | "ANSWER_INTERRUPTED"
   | "ANSWER_NOT_FOUND"
   | "CHAT_BUSY"
   | "CHAT_QUEUE_FULL"
@@ -233,7 +234,7 @@ export interface EndEvent {
   event_id: string;
 }
 /**
- * `ANSWER_EXPIRED` (the reply stream expired under the reader) comes without `event_id`.
+ * `ANSWER_EXPIRED` (the reply stream expired under the reader) and `ANSWER_INTERRUPTED` (Redis unreachable for too long while reading it) come without `event_id`.
  */
 export interface ErrorEvent {
   type: "error";

@@ -43,7 +43,7 @@ from gateway.ordering import OffsetOrder
 from gateway.topics import Grant, TopicRefused, Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys
-from shared.errors import InvalidJson, InvalidMessage
+from shared.errors import InvalidJson, InvalidMessage, RateLimited
 from shared.redis_client import RedisClient, is_cluster
 from shared.topic_store import Position, Recovery
 from shared.topic_wire import (
@@ -67,7 +67,7 @@ from shared.topic_wire import (
     decode_topic_frame,
 )
 from shared.topic_wire import TopicErrorCode as Code
-from shared.wire import EnvelopeMeta, encode, encode_envelope, error_frame
+from shared.wire import EnvelopeMeta, encode, encode_envelope
 
 log = logging.getLogger(__name__)
 
@@ -316,9 +316,13 @@ class TopicHub:
                 settings.topic_client_publish_rate, settings.topic_client_publish_burst
             )
         if bucket.admit() is not Verdict.ACCEPT:
-            await conn.put(
-                TextFrame(error_frame("RATE_LIMITED", "too many publications", {"topic": name}))
+            # One token comes back every 1/rate seconds: `retry_after` is rounded up to 1 s.
+            limited = RateLimited(
+                "too many publications",
+                retry_after=1 / self._settings.topic_client_publish_rate,
+                details={"topic": name},
             )
+            await conn.put(TextFrame(limited.frame()))
             return
         data = self.topics.encode_data(name, frame.data)
         position, _ = await self.topics.store.publish(name, namespace, data, now=time.time())

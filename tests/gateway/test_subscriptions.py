@@ -270,19 +270,23 @@ async def test_presence_join_and_leave(rig: Rig) -> None:
 
 async def test_client_publish_where_allowed_and_rate_limited(rig: Rig) -> None:
     """In a `publish: true` namespace a subscriber publishes (answered `published`, received as
-    a publication); past the burst it gets RATE_LIMITED."""
+    a publication); past the burst it gets RATE_LIMITED, naming the topic and when to retry."""
     conn = Recorder()
     await rig.send(conn, type="subscribe", topic="chat:room")
     await conn.next()
     codes: list[str] = []
+    limited: list[dict[str, Any]] = []
     for n in range(rig.settings.topic_client_publish_burst + 1):
         await rig.send(conn, type="publish", topic="chat:room", data={"n": n})
     while not conn.drained() or len(codes) < 2 * rig.settings.topic_client_publish_burst + 1:
         frame = await conn.next()
         codes.append(frame["type"] if frame["type"] != "error" else frame["error"]["code"])
+        if frame["type"] == "error":
+            limited.append(frame["error"]["details"])
     assert codes.count("published") == rig.settings.topic_client_publish_burst
     assert codes.count("publication") == rig.settings.topic_client_publish_burst
     assert codes.count("RATE_LIMITED") == 1
+    assert limited == [{"topic": "chat:room", "retry_after": 1}]
 
 
 async def test_token_subscription_refresh_and_expiry(rig: Rig) -> None:

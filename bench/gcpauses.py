@@ -54,35 +54,32 @@ def parse(text: str) -> Snapshot:
 
 def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) -> dict[str, Any]:
     """What ran between two scrapes: `gc_collections`, `gc_ms` (summed), `gc_over_budget`
-    (collections longer than `budget_ms`, which must be a bucket bound) and `gc_longest` (the
-    longest one's bucket, e.g. "<= 20 ms"; "none" when none ran)."""
+    (collections longer than `budget_ms`, which must be a bucket bound), the same by generation
+    (`gc_over_budget_by_generation`, only those with any) and `gc_longest` (the longest one's
+    bucket, e.g. "<= 20 ms"; "none" when none ran)."""
     if before is None or after is None:
         return {}
+
+    def ran(generation: str, bound: float) -> float:
+        key = (generation, bound)
+        return after.buckets[key] - before.buckets.get(key, 0.0)
+
     budget = budget_ms / 1000
-    within = 0.0
+    over: dict[str, int] = {}
     longest = 0.0
-    for (generation, bound), total in after.buckets.items():
-        ran = total - before.buckets.get((generation, bound), 0.0)
-        if bound == budget:
-            within += ran
-    for generation in {g for g, _ in after.buckets}:
+    for generation in sorted({g for g, _ in after.buckets}):
+        in_all = ran(generation, math.inf)
+        if not in_all:
+            continue
+        if in_all > ran(generation, budget):
+            over[generation] = int(in_all - ran(generation, budget))
         bounds = sorted(b for g, b in after.buckets if g == generation)
-        ran_in_all = after.buckets[(generation, math.inf)] - before.buckets.get(
-            (generation, math.inf), 0.0
-        )
-        if ran_in_all:
-            first_full = next(
-                b
-                for b in bounds
-                if after.buckets[(generation, b)] - before.buckets.get((generation, b), 0.0)
-                == ran_in_all
-            )
-            longest = max(longest, first_full)
-    collections = after.count - before.count
+        longest = max(longest, next(b for b in bounds if ran(generation, b) == in_all))
     return {
-        "gc_collections": int(collections),
+        "gc_collections": int(after.count - before.count),
         "gc_ms": round((after.seconds - before.seconds) * 1000, 1),
-        "gc_over_budget": int(collections - within),
+        "gc_over_budget": sum(over.values()),
+        "gc_over_budget_by_generation": over,
         "gc_longest": _bucket_text(longest, after),
     }
 

@@ -199,9 +199,12 @@ def _collections_over_budget(server: dict[str, Any]) -> int | None:
 def _gc_cell(window: dict[str, Any] | None) -> str:
     if not window:
         return "-"
+    by_generation = window.get("gc_over_budget_by_generation") or {}
+    which = ", ".join(f"gen {g}: {n}" for g, n in sorted(by_generation.items()))
     return (
         f"{window['gc_collections']} ({window['gc_ms']} ms), "
-        f"{window['gc_over_budget']} over budget, longest {window['gc_longest']}"
+        f"{window['gc_over_budget']} over budget{f' ({which})' if which else ''}, "
+        f"longest {window['gc_longest']}"
     )
 
 

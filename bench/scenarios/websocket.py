@@ -192,7 +192,7 @@ def idle_connections(
             f"{server.name} idle {level} connections: {status['open']} open in "
             f"{connect_seconds:.1f}s, {row['rss_per_connection_bytes'] / 1024:.1f} KiB each, "
             f"worst stall {row['worst_stall_connecting_ms']:.1f} ms while connecting, "
-            f"{row['worst_stall_ms']:.1f} ms held"
+            f"{row['worst_stall_ms']:.1f} ms held{_over_budget(row['gc_connecting'])}"
         )
         if status["open"] < level * 0.99:
             break
@@ -222,7 +222,8 @@ def mass_disconnect(
     gc = row["gc"]
     collected = (
         f", {gc['gc_collections']} collections ({gc['gc_over_budget']} over "
-        f"{STALL_BUDGET_MS:.0f} ms, longest {gc['gc_longest']})"
+        f"{STALL_BUDGET_MS:.0f} ms {gc['gc_over_budget_by_generation']}, longest "
+        f"{gc['gc_longest']})"
         if gc
         else ""
     )
@@ -231,6 +232,16 @@ def mass_disconnect(
         f"stall {row['worst_stall_ms']:.1f} ms in the {scale.disconnect_window:g}s after{collected}"
     )
     return row
+
+
+def _over_budget(window: dict[str, Any]) -> str:
+    if not window:
+        return ""
+    return (
+        f", collections while connecting: {window['gc_collections']}, "
+        f"{window['gc_over_budget']} over {STALL_BUDGET_MS:.0f} ms "
+        f"{window['gc_over_budget_by_generation']}"
+    )
 
 
 def _wait_delivered(load: LoadSide, kind: str, expected: int, timeout: float) -> int:

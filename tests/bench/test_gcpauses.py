@@ -36,6 +36,7 @@ def test_window_counts_what_ran_between_two_scrapes() -> None:
         "gc_collections": 3,
         "gc_ms": 64.0,
         "gc_over_budget": 1,
+        "gc_over_budget_by_generation": {"2": 1},
         "gc_longest": "<= 50 ms",
     }
 

@@ -17,15 +17,18 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 _FAMILY = "gateway_gc_pause_seconds"
+_CPU_FAMILY = "gateway_gc_cpu_seconds"  # a counter: the parser drops the `_total` suffix
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Cumulative counts: per (generation, bucket bound) and in all, and the summed seconds."""
+    """Cumulative counts: per (generation, bucket bound) and in all, the summed wall seconds and
+    the summed CPU seconds."""
 
     buckets: dict[tuple[str, float], float]
     count: float
     seconds: float
+    cpu_seconds: float
 
 
 def scrape(metrics_url: str | None) -> Snapshot | None:
@@ -37,8 +40,10 @@ def scrape(metrics_url: str | None) -> Snapshot | None:
 def parse(text: str) -> Snapshot:
     """The pause histogram out of a Prometheus text exposition."""
     buckets: dict[tuple[str, float], float] = {}
-    count = seconds = 0.0
+    count = seconds = cpu_seconds = 0.0
     for family in text_string_to_metric_families(text):
+        if family.name == _CPU_FAMILY:
+            cpu_seconds += sum(s.value for s in family.samples if s.name.endswith("_total"))
         if family.name != _FAMILY:
             continue
         for sample in family.samples:
@@ -49,11 +54,12 @@ def parse(text: str) -> Snapshot:
                 count += sample.value
             elif sample.name.endswith("_sum"):
                 seconds += sample.value
-    return Snapshot(buckets, count, seconds)
+    return Snapshot(buckets, count, seconds, cpu_seconds)
 
 
 def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) -> dict[str, Any]:
-    """What ran between two scrapes: `gc_collections`, `gc_ms` (summed), `gc_over_budget`
+    """What ran between two scrapes: `gc_collections`, `gc_ms` (summed wall time), `gc_cpu_ms`
+    (summed CPU time: far below `gc_ms`, the core was busy with others), `gc_over_budget`
     (collections longer than `budget_ms`, which must be a bucket bound), the same by generation
     (`gc_over_budget_by_generation`, only those with any) and `gc_longest` (the longest one's
     bucket, e.g. "<= 20 ms"; "none" when none ran)."""
@@ -78,6 +84,7 @@ def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) ->
     return {
         "gc_collections": int(after.count - before.count),
         "gc_ms": round((after.seconds - before.seconds) * 1000, 1),
+        "gc_cpu_ms": round((after.cpu_seconds - before.cpu_seconds) * 1000, 1),
         "gc_over_budget": sum(over.values()),
         "gc_over_budget_by_generation": over,
         "gc_longest": _bucket_text(longest, after),

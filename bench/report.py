@@ -202,7 +202,8 @@ def _gc_cell(window: dict[str, Any] | None) -> str:
     by_generation = window.get("gc_over_budget_by_generation") or {}
     which = ", ".join(f"gen {g}: {n}" for g, n in sorted(by_generation.items()))
     return (
-        f"{window['gc_collections']} ({window['gc_ms']} ms), "
+        f"{window['gc_collections']} ({window['gc_ms']} ms, "
+        f"CPU {window.get('gc_cpu_ms', '-')} ms), "
         f"{window['gc_over_budget']} over budget{f' ({which})' if which else ''}, "
         f"longest {window['gc_longest']}"
     )

@@ -117,23 +117,29 @@ class HeapFreezer:
 
 
 class CollectionTimer:
-    """Reports each garbage collection's generation and wall time to `observe`. `install()` adds
-    it to `gc.callbacks`, `remove()` takes it out; `clock` is the timer (tests pass a fake one)."""
+    """Reports each garbage collection's generation, wall time and CPU time to `observe`.
+    `install()` adds it to `gc.callbacks`, `remove()` takes it out; `clock` and `cpu_clock` are
+    the timers (tests pass fake ones). Wall time is the stall; CPU time tells a collection that
+    was long from one whose core was taken by another process meanwhile."""
 
-    __slots__ = ("_clock", "_observe", "_started")
+    __slots__ = ("_clock", "_cpu_clock", "_observe", "_started")
 
     def __init__(
-        self, observe: Callable[[int, float], None], clock: Callable[[], float] = time.perf_counter
+        self,
+        observe: Callable[[int, float, float], None],
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._observe = observe
-        self._clock = clock
-        self._started: float | None = None
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._started: tuple[float, float] | None = None
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = self._clock()
+            self._started = (self._clock(), self._cpu_clock())
         elif self._started is not None:
-            self._observe(info["generation"], self._clock() - self._started)
+            wall, cpu = self._started
+            self._observe(info["generation"], self._clock() - wall, self._cpu_clock() - cpu)
             self._started = None
 
     def install(self) -> None:

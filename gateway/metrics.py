@@ -39,11 +39,20 @@ GC_PAUSES = Histogram(
     ["generation"],
     buckets=GC_PAUSE_BUCKETS,
 )
-_GC_PAUSES_BY_GENERATION = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
+GC_CPU = Counter(
+    "gateway_gc_cpu_seconds_total",
+    "CPU time spent in garbage collections, by generation (beside their wall time above)",
+    ["generation"],
+)
+_GC_BY_GENERATION = [
+    (GC_PAUSES.labels(generation=str(g)), GC_CPU.labels(generation=str(g))) for g in range(3)
+]
 
 
-def observe_gc_pause(generation: int, seconds: float) -> None:
-    _GC_PAUSES_BY_GENERATION[generation].observe(seconds)
+def observe_gc_pause(generation: int, seconds: float, cpu_seconds: float) -> None:
+    pauses, cpu = _GC_BY_GENERATION[generation]
+    pauses.observe(seconds)
+    cpu.inc(cpu_seconds)
 
 
 def _running_tasks() -> float:

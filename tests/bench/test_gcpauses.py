@@ -3,13 +3,13 @@ histogram the gateway exposes (built here with prometheus_client, as the gateway
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bench import gcpauses
 from gateway import metrics
 
 
-def _histogram() -> tuple[CollectorRegistry, Histogram]:
+def _histogram() -> tuple[CollectorRegistry, Histogram, Counter]:
     registry = CollectorRegistry()
     histogram = Histogram(
         "gateway_gc_pause_seconds",
@@ -18,23 +18,28 @@ def _histogram() -> tuple[CollectorRegistry, Histogram]:
         buckets=metrics.GC_PAUSE_BUCKETS,
         registry=registry,
     )
-    return registry, histogram
+    cpu = Counter("gateway_gc_cpu_seconds", "cpu", ["generation"], registry=registry)
+    return registry, histogram, cpu
 
 
 def test_window_counts_what_ran_between_two_scrapes() -> None:
     """Collections before the first scrape are not counted; of those between, the ones over the
     budget are counted, and the longest is named by its bucket."""
-    registry, histogram = _histogram()
+    registry, histogram, cpu = _histogram()
     histogram.labels(generation="2").observe(1.5)  # before the window
+    cpu.labels(generation="2").inc(1.0)
     before = gcpauses.parse(generate_latest(registry).decode())
     histogram.labels(generation="0").observe(0.004)
     histogram.labels(generation="0").observe(0.015)
     histogram.labels(generation="2").observe(0.045)
+    cpu.labels(generation="0").inc(0.010)
+    cpu.labels(generation="2").inc(0.020)
     after = gcpauses.parse(generate_latest(registry).decode())
     window = gcpauses.window(before, after, 20.0)
     assert window == {
         "gc_collections": 3,
         "gc_ms": 64.0,
+        "gc_cpu_ms": 30.0,
         "gc_over_budget": 1,
         "gc_over_budget_by_generation": {"2": 1},
         "gc_longest": "<= 50 ms",
@@ -42,7 +47,7 @@ def test_window_counts_what_ran_between_two_scrapes() -> None:
 
 
 def test_window_names_a_pause_past_the_last_bucket_and_an_empty_window() -> None:
-    registry, histogram = _histogram()
+    registry, histogram, _ = _histogram()
     before = gcpauses.parse(generate_latest(registry).decode())
     assert gcpauses.window(before, before, 20.0)["gc_longest"] == "none"
     histogram.labels(generation="1").observe(3.0)

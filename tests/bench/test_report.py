@@ -42,6 +42,7 @@ def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
                 "gc_connecting": {
                     "gc_collections": 12,
                     "gc_ms": 40.5,
+                    "gc_cpu_ms": 30.5,
                     "gc_over_budget": 0,
                     "gc_longest": "<= 10 ms",
                 },
@@ -171,10 +172,13 @@ def test_collections_and_the_mass_disconnect_are_tabled() -> None:
     text = report.markdown(RESULTS, [])
     assert (
         "| 10,000 | 10,000 | 9.5 | 1052.6 | 8.0 KB | 11.0 | 4.0 | "
-        "12 (40.5 ms), 0 over budget, longest <= 10 ms | - |"
+        "12 (40.5 ms, CPU 30.5 ms), 0 over budget, longest <= 10 ms | - |"
     ) in text
     assert "### Every client disconnects at once" in text
-    assert "| 10,000 | 10,000 | 1.2 | 9.0 | 3 (20.0 ms), 0 over budget, longest <= 10 ms |" in text
+    assert (
+        "| 10,000 | 10,000 | 1.2 | 9.0 | 3 (20.0 ms, CPU - ms), 0 over budget, longest <= 10 ms |"
+        in text
+    )
 
 
 def test_markdown_has_a_table_per_scenario_and_the_failure() -> None:

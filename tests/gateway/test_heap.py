@@ -164,13 +164,14 @@ def test_skipped_churn_check_waits_for_as_much_churn_again() -> None:
 
 
 def test_collection_timer_reports_each_collection_with_its_generation() -> None:
-    """Installed, the timer reports every collection (its generation, clock time from start to
-    stop); removed, it reports nothing more."""
-    ticks = iter(range(0, 1000, 5))
-    seen: list[tuple[int, float]] = []
+    """Installed, the timer reports every collection (its generation, wall and CPU clock time
+    from start to stop); removed, it reports nothing more."""
+    walls, cpus = iter(range(0, 1000, 5)), iter(range(0, 1000, 2))
+    seen: list[tuple[int, float, float]] = []
     timer = CollectionTimer(
-        lambda generation, seconds: seen.append((generation, seconds)),
-        clock=lambda: float(next(ticks)),
+        lambda generation, wall, cpu: seen.append((generation, wall, cpu)),
+        clock=lambda: float(next(walls)),
+        cpu_clock=lambda: float(next(cpus)),
     )
     timer.install()
     try:
@@ -179,7 +180,7 @@ def test_collection_timer_reports_each_collection_with_its_generation() -> None:
     finally:
         timer.remove()
     assert timer not in gc.callbacks
-    assert seen[-2:] == [(1, 5.0), (2, 5.0)]
+    assert seen[-2:] == [(1, 5.0, 2.0), (2, 5.0, 2.0)]
     reported = len(seen)
     gc.collect(0)
     assert len(seen) == reported

@@ -29,6 +29,7 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         "gateway_ws_frames_dropped_total",
         "gateway_fanout_latency_seconds_bucket",
         'gateway_gc_pause_seconds_bucket{generation="2",le="0.02"}',
+        'gateway_gc_cpu_seconds_total{generation="0"}',
     ):
         assert name in text, name
     count = next(

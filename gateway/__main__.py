@@ -3,6 +3,7 @@
 from typing import Any
 
 from gateway.app import create_app
+from gateway.httpprotocol import GatewayHttpProtocol
 from gateway.wsprotocol import GatewayWebSocketProtocol
 from shared.service import serve
 
@@ -17,4 +18,5 @@ serve(
     lambda settings: settings.gateway_port,
     drain=_drain,
     ws_protocol=GatewayWebSocketProtocol,
+    http_protocol=GatewayHttpProtocol,
 )

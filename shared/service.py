@@ -63,9 +63,11 @@ def serve(
     *,
     drain: Drain | None = None,
     ws_protocol: type[asyncio.Protocol] | None = None,
+    http_protocol: type[asyncio.Protocol] | None = None,
 ) -> None:
     """Run `factory(settings)` under uvicorn until SIGTERM/SIGINT. `ws_protocol` replaces
-    uvicorn's WebSocket protocol class (default: its sans-I/O `websockets` protocol)."""
+    uvicorn's WebSocket protocol class (default: its sans-I/O `websockets` protocol),
+    `http_protocol` its HTTP protocol class (default: httptools)."""
     settings = load_or_exit()
     log.configure(name, settings.log_level, settings.secrets())
     app = factory(settings)
@@ -96,6 +98,7 @@ def serve(
         # `websockets` protocol. (`auto` picks it today; pinned so an upgrade cannot change it.)
         # The event loop and HTTP parser stay `auto`: uvloop and httptools, from uvicorn[standard].
         ws=ws_protocol or "websockets-sansio",
+        http=http_protocol or "auto",
     )
     server = _Server(config) if drain is None else _DrainingServer(config, app, drain)
     server.run()

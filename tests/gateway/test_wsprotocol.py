@@ -26,6 +26,7 @@ from uvicorn.server import ServerState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
+from gateway.httpprotocol import GatewayHttpProtocol
 from gateway.wsprotocol import (
     EXTENSION,
     Flag,
@@ -339,6 +340,46 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         assert seen["kept"] == [False, False]
         assert seen["protocol"]() is None
         assert seen["parser"]() is None
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_http_protocol_freed_once_upgraded_without_the_collector() -> None:
+    """The HTTP protocol that parsed a WebSocket handshake (`GatewayHttpProtocol`) is freed by
+    reference counting as soon as the connection is upgraded: no cycle is left for a young
+    collection to find on every connect."""
+    received = asyncio.Event()
+    http_protocols: list[weakref.ref[GatewayHttpProtocol]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "websocket.connect"}
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": message["text"]})
+        received.set()
+        assert (await receive())["type"] == "websocket.disconnect"
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+
+    def http_protocol() -> GatewayHttpProtocol:
+        protocol = GatewayHttpProtocol(config, state, {})
+        http_protocols.append(weakref.ref(protocol))
+        return protocol
+
+    server = await asyncio.get_running_loop().create_server(http_protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gc.disable()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await received.wait()
+            assert len(http_protocols) == 1
+            assert http_protocols[0]() is None
     finally:
         gc.enable()
         server.close()

@@ -84,6 +84,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The parser holds this connection's callbacks: a reference cycle the garbage collector
+        # would otherwise have to find, once per closed connection.
+        self._parser = None
         if self._answer is not None and not self._answer.done():
             if not self._received:
                 self._answer.set_exception(_Stale("connection closed before the answer"))

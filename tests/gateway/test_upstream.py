@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -137,6 +139,21 @@ async def test_keep_alive_reuses_one_connection(server: str) -> None:
     ports = {(await client.get("/echo")).json()["client_port"] for _ in range(5)}
     await client.aclose()
     assert len(ports) == 1
+
+
+async def test_closed_connection_freed_without_the_collector(server: str) -> None:
+    """A connection closed after its answer is freed by reference counting: its response parser
+    (which holds the connection's callbacks) is let go when the connection is lost."""
+    client = Upstream(server, timeout=5)
+    await client.get("/echo")
+    freed = asyncio.Event()
+    weakref.finalize(client._idle[0], freed.set)
+    gc.disable()
+    try:
+        await client.aclose()
+        await asyncio.wait_for(freed.wait(), 5)  # once uvloop has run `connection_lost`
+    finally:
+        gc.enable()
 
 
 def test_works_on_uvloop() -> None:

@@ -181,3 +181,24 @@ async def test_statement_uses_an_index(
     values = {"user": busy_user, "id": some_id, "ids": [some_id]}
     bound = [values.get(a, a) if isinstance(a, str) and a in values else a for a in args]
     await _indexes_used(conn, getattr(store, name), *bound)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("LOCK_COUNTERS", (["user"],), {"user_counters_pkey"}),
+        ("FIND_DEDUPES", (["user"], ["key-9"]), {"notifications_user_dedupe"}),
+        ("BUMP_COUNTERS", (["user"], [5]), {"user_counters_pkey"}),
+    ],
+)
+async def test_batch_statement_uses_an_index(
+    conn: asyncpg.Connection,
+    busy_user: uuid.UUID,
+    name: str,
+    args: tuple[list[object], ...],
+    expected: set[str],
+) -> None:
+    """The batch create's statements over a whole batch (counter locks, dedupe lookup, counter
+    bumps) find their rows through the fitting index."""
+    bound = [[busy_user if v == "user" else v for v in values] for values in args]
+    assert await _indexes_used(conn, getattr(store, name), *bound) == expected

@@ -98,6 +98,12 @@ UNPUBLISHED = (
     f"SELECT {COLUMNS} FROM {_T} WHERE user_id = $1 AND published_at IS NULL ORDER BY seq LIMIT $2"
 )
 MARK_PUBLISHED = f"UPDATE {_T} SET published_at = now() WHERE user_id = $1 AND id = ANY($2::uuid[])"
+# The relay's drain of many users at once: each user's rows a prefix of its outbox in seq order.
+UNPUBLISHED_OF = (
+    f"SELECT {COLUMNS} FROM {_T} WHERE user_id = ANY($1::uuid[]) AND published_at IS NULL"
+    " ORDER BY user_id, seq LIMIT $2"
+)
+MARK_PUBLISHED_IDS = f"UPDATE {_T} SET published_at = now() WHERE id = ANY($1::uuid[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,3 +418,16 @@ async def unpublished(conn: asyncpg.Connection, user_id: UUID, limit: int) -> li
 
 async def mark_published(conn: asyncpg.Connection, user_id: UUID, ids: Sequence[UUID]) -> None:
     await conn.execute(MARK_PUBLISHED, user_id, list(ids))
+
+
+async def unpublished_of(
+    conn: asyncpg.Connection, user_ids: Sequence[UUID], limit: int
+) -> list[Stored]:
+    """The rows still to publish of several users, by user then seq, at most `limit`: each
+    user's rows are the first of its outbox (the last user's may be cut short)."""
+    records = await conn.fetch(UNPUBLISHED_OF, list(user_ids), limit)
+    return [Stored.from_record(r) for r in records]
+
+
+async def mark_published_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> None:
+    await conn.execute(MARK_PUBLISHED_IDS, list(ids))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -89,6 +89,35 @@ class PushPlanner:
         if policy == "offline" and await self._presence.online(row.user_id):
             return 0
         return await push_store.enqueue(conn, row.id, row.user_id, self._clock())
+
+    async def plan_many(
+        self, conn: asyncpg.Connection, rows: Sequence[tuple[Stored, bool]]
+    ) -> list[int]:
+        """`plan` for a batch's new rows (row, send_push), in two statements for the batch and
+        one presence check per user with subscriptions; how many jobs each row got, in order."""
+        wanted = [
+            row
+            for row, send_push in rows
+            if send_push and self._settings.push_policy_for(row.type) != "never"
+        ]
+        if not wanted:
+            return [0] * len(rows)
+        subscribed = await push_store.subscribed_users(conn, list({r.user_id for r in wanted}))
+        online: dict[UUID, bool] = {}
+        jobs: list[tuple[UUID, UUID]] = []
+        for row in wanted:
+            if row.user_id not in subscribed:
+                continue
+            if self._settings.push_policy_for(row.type) == "offline":
+                if row.user_id not in online:
+                    online[row.user_id] = await self._presence.online(row.user_id)
+                if online[row.user_id]:
+                    continue
+            jobs.append((row.id, row.user_id))
+        if not jobs:
+            return [0] * len(rows)
+        counts = await push_store.enqueue_many(conn, jobs, self._clock())
+        return [counts[row.id] for row, _ in rows]
 
     def after_commit(self) -> None:
         """Jobs were committed: have the local sender look now rather than at its next poll."""

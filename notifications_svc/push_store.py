@@ -10,6 +10,8 @@ Times are epoch seconds from the caller's clock (`to_timestamp`), so tests can m
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +46,15 @@ HAS_SUBSCRIPTIONS = f"SELECT EXISTS (SELECT 1 FROM {_S} WHERE user_id = $1)"
 ENQUEUE = f"""
 INSERT INTO {_J} (notification_id, subscription_id, next_attempt_at)
 SELECT $1, id, to_timestamp($3) FROM {_S} WHERE user_id = $2
+"""
+SUBSCRIBED_USERS = f"SELECT DISTINCT user_id FROM {_S} WHERE user_id = ANY($1::uuid[])"
+ENQUEUE_MANY = f"""
+INSERT INTO {_J} (notification_id, subscription_id, next_attempt_at)
+SELECT x.notification_id, s.id, to_timestamp($3)
+FROM unnest($1::uuid[], $2::uuid[]) AS x(notification_id, user_id)
+JOIN {_S} s ON s.user_id = x.user_id
+WHERE s.user_id = ANY($2::uuid[])  -- the index scan; a join alone hashes every subscription
+RETURNING notification_id
 """
 CLAIM = f"""
 WITH claimed AS (
@@ -148,6 +159,22 @@ async def enqueue(
     Returns how many."""
     status: str = await conn.execute(ENQUEUE, notification_id, user_id, now)
     return int(status.rsplit(" ", 1)[1])
+
+
+async def subscribed_users(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> set[UUID]:
+    """Which of `user_ids` have at least one subscription."""
+    return {r["user_id"] for r in await conn.fetch(SUBSCRIBED_USERS, list(user_ids))}
+
+
+async def enqueue_many(
+    conn: asyncpg.Connection, notifications: Sequence[tuple[UUID, UUID]], now: float
+) -> Counter[UUID]:
+    """`enqueue` for many (notification id, user id) pairs in one statement; returns how many
+    jobs each notification got."""
+    records = await conn.fetch(
+        ENQUEUE_MANY, [n for n, _ in notifications], [u for _, u in notifications], now
+    )
+    return Counter(r["notification_id"] for r in records)
 
 
 @dataclass(frozen=True, slots=True)

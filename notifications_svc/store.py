@@ -38,6 +38,39 @@ INSERT INTO {_T} (id, user_id, seq, title, content, type, action, related_entity
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $10 THEN NULL ELSE now() END, $11)
 RETURNING {COLUMNS}
 """
+# The batch create's statements: each does one step for every item of the batch at once.
+ENSURE_USERS_AND_COUNTERS = """
+WITH new_users AS (
+    INSERT INTO users.users (id) SELECT u FROM unnest($1::uuid[]) AS u ORDER BY u
+    ON CONFLICT (id) DO NOTHING
+)
+INSERT INTO notifications.user_counters (user_id) SELECT u FROM unnest($1::uuid[]) AS u ORDER BY u
+ON CONFLICT DO NOTHING
+"""
+LOCK_COUNTERS = (
+    "SELECT user_id, last_seq FROM notifications.user_counters"
+    " WHERE user_id = ANY($1::uuid[]) ORDER BY user_id FOR UPDATE"
+)
+FIND_DEDUPES = f"""
+SELECT {COLUMNS}, dedupe_key FROM {_T}
+WHERE (user_id, dedupe_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
+  AND dedupe_key IS NOT NULL
+"""
+BUMP_COUNTERS = """
+UPDATE notifications.user_counters AS c SET last_seq = x.last_seq
+FROM unnest($1::uuid[], $2::bigint[]) AS x(user_id, last_seq) WHERE c.user_id = x.user_id
+"""
+INSERT_MANY = f"""
+INSERT INTO {_T} (id, user_id, seq, title, content, type, action, related_entity_type,
+                  related_entity_id, push, published_at, dedupe_key)
+SELECT id, user_id, seq, title, content, type, action, related_entity_type, related_entity_id,
+       push, CASE WHEN push THEN NULL ELSE now() END, dedupe_key
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+            $7::jsonb[], $8::text[], $9::uuid[], $10::boolean[], $11::text[])
+    AS x(id, user_id, seq, title, content, type, action, related_entity_type, related_entity_id,
+         push, dedupe_key)
+RETURNING {COLUMNS}
+"""
 MARK_READ = f"""
 UPDATE {_T}
 SET is_read = true,
@@ -65,6 +98,12 @@ UNPUBLISHED = (
     f"SELECT {COLUMNS} FROM {_T} WHERE user_id = $1 AND published_at IS NULL ORDER BY seq LIMIT $2"
 )
 MARK_PUBLISHED = f"UPDATE {_T} SET published_at = now() WHERE user_id = $1 AND id = ANY($2::uuid[])"
+# The relay's drain of many users at once: each user's rows a prefix of its outbox in seq order.
+UNPUBLISHED_OF = (
+    f"SELECT {COLUMNS} FROM {_T} WHERE user_id = ANY($1::uuid[]) AND published_at IS NULL"
+    " ORDER BY user_id, seq LIMIT $2"
+)
+MARK_PUBLISHED_IDS = f"UPDATE {_T} SET published_at = now() WHERE id = ANY($1::uuid[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,21 +184,97 @@ async def create_many(
 ) -> list[Created]:
     """Insert many notifications atomically (all or none); results in request order.
 
-    Users' counter rows are locked in user-id order, so two concurrent batches never deadlock.
-    Each item is idempotent by its own `dedupe_key`, also within one batch.
+    Each item is idempotent by its own `dedupe_key`, also within one batch: a repeat answers the
+    first occurrence's row with `created=False`. A user's new items get consecutive seqs in
+    request order. Users' counter rows are locked in user-id order, so two concurrent batches
+    never deadlock. Raises `ValidationFailed` when PostgreSQL refuses a value.
     """
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].user_id.bytes, i))
-    results: dict[int, Created] = {}
     try:
         async with pool.acquire() as conn, conn.transaction():
-            for index in order:
-                request = requests[index]
-                results[index] = await _create_one(conn, request, request.dedupe_key, planner)
+            results = await _create_batch(conn, requests, planner)
     except asyncpg.DataError as exc:
         raise ValidationFailed(f"value refused by the database: {exc}") from None
-    if planner is not None and any(r.pushes for r in results.values()):
+    if planner is not None and any(r.pushes for r in results):
         planner.after_commit()
-    return [results[i] for i in range(len(requests))]
+    return results
+
+
+async def _create_batch(
+    conn: asyncpg.Connection,
+    requests: Sequence[CreateNotification],
+    planner: PushPlanner | None,
+) -> list[Created]:
+    # One statement per step for the whole batch (about six round trips per item before; the
+    # chaos run's producer sends ~50 items of distinct users per batch): docs/performance-notes.md.
+    users = sorted({r.user_id for r in requests})
+    await conn.execute(ENSURE_USERS_AND_COUNTERS, users)
+    # The counter row locks serialise each user's creates until commit, as in `_create_one`:
+    # the dedupe lookup sees every committed earlier create, seqs follow commit order.
+    last_seq = {r["user_id"]: r["last_seq"] for r in await conn.fetch(LOCK_COUNTERS, users)}
+    keyed = {(r.user_id, r.dedupe_key) for r in requests if r.dedupe_key is not None}
+    found: dict[tuple[UUID, str], Stored] = {}
+    if keyed:
+        pairs = sorted(keyed)
+        records = await conn.fetch(FIND_DEDUPES, [u for u, _ in pairs], [k for _, k in pairs])
+        found = {(r["user_id"], r["dedupe_key"]): Stored.from_record(r) for r in records}
+    # Which item inserts which row: the first occurrence of a (user, key) in request order.
+    first: dict[tuple[UUID, str], int] = {}
+    repeats: dict[int, tuple[UUID, str]] = {}  # item -> the (user, key) it repeats
+    new: list[int] = []
+    seqs: list[int] = []
+    for index, request in enumerate(requests):
+        if request.dedupe_key is not None:
+            pair = (request.user_id, request.dedupe_key)
+            if pair in found or pair in first:
+                repeats[index] = pair
+                continue
+            first[pair] = index
+        last_seq[request.user_id] += 1
+        new.append(index)
+        seqs.append(last_seq[request.user_id])
+    inserted = await _insert_many(conn, [requests[i] for i in new], seqs)
+    bumped = sorted({requests[i].user_id for i in new})
+    if bumped:
+        await conn.execute(BUMP_COUNTERS, bumped, [last_seq[u] for u in bumped])
+    rows = dict(zip(new, inserted, strict=True))
+    pushes = [0] * len(new)
+    if planner is not None and new:
+        pushes = await planner.plan_many(conn, [(rows[i], requests[i].send_push) for i in new])
+    planned = dict(zip(new, pushes, strict=True))
+    results: list[Created] = []
+    for index in range(len(requests)):
+        if index in rows:
+            results.append(Created(rows[index], created=True, pushes=planned[index]))
+        else:
+            pair = repeats[index]
+            results.append(Created(found[pair] if pair in found else rows[first[pair]], False))
+    return results
+
+
+async def _insert_many(
+    conn: asyncpg.Connection, requests: Sequence[CreateNotification], seqs: Sequence[int]
+) -> list[Stored]:
+    """Insert one row per request with its seq; the rows in the requests' order."""
+    if not requests:
+        return []
+    ids = [uuid.uuid4() for _ in requests]
+    records = await conn.fetch(
+        INSERT_MANY,
+        ids,
+        [r.user_id for r in requests],
+        list(seqs),
+        [r.title for r in requests],
+        [r.content for r in requests],
+        [r.type for r in requests],
+        [r.action for r in requests],
+        [r.related_entity_type for r in requests],
+        [r.related_entity_id for r in requests],
+        [r.send_push for r in requests],
+        [r.dedupe_key for r in requests],
+    )
+    # RETURNING's order is not promised: match rows to requests by the ids given here.
+    by_id = {r["id"]: Stored.from_record(r) for r in records}
+    return [by_id[i] for i in ids]
 
 
 def _dedupe_key(request: CreateNotification, idempotency_key: str | None) -> str | None:
@@ -303,3 +418,16 @@ async def unpublished(conn: asyncpg.Connection, user_id: UUID, limit: int) -> li
 
 async def mark_published(conn: asyncpg.Connection, user_id: UUID, ids: Sequence[UUID]) -> None:
     await conn.execute(MARK_PUBLISHED, user_id, list(ids))
+
+
+async def unpublished_of(
+    conn: asyncpg.Connection, user_ids: Sequence[UUID], limit: int
+) -> list[Stored]:
+    """The rows still to publish of several users, by user then seq, at most `limit`: each
+    user's rows are the first of its outbox (the last user's may be cut short)."""
+    records = await conn.fetch(UNPUBLISHED_OF, list(user_ids), limit)
+    return [Stored.from_record(r) for r in records]
+
+
+async def mark_published_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> None:
+    await conn.execute(MARK_PUBLISHED_IDS, list(ids))

@@ -13,6 +13,7 @@ SSUBSCRIBEs are: a classic PUBLISH would never reach a shard subscriber.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from uuid import UUID
 
 import msgspec
@@ -43,6 +44,25 @@ async def to_user(
     cluster: how many of the owning shard's subscribers)."""
     meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
     return await _publish(client, keys.user_channel(user_id), encode_envelope(_bytes(frame), meta))
+
+
+# One frame of `to_users`: (user id, the frame's bytes, its seq or None).
+UserFrame = tuple[UUID | str, bytes, int | None]
+
+
+async def to_users(client: RedisClient, frames: Sequence[UserFrame]) -> list[int]:
+    """`to_user` for many frames in one round trip (a pipeline; on a cluster one per shard),
+    published in the given order, so each channel gets its frames in that order. Returns each
+    frame's receiver count. Raises the Redis error that stopped it; which frames went out before
+    is then unknown, so a caller that must not lose one publishes them all again."""
+    if not frames:
+        return []
+    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
+    async with client.pipeline(transaction=False) as pipe:
+        for user_id, frame, seq in frames:
+            meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
+            pipe.execute_command(command, keys.user_channel(user_id), encode_envelope(frame, meta))
+        return [int(count) for count in await pipe.execute()]
 
 
 async def to_session(

@@ -107,3 +107,33 @@ async def test_push_statements_use_an_index(settings: Settings, private_database
             assert expected <= used, (name, used)
     finally:
         await conn.close()
+
+
+async def test_batch_push_statements_use_an_index(
+    settings: Settings, private_database: str
+) -> None:
+    """A batch create's push planning over many users (who has a subscription; one job per
+    subscription of each row's user) reads the subscriptions by user: no sequential scan."""
+    own = dataclasses.replace(settings, database_url=private_database)
+    await migrate.apply_with_settings(own)
+    conn = await asyncpg.connect(private_database)
+    try:
+        users = [uuid.uuid4() for _ in range(USERS)]
+        await _seed(conn, users)
+        batch = users[:50]
+        notifications = await conn.fetch(
+            "SELECT id, user_id FROM notifications.notifications"
+            " WHERE user_id = ANY($1) AND seq = 2",
+            batch,
+        )
+        ids = [r["id"] for r in notifications]
+        owners = [r["user_id"] for r in notifications]
+        cases: list[tuple[str, tuple[object, ...]]] = [
+            ("SUBSCRIBED_USERS", (batch,)),
+            ("ENQUEUE_MANY", (ids, owners, time.time())),
+        ]
+        for name, args in cases:
+            used = await _indexes_used(conn, getattr(push_store, name), *args)
+            assert "push_subscriptions_user" in used, (name, used)
+    finally:
+        await conn.close()

@@ -181,3 +181,30 @@ async def test_statement_uses_an_index(
     values = {"user": busy_user, "id": some_id, "ids": [some_id]}
     bound = [values.get(a, a) if isinstance(a, str) and a in values else a for a in args]
     await _indexes_used(conn, getattr(store, name), *bound)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("LOCK_COUNTERS", (["user"],), {"user_counters_pkey"}),
+        ("FIND_DEDUPES", (["user"], ["key-9"]), {"notifications_user_dedupe"}),
+        ("BUMP_COUNTERS", (["user"], [5]), {"user_counters_pkey"}),
+        ("UNPUBLISHED_OF", (["user"], 2000), {"notifications_unpublished"}),
+        ("MARK_PUBLISHED_IDS", (["id"],), {"notifications_pkey"}),
+    ],
+)
+async def test_batch_statement_uses_an_index(
+    conn: asyncpg.Connection,
+    busy_user: uuid.UUID,
+    name: str,
+    args: tuple[object, ...],
+    expected: set[str],
+) -> None:
+    """The statements over a whole batch or many users (counter locks, dedupe lookup, counter
+    bumps, the relay's drain and marks) find their rows through the fitting index."""
+    some_id = await conn.fetchval(
+        "SELECT id FROM notifications.notifications WHERE user_id = $1 LIMIT 1", busy_user
+    )
+    values = {"user": busy_user, "id": some_id}
+    bound = [[values.get(v, v) for v in a] if isinstance(a, list) else a for a in args]
+    assert await _indexes_used(conn, getattr(store, name), *bound) == expected

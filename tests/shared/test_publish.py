@@ -80,3 +80,51 @@ async def test_cluster_publishes_on_the_shard_channel(local_cluster: LocalRedisC
     finally:
         await client.aclose()
     assert (meta.seq, frame) == (1, b'{"type":"z"}')
+
+
+async def test_to_users_publishes_many_frames_in_order(client: redis.Redis) -> None:
+    """Many users' frames in one call: each reaches its user's channel with its seq, in the
+    order given, and the counts say who received each."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    frames: list[publish.UserFrame] = [
+        (first, b'{"n":1}', 1),
+        (second, b'{"n":2}', 1),
+        (first, b'{"n":3}', 2),
+    ]
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(keys.user_channel(first))
+        assert await publish.to_users(client, frames) == [1, 0, 1]
+        received = [await _next(pubsub), await _next(pubsub)]
+    assert [(meta.seq, meta.user_id, frame) for _, meta, frame in received] == [
+        (1, str(first), b'{"n":1}'),
+        (2, str(first), b'{"n":3}'),
+    ]
+    assert await publish.to_users(client, []) == []
+
+
+async def test_cluster_to_users_publishes_on_the_shard_channels(
+    local_cluster: LocalRedisCluster,
+) -> None:
+    """On a Redis Cluster the frames of many users, in slots of different shards, reach their
+    sharded subscribers, each channel's in the order given."""
+    client = cluster.create_client(local_cluster.url)
+    users = [uuid.uuid4() for _ in range(8)]
+    received: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+    frames: list[publish.UserFrame] = [
+        (user, f'{{"n":{seq}}}'.encode(), seq) for seq in (1, 2) for user in users
+    ]
+    try:
+        async with cluster.ShardedSubscriber(
+            client, on_message=lambda channel, payload: received.put_nowait((channel, payload))
+        ) as subscriber:
+            for user in users:
+                await subscriber.subscribe(keys.user_channel(user))
+            assert await publish.to_users(client, frames) == [1] * len(frames)
+            async with asyncio.timeout(5):
+                got = [await received.get() for _ in frames]
+    finally:
+        await client.aclose()
+    for user in users:
+        channel = keys.user_channel(user).encode()
+        seqs = [decode_envelope(payload)[0].seq for c, payload in got if c == channel]
+        assert seqs == [1, 2]

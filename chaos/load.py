@@ -31,8 +31,8 @@ CREATE_TIMEOUT = 10.0  # seconds a producer waits for a batch's answer before re
 BATCH_EVERY = 0.05  # seconds between two batches: 50 creates each at 1,000/s
 # Batches waiting for an answer at once, one per lane of users: several, so the service works
 # on several batches together (each spends most of its time in PostgreSQL round trips), and
-# with the relay's 4 no more than its PostgreSQL pool (10), so none waits long for a connection
-# while its timeout runs.
+# with the relay's one no more than its PostgreSQL pool (10), so none waits long for a
+# connection while its timeout runs.
 SENDERS = 6
 # Creates per batch at most: 250 items of about 120 bytes stay well under notifications_svc's
 # default HTTP_MAX_BODY_BYTES (64 KiB) and its 500-item limit.

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import re
+import sys
 import time
 import uuid
 import weakref
@@ -293,8 +294,9 @@ async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_matter() -> 
 
 async def test_closed_connection_freed_without_the_collector() -> None:
     """On `GatewayWebSocketProtocol` an accepted connection keeps neither the handshake request
-    nor its response, and once the client leaves, reference counting alone frees the protocol
-    and its `websockets` state (no cycle waits for a full collection)."""
+    nor its response, its attributes sit in a dict no larger than a fresh copy, and once the
+    client leaves, reference counting alone frees the protocol and its `websockets` state (no
+    cycle waits for a full collection)."""
     ended, lost, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     seen: dict[str, Any] = {}
 
@@ -315,6 +317,7 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         await send({"type": "websocket.accept"})
         protocol = scope["extensions"][EXTENSION]["sink"]
         seen["kept"] = [hasattr(protocol, "request"), hasattr(protocol, "response")]
+        seen["compact"] = sys.getsizeof(protocol.__dict__) <= sys.getsizeof(dict(vars(protocol)))
         seen["protocol"], seen["parser"] = weakref.ref(protocol), weakref.ref(protocol.conn)
         del protocol
         message = await receive()
@@ -337,6 +340,7 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         await lost.wait()
         await finished.wait()
         assert seen["kept"] == [False, False]
+        assert seen["compact"], "the protocol's attributes outgrew their dict's table"
         assert seen["protocol"]() is None
         assert seen["parser"]() is None
     finally:

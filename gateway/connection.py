@@ -18,9 +18,12 @@ amount of memory. Two ways out, chosen per connection by `open_connection()`:
 Either way `offer()` never waits and `put()` (replay, chat) waits for room instead; frames offered
 before `start_writer()` are held back (in order) until then.
 
-The read loop enforces the rate limit, answers `ping` and `refresh_token`, hands chat frames to
-`gateway.chat` in bounded background tasks, and answers anything else with an `error` frame — bad
-input never ends the connection.
+Reading has two ways in, one handler (`_receive`): the ASGI read loop (`run()`, the endpoint's
+task for the connection's life), or, for a `RawConnection` its protocol serves (`own()`), receive
+events handed over by the protocol and handled in a task that exists only while some are
+pending. Either way the rate limit is enforced, `ping` and `refresh_token` are answered, chat
+frames go to `gateway.chat` in bounded background tasks, and anything else is answered with an
+`error` frame — bad input never ends the connection.
 
 States: open -> closing (a close code chosen, writer stopped) -> closed (handler returned).
 `close()` is idempotent; the first code wins.

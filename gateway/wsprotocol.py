@@ -8,8 +8,12 @@ fan-out writes the same `bytes` to each recipient's transport.
 `scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
 `FrameSink` that writes pre-framed bytes straight to the transport while the connection is open
 and reports whether the transport's write buffer is over its high-water mark (backpressure).
-Everything else — handshake, close, keepalive pings, client frames — stays on uvicorn's standard
-ASGI path, and the gateway works without the extension (`gateway.connection.AsgiConnection`).
+The handshake stays on uvicorn's standard ASGI path; once it is done the application may
+`adopt` the connection: the protocol then hands every receive event (client messages, the
+disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
+returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
+Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
+gateway works without the extension (`gateway.connection.AsgiConnection`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and

@@ -306,6 +306,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         assert isinstance(held, Inbox)
         while not held.empty():
             reader.put_nowait(held.pop())
+        if self.disconnected:
+            # Lost before the adoption: the disconnect just handed over is the last event, and
+            # `connection_lost` (which lets go of the reader) has already run.
+            self.queue = held
 
     def resume_reading(self) -> None:
         if self.read_paused:

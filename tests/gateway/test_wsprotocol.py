@@ -427,3 +427,59 @@ async def test_adopted_connection_served_without_its_task_and_freed_without_the_
         gc.enable()
         server.close()
         await server.wait_closed()
+
+
+async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_freed() -> None:
+    """A client that leaves while the handshake's async part still runs: adopting afterwards
+    hands the reader the held disconnect, and reference counting alone frees the protocol."""
+    lost, adopted = asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        """A reader that keeps the protocol, as the gateway's connection does."""
+
+        def __init__(self, sink: GatewayWebSocketProtocol) -> None:
+            self.sink = sink
+            self.events: list[str] = []
+
+        def put_nowait(self, item: Any) -> None:
+            self.events.append(item["type"])
+
+    class Observed(GatewayWebSocketProtocol):
+        """Tells the test when the connection is lost."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            lost.set()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "websocket.connect"}
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"][EXTENSION]["sink"]
+        await lost.wait()
+        reader = Recorder(protocol)
+        protocol.adopt(reader)
+        seen["events"] = reader.events
+        seen["protocol"] = weakref.ref(protocol)
+        adopted.set()
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gc.disable()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None):
+            pass
+        await adopted.wait()
+        while state.tasks:  # the application's task finishes on the loop's next turns
+            await asyncio.wait(set(state.tasks))
+        assert seen["events"][:1] == ["websocket.disconnect"]
+        assert set(seen["events"]) == {"websocket.disconnect"}
+        assert seen["protocol"]() is None
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()

@@ -18,9 +18,12 @@ amount of memory. Two ways out, chosen per connection by `open_connection()`:
 Either way `offer()` never waits and `put()` (replay, chat) waits for room instead; frames offered
 before `start_writer()` are held back (in order) until then.
 
-The read loop enforces the rate limit, answers `ping` and `refresh_token`, hands chat frames to
-`gateway.chat` in bounded background tasks, and answers anything else with an `error` frame — bad
-input never ends the connection.
+Reading has two ways in, one handler (`_receive`): the ASGI read loop (`run()`, the endpoint's
+task for the connection's life), or, for a `RawConnection` its protocol serves (`own()`), receive
+events handed over by the protocol and handled in a task that exists only while some are
+pending. Either way the rate limit is enforced, `ping` and `refresh_token` are answered, chat
+frames go to `gateway.chat` in bounded background tasks, and anything else is answered with an
+`error` frame — bad input never ends the connection.
 
 States: open -> closing (a close code chosen, writer stopped) -> closed (handler returned).
 `close()` is idempotent; the first code wins.
@@ -31,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from starlette.websockets import WebSocket
+from uvicorn._types import ASGIReceiveEvent
 
 from gateway import chat, frames, metrics
 from gateway.limits import TokenBucket, UserRateLimit, Verdict
@@ -43,7 +48,7 @@ from gateway.state import GatewayState
 from gateway.wsprotocol import EXTENSION, FrameSink, TextFrame
 from shared import keys
 from shared.auth import TokenError, TokenVerifier
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Refused
 from shared.settings import Settings
 from shared.topic_wire import TOPIC_FRAME_TYPES
 from shared.wire import error_frame
@@ -88,6 +93,14 @@ class ConnectionHost(Protocol):
     @property
     def topics(self) -> TopicHub:
         """Topic subscriptions (`subscribe`, `publish`, `presence`... frames)."""
+        ...
+
+    async def disconnect(self, conn: Connection) -> None:
+        """Forget `conn` (it has ended); idempotent."""
+        ...
+
+    def release_slot(self) -> None:
+        """Give back the instance slot the connection's handshake took."""
         ...
 
 
@@ -144,7 +157,8 @@ class Connection:
     ) -> None:
         settings: Settings = host.state.settings
         self._host = host
-        self.websocket = websocket
+        # None once the connection is adopted (`RawConnection.own()`): the ASGI side is gone.
+        self.websocket: WebSocket | None = websocket
         self.conn_id = conn_id
         self.user_id = user_id
         self.session_id = session_id
@@ -199,6 +213,10 @@ class Connection:
     def _abandon(self) -> None:
         """The close frame could not be sent in time (the client does not read)."""
 
+    async def _send_close(self, code: int, reason: str) -> None:
+        assert self.websocket is not None
+        await self.websocket.close(code, reason)
+
     def _slow_consumer(self) -> None:
         metrics.DROPPED.labels("slow_consumer").inc()
         self._host.close_later(self, 1013, _SLOW_CONSUMER)
@@ -220,7 +238,7 @@ class Connection:
             task.cancel()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.websocket.close(code, reason)
+                await self._send_close(code, reason)
         except TimeoutError:
             self._abandon()
         except Exception as exc:  # the client is gone: nothing to close
@@ -231,37 +249,47 @@ class Connection:
     async def run(self, verifier: TokenVerifier) -> int:
         """Read client frames until the client leaves or the connection is closed; returns the
         close code (the client's, or ours). Cancels its writer and chat tasks on the way out."""
+        assert self.websocket is not None, "run() reads through ASGI; this connection is adopted"
         receive = self.websocket.receive
-        max_bytes = self._host.state.settings.ws_max_message_bytes
         try:
             while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    return self.close_code or int(message.get("code", 1000))
-                metrics.FRAMES_IN.inc()
-                self.last_seen = time.monotonic()
-                verdict = self._bucket.admit(self.last_seen)
-                if verdict is Verdict.DISCONNECT:
-                    await self.close(1008, "rate limit exceeded")
-                    continue
-                if verdict is Verdict.REFUSE:
-                    await self.put(_RATE_LIMITED)
-                    continue
-                if not await self._host.user_rate.admit(self.user_id):
-                    await self.put(_USER_RATE_LIMITED)
-                    continue
-                text = message.get("text")
-                if text is None:
-                    await self.put(_BINARY)
-                elif len(text) > max_bytes:
-                    await self.close(1009, "frame too large")
-                else:
-                    await self._handle(text, verifier)
+                code = await self._receive(await receive(), verifier)
+                if code is not None:
+                    return code
         finally:
-            self._started = False
-            self._stop_writer()
-            for task in self._chat_tasks:
-                task.cancel()
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        self._started = False
+        self._stop_writer()
+        for task in self._chat_tasks:
+            task.cancel()
+
+    async def _receive(self, message: Mapping[str, Any], verifier: TokenVerifier) -> int | None:
+        """Act on one receive event; the close code (the client's, or ours) once it is the
+        disconnect, else None."""
+        if message["type"] == "websocket.disconnect":
+            return self.close_code or int(message.get("code", 1000))
+        metrics.FRAMES_IN.inc()
+        self.last_seen = time.monotonic()
+        verdict = self._bucket.admit(self.last_seen)
+        if verdict is Verdict.DISCONNECT:
+            await self.close(1008, "rate limit exceeded")
+            return None
+        if verdict is Verdict.REFUSE:
+            await self.put(_RATE_LIMITED)
+            return None
+        if not await self._host.user_rate.admit(self.user_id):
+            await self.put(_USER_RATE_LIMITED)
+            return None
+        text = message.get("text")
+        if text is None:
+            await self.put(_BINARY)
+        elif len(text) > self._host.state.settings.ws_max_message_bytes:
+            await self.close(1009, "frame too large")
+        else:
+            await self._handle(text, verifier)
+        return None
 
     async def _handle(self, text: str, verifier: TokenVerifier) -> None:
         # Answers to the client's own frames wait for room in the queue: a client that sends
@@ -320,9 +348,15 @@ class Connection:
 
 
 class RawConnection(Connection):
-    """Frames go to the transport as pre-framed bytes through the connection's `FrameSink`."""
+    """Frames go to the transport as pre-framed bytes through the connection's `FrameSink`.
 
-    __slots__ = ("_behind", "_held", "_sink")
+    Once `own()` is called, the protocol hands the connection's receive events to it (a
+    `Reader`) instead of the ASGI application, which returns: an idle connection then has no
+    task and no ASGI objects at all. A task exists only while received events are handled, one
+    at a time and in order, and the connection ends itself (`ConnectionHost.disconnect`, then
+    `release_slot`) after the disconnect, as the endpoint does for a connection it runs."""
+
+    __slots__ = ("_behind", "_ended", "_held", "_inbox", "_reader", "_sink")
 
     def __init__(
         self,
@@ -338,6 +372,9 @@ class RawConnection(Connection):
         self._sink = sink
         self._held: list[bytes] = []  # wire bytes offered before `start_writer()`
         self._behind = 0  # frames written since the write buffer went over its high-water mark
+        self._inbox: list[ASGIReceiveEvent] | None = None  # adopted: events not yet handled
+        self._reader: asyncio.Task[None] | None = None  # adopted: runs while `_inbox` has events
+        self._ended = False
 
     def start_writer(self) -> None:
         self._started = True
@@ -380,6 +417,63 @@ class RawConnection(Connection):
 
     def _stop_writer(self) -> None:
         self._held.clear()
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        await self._sink.close_with(code, reason)
+
+    def own(self) -> None:
+        """Take the read side over from the ASGI application, which must return without
+        closing; from now on the connection ends itself. Events already received come first."""
+        self.websocket = None
+        self._sink.adopt(self)
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        if self._ended:
+            return
+        if self._inbox is None:
+            self._inbox = []
+        self._inbox.append(item)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        """Handle held events in order until none is left; end the connection at the
+        disconnect. The endpoint's error handling, for the adopted connection."""
+        verifier = self._host.state.verifier
+        try:
+            while self._inbox:
+                message = self._inbox.pop(0)
+                if not self._inbox:
+                    # As uvicorn's `receive()`: reading resumes once every message is taken.
+                    self._sink.resume_reading()
+                if await self._receive(message, verifier) is not None:
+                    await self._end()
+                    return
+        except Refused as exc:
+            await self.close(exc.close_code, exc.reason)
+            await self._end()
+        except Exception:
+            log.exception("connection failed", extra={"connection": self.conn_id})
+            await self.close(1011, "internal error")
+            await self._end()
+        finally:
+            self._reader = None
+            if not self._inbox:
+                self._inbox = None
+
+    async def _end(self) -> None:
+        """Stop everything and leave the host; idempotent. Events after this are dropped."""
+        if self._ended:
+            return
+        self._ended = True
+        self._inbox = None
+        self._stop_all()
+        try:
+            await self._host.disconnect(self)
+        except Exception:
+            log.exception("disconnect failed", extra={"connection": self.conn_id})
+        finally:
+            self._host.release_slot()
 
     def _abandon(self) -> None:
         # The close frame is stuck behind unread bytes: drop the socket and its buffer now
@@ -438,6 +532,7 @@ class AsgiConnection(Connection):
 
     async def _flush(self) -> None:
         """Send what is pending, in order, then end (the next frame starts a new flush)."""
+        assert self.websocket is not None  # only a `RawConnection` is ever adopted
         send = self.websocket.send
         pending = self._pending
         try:

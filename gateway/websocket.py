@@ -5,7 +5,12 @@ reason (closing before accept becomes a bare HTTP 403). Checks, cheapest first: 
 `last_seq` syntax, Origin, token, session id, session ownership (agent_svc, durable), the
 per-session cap (Redis, atomic across instances). See docs/protocol.md.
 
-Once the connection is set up, what only the handshake needed (request headers, the query string
+Once the connection is set up, the gateway's own protocol (`gateway.wsprotocol`) takes it over
+(`RawConnection.own()`, unless WS_OWNED_PROTOCOL is off) and this endpoint returns: an idle
+connection holds no task, no ASGI scope and no Starlette `WebSocket`. Under another protocol the
+endpoint reads the connection until it ends (`Connection.run`), the ASGI fallback.
+
+Before that, what only the handshake needed (request headers, the query string
 and offered subprotocols — the token among them —, the endpoint's own copies) is dropped rather
 than kept for the connection's life (docs/performance-notes.md, "Memory per idle connection").
 """
@@ -19,7 +24,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gateway import metrics
-from gateway.connection import Connection, open_connection
+from gateway.connection import Connection, RawConnection, open_connection
 from gateway.handshake import credentials, origin_allowed
 from gateway.manager import ConnectionManager
 from shared.auth import Identity, TokenError, TokenVerifier
@@ -50,6 +55,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, exc.close_code, exc.reason)
         return
     conn: Connection | None = None
+    adopted = False
     try:
         origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
         if not origin_allowed(origin, manager.settings.cors_origins, host):
@@ -71,6 +77,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await manager.connect(conn, creds.last_seq)
         del creds, identity, origin, host
         _forget_handshake(websocket)
+        if isinstance(conn, RawConnection) and manager.settings.ws_owned_protocol:
+            # The protocol serves the connection from here; this task (and with it the ASGI
+            # objects above it) ends now. The connection ends itself after its disconnect.
+            conn.own()
+            adopted = True
+            return
         await conn.run(verifier)
     except Refused as exc:
         if conn is not None:
@@ -84,9 +96,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         else:
             await _refuse(websocket, 1011, "internal error")
     finally:
-        if conn is not None:
-            await manager.disconnect(conn)
-        manager.release_slot()
+        if not adopted:
+            if conn is not None:
+                await manager.disconnect(conn)
+            manager.release_slot()
 
 
 def _forget_handshake(websocket: WebSocket) -> None:

@@ -8,8 +8,12 @@ fan-out writes the same `bytes` to each recipient's transport.
 `scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
 `FrameSink` that writes pre-framed bytes straight to the transport while the connection is open
 and reports whether the transport's write buffer is over its high-water mark (backpressure).
-Everything else — handshake, close, keepalive pings, client frames — stays on uvicorn's standard
-ASGI path, and the gateway works without the extension (`gateway.connection.AsgiConnection`).
+The handshake stays on uvicorn's standard ASGI path; once it is done the application may
+`adopt` the connection: the protocol then hands every receive event (client messages, the
+disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
+returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
+Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
+gateway works without the extension (`gateway.connection.AsgiConnection`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
@@ -35,6 +39,7 @@ import struct
 from typing import Any, Protocol
 
 from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -102,6 +107,30 @@ class FrameSink(Protocol):
         """Drop the connection without a closing handshake, discarding unsent bytes."""
         ...
 
+    async def close_with(self, code: int, reason: str) -> None:
+        """Send the close frame (once the write buffer has room) and start the closing
+        handshake; raises `ClientDisconnected` on a lost connection."""
+        ...
+
+    def adopt(self, reader: Reader) -> None:
+        """Own the connection's read side from now on: every receive event (held ones first)
+        goes to `reader`, not to the ASGI application, which may return without closing."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Read from the socket again (paused by each client message until it is taken)."""
+        ...
+
+
+class Reader(Protocol):
+    """Who takes a connection's receive events once the protocol owns it (`FrameSink.adopt`)."""
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        """Take one event (a message or the disconnect) without waiting, in arrival order.
+        The protocol pauses reading right after handing over a message: the reader calls
+        `FrameSink.resume_reading()` later (once it has taken the message), never from here."""
+        ...
+
 
 class Inbox:
     """The ASGI receive queue of one connection: what uvicorn's protocol uses of
@@ -123,6 +152,10 @@ class Inbox:
 
     def empty(self) -> bool:
         return not self._items
+
+    def pop(self) -> ASGIReceiveEvent:
+        """The oldest event, without waiting; IndexError when empty."""
+        return self._items.pop(0)
 
     async def get(self) -> ASGIReceiveEvent:
         while not self._items:
@@ -180,6 +213,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # A plain attribute, not a property over uvicorn's `writable` event: it is read once per
     # frame and recipient on the fan-out path.
     write_paused = False
+    # Set once the endpoint handed the connection over (`adopt`): receive events go to it.
+    adopted = False
     # Set once a protocol error (a frame over WS_MAX_MESSAGE_BYTES, invalid UTF-8) was answered
     # with its close frame: what the client still sends is read and dropped until it hangs up
     # or `LINGER` seconds pass.
@@ -204,6 +239,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def start_keepalive(self) -> None:
         # uvicorn calls this right after writing the 101 response, the last use of it.
         del self.response
+        # uvicorn sets over 30 attributes, more than an instance dict shares keys for: the
+        # dict grew into a 1.6 KB table; a copy of the same items takes half of that.
+        self.__dict__ = dict(self.__dict__)
         super().start_keepalive()
 
     def pause_writing(self) -> None:
@@ -221,6 +259,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # The parser generator's frame refers to `self.conn`, which refers to the generator: a
         # cycle only a full collection would free. No byte arrives after this call.
         self.conn.parser.close()
+        if self.adopted:
+            # The reader (the gateway's connection) holds this protocol as its sink: the other
+            # half of that cycle goes. Its last event, the disconnect, was just handed over.
+            self.queue = Inbox()  # type: ignore[assignment]
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         super().on_task_complete(task)
@@ -229,6 +271,53 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         extensions = self.scope.get("extensions")
         if extensions is not None:
             extensions.pop(EXTENSION, None)
+        if self.adopted:
+            # An adopted connection outlives its ASGI task; the scope (headers, state, the
+            # extensions) would only weigh on it.
+            del self.scope
+
+    async def run_asgi(self) -> None:
+        # uvicorn's, except that an application which adopted its connection returns while the
+        # connection lives on: the transport stays open.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.adopted:
+            self.transport.close()
+
+    def adopt(self, reader: Reader) -> None:
+        if not self.handshake_complete or self.adopted:
+            raise RuntimeError(
+                f"adopt() expects an open, unadopted connection, got handshake_complete="
+                f"{self.handshake_complete} adopted={self.adopted}"
+            )
+        held, self.queue = self.queue, reader  # type: ignore[assignment]
+        self.adopted = True
+        assert isinstance(held, Inbox)
+        while not held.empty():
+            reader.put_nowait(held.pop())
+        if self.disconnected:
+            # Lost before the adoption: the disconnect just handed over is the last event, and
+            # `connection_lost` (which lets go of the reader) has already run.
+            self.queue = held
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def close_with(self, code: int, reason: str) -> None:
+        await self.send({"type": "websocket.close", "code": code, "reason": reason})
 
     def data_received(self, data: bytes) -> None:
         if self.draining:

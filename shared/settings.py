@@ -335,6 +335,14 @@ VARIABLES: tuple[Variable, ...] = (
         "all. `LOG_LEVEL=DEBUG` logs every one too.",
     ),
     Variable(
+        "WS_OWNED_PROTOCOL",
+        _parse_bool,
+        "true",
+        "Serve an established WebSocket from the gateway's own protocol (no ASGI task per idle "
+        "connection; docs/performance-notes.md). Off: the endpoint reads every connection through "
+        "ASGI, as under uvicorn's stock protocol.",
+    ),
+    Variable(
         "WS_RATE_LIMIT",
         _positive_float,
         "20",
@@ -695,6 +703,7 @@ class Settings:
     topic_client_publish_rate: float = 5.0
     topic_client_publish_burst: int = 10
     ws_log_handshakes: bool = False
+    ws_owned_protocol: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

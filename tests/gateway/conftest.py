@@ -22,6 +22,10 @@ from tests.support.processes import ServiceProcess
 
 INTERNAL = {"authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
 
+# The two ways a gateway reads an established WebSocket, as the environment that selects them:
+# its own protocol serving the adopted connection (the default), and the ASGI receive path.
+WS_PATHS = {"owned": {}, "asgi": {"WS_OWNED_PROTOCOL": "false"}}
+
 
 @dataclass
 class Cluster:
@@ -44,6 +48,24 @@ def cluster(spawn_service: SpawnService) -> Cluster:
     a = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **upstream)
     b = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **upstream)
     return Cluster(a=a, b=b, notifications=notifications, agent=agent)
+
+
+@pytest.fixture(scope="module", params=sorted(WS_PATHS))
+def ws_path(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of one WebSocket read path: gateways spawned with it run the requesting
+    module's tests on both paths."""
+    env: dict[str, str] = WS_PATHS[request.param]
+    return env
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    cluster: Cluster, ws_path: dict[str, str], spawn_service: SpawnService
+) -> ServiceProcess:
+    """A gateway like the cluster's (heartbeat 1 s), on each WebSocket read path in turn."""
+    if not ws_path:
+        return cluster.a
+    return spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **ws_path, **cluster.upstream_env)
 
 
 def ws_url(gateway: ServiceProcess, session_id: uuid.UUID | str, **query: object) -> str:

@@ -1,6 +1,6 @@
-"""Per-connection limits on a real gateway configured small: frame size (1009), rate (RATE_LIMITED
-then 1008), slow consumer (1013), instance capacity (1013), idle timeout (1000), and the server
-heartbeat (protocol pings)."""
+"""Per-connection limits on a real gateway configured small, on both WebSocket read paths
+(`ws_path`): frame size (1009), rate (RATE_LIMITED then 1008), slow consumer (1013), instance
+capacity (1013), idle timeout (1000), and the server heartbeat (protocol pings)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ Token = Callable[..., str]
 
 
 @pytest.fixture(scope="module")
-def limited(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+def limited(
+    cluster: Cluster, spawn_service: SpawnService, ws_path: dict[str, str]
+) -> ServiceProcess:
     """A gateway with tiny limits."""
     return spawn_service(
         "gateway",
@@ -41,12 +43,15 @@ def limited(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
         WS_SEND_QUEUE_SIZE="4",
         WS_RATE_LIMIT="5",
         WS_RATE_BURST="5",
+        **ws_path,
         **cluster.upstream_env,
     )
 
 
 @pytest.fixture(scope="module")
-def small_queue(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+def small_queue(
+    cluster: Cluster, spawn_service: SpawnService, ws_path: dict[str, str]
+) -> ServiceProcess:
     """A gateway whose only tight limit is the send queue. A client that stops reading cannot
     answer keepalive pings nor send frames either, so with `limited`'s half-second heartbeat
     and two-second idle timeout a loaded machine closed it 1011 or 1000 before the slow-consumer
@@ -56,14 +61,17 @@ def small_queue(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess
         WS_HEARTBEAT_INTERVAL="60",
         WS_CONNECTION_TIMEOUT="600",
         WS_SEND_QUEUE_SIZE="4",
+        **ws_path,
         **cluster.upstream_env,
     )
 
 
 @pytest.fixture(scope="module")
-def user_limited(cluster: Cluster, spawn_service: SpawnService) -> list[ServiceProcess]:
+def user_limited(
+    cluster: Cluster, spawn_service: SpawnService, ws_path: dict[str, str]
+) -> list[ServiceProcess]:
     """Two gateways with a small per-user frame rate and a generous per-connection one."""
-    env = {"WS_USER_RATE_LIMIT": "4", "WS_RATE_LIMIT": "100", "WS_RATE_BURST": "100"}
+    env = {"WS_USER_RATE_LIMIT": "4", "WS_RATE_LIMIT": "100", "WS_RATE_BURST": "100", **ws_path}
     return [spawn_service("gateway", **env, **cluster.upstream_env) for _ in range(2)]
 
 

@@ -6,8 +6,11 @@ import uuid
 from collections.abc import Callable
 
 import httpx
+import pytest
 
-from tests.gateway.conftest import Cluster, open_ws, publish, recv_json
+from tests.conftest import SpawnService
+from tests.gateway.conftest import WS_PATHS, Cluster, open_ws, publish, recv_json
+from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
 
@@ -40,17 +43,26 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
     assert float(count.split()[-1]) >= 1
 
 
-async def test_task_count_gauge_counts_the_loops_tasks(cluster: Cluster, token_for: Token) -> None:
-    """`gateway_asyncio_tasks` is the running loop's task count: a connection adds tasks."""
+@pytest.fixture(scope="module")
+def asgi_read(cluster: Cluster, spawn_service: SpawnService) -> ServiceProcess:
+    """A gateway reading its connections through ASGI: one task per connection."""
+    return spawn_service("gateway", **WS_PATHS["asgi"], **cluster.upstream_env)
+
+
+async def test_task_count_gauge_counts_the_loops_tasks(
+    asgi_read: ServiceProcess, token_for: Token
+) -> None:
+    """`gateway_asyncio_tasks` is the running loop's task count: a connection read through
+    ASGI adds its task (an adopted one, the default, adds none while idle)."""
 
     async def tasks() -> float:
         async with httpx.AsyncClient() as client:
-            text = (await client.get(cluster.a.url + "/metrics")).text
+            text = (await client.get(asgi_read.url + "/metrics")).text
         line = next(x for x in text.splitlines() if x.startswith("gateway_asyncio_tasks "))
         return float(line.split()[-1])
 
     idle = await tasks()
-    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(uuid.uuid4()))
+    ws = await open_ws(asgi_read, uuid.uuid4(), token_for(uuid.uuid4()))
     try:
         assert idle >= 1 and await tasks() > idle
     finally:

@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from shared import keys
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
+    WS_PATHS,
     Cluster,
     closed_with,
     equals,
@@ -118,11 +119,15 @@ async def test_killed_instance_heals_within_two_heartbeats(
         await ws.close()
 
 
+@pytest.mark.parametrize("ws_path", sorted(WS_PATHS))
 async def test_graceful_shutdown_closes_1012_and_cleans_registry(
-    cluster: Cluster, spawn_service: SpawnService, token_for: Token, r: redis.Redis
+    cluster: Cluster, spawn_service: SpawnService, token_for: Token, r: redis.Redis, ws_path: str
 ) -> None:
-    """SIGTERM: every client gets 1012 with a reason, and the registry holds nothing of it."""
-    leaving = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **cluster.upstream_env)
+    """SIGTERM: every client gets 1012 with a reason, and the registry holds nothing of it (on
+    both WebSocket read paths)."""
+    leaving = spawn_service(
+        "gateway", WS_HEARTBEAT_INTERVAL="1", **WS_PATHS[ws_path], **cluster.upstream_env
+    )
     user, session = uuid.uuid4(), uuid.uuid4()
     clients = [await open_ws(leaving, session, token_for(user)) for _ in range(3)]
     assert await r.scard(keys.ws_session(session)) == 3

@@ -1,5 +1,6 @@
-"""The WebSocket endpoint against real gateways: the seed's frames, the three auth methods, the
-auth/Origin/ownership refusals, bad frames, token refresh and expiry."""
+"""The WebSocket endpoint against real gateways, on both WebSocket read paths (`ws_path`): the
+seed's frames, the three auth methods, the auth/Origin/ownership refusals, bad frames, token
+refresh and expiry."""
 
 from __future__ import annotations
 
@@ -22,14 +23,15 @@ from tests.gateway.conftest import (
     recv_json,
     ws_url,
 )
+from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
 
 
-async def test_seed_client_gets_seed_frames(cluster: Cluster, token_for: Token) -> None:
+async def test_seed_client_gets_seed_frames(gateway: ServiceProcess, token_for: Token) -> None:
     """A client written to the seed's protocol: connection_established, ping -> pong, exact keys."""
     user, session = uuid.uuid4(), uuid.uuid4()
-    ws = await open_ws(cluster.a, session, token_for(user), greet=False)
+    ws = await open_ws(gateway, session, token_for(user), greet=False)
     established = await recv_json(ws)
     assert established["type"] == "connection_established"
     assert set(established) == {"type", "data"}
@@ -43,19 +45,19 @@ async def test_seed_client_gets_seed_frames(cluster: Cluster, token_for: Token) 
     await ws.close()
 
 
-async def test_three_auth_methods(cluster: Cluster, token_for: Token) -> None:
+async def test_three_auth_methods(gateway: ServiceProcess, token_for: Token) -> None:
     """?token=, Authorization: Bearer, and the `bearer, <JWT>` subprotocol (echoed) all work."""
     user = uuid.uuid4()
     token = token_for(user)
-    by_query = await open_ws(cluster.a, uuid.uuid4(), token)
+    by_query = await open_ws(gateway, uuid.uuid4(), token)
     by_header = await connect(
-        ws_url(cluster.a, uuid.uuid4()),
+        ws_url(gateway, uuid.uuid4()),
         additional_headers={"Authorization": f"Bearer {token}"},
         compression=None,
     )
     assert (await recv_json(by_header))["data"]["user_id"] == str(user)
     by_subprotocol = await connect(
-        ws_url(cluster.b, uuid.uuid4()),
+        ws_url(gateway, uuid.uuid4()),
         subprotocols=["bearer", token],  # type: ignore[list-item]
         origin="http://localhost:5173",  # type: ignore[arg-type]
         compression=None,
@@ -89,48 +91,52 @@ def _unsigned(user: uuid.UUID) -> str:
     ids=["missing", "bad-signature", "alg-none", "expired", "malformed"],
 )
 async def test_bad_tokens_close_1008_with_reason(
-    cluster: Cluster,
+    gateway: ServiceProcess,
     token_for: Token,
     make_token: Callable[[uuid.UUID, Token], str | None],
     reason: str,
 ) -> None:
     """Every refused token: the handshake completes, then close 1008 naming the cause."""
-    ws = await open_ws(cluster.a, uuid.uuid4(), make_token(uuid.uuid4(), token_for), greet=False)
+    ws = await open_ws(gateway, uuid.uuid4(), make_token(uuid.uuid4(), token_for), greet=False)
     assert await closed_with(ws) == (1008, reason)
 
 
-async def test_foreign_session_refused_on_any_instance(cluster: Cluster, token_for: Token) -> None:
+async def test_foreign_session_refused_on_any_instance(
+    gateway: ServiceProcess, cluster: Cluster, token_for: Token
+) -> None:
     """A session belongs to its first user: another user is refused 1008 on every gateway, even
     after the owner left."""
     owner, intruder, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    ws = await open_ws(cluster.a, session, token_for(owner))
+    ws = await open_ws(gateway, session, token_for(owner))
     await ws.close()
-    for gateway in (cluster.a, cluster.b):
-        refused = await open_ws(gateway, session, token_for(intruder), greet=False)
+    for instance in (gateway, cluster.b):
+        refused = await open_ws(instance, session, token_for(intruder), greet=False)
         assert await closed_with(refused) == (1008, "session belongs to another user")
 
 
-async def test_origin_check(cluster: Cluster, token_for: Token) -> None:
+async def test_origin_check(gateway: ServiceProcess, token_for: Token) -> None:
     """A foreign browser Origin is refused 1008; a listed one and no Origin at all are accepted."""
     token = token_for(uuid.uuid4())
     foreign = await open_ws(
-        cluster.a, uuid.uuid4(), token, greet=False, origin="https://evil.example"
+        gateway, uuid.uuid4(), token, greet=False, origin="https://evil.example"
     )
     assert await closed_with(foreign) == (1008, "origin not allowed")
-    listed = await open_ws(cluster.a, uuid.uuid4(), token, origin="http://localhost:5173")
+    listed = await open_ws(gateway, uuid.uuid4(), token, origin="http://localhost:5173")
     await listed.close()
 
 
-async def test_session_id_must_be_uuid(cluster: Cluster, token_for: Token) -> None:
+async def test_session_id_must_be_uuid(gateway: ServiceProcess, token_for: Token) -> None:
     """A session id that is not a UUID is refused 1008."""
-    ws = await open_ws(cluster.a, "not-a-uuid", token_for(uuid.uuid4()), greet=False)
+    ws = await open_ws(gateway, "not-a-uuid", token_for(uuid.uuid4()), greet=False)
     assert await closed_with(ws) == (1008, "session id is not a UUID")
 
 
-async def test_bad_frames_answered_connection_survives(cluster: Cluster, token_for: Token) -> None:
+async def test_bad_frames_answered_connection_survives(
+    gateway: ServiceProcess, token_for: Token
+) -> None:
     """Invalid JSON, non-objects, unknown types and binary frames get stable error codes; the
     connection keeps working and other connections are untouched."""
-    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(uuid.uuid4()))
+    ws = await open_ws(gateway, uuid.uuid4(), token_for(uuid.uuid4()))
     cases: list[tuple[str | bytes, str]] = [
         ("{not json", "INVALID_JSON"),
         ("[1, 2]", "INVALID_MESSAGE"),
@@ -155,14 +161,14 @@ async def test_bad_frames_answered_connection_survives(cluster: Cluster, token_f
     await ws.close()
 
 
-async def test_token_refresh_extends_connection(cluster: Cluster, token_for: Token) -> None:
+async def test_token_refresh_extends_connection(gateway: ServiceProcess, token_for: Token) -> None:
     """A short-lived token gets `token_expiring`; after `refresh_token` the connection outlives
     the first token (a twin connection with the same token, not refreshed, is closed at its
     `exp` first); a token for another user is refused without closing."""
     user = uuid.uuid4()
     short = token_for(user, ttl=3)
-    ws = await open_ws(cluster.a, uuid.uuid4(), short)
-    twin = await open_ws(cluster.a, uuid.uuid4(), short)
+    ws = await open_ws(gateway, uuid.uuid4(), short)
+    twin = await open_ws(gateway, uuid.uuid4(), short)
     warning = await recv_json(ws)
     assert warning["type"] == "token_expiring" and "expires_at" in warning
     await ws.send(json.dumps({"type": "refresh_token", "token": token_for(uuid.uuid4())}))
@@ -177,15 +183,15 @@ async def test_token_refresh_extends_connection(cluster: Cluster, token_for: Tok
     await ws.close()
 
 
-async def test_token_expiry_closes_1008(cluster: Cluster, token_for: Token) -> None:
+async def test_token_expiry_closes_1008(gateway: ServiceProcess, token_for: Token) -> None:
     """Without a refresh, the connection is closed 1008 "token expired" at `exp`."""
-    ws = await open_ws(cluster.b, uuid.uuid4(), token_for(uuid.uuid4(), ttl=2))
+    ws = await open_ws(gateway, uuid.uuid4(), token_for(uuid.uuid4(), ttl=2))
     assert await closed_with(ws, timeout=6) == (1008, "token expired")
 
 
-async def test_chat_frames_reach_the_chat_seam(cluster: Cluster, token_for: Token) -> None:
+async def test_chat_frames_reach_the_chat_seam(gateway: ServiceProcess, token_for: Token) -> None:
     """A seed `message` frame is handed to gateway.chat, whose answer arrives on the socket."""
-    ws = await open_ws(cluster.a, uuid.uuid4(), token_for(uuid.uuid4()))
+    ws = await open_ws(gateway, uuid.uuid4(), token_for(uuid.uuid4()))
     await ws.send(json.dumps({"type": "message", "message": "hello"}))
     answer = await recv_json(ws)
     assert answer["type"] != "error" or answer["error"]["code"] not in {

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import re
+import sys
 import time
 import uuid
 import weakref
@@ -294,8 +295,9 @@ async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_matter() -> 
 
 async def test_closed_connection_freed_without_the_collector() -> None:
     """On `GatewayWebSocketProtocol` an accepted connection keeps neither the handshake request
-    nor its response, and once the client leaves, reference counting alone frees the protocol
-    and its `websockets` state (no cycle waits for a full collection)."""
+    nor its response, its attributes sit in a dict no larger than a fresh copy, and once the
+    client leaves, reference counting alone frees the protocol and its `websockets` state (no
+    cycle waits for a full collection)."""
     ended, lost, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     seen: dict[str, Any] = {}
 
@@ -316,6 +318,7 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         await send({"type": "websocket.accept"})
         protocol = scope["extensions"][EXTENSION]["sink"]
         seen["kept"] = [hasattr(protocol, "request"), hasattr(protocol, "response")]
+        seen["compact"] = sys.getsizeof(protocol.__dict__) <= sys.getsizeof(dict(vars(protocol)))
         seen["protocol"], seen["parser"] = weakref.ref(protocol), weakref.ref(protocol.conn)
         del protocol
         message = await receive()
@@ -338,8 +341,145 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         await lost.wait()
         await finished.wait()
         assert seen["kept"] == [False, False]
+        assert seen["compact"], "the protocol's attributes outgrew their dict's table"
         assert seen["protocol"]() is None
         assert seen["parser"]() is None
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_adopted_connection_served_without_its_task_and_freed_without_the_collector() -> None:
+    """Once the application adopts its connection (`GatewayWebSocketProtocol.adopt`) and
+    returns, the protocol keeps the socket open and hands every receive event to the reader —
+    a message the client sent before the adoption first, the disconnect last —, drops the ASGI
+    scope, and reference counting alone frees it after the client leaves, though the reader
+    holds the protocol as the gateway's connection does."""
+    ended, lost, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    received = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    class Echo:
+        """A reader that echoes text messages through the sink, as frames it writes itself."""
+
+        def __init__(self, sink: GatewayWebSocketProtocol) -> None:
+            self.sink = sink
+            self.events: list[str] = []
+
+        def put_nowait(self, item: Any) -> None:
+            self.events.append(item["type"])
+            if item["type"] == "websocket.receive":
+                self.sink.write_frames(text_frame(item["text"].encode()))
+                # Not from within `put_nowait`: the protocol pauses reading right after it.
+                asyncio.get_running_loop().call_soon(self.sink.resume_reading)
+            else:  # the client's close, then the lost transport: the first one counts
+                seen.setdefault("events", list(self.events))
+                ended.set()
+
+    class Observed(GatewayWebSocketProtocol):
+        """Tells the test when a frame arrived, the ASGI task ended and the connection is lost."""
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.handshake_complete:  # a frame, not the handshake request
+                received.set()
+
+        def on_task_complete(self, task: asyncio.Task[None]) -> None:
+            super().on_task_complete(task)
+            finished.set()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            lost.set()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "websocket.connect"}
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"][EXTENSION]["sink"]
+        # Held until adopted: the client's first message, sent right after the handshake.
+        await received.wait()
+        assert not protocol.queue.empty()
+        protocol.adopt(Echo(protocol))
+        seen["protocol"], seen["parser"] = weakref.ref(protocol), weakref.ref(protocol.conn)
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gc.disable()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+            await ws.send("early")
+            await finished.wait()
+            assert await ws.recv() == "early"
+            assert not state.tasks, "the ASGI task ended with the application"
+            assert not hasattr(seen["protocol"](), "scope")
+            await ws.send("late")
+            assert await ws.recv() == "late"
+        await ended.wait()
+        await lost.wait()
+        assert seen["events"] == ["websocket.receive"] * 2 + ["websocket.disconnect"]
+        assert seen["protocol"]() is None
+        assert seen["parser"]() is None
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_freed() -> None:
+    """A client that leaves while the handshake's async part still runs: adopting afterwards
+    hands the reader the held disconnect, and reference counting alone frees the protocol."""
+    lost, adopted = asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        """A reader that keeps the protocol, as the gateway's connection does."""
+
+        def __init__(self, sink: GatewayWebSocketProtocol) -> None:
+            self.sink = sink
+            self.events: list[str] = []
+
+        def put_nowait(self, item: Any) -> None:
+            self.events.append(item["type"])
+
+    class Observed(GatewayWebSocketProtocol):
+        """Tells the test when the connection is lost."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            lost.set()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "websocket.connect"}
+        await send({"type": "websocket.accept"})
+        protocol = scope["extensions"][EXTENSION]["sink"]
+        await lost.wait()
+        reader = Recorder(protocol)
+        protocol.adopt(reader)
+        seen["events"] = reader.events
+        seen["protocol"] = weakref.ref(protocol)
+        adopted.set()
+
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gc.disable()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None):
+            pass
+        await adopted.wait()
+        while state.tasks:  # the application's task finishes on the loop's next turns
+            await asyncio.wait(set(state.tasks))
+        assert seen["events"][:1] == ["websocket.disconnect"]
+        assert set(seen["events"]) == {"websocket.disconnect"}
+        assert seen["protocol"]() is None
     finally:
         gc.enable()
         server.close()

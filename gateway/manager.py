@@ -44,7 +44,7 @@ from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
 from gateway.ordering import Action, Replay
-from gateway.registry import SESSION_FULL, USER_FULL, create_registry
+from gateway.registry import OWNER_UNCONFIRMED, SESSION_FULL, USER_FULL, create_registry
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.state import GatewayState
 from gateway.subscriptions import TopicHub
@@ -194,63 +194,78 @@ class ConnectionManager:
         return f"{self.instance_id}:{next(self._ids):x}"
 
     async def claim(self, session_id: UUID, user_id: UUID) -> None:
-        """Make sure the session is the user's, durably (agent_svc); raises `Refused`.
+        """Refuse (1008) a session this instance already knows belongs to another user; awaits
+        nothing (a coroutine for the endpoint, which awaits it before `connect()`).
 
-        A session never changes owner (none is ever deleted), so a positive answer is
-        remembered: in this instance (bounded), and in Redis for every gateway
+        Everything else is decided by `connect()`, before anything is registered or sent: a
+        session never changes owner (none is ever deleted), so a positive answer of agent_svc
+        (durable) is remembered in this instance (bounded) and in Redis for every gateway
         (`ws:owner:{session_id}`, written only after agent_svc said yes). A client reconnecting
-        to this instance costs no round trip; one reconnecting to another instance — all the
-        clients of a gateway that died — costs a GET instead of agent_svc's transaction. Redis
-        only ever confirms: an absent or different owner, or Redis failing, asks agent_svc,
-        which decides.
+        to this instance costs no check; one reconnecting to another instance — all the clients
+        of a gateway that died — has the remembered owner checked by the registry's attach
+        script, in the same round trip. Redis only ever confirms: an absent or different owner
+        asks agent_svc, which decides.
         """
-        if self._owners.get(session_id) == user_id:
-            return
-        key = keys.session_owner(session_id)
-        if await self._remembered_owner(key) != str(user_id):
-            try:
-                await claim_session(self._agent, self.settings, session_id, user_id)
-            except NotFound:
-                raise Refused(1008, "session belongs to another user") from None
-            except RateLimited:
-                raise Refused(1013, "too many new sessions: try again later") from None
-            except Unavailable:
-                raise Refused(1013, "session service unavailable: try again later") from None
-            with contextlib.suppress(redis.RedisError, OSError):
-                await self.redis.set(key, str(user_id), ex=OWNER_TTL)
+        known = self._owners.get(session_id)
+        if known is not None and known != user_id:
+            raise Refused(1008, "session belongs to another user")
+
+    async def _confirm_owner(self, session_id: UUID, user_id: UUID) -> None:
+        """Ask agent_svc to claim the session for the user (durably); remember a yes in Redis.
+        Raises `Refused`."""
+        try:
+            await claim_session(self._agent, self.settings, session_id, user_id)
+        except NotFound:
+            raise Refused(1008, "session belongs to another user") from None
+        except RateLimited:
+            raise Refused(1013, "too many new sessions: try again later") from None
+        except Unavailable:
+            raise Refused(1013, "session service unavailable: try again later") from None
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.redis.set(keys.session_owner(session_id), str(user_id), ex=OWNER_TTL)
+
+    def _remember_owner(self, session_id: UUID, user_id: UUID) -> None:
         if len(self._owners) >= OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]  # oldest first
         self._owners[session_id] = user_id
 
-    async def _remembered_owner(self, key: str) -> str | None:
-        """The owner a gateway stored after agent_svc confirmed it; None if unknown (or Redis
-        failed: agent_svc answers instead)."""
-        try:
-            owner = await self.redis.get(key)
-        except (redis.RedisError, OSError):
-            return None
-        return owner.decode() if isinstance(owner, bytes) else owner
-
-    # The seed's manager API.
-
-    async def connect(self, conn: Connection, last_seq: int | None) -> None:
-        """Register, subscribe, then greet and replay (resume), or take the seq baseline and
-        greet; raises `Refused`. Whatever happens, call `disconnect(conn)` afterwards."""
+    async def _attach(self, conn: Connection, owner_check: bool) -> int:
         settings = self.settings
         try:
-            attached = await self._registry.attach(
+            return await self._registry.attach(
                 conn.conn_id,
                 conn.session_id,
                 conn.user_id,
                 settings.ws_max_connections_per_session,
                 settings.ws_max_connections_per_user,
+                owner_check=owner_check,
             )
         except (redis.RedisError, OSError):
             raise Refused(1013, "registry unavailable: try again later") from None
+
+    async def _admit(self, conn: Connection) -> None:
+        """Register the connection if its user owns its session (see `claim()`); raises
+        `Refused` — and then nothing is registered."""
+        session_id, user_id = conn.session_id, conn.user_id
+        known = self._owners.get(session_id) == user_id
+        attached = await self._attach(conn, owner_check=not known)
+        if attached == OWNER_UNCONFIRMED:
+            await self._confirm_owner(session_id, user_id)
+            attached = await self._attach(conn, owner_check=False)
         if attached == SESSION_FULL:
             raise Refused(1013, "too many connections for this session")
         if attached == USER_FULL:
             raise Refused(1013, "too many connections for this user")
+        if not known:
+            self._remember_owner(session_id, user_id)
+
+    # The seed's manager API.
+
+    async def connect(self, conn: Connection, last_seq: int | None) -> None:
+        """Check the session's owner and register (`_admit`), subscribe, then greet and replay
+        (resume), or take the seq baseline and greet; raises `Refused`. Whatever happens, call
+        `disconnect(conn)` afterwards."""
+        await self._admit(conn)
         self.connections[conn.conn_id] = conn
         metrics.OPEN_CONNECTIONS.inc()
         self._heap.opened()

@@ -10,7 +10,10 @@ keys also expire (three heartbeats) unless a live holder refreshes them: if ever
 registry still empties itself.
 
 Attaching is one Lua script: count, refuse over `WS_MAX_CONNECTIONS_PER_SESSION`, add — atomic, so
-the cap holds across instances under concurrent connects.
+the cap holds across instances under concurrent connects. On request it first checks the session's
+owner a gateway remembered in Redis (`ws:owner:{session}`, see `ConnectionManager.connect`), so a
+reconnecting client's ownership check and its registration cost one round trip, and a connection
+whose owner Redis does not confirm is not registered at all.
 
 A beat refreshes the expiry of every key the instance holds, in chunks of `BEAT_CHUNK` keys per
 script call with an await between chunks: with 10k connections, one pipeline of 20k PEXPIREs
@@ -45,6 +48,7 @@ from shared.redis_client import RedisClient, is_cluster
 log = logging.getLogger(__name__)
 
 _ATTACH = """
+if ARGV[7] == '1' and redis.call('GET', KEYS[5]) ~= ARGV[8] then return -2 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[6]) then return -1 end
 redis.call('SADD', KEYS[4], ARGV[1])
@@ -75,6 +79,7 @@ return 1
 
 # Cluster mode: the session's own set only (one slot).
 _CLUSTER_ATTACH = """
+if ARGV[7] == '1' and redis.call('GET', KEYS[5]) ~= ARGV[8] then return -2 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -88,7 +93,7 @@ return redis.call('SCARD', KEYS[1])
 
 
 # What `attach` answers.
-ATTACHED, SESSION_FULL, USER_FULL = 1, 0, -1
+ATTACHED, SESSION_FULL, USER_FULL, OWNER_UNCONFIRMED = 1, 0, -1, -2
 NO_USER_LIMIT = 2**31
 
 
@@ -116,15 +121,20 @@ class Registry:
         user_id: UUID,
         limit: int,
         user_limit: int = NO_USER_LIMIT,
+        *,
+        owner_check: bool = False,
     ) -> int:
         """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
-        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
+        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise. With `owner_check`, first
+        make sure Redis remembers `user_id` as the session's owner (`keys.session_owner`), and
+        add nothing if not (`OWNER_UNCONFIRMED`)."""
         added = await self._attach(
             keys=[
                 keys.ws_session(session_id),
                 keys.user_sessions(user_id),
                 self._own,
                 keys.ws_user(user_id),
+                keys.session_owner(session_id),
             ],
             args=[
                 conn_id,
@@ -133,6 +143,8 @@ class Registry:
                 self._expire_ms,
                 f"{session_id} {user_id}",
                 user_limit,
+                "1" if owner_check else "0",
+                str(user_id),
             ],
         )
         return int(added)
@@ -252,9 +264,14 @@ class ClusterRegistry(Registry):
         user_id: UUID,
         limit: int,
         user_limit: int = NO_USER_LIMIT,
+        *,
+        owner_check: bool = False,
     ) -> int:
-        """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
-        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
+        """As `Registry.attach`; the owner is read first, on its own (another slot)."""
+        if owner_check and _text(
+            await self._cluster.get(keys.session_owner(session_id)) or b""
+        ) != str(user_id):
+            return OWNER_UNCONFIRMED
         added = await self._attach_session(
             keys=[keys.ws_session(session_id)], args=[conn_id, limit, self._expire_ms]
         )

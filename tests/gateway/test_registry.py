@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as redis
 from websockets.exceptions import ConnectionClosed
 
+from gateway.registry import ATTACHED, OWNER_UNCONFIRMED, Registry
 from shared import keys
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
@@ -134,3 +135,28 @@ async def test_graceful_shutdown_closes_1012_and_cleans_registry(
     assert "Application shutdown complete" in log, log
     assert not await r.exists(keys.ws_session(session)), log
     assert not await r.exists(keys.user_sessions(user)), log
+
+
+@pytest.fixture
+async def raw(infra: Infra) -> AsyncIterator[redis.Redis]:
+    """A client as the gateway makes it (bytes replies)."""
+    client = redis.Redis.from_url(infra.redis.url)
+    yield client
+    await client.aclose()
+
+
+async def test_attach_checks_the_remembered_owner_first(raw: redis.Redis) -> None:
+    """With `owner_check`, the attach script registers only a user Redis remembers as the
+    session's owner; an unknown session or another user gets `OWNER_UNCONFIRMED` and leaves no
+    trace in the registry."""
+    registry = Registry(raw, uuid.uuid4().hex[:12], 30)
+    owner, intruder, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    unknown = await registry.attach("c1", session, owner, 5, owner_check=True)
+    assert unknown == OWNER_UNCONFIRMED
+    await raw.set(keys.session_owner(session), str(owner))
+    foreign = await registry.attach("c2", session, intruder, 5, owner_check=True)
+    assert foreign == OWNER_UNCONFIRMED
+    assert not await raw.exists(keys.ws_session(session), keys.ws_user(intruder))
+    assert await registry.attach("c3", session, owner, 5, owner_check=True) == ATTACHED
+    assert await raw.smembers(keys.ws_session(session)) == {b"c3"}
+    await registry.leave()

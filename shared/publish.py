@@ -5,6 +5,10 @@ A frame is encoded once by the caller (or here) and wrapped in the pub/sub envel
 is fire-and-forget (Redis pub/sub): a caller that must not lose a frame keeps its own durable copy
 and replays it — as notifications do with their per-user `seq` and outbox.
 
+A notification (`notification()`) also raises the user's latest seq in Redis (`keys.user_seq`) in
+the same script as its publish, so a gateway can take a connection's seq baseline, or see that a
+resuming client missed nothing, with one GET instead of asking the notifications service.
+
 On a Redis Cluster (`REDIS_CLUSTER`, which makes the client a `RedisCluster`) every frame goes out
 with SPUBLISH, routed to the shard owning the channel's slot, which is where the gateways'
 SSUBSCRIBEs are: a classic PUBLISH would never reach a shard subscriber.
@@ -20,6 +24,21 @@ import msgspec
 from shared import keys
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, encode, encode_envelope
+
+SEQ_TTL_MS = 30 * 86400 * 1000  # a user's latest seq is forgotten after 30 days without news
+
+# KEYS[1] the user's seq key; ARGV: payload, seq, ttl ms, publish command, channel. Atomic: no
+# reader ever sees the seq of a frame not yet published, nor a frame published without its seq.
+_RAISE_SEQ = """
+local known = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[2]) > known then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+"""
+_NOTIFICATION = _RAISE_SEQ + "return redis.call(ARGV[4], ARGV[5], ARGV[1])\n"
+_REMEMBER = _RAISE_SEQ + "return 1\n"
 
 
 def _bytes(frame: bytes | msgspec.Struct | dict[str, object]) -> bytes:
@@ -43,6 +62,38 @@ async def to_user(
     cluster: how many of the owning shard's subscribers)."""
     meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
     return await _publish(client, keys.user_channel(user_id), encode_envelope(_bytes(frame), meta))
+
+
+async def notification(client: RedisClient, user_id: UUID | str, frame: bytes, seq: int) -> int:
+    """Publish a committed notification to `user_id` (as `to_user`) and, in the same script,
+    raise the user's latest seq to `seq` (`keys.user_seq`; never lowered, so a frame published
+    again after a lost marking changes nothing). Callers publish a user's notifications in seq
+    order (the outbox's lock); returns how many gateways received it."""
+    meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
+    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
+    received = await client.eval(
+        _NOTIFICATION,
+        1,
+        keys.user_seq(user_id),
+        encode_envelope(frame, meta),
+        seq,
+        SEQ_TTL_MS,
+        command,
+        keys.user_channel(user_id),
+    )
+    return int(received)
+
+
+async def remember_seq(client: RedisClient, user_id: UUID | str, seq: int) -> None:
+    """Raise the user's latest seq in Redis to `seq`, the notifications service's answer for the
+    user's highest committed seq (never lowers it)."""
+    await client.eval(_REMEMBER, 1, keys.user_seq(user_id), b"", seq, SEQ_TTL_MS)
+
+
+async def latest_seq(client: RedisClient, user_id: UUID | str) -> int | None:
+    """The user's latest seq as far as Redis knows (`keys.user_seq`), None if it does not."""
+    value = await client.get(keys.user_seq(user_id))
+    return None if value is None else int(value)
 
 
 async def to_session(

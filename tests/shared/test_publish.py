@@ -80,3 +80,50 @@ async def test_cluster_publishes_on_the_shard_channel(local_cluster: LocalRedisC
     finally:
         await client.aclose()
     assert (meta.seq, frame) == (1, b'{"type":"z"}')
+
+
+async def test_notification_publishes_and_raises_the_users_seq(client: redis.Redis) -> None:
+    """A notification reaches the user's channel with its seq and raises the user's latest seq;
+    a lower seq (published again after a lost marking) never lowers it, and neither does the
+    notifications service's answer remembered by a gateway."""
+    user = uuid.uuid4()
+    assert await publish.latest_seq(client, user) is None
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(keys.user_channel(user))
+        assert await publish.notification(client, user, b'{"type":"n"}', seq=4) == 1
+        channel, meta, frame = await _next(pubsub)
+    assert (channel, meta.seq, meta.user_id, frame) == (
+        keys.user_channel(user),
+        4,
+        str(user),
+        b'{"type":"n"}',
+    )
+    assert await publish.latest_seq(client, user) == 4
+    await publish.notification(client, user, b'{"type":"n"}', seq=3)
+    await publish.remember_seq(client, user, 2)
+    assert await publish.latest_seq(client, user) == 4
+    await publish.remember_seq(client, user, 9)
+    assert await publish.latest_seq(client, user) == 9
+    assert 0 < await client.pttl(keys.user_seq(user)) <= publish.SEQ_TTL_MS
+
+
+async def test_cluster_notification_shares_the_channels_slot(
+    local_cluster: LocalRedisCluster,
+) -> None:
+    """On a Redis Cluster the seq key lives in the channel's slot: one script raises it and
+    SPUBLISHes, which a sharded subscriber receives."""
+    client = cluster.create_client(local_cluster.url)
+    user = uuid.uuid4()
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+        async with cluster.ShardedSubscriber(
+            client, on_message=lambda channel, payload: received.put_nowait(payload)
+        ) as subscriber:
+            await subscriber.subscribe(keys.user_channel(user))
+            assert await publish.notification(client, user, b'{"type":"n"}', seq=5) == 1
+            async with asyncio.timeout(5):
+                meta, _ = decode_envelope(await received.get())
+        assert meta.seq == 5
+        assert await publish.latest_seq(client, user) == 5
+    finally:
+        await client.aclose()

@@ -283,8 +283,17 @@ class ConnectionManager:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
+        # From here every notification published reaches `conn` live (held until it is live),
+        # so the user's latest seq read now from Redis (`publish.latest_seq`: never below what
+        # was published) bounds what it could have missed. Read before subscribing, it would
+        # not: a frame published in between would be neither held nor replayed.
         if last_seq is not None:
             conn.start_writer()  # the replay follows the greeting through the queue
+            if await self._stored_seq(conn.user_id) == last_seq:
+                # Nothing was published after the client's last seq: no replay to fetch.
+                if conn.order.start(last_seq):
+                    self._spawn(self._gap_fill([conn]))
+                return
             try:
                 await self._catch_up([conn], last_seq)
             except ReplayError as exc:
@@ -295,6 +304,9 @@ class ConnectionManager:
         # before the writer sends the greeting, after the subscription is in place.
         baseline = self._sibling_baseline(conn)
         if baseline is None:
+            baseline = await self._stored_seq(conn.user_id)
+        fetched = baseline is None
+        if baseline is None:
             try:
                 baseline = (await self._replay.page(conn.user_id, LATEST)).last_seq
             except ReplayError as exc:
@@ -303,6 +315,18 @@ class ConnectionManager:
         if conn.order.start(baseline):
             # Created and published while the baseline was fetched: replay past it.
             self._spawn(self._gap_fill([conn]))
+        if fetched and baseline is not None:
+            # The user's highest committed seq: the next fresh connection reads it from Redis.
+            with contextlib.suppress(redis.RedisError, OSError):
+                await publish.remember_seq(self.redis, conn.user_id, baseline)
+
+    async def _stored_seq(self, user_id: UUID) -> int | None:
+        """The user's latest seq in Redis; None when Redis does not know it (or fails: the
+        notifications service answers instead)."""
+        try:
+            return await publish.latest_seq(self.redis, user_id)
+        except (redis.RedisError, OSError, ValueError):
+            return None
 
     def _sibling_baseline(self, conn: Connection) -> int | None:
         """The seq baseline of a live sibling (same user, this instance), saving a round trip to

@@ -44,7 +44,13 @@ from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
 from gateway.ordering import Action, Replay
-from gateway.registry import OWNER_UNCONFIRMED, SESSION_FULL, USER_FULL, create_registry
+from gateway.registry import (
+    OWNER_UNCONFIRMED,
+    SESSION_FULL,
+    USER_FULL,
+    DetachBatcher,
+    create_registry,
+)
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.state import GatewayState
 from gateway.subscriptions import TopicHub
@@ -113,6 +119,7 @@ class ConnectionManager:
             ping_interval=min(5.0, settings.ws_heartbeat_interval),
         )
         self._ids = itertools.count(1)
+        self._detacher = DetachBatcher(self._registry, self._spawn)
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -346,13 +353,15 @@ class ConnectionManager:
         self._everyone.discard(conn)
         self._detaching += 1
         try:
-            await self.topics.drop(conn)
-            await self._fanout.leave(conn, conn.channels)
-            await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
-        except (redis.RedisError, OSError) as exc:
-            # `stop()` (this instance's own entries), the others' sweep or the key expiry
-            # removes it later.
-            log.warning("registry detach failed", extra={"error": repr(exc)})
+            try:
+                await self.topics.drop(conn)
+                await self._fanout.leave(conn, conn.channels)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("fan-out leave failed", extra={"error": repr(exc)})
+            # Batched with the other connections closing now; a failure is logged once per
+            # batch, and `stop()` (this instance's own entries), the others' sweep or the key
+            # expiry removes the entry later.
+            await self._detacher.detach(conn.conn_id, conn.session_id, conn.user_id)
         finally:
             # Counted once detached: until then its objects are alive, and a mass disconnect
             # must not look to the heap freezer like frozen garbage.

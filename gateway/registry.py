@@ -34,9 +34,11 @@ a session missing from `user:sessions:<id>` is healed within one beat (half a he
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 from uuid import UUID
 
 from redis.asyncio.cluster import RedisCluster
@@ -69,13 +71,19 @@ return #KEYS
 
 BEAT_CHUNK = 500  # connections per round trip in a beat: bounds each synchronous stretch
 
+# KEYS[1] the holder's hash, then per connection its session set, its user's sessions set and
+# its user's connection set; ARGV per connection: its id, its session id.
 _DETACH = """
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
-return 1
+for i = 0, #ARGV / 2 - 1 do
+  local session, conn = KEYS[3 * i + 2], ARGV[2 * i + 1]
+  redis.call('SREM', session, conn)
+  redis.call('SREM', KEYS[3 * i + 4], conn)
+  redis.call('HDEL', KEYS[1], conn)
+  if redis.call('SCARD', session) == 0 then redis.call('SREM', KEYS[3 * i + 3], ARGV[2 * i + 2]) end
+end
+return #ARGV / 2
 """
+DETACH_BATCH = 200  # connections per detach script call: bounds each script's time in Redis
 
 # Cluster mode: the session's own set only (one slot).
 _CLUSTER_ATTACH = """
@@ -151,19 +159,28 @@ class Registry:
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection; idempotent."""
-        await self._remove(conn_id, str(session_id), str(user_id), self._own)
+        await self.detach_many([(conn_id, str(session_id), str(user_id))])
 
-    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
-        """Remove one connection held by the instance whose hash is `own`."""
-        await self._detach(
-            keys=[
-                keys.ws_session(session_id),
-                keys.user_sessions(user_id),
-                own,
-                keys.ws_user(user_id),
-            ],
-            args=[conn_id, session_id],
-        )
+    async def detach_many(self, held: list[tuple[str, str, str]]) -> None:
+        """Remove connections (connection id, session id, user id) of this instance, in one
+        round trip per `DETACH_BATCH`; idempotent."""
+        await self._remove(held, self._own)
+
+    async def _remove(self, held: list[tuple[str, str, str]], own: str) -> None:
+        """Remove connections held by the instance whose hash is `own`."""
+        for start in range(0, len(held), DETACH_BATCH):
+            chunk = held[start : start + DETACH_BATCH]
+            names = [own]
+            for _, session_id, user_id in chunk:
+                names += (
+                    keys.ws_session(session_id),
+                    keys.user_sessions(user_id),
+                    keys.ws_user(user_id),
+                )
+            await self._detach(
+                keys=names,
+                args=[a for conn_id, session_id, _ in chunk for a in (conn_id, session_id)],
+            )
 
     async def _refresh_expiry(self, held: list[tuple[str, str, str]]) -> None:
         """Push back the expiry of the registry keys of `held` (one beat's chunk)."""
@@ -212,9 +229,11 @@ class Registry:
     async def _forget(self, instance: str) -> None:
         own = keys.gateway_connections(instance)
         entries = await self._redis.hgetall(own)
+        held = []
         for conn_id, value in entries.items():
             session_id, _, user_id = _text(value).partition(" ")
-            await self._remove(_text(conn_id), session_id, user_id, own)
+            held.append((_text(conn_id), session_id, user_id))
+        await self._remove(held, own)
         await self._redis.srem(keys.GATEWAY_INSTANCES, instance)
         if entries:
             log.info("swept dead gateway", extra={"instance": instance, "entries": len(entries)})
@@ -300,7 +319,14 @@ class ClusterRegistry(Registry):
             raise
         return ATTACHED
 
-    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
+    async def _remove(self, held: list[tuple[str, str, str]], own: str) -> None:
+        # Each connection's keys are in slots of their own: one script and pipeline each, a
+        # bounded number at once.
+        for start in range(0, len(held), DETACH_BATCH):
+            chunk = held[start : start + DETACH_BATCH]
+            await asyncio.gather(*(self._remove_one(*entry, own) for entry in chunk))
+
+    async def _remove_one(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
         left = await self._detach_session(keys=[keys.ws_session(session_id)], args=[conn_id])
         async with self._cluster.pipeline(transaction=False) as pipe:
             pipe.hdel(own, conn_id)
@@ -323,6 +349,72 @@ class ClusterRegistry(Registry):
                 pipe.pexpire(keys.ws_session(session_id), self._expire_ms)
                 pipe.pexpire(keys.user_sessions(user_id), self._expire_ms)
             await pipe.execute()
+
+
+class DetachBatcher:
+    """Detaches of connections closing at about the same time, sent together.
+
+    When thousands of clients leave at once (a network blip, a load balancer draining), one
+    script call per connection queued thousands of Redis commands behind each other, and past
+    the socket timeout each failed on its own ("registry detach failed", thousands of times).
+    Here a detach joins the batch being collected: the first one of a batch starts a flush,
+    which yields to the event loop once and sends everything collected, `DETACH_BATCH`
+    connections per round trip; detaches arriving meanwhile form the next batch, sent when the
+    current one is done. No timer: the batch is as large as the burst makes it.
+
+    `detach()` returns once its batch was applied, or failed — then the failure is logged once
+    per batch and the registry heals itself (the keys expire; a stopping instance removes its
+    own entries, other instances sweep a dead one's)."""
+
+    def __init__(
+        self, registry: Registry, spawn: Callable[[Coroutine[Any, Any, None]], object]
+    ) -> None:
+        """`spawn` runs the flush in the background (the manager's, which cancels it on stop)."""
+        self._registry = registry
+        self._spawn = spawn
+        self._held: list[tuple[str, str, str]] = []
+        self._applied: asyncio.Future[None] | None = None  # done when `_held` was sent
+        self._flushing = False
+
+    async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
+        """Remove a connection with the next batch; returns once that batch was sent."""
+        self._held.append((conn_id, str(session_id), str(user_id)))
+        if self._applied is None:
+            self._applied = asyncio.get_running_loop().create_future()
+        applied = self._applied
+        if not self._flushing:
+            self._flushing = True
+            self._spawn(self._flush())
+        # Shielded: a cancelled caller must not cancel the batch's other waiters.
+        await asyncio.shield(applied)
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the detaches of this event-loop iteration join the batch
+            while self._held:
+                held, applied = self._held, self._applied
+                self._held, self._applied = [], None
+                try:
+                    await self._registry.detach_many(held)
+                except (RedisError, OSError) as exc:
+                    log.warning(
+                        "registry detach failed",
+                        extra={"error": repr(exc), "connections": len(held)},
+                    )
+                finally:
+                    _resolve(applied)
+        finally:
+            # Cancelled (the instance is stopping; `Registry.leave()` removes what it held):
+            # release every waiter.
+            self._flushing = False
+            self._held, applied = [], self._applied
+            self._applied = None
+            _resolve(applied)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def create_registry(client: RedisClient, instance_id: str, heartbeat: float) -> Registry:

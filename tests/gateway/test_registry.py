@@ -4,14 +4,16 @@ instances, healing after `kill -9`, cleaning on graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
 from websockets.exceptions import ConnectionClosed
 
-from gateway.registry import ATTACHED, OWNER_UNCONFIRMED, Registry
+from gateway.registry import ATTACHED, OWNER_UNCONFIRMED, DetachBatcher, Registry
 from shared import keys
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
@@ -160,3 +162,42 @@ async def test_attach_checks_the_remembered_owner_first(raw: redis.Redis) -> Non
     assert await registry.attach("c3", session, owner, 5, owner_check=True) == ATTACHED
     assert await raw.smembers(keys.ws_session(session)) == {b"c3"}
     await registry.leave()
+
+
+class _CountingRegistry(Registry):
+    """A real registry that counts its detach round trips."""
+
+    calls = 0
+
+    async def detach_many(self, held: list[tuple[str, str, str]]) -> None:
+        self.calls += 1
+        await super().detach_many(held)
+
+
+async def test_500_connections_closed_together_detach_in_batches(
+    raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 connections of 100 sessions closing at once: every detach returns once its batch is
+    applied, the registry is empty after (seed keys, per-user sets, the instance's hash), it
+    took a handful of batches rather than 500 calls, and no error was logged."""
+    registry = _CountingRegistry(raw, uuid.uuid4().hex[:12], 30)
+    users = [uuid.uuid4() for _ in range(20)]
+    sessions = [(uuid.uuid4(), users[n % 20]) for n in range(100)]
+    held = [(f"c{n}", *sessions[n % 100]) for n in range(500)]
+    for conn_id, session, user in held:
+        assert await registry.attach(conn_id, session, user, 5) == ATTACHED
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+        tasks.add(asyncio.create_task(coroutine))
+
+    batcher = DetachBatcher(registry, spawn)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.gather(*(batcher.detach(*entry) for entry in held))
+    await asyncio.gather(*tasks)
+    names = [keys.gateway_connections(registry.instance_id)]
+    names += [keys.ws_session(session) for session, _ in sessions]
+    names += [keys.user_sessions(user) for user in users] + [keys.ws_user(u) for u in users]
+    assert await raw.exists(*names) == 0
+    assert registry.calls <= 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -37,6 +37,7 @@ import msgspec
 import redis.asyncio as redis
 
 from gateway import frames, metrics
+from gateway.batch import GroupCommit
 from gateway.chat import claim_session
 from gateway.connection import Connection
 from gateway.delivery import OrderedDelivery
@@ -120,6 +121,8 @@ class ConnectionManager:
         )
         self._ids = itertools.count(1)
         self._detacher = DetachBatcher(self._registry, self._spawn)
+        # The seqs of users whose connections are being set up, read together (gateway.batch).
+        self._seqs: GroupCommit[UUID, int | None] = GroupCommit(self._read_seqs, self._spawn)
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -331,9 +334,12 @@ class ConnectionManager:
         """The user's latest seq in Redis; None when Redis does not know it (or fails: the
         notifications service answers instead)."""
         try:
-            return await publish.latest_seq(self.redis, user_id)
+            return await self._seqs.submit(user_id)
         except (redis.RedisError, OSError, ValueError):
             return None
+
+    async def _read_seqs(self, user_ids: list[UUID]) -> list[int | None]:
+        return await publish.latest_seqs(self.redis, user_ids)
 
     def _sibling_baseline(self, conn: Connection) -> int | None:
         """The seq baseline of a live sibling (same user, this instance), saving a round trip to

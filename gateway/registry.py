@@ -44,6 +44,7 @@ from uuid import UUID
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from gateway.batch import GroupCommit
 from shared import keys
 from shared.redis_client import RedisClient, is_cluster
 
@@ -352,15 +353,12 @@ class ClusterRegistry(Registry):
 
 
 class DetachBatcher:
-    """Detaches of connections closing at about the same time, sent together.
+    """Detaches of connections closing at about the same time, sent together (`GroupCommit`).
 
     When thousands of clients leave at once (a network blip, a load balancer draining), one
     script call per connection queued thousands of Redis commands behind each other, and past
     the socket timeout each failed on its own ("registry detach failed", thousands of times).
-    Here a detach joins the batch being collected: the first one of a batch starts a flush,
-    which yields to the event loop once and sends everything collected, `DETACH_BATCH`
-    connections per round trip; detaches arriving meanwhile form the next batch, sent when the
-    current one is done. No timer: the batch is as large as the burst makes it.
+    Batched, a burst is a few script calls (`DETACH_BATCH` connections each).
 
     `detach()` returns once its batch was applied, or failed — then the failure is logged once
     per batch and the registry heals itself (the keys expire; a stopping instance removes its
@@ -369,52 +367,22 @@ class DetachBatcher:
     def __init__(
         self, registry: Registry, spawn: Callable[[Coroutine[Any, Any, None]], object]
     ) -> None:
-        """`spawn` runs the flush in the background (the manager's, which cancels it on stop)."""
+        """`spawn` runs each flush in the background (the manager's, which cancels it on stop)."""
         self._registry = registry
-        self._spawn = spawn
-        self._held: list[tuple[str, str, str]] = []
-        self._applied: asyncio.Future[None] | None = None  # done when `_held` was sent
-        self._flushing = False
+        self._batches: GroupCommit[tuple[str, str, str], None] = GroupCommit(self._apply, spawn)
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection with the next batch; returns once that batch was sent."""
-        self._held.append((conn_id, str(session_id), str(user_id)))
-        if self._applied is None:
-            self._applied = asyncio.get_running_loop().create_future()
-        applied = self._applied
-        if not self._flushing:
-            self._flushing = True
-            self._spawn(self._flush())
-        # Shielded: a cancelled caller must not cancel the batch's other waiters.
-        await asyncio.shield(applied)
+        await self._batches.submit((conn_id, str(session_id), str(user_id)))
 
-    async def _flush(self) -> None:
+    async def _apply(self, held: list[tuple[str, str, str]]) -> list[None]:
         try:
-            await asyncio.sleep(0)  # the detaches of this event-loop iteration join the batch
-            while self._held:
-                held, applied = self._held, self._applied
-                self._held, self._applied = [], None
-                try:
-                    await self._registry.detach_many(held)
-                except (RedisError, OSError) as exc:
-                    log.warning(
-                        "registry detach failed",
-                        extra={"error": repr(exc), "connections": len(held)},
-                    )
-                finally:
-                    _resolve(applied)
-        finally:
-            # Cancelled (the instance is stopping; `Registry.leave()` removes what it held):
-            # release every waiter.
-            self._flushing = False
-            self._held, applied = [], self._applied
-            self._applied = None
-            _resolve(applied)
-
-
-def _resolve(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
+            await self._registry.detach_many(held)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "registry detach failed", extra={"error": repr(exc), "connections": len(held)}
+            )
+        return [None] * len(held)
 
 
 def create_registry(client: RedisClient, instance_id: str, heartbeat: float) -> Registry:

@@ -17,6 +17,7 @@ SSUBSCRIBEs are: a classic PUBLISH would never reach a shard subscriber.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from uuid import UUID
 
 import msgspec
@@ -92,8 +93,17 @@ async def remember_seq(client: RedisClient, user_id: UUID | str, seq: int) -> No
 
 async def latest_seq(client: RedisClient, user_id: UUID | str) -> int | None:
     """The user's latest seq as far as Redis knows (`keys.user_seq`), None if it does not."""
-    value = await client.get(keys.user_seq(user_id))
-    return None if value is None else int(value)
+    return (await latest_seqs(client, [user_id]))[0]
+
+
+async def latest_seqs(client: RedisClient, user_ids: Sequence[UUID | str]) -> list[int | None]:
+    """`latest_seq` of several users in one round trip (one per node of a cluster)."""
+    names = [keys.user_seq(user_id) for user_id in user_ids]
+    if is_cluster(client):
+        values = await client.mget_nonatomic(names)
+    else:
+        values = await client.mget(names)
+    return [None if value is None else int(value) for value in values]
 
 
 async def to_session(

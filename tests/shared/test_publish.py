@@ -127,3 +127,10 @@ async def test_cluster_notification_shares_the_channels_slot(
         assert await publish.latest_seq(client, user) == 5
     finally:
         await client.aclose()
+
+
+async def test_latest_seqs_of_several_users_at_once(client: redis.Redis) -> None:
+    """One read answers each user's latest seq, None for a user Redis knows nothing of."""
+    known, unknown = uuid.uuid4(), uuid.uuid4()
+    await publish.remember_seq(client, known, 12)
+    assert await publish.latest_seqs(client, [known, unknown, known]) == [12, None, 12]

@@ -49,6 +49,7 @@ from gateway.registry import (
     OWNER_UNCONFIRMED,
     SESSION_FULL,
     USER_FULL,
+    Attach,
     DetachBatcher,
     create_registry,
 )
@@ -121,6 +122,9 @@ class ConnectionManager:
         )
         self._ids = itertools.count(1)
         self._detacher = DetachBatcher(self._registry, self._spawn)
+        self._attaches: GroupCommit[Attach, int] = GroupCommit(
+            self._registry.attach_many, self._spawn
+        )
         # The seqs of users whose connections are being set up, read together (gateway.batch).
         self._seqs: GroupCommit[UUID, int | None] = GroupCommit(self._read_seqs, self._spawn)
         self._owners: dict[UUID, UUID] = {}
@@ -241,15 +245,17 @@ class ConnectionManager:
 
     async def _attach(self, conn: Connection, owner_check: bool) -> int:
         settings = self.settings
+        entry = Attach(
+            conn.conn_id,
+            conn.session_id,
+            conn.user_id,
+            settings.ws_max_connections_per_session,
+            settings.ws_max_connections_per_user,
+            owner_check,
+        )
         try:
-            return await self._registry.attach(
-                conn.conn_id,
-                conn.session_id,
-                conn.user_id,
-                settings.ws_max_connections_per_session,
-                settings.ws_max_connections_per_user,
-                owner_check=owner_check,
-            )
+            # Batched with the other connections being admitted now (gateway.batch).
+            return await self._attaches.submit(entry)
         except (redis.RedisError, OSError):
             raise Refused(1013, "registry unavailable: try again later") from None
 

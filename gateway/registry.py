@@ -13,7 +13,8 @@ Attaching is one Lua script: count, refuse over `WS_MAX_CONNECTIONS_PER_SESSION`
 the cap holds across instances under concurrent connects. On request it first checks the session's
 owner a gateway remembered in Redis (`ws:owner:{session}`, see `ConnectionManager.connect`), so a
 reconnecting client's ownership check and its registration cost one round trip, and a connection
-whose owner Redis does not confirm is not registered at all.
+whose owner Redis does not confirm is not registered at all. Connections attaching at about the
+same time share one script call (`attach_many`, batched by the manager with `gateway.batch`).
 
 A beat refreshes the expiry of every key the instance holds, in chunks of `BEAT_CHUNK` keys per
 script call with an await between chunks: with 10k connections, one pipeline of 20k PEXPIREs
@@ -37,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from redis.asyncio.cluster import RedisCluster
@@ -50,20 +51,38 @@ from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
+# KEYS[1] the instance's hash, then per connection: its session's set, its user's sessions set,
+# its user's connection set, its session's remembered owner. ARGV[1] the keys' expiry (ms), then
+# per connection: its id, its session id, the session cap, the user cap, the hash entry, and the
+# user id to find as the session's owner ('' for no owner check). One answer per connection.
 _ATTACH = """
-if ARGV[7] == '1' and redis.call('GET', KEYS[5]) ~= ARGV[8] then return -2 end
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[6]) then return -1 end
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return 1
+local own, expire, answers = KEYS[1], ARGV[1], {}
+for i = 0, (#KEYS - 1) / 4 - 1 do
+  local k, a = 4 * i + 1, 6 * i + 1
+  local session, sessions, user = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local conn, owner = ARGV[a + 1], ARGV[a + 6]
+  local answer = 1
+  if owner ~= '' and redis.call('GET', KEYS[k + 4]) ~= owner then
+    answer = -2
+  elseif redis.call('SCARD', session) >= tonumber(ARGV[a + 3]) then
+    answer = 0
+  elseif redis.call('SCARD', user) >= tonumber(ARGV[a + 4]) then
+    answer = -1
+  else
+    redis.call('SADD', user, conn)
+    redis.call('PEXPIRE', user, expire)
+    redis.call('SADD', session, conn)
+    redis.call('PEXPIRE', session, expire)
+    redis.call('SADD', sessions, ARGV[a + 2])
+    redis.call('PEXPIRE', sessions, expire)
+    redis.call('HSET', own, conn, ARGV[a + 5])
+    redis.call('PEXPIRE', own, expire)
+  end
+  answers[i + 1] = answer
+end
+return answers
 """
+ATTACH_BATCH = 200  # connections per attach script call: bounds each script's time in Redis
 
 _REFRESH = """
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
@@ -99,6 +118,17 @@ _CLUSTER_DETACH = """
 redis.call('SREM', KEYS[1], ARGV[1])
 return redis.call('SCARD', KEYS[1])
 """
+
+
+class Attach(NamedTuple):
+    """One connection to attach (`Registry.attach` says what each field means)."""
+
+    conn_id: str
+    session_id: UUID
+    user_id: UUID
+    limit: int
+    user_limit: int
+    owner_check: bool
 
 
 # What `attach` answers.
@@ -137,26 +167,33 @@ class Registry:
         or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise. With `owner_check`, first
         make sure Redis remembers `user_id` as the session's owner (`keys.session_owner`), and
         add nothing if not (`OWNER_UNCONFIRMED`)."""
-        added = await self._attach(
-            keys=[
-                keys.ws_session(session_id),
-                keys.user_sessions(user_id),
-                self._own,
-                keys.ws_user(user_id),
-                keys.session_owner(session_id),
-            ],
-            args=[
-                conn_id,
-                str(session_id),
-                limit,
-                self._expire_ms,
-                f"{session_id} {user_id}",
-                user_limit,
-                "1" if owner_check else "0",
-                str(user_id),
-            ],
-        )
-        return int(added)
+        entry = Attach(conn_id, session_id, user_id, limit, user_limit, owner_check)
+        return (await self.attach_many([entry]))[0]
+
+    async def attach_many(self, entries: Sequence[Attach]) -> list[int]:
+        """`attach` for several connections in one round trip, in order (each sees the ones
+        before it: the caps hold within the batch too); one answer per entry."""
+        answers: list[int] = []
+        for start in range(0, len(entries), ATTACH_BATCH):
+            names = [self._own]
+            args: list[str | int] = [self._expire_ms]
+            for e in entries[start : start + ATTACH_BATCH]:
+                names += (
+                    keys.ws_session(e.session_id),
+                    keys.user_sessions(e.user_id),
+                    keys.ws_user(e.user_id),
+                    keys.session_owner(e.session_id),
+                )
+                args += (
+                    e.conn_id,
+                    str(e.session_id),
+                    e.limit,
+                    e.user_limit,
+                    f"{e.session_id} {e.user_id}",
+                    str(e.user_id) if e.owner_check else "",
+                )
+            answers += (int(answer) for answer in await self._attach(keys=names, args=args))
+        return answers
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection; idempotent."""
@@ -319,6 +356,20 @@ class ClusterRegistry(Registry):
                 await self._cluster.srem(keys.ws_user(user_id), conn_id)
             raise
         return ATTACHED
+
+    async def attach_many(self, entries: Sequence[Attach]) -> list[int]:
+        # Each connection's keys are in slots of their own: `attach` each, in order.
+        return [
+            await self.attach(
+                e.conn_id,
+                e.session_id,
+                e.user_id,
+                e.limit,
+                e.user_limit,
+                owner_check=e.owner_check,
+            )
+            for e in entries
+        ]
 
     async def _remove(self, held: list[tuple[str, str, str]], own: str) -> None:
         # Each connection's keys are in slots of their own: one script and pipeline each, a

@@ -13,7 +13,15 @@ import pytest
 import redis.asyncio as redis
 from websockets.exceptions import ConnectionClosed
 
-from gateway.registry import ATTACHED, OWNER_UNCONFIRMED, DetachBatcher, Registry
+from gateway.registry import (
+    ATTACHED,
+    OWNER_UNCONFIRMED,
+    SESSION_FULL,
+    USER_FULL,
+    Attach,
+    DetachBatcher,
+    Registry,
+)
 from shared import keys
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
@@ -201,3 +209,23 @@ async def test_500_connections_closed_together_detach_in_batches(
     assert await raw.exists(*names) == 0
     assert registry.calls <= 3
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_attach_many_keeps_every_cap_within_one_call(raw: redis.Redis) -> None:
+    """Connections attached in one call are judged in order, each seeing those before it: the
+    session cap and the user cap hold inside the batch, and an unconfirmed owner is refused
+    without taking a place."""
+    registry = Registry(raw, uuid.uuid4().hex[:12], 30)
+    user, other, session, solo = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await raw.set(keys.session_owner(session), str(user))
+    entries = [Attach(f"s{n}", session, user, 5, 6, True) for n in range(3)]
+    entries.append(Attach("intruder", session, other, 5, 6, True))
+    entries += [Attach(f"s{n}", session, user, 5, 6, True) for n in range(3, 7)]
+    entries.append(Attach("solo", solo, user, 5, 6, False))
+    answers = await registry.attach_many(entries)
+    assert answers == [ATTACHED] * 3 + [OWNER_UNCONFIRMED] + [ATTACHED] * 2 + [SESSION_FULL] * 2 + [
+        ATTACHED
+    ]
+    assert await raw.scard(keys.ws_session(session)) == 5
+    assert await registry.attach("late", solo, user, 5, 6) == USER_FULL
+    await registry.leave()

@@ -127,6 +127,9 @@ class ConnectionManager:
         )
         # The seqs of users whose connections are being set up, read together (gateway.batch).
         self._seqs: GroupCommit[UUID, int | None] = GroupCommit(self._read_seqs, self._spawn)
+        self._new_seqs: GroupCommit[tuple[UUID, int], None] = GroupCommit(
+            self._store_seqs, self._spawn
+        )
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -334,7 +337,7 @@ class ConnectionManager:
         if fetched and baseline is not None:
             # The user's highest committed seq: the next fresh connection reads it from Redis.
             with contextlib.suppress(redis.RedisError, OSError):
-                await publish.remember_seq(self.redis, conn.user_id, baseline)
+                await self._new_seqs.submit((conn.user_id, baseline))
 
     async def _stored_seq(self, user_id: UUID) -> int | None:
         """The user's latest seq in Redis; None when Redis does not know it (or fails: the
@@ -346,6 +349,10 @@ class ConnectionManager:
 
     async def _read_seqs(self, user_ids: list[UUID]) -> list[int | None]:
         return await publish.latest_seqs(self.redis, user_ids)
+
+    async def _store_seqs(self, seqs: list[tuple[UUID, int]]) -> list[None]:
+        await publish.remember_seqs(self.redis, seqs)
+        return [None] * len(seqs)
 
     def _sibling_baseline(self, conn: Connection) -> int | None:
         """The seq baseline of a live sibling (same user, this instance), saving a round trip to

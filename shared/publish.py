@@ -30,16 +30,27 @@ SEQ_TTL_MS = 30 * 86400 * 1000  # a user's latest seq is forgotten after 30 days
 
 # KEYS[1] the user's seq key; ARGV: payload, seq, ttl ms, publish command, channel. Atomic: no
 # reader ever sees the seq of a frame not yet published, nor a frame published without its seq.
-_RAISE_SEQ = """
+_NOTIFICATION = """
 local known = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[2]) > known then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
+return redis.call(ARGV[4], ARGV[5], ARGV[1])
 """
-_NOTIFICATION = _RAISE_SEQ + "return redis.call(ARGV[4], ARGV[5], ARGV[1])\n"
-_REMEMBER = _RAISE_SEQ + "return 1\n"
+
+# KEYS: users' seq keys; ARGV[1] ttl ms, then one seq per key: each key raised to its seq.
+_REMEMBER = """
+for i = 1, #KEYS do
+  if tonumber(ARGV[i + 1]) > tonumber(redis.call('GET', KEYS[i]) or '-1') then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  else
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return #KEYS
+"""
 
 
 def _bytes(frame: bytes | msgspec.Struct | dict[str, object]) -> bytes:
@@ -88,7 +99,18 @@ async def notification(client: RedisClient, user_id: UUID | str, frame: bytes, s
 async def remember_seq(client: RedisClient, user_id: UUID | str, seq: int) -> None:
     """Raise the user's latest seq in Redis to `seq`, the notifications service's answer for the
     user's highest committed seq (never lowers it)."""
-    await client.eval(_REMEMBER, 1, keys.user_seq(user_id), b"", seq, SEQ_TTL_MS)
+    await remember_seqs(client, [(user_id, seq)])
+
+
+async def remember_seqs(client: RedisClient, seqs: Sequence[tuple[UUID | str, int]]) -> None:
+    """`remember_seq` for several users in one round trip (one per user on a cluster, whose
+    keys are in slots of their own)."""
+    if is_cluster(client):
+        for user_id, seq in seqs:
+            await client.eval(_REMEMBER, 1, keys.user_seq(user_id), SEQ_TTL_MS, seq)
+        return
+    names = [keys.user_seq(user_id) for user_id, _ in seqs]
+    await client.eval(_REMEMBER, len(names), *names, SEQ_TTL_MS, *(seq for _, seq in seqs))
 
 
 async def latest_seq(client: RedisClient, user_id: UUID | str) -> int | None:

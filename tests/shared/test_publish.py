@@ -134,3 +134,11 @@ async def test_latest_seqs_of_several_users_at_once(client: redis.Redis) -> None
     known, unknown = uuid.uuid4(), uuid.uuid4()
     await publish.remember_seq(client, known, 12)
     assert await publish.latest_seqs(client, [known, unknown, known]) == [12, None, 12]
+
+
+async def test_remember_seqs_raises_several_users_at_once(client: redis.Redis) -> None:
+    """One call raises each user's latest seq, and lowers none."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await publish.remember_seq(client, first, 8)
+    await publish.remember_seqs(client, [(first, 3), (second, 5)])
+    assert await publish.latest_seqs(client, [first, second]) == [8, 5]

@@ -130,6 +130,9 @@ class ConnectionManager:
         self._new_seqs: GroupCommit[tuple[UUID, int], None] = GroupCommit(
             self._store_seqs, self._spawn
         )
+        self._new_owners: GroupCommit[tuple[UUID, UUID], None] = GroupCommit(
+            self._store_owners, self._spawn
+        )
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -239,7 +242,14 @@ class ConnectionManager:
         except Unavailable:
             raise Refused(1013, "session service unavailable: try again later") from None
         with contextlib.suppress(redis.RedisError, OSError):
-            await self.redis.set(keys.session_owner(session_id), str(user_id), ex=OWNER_TTL)
+            await self._new_owners.submit((session_id, user_id))
+
+    async def _store_owners(self, owners: list[tuple[UUID, UUID]]) -> list[None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id, user_id in owners:
+                pipe.set(keys.session_owner(session_id), str(user_id), ex=OWNER_TTL)
+            await pipe.execute()
+        return [None] * len(owners)
 
     def _remember_owner(self, session_id: UUID, user_id: UUID) -> None:
         if len(self._owners) >= OWNER_CACHE_SIZE:

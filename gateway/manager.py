@@ -37,6 +37,7 @@ import msgspec
 import redis.asyncio as redis
 
 from gateway import frames, metrics
+from gateway.batch import GroupCommit
 from gateway.chat import claim_session
 from gateway.connection import Connection
 from gateway.delivery import OrderedDelivery
@@ -44,7 +45,14 @@ from gateway.fanout import FanoutUnavailable, create_fanout
 from gateway.heap import HeapFreezer
 from gateway.limits import UserRateLimit
 from gateway.ordering import Action, Replay
-from gateway.registry import SESSION_FULL, USER_FULL, create_registry
+from gateway.registry import (
+    OWNER_UNCONFIRMED,
+    SESSION_FULL,
+    USER_FULL,
+    Attach,
+    DetachBatcher,
+    create_registry,
+)
 from gateway.replay import LATEST, ReplayClient, ReplayError
 from gateway.state import GatewayState
 from gateway.subscriptions import TopicHub
@@ -113,6 +121,18 @@ class ConnectionManager:
             ping_interval=min(5.0, settings.ws_heartbeat_interval),
         )
         self._ids = itertools.count(1)
+        self._detacher = DetachBatcher(self._registry, self._spawn)
+        self._attaches: GroupCommit[Attach, int] = GroupCommit(
+            self._registry.attach_many, self._spawn
+        )
+        # The seqs of users whose connections are being set up, read together (gateway.batch).
+        self._seqs: GroupCommit[UUID, int | None] = GroupCommit(self._read_seqs, self._spawn)
+        self._new_seqs: GroupCommit[tuple[UUID, int], None] = GroupCommit(
+            self._store_seqs, self._spawn
+        )
+        self._new_owners: GroupCommit[tuple[UUID, UUID], None] = GroupCommit(
+            self._store_owners, self._spawn
+        )
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -194,63 +214,87 @@ class ConnectionManager:
         return f"{self.instance_id}:{next(self._ids):x}"
 
     async def claim(self, session_id: UUID, user_id: UUID) -> None:
-        """Make sure the session is the user's, durably (agent_svc); raises `Refused`.
+        """Refuse (1008) a session this instance already knows belongs to another user; awaits
+        nothing (a coroutine for the endpoint, which awaits it before `connect()`).
 
-        A session never changes owner (none is ever deleted), so a positive answer is
-        remembered: in this instance (bounded), and in Redis for every gateway
+        Everything else is decided by `connect()`, before anything is registered or sent: a
+        session never changes owner (none is ever deleted), so a positive answer of agent_svc
+        (durable) is remembered in this instance (bounded) and in Redis for every gateway
         (`ws:owner:{session_id}`, written only after agent_svc said yes). A client reconnecting
-        to this instance costs no round trip; one reconnecting to another instance — all the
-        clients of a gateway that died — costs a GET instead of agent_svc's transaction. Redis
-        only ever confirms: an absent or different owner, or Redis failing, asks agent_svc,
-        which decides.
+        to this instance costs no check; one reconnecting to another instance — all the clients
+        of a gateway that died — has the remembered owner checked by the registry's attach
+        script, in the same round trip. Redis only ever confirms: an absent or different owner
+        asks agent_svc, which decides.
         """
-        if self._owners.get(session_id) == user_id:
-            return
-        key = keys.session_owner(session_id)
-        if await self._remembered_owner(key) != str(user_id):
-            try:
-                await claim_session(self._agent, self.settings, session_id, user_id)
-            except NotFound:
-                raise Refused(1008, "session belongs to another user") from None
-            except RateLimited:
-                raise Refused(1013, "too many new sessions: try again later") from None
-            except Unavailable:
-                raise Refused(1013, "session service unavailable: try again later") from None
-            with contextlib.suppress(redis.RedisError, OSError):
-                await self.redis.set(key, str(user_id), ex=OWNER_TTL)
+        known = self._owners.get(session_id)
+        if known is not None and known != user_id:
+            raise Refused(1008, "session belongs to another user")
+
+    async def _confirm_owner(self, session_id: UUID, user_id: UUID) -> None:
+        """Ask agent_svc to claim the session for the user (durably); remember a yes in Redis.
+        Raises `Refused`."""
+        try:
+            await claim_session(self._agent, self.settings, session_id, user_id)
+        except NotFound:
+            raise Refused(1008, "session belongs to another user") from None
+        except RateLimited:
+            raise Refused(1013, "too many new sessions: try again later") from None
+        except Unavailable:
+            raise Refused(1013, "session service unavailable: try again later") from None
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._new_owners.submit((session_id, user_id))
+
+    async def _store_owners(self, owners: list[tuple[UUID, UUID]]) -> list[None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id, user_id in owners:
+                pipe.set(keys.session_owner(session_id), str(user_id), ex=OWNER_TTL)
+            await pipe.execute()
+        return [None] * len(owners)
+
+    def _remember_owner(self, session_id: UUID, user_id: UUID) -> None:
         if len(self._owners) >= OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]  # oldest first
         self._owners[session_id] = user_id
 
-    async def _remembered_owner(self, key: str) -> str | None:
-        """The owner a gateway stored after agent_svc confirmed it; None if unknown (or Redis
-        failed: agent_svc answers instead)."""
-        try:
-            owner = await self.redis.get(key)
-        except (redis.RedisError, OSError):
-            return None
-        return owner.decode() if isinstance(owner, bytes) else owner
-
-    # The seed's manager API.
-
-    async def connect(self, conn: Connection, last_seq: int | None) -> None:
-        """Register, subscribe, then greet and replay (resume), or take the seq baseline and
-        greet; raises `Refused`. Whatever happens, call `disconnect(conn)` afterwards."""
+    async def _attach(self, conn: Connection, owner_check: bool) -> int:
         settings = self.settings
+        entry = Attach(
+            conn.conn_id,
+            conn.session_id,
+            conn.user_id,
+            settings.ws_max_connections_per_session,
+            settings.ws_max_connections_per_user,
+            owner_check,
+        )
         try:
-            attached = await self._registry.attach(
-                conn.conn_id,
-                conn.session_id,
-                conn.user_id,
-                settings.ws_max_connections_per_session,
-                settings.ws_max_connections_per_user,
-            )
+            # Batched with the other connections being admitted now (gateway.batch).
+            return await self._attaches.submit(entry)
         except (redis.RedisError, OSError):
             raise Refused(1013, "registry unavailable: try again later") from None
+
+    async def _admit(self, conn: Connection) -> None:
+        """Register the connection if its user owns its session (see `claim()`); raises
+        `Refused` — and then nothing is registered."""
+        session_id, user_id = conn.session_id, conn.user_id
+        known = self._owners.get(session_id) == user_id
+        attached = await self._attach(conn, owner_check=not known)
+        if attached == OWNER_UNCONFIRMED:
+            await self._confirm_owner(session_id, user_id)
+            attached = await self._attach(conn, owner_check=False)
         if attached == SESSION_FULL:
             raise Refused(1013, "too many connections for this session")
         if attached == USER_FULL:
             raise Refused(1013, "too many connections for this user")
+        if not known:
+            self._remember_owner(session_id, user_id)
+
+    # The seed's manager API.
+
+    async def connect(self, conn: Connection, last_seq: int | None) -> None:
+        """Check the session's owner and register (`_admit`), subscribe, then greet and replay
+        (resume), or take the seq baseline and greet; raises `Refused`. Whatever happens, call
+        `disconnect(conn)` afterwards."""
+        await self._admit(conn)
         self.connections[conn.conn_id] = conn
         metrics.OPEN_CONNECTIONS.inc()
         self._heap.opened()
@@ -268,8 +312,17 @@ class ConnectionManager:
             await self._fanout.join(conn, conn.channels, SUBSCRIBE_TIMEOUT)
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
+        # From here every notification published reaches `conn` live (held until it is live),
+        # so the user's latest seq read now from Redis (`publish.latest_seq`: never below what
+        # was published) bounds what it could have missed. Read before subscribing, it would
+        # not: a frame published in between would be neither held nor replayed.
         if last_seq is not None:
             conn.start_writer()  # the replay follows the greeting through the queue
+            if await self._stored_seq(conn.user_id) == last_seq:
+                # Nothing was published after the client's last seq: no replay to fetch.
+                if conn.order.start(last_seq):
+                    self._spawn(self._gap_fill([conn]))
+                return
             try:
                 await self._catch_up([conn], last_seq)
             except ReplayError as exc:
@@ -280,6 +333,9 @@ class ConnectionManager:
         # before the writer sends the greeting, after the subscription is in place.
         baseline = self._sibling_baseline(conn)
         if baseline is None:
+            baseline = await self._stored_seq(conn.user_id)
+        fetched = baseline is None
+        if baseline is None:
             try:
                 baseline = (await self._replay.page(conn.user_id, LATEST)).last_seq
             except ReplayError as exc:
@@ -288,6 +344,25 @@ class ConnectionManager:
         if conn.order.start(baseline):
             # Created and published while the baseline was fetched: replay past it.
             self._spawn(self._gap_fill([conn]))
+        if fetched and baseline is not None:
+            # The user's highest committed seq: the next fresh connection reads it from Redis.
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._new_seqs.submit((conn.user_id, baseline))
+
+    async def _stored_seq(self, user_id: UUID) -> int | None:
+        """The user's latest seq in Redis; None when Redis does not know it (or fails: the
+        notifications service answers instead)."""
+        try:
+            return await self._seqs.submit(user_id)
+        except (redis.RedisError, OSError, ValueError):
+            return None
+
+    async def _read_seqs(self, user_ids: list[UUID]) -> list[int | None]:
+        return await publish.latest_seqs(self.redis, user_ids)
+
+    async def _store_seqs(self, seqs: list[tuple[UUID, int]]) -> list[None]:
+        await publish.remember_seqs(self.redis, seqs)
+        return [None] * len(seqs)
 
     def _sibling_baseline(self, conn: Connection) -> int | None:
         """The seq baseline of a live sibling (same user, this instance), saving a round trip to
@@ -307,13 +382,15 @@ class ConnectionManager:
         self._everyone.discard(conn)
         self._detaching += 1
         try:
-            await self.topics.drop(conn)
-            await self._fanout.leave(conn, conn.channels)
-            await self._registry.detach(conn.conn_id, conn.session_id, conn.user_id)
-        except (redis.RedisError, OSError) as exc:
-            # `stop()` (this instance's own entries), the others' sweep or the key expiry
-            # removes it later.
-            log.warning("registry detach failed", extra={"error": repr(exc)})
+            try:
+                await self.topics.drop(conn)
+                await self._fanout.leave(conn, conn.channels)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("fan-out leave failed", extra={"error": repr(exc)})
+            # Batched with the other connections closing now; a failure is logged once per
+            # batch, and `stop()` (this instance's own entries), the others' sweep or the key
+            # expiry removes the entry later.
+            await self._detacher.detach(conn.conn_id, conn.session_id, conn.user_id)
         finally:
             # Counted once detached: until then its objects are alive, and a mass disconnect
             # must not look to the heap freezer like frozen garbage.

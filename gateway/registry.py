@@ -10,7 +10,11 @@ keys also expire (three heartbeats) unless a live holder refreshes them: if ever
 registry still empties itself.
 
 Attaching is one Lua script: count, refuse over `WS_MAX_CONNECTIONS_PER_SESSION`, add — atomic, so
-the cap holds across instances under concurrent connects.
+the cap holds across instances under concurrent connects. On request it first checks the session's
+owner a gateway remembered in Redis (`ws:owner:{session}`, see `ConnectionManager.connect`), so a
+reconnecting client's ownership check and its registration cost one round trip, and a connection
+whose owner Redis does not confirm is not registered at all. Connections attaching at about the
+same time share one script call (`attach_many`, batched by the manager with `gateway.batch`).
 
 A beat refreshes the expiry of every key the instance holds, in chunks of `BEAT_CHUNK` keys per
 script call with an await between chunks: with 10k connections, one pipeline of 20k PEXPIREs
@@ -31,32 +35,54 @@ a session missing from `user:sessions:<id>` is healed within one beat (half a he
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from gateway.batch import GroupCommit
 from shared import keys
 from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
+# KEYS[1] the instance's hash, then per connection: its session's set, its user's sessions set,
+# its user's connection set, its session's remembered owner. ARGV[1] the keys' expiry (ms), then
+# per connection: its id, its session id, the session cap, the user cap, the hash entry, and the
+# user id to find as the session's owner ('' for no owner check). One answer per connection.
 _ATTACH = """
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[6]) then return -1 end
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return 1
+local own, expire, answers = KEYS[1], ARGV[1], {}
+for i = 0, (#KEYS - 1) / 4 - 1 do
+  local k, a = 4 * i + 1, 6 * i + 1
+  local session, sessions, user = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local conn, owner = ARGV[a + 1], ARGV[a + 6]
+  local answer = 1
+  if owner ~= '' and redis.call('GET', KEYS[k + 4]) ~= owner then
+    answer = -2
+  elseif redis.call('SCARD', session) >= tonumber(ARGV[a + 3]) then
+    answer = 0
+  elseif redis.call('SCARD', user) >= tonumber(ARGV[a + 4]) then
+    answer = -1
+  else
+    redis.call('SADD', user, conn)
+    redis.call('PEXPIRE', user, expire)
+    redis.call('SADD', session, conn)
+    redis.call('PEXPIRE', session, expire)
+    redis.call('SADD', sessions, ARGV[a + 2])
+    redis.call('PEXPIRE', sessions, expire)
+    redis.call('HSET', own, conn, ARGV[a + 5])
+    redis.call('PEXPIRE', own, expire)
+  end
+  answers[i + 1] = answer
+end
+return answers
 """
+ATTACH_BATCH = 200  # connections per attach script call: bounds each script's time in Redis
 
 _REFRESH = """
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
@@ -65,16 +91,23 @@ return #KEYS
 
 BEAT_CHUNK = 500  # connections per round trip in a beat: bounds each synchronous stretch
 
+# KEYS[1] the holder's hash, then per connection its session set, its user's sessions set and
+# its user's connection set; ARGV per connection: its id, its session id.
 _DETACH = """
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
-return 1
+for i = 0, #ARGV / 2 - 1 do
+  local session, conn = KEYS[3 * i + 2], ARGV[2 * i + 1]
+  redis.call('SREM', session, conn)
+  redis.call('SREM', KEYS[3 * i + 4], conn)
+  redis.call('HDEL', KEYS[1], conn)
+  if redis.call('SCARD', session) == 0 then redis.call('SREM', KEYS[3 * i + 3], ARGV[2 * i + 2]) end
+end
+return #ARGV / 2
 """
+DETACH_BATCH = 200  # connections per detach script call: bounds each script's time in Redis
 
 # Cluster mode: the session's own set only (one slot).
 _CLUSTER_ATTACH = """
+if ARGV[7] == '1' and redis.call('GET', KEYS[5]) ~= ARGV[8] then return -2 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -87,8 +120,19 @@ return redis.call('SCARD', KEYS[1])
 """
 
 
+class Attach(NamedTuple):
+    """One connection to attach (`Registry.attach` says what each field means)."""
+
+    conn_id: str
+    session_id: UUID
+    user_id: UUID
+    limit: int
+    user_limit: int
+    owner_check: bool
+
+
 # What `attach` answers.
-ATTACHED, SESSION_FULL, USER_FULL = 1, 0, -1
+ATTACHED, SESSION_FULL, USER_FULL, OWNER_UNCONFIRMED = 1, 0, -1, -2
 NO_USER_LIMIT = 2**31
 
 
@@ -116,42 +160,65 @@ class Registry:
         user_id: UUID,
         limit: int,
         user_limit: int = NO_USER_LIMIT,
+        *,
+        owner_check: bool = False,
     ) -> int:
         """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
-        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
-        added = await self._attach(
-            keys=[
-                keys.ws_session(session_id),
-                keys.user_sessions(user_id),
-                self._own,
-                keys.ws_user(user_id),
-            ],
-            args=[
-                conn_id,
-                str(session_id),
-                limit,
-                self._expire_ms,
-                f"{session_id} {user_id}",
-                user_limit,
-            ],
-        )
-        return int(added)
+        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise. With `owner_check`, first
+        make sure Redis remembers `user_id` as the session's owner (`keys.session_owner`), and
+        add nothing if not (`OWNER_UNCONFIRMED`)."""
+        entry = Attach(conn_id, session_id, user_id, limit, user_limit, owner_check)
+        return (await self.attach_many([entry]))[0]
+
+    async def attach_many(self, entries: Sequence[Attach]) -> list[int]:
+        """`attach` for several connections in one round trip, in order (each sees the ones
+        before it: the caps hold within the batch too); one answer per entry."""
+        answers: list[int] = []
+        for start in range(0, len(entries), ATTACH_BATCH):
+            names = [self._own]
+            args: list[str | int] = [self._expire_ms]
+            for e in entries[start : start + ATTACH_BATCH]:
+                names += (
+                    keys.ws_session(e.session_id),
+                    keys.user_sessions(e.user_id),
+                    keys.ws_user(e.user_id),
+                    keys.session_owner(e.session_id),
+                )
+                args += (
+                    e.conn_id,
+                    str(e.session_id),
+                    e.limit,
+                    e.user_limit,
+                    f"{e.session_id} {e.user_id}",
+                    str(e.user_id) if e.owner_check else "",
+                )
+            answers += (int(answer) for answer in await self._attach(keys=names, args=args))
+        return answers
 
     async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
         """Remove a connection; idempotent."""
-        await self._remove(conn_id, str(session_id), str(user_id), self._own)
+        await self.detach_many([(conn_id, str(session_id), str(user_id))])
 
-    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
-        """Remove one connection held by the instance whose hash is `own`."""
-        await self._detach(
-            keys=[
-                keys.ws_session(session_id),
-                keys.user_sessions(user_id),
-                own,
-                keys.ws_user(user_id),
-            ],
-            args=[conn_id, session_id],
-        )
+    async def detach_many(self, held: list[tuple[str, str, str]]) -> None:
+        """Remove connections (connection id, session id, user id) of this instance, in one
+        round trip per `DETACH_BATCH`; idempotent."""
+        await self._remove(held, self._own)
+
+    async def _remove(self, held: list[tuple[str, str, str]], own: str) -> None:
+        """Remove connections held by the instance whose hash is `own`."""
+        for start in range(0, len(held), DETACH_BATCH):
+            chunk = held[start : start + DETACH_BATCH]
+            names = [own]
+            for _, session_id, user_id in chunk:
+                names += (
+                    keys.ws_session(session_id),
+                    keys.user_sessions(user_id),
+                    keys.ws_user(user_id),
+                )
+            await self._detach(
+                keys=names,
+                args=[a for conn_id, session_id, _ in chunk for a in (conn_id, session_id)],
+            )
 
     async def _refresh_expiry(self, held: list[tuple[str, str, str]]) -> None:
         """Push back the expiry of the registry keys of `held` (one beat's chunk)."""
@@ -200,9 +267,11 @@ class Registry:
     async def _forget(self, instance: str) -> None:
         own = keys.gateway_connections(instance)
         entries = await self._redis.hgetall(own)
+        held = []
         for conn_id, value in entries.items():
             session_id, _, user_id = _text(value).partition(" ")
-            await self._remove(_text(conn_id), session_id, user_id, own)
+            held.append((_text(conn_id), session_id, user_id))
+        await self._remove(held, own)
         await self._redis.srem(keys.GATEWAY_INSTANCES, instance)
         if entries:
             log.info("swept dead gateway", extra={"instance": instance, "entries": len(entries)})
@@ -252,9 +321,14 @@ class ClusterRegistry(Registry):
         user_id: UUID,
         limit: int,
         user_limit: int = NO_USER_LIMIT,
+        *,
+        owner_check: bool = False,
     ) -> int:
-        """Add a connection unless its session already has `limit` live ones (`SESSION_FULL`)
-        or its user `user_limit` (`USER_FULL`); `ATTACHED` otherwise."""
+        """As `Registry.attach`; the owner is read first, on its own (another slot)."""
+        if owner_check and _text(
+            await self._cluster.get(keys.session_owner(session_id)) or b""
+        ) != str(user_id):
+            return OWNER_UNCONFIRMED
         added = await self._attach_session(
             keys=[keys.ws_session(session_id)], args=[conn_id, limit, self._expire_ms]
         )
@@ -283,7 +357,28 @@ class ClusterRegistry(Registry):
             raise
         return ATTACHED
 
-    async def _remove(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
+    async def attach_many(self, entries: Sequence[Attach]) -> list[int]:
+        # Each connection's keys are in slots of their own: `attach` each, in order.
+        return [
+            await self.attach(
+                e.conn_id,
+                e.session_id,
+                e.user_id,
+                e.limit,
+                e.user_limit,
+                owner_check=e.owner_check,
+            )
+            for e in entries
+        ]
+
+    async def _remove(self, held: list[tuple[str, str, str]], own: str) -> None:
+        # Each connection's keys are in slots of their own: one script and pipeline each, a
+        # bounded number at once.
+        for start in range(0, len(held), DETACH_BATCH):
+            chunk = held[start : start + DETACH_BATCH]
+            await asyncio.gather(*(self._remove_one(*entry, own) for entry in chunk))
+
+    async def _remove_one(self, conn_id: str, session_id: str, user_id: str, own: str) -> None:
         left = await self._detach_session(keys=[keys.ws_session(session_id)], args=[conn_id])
         async with self._cluster.pipeline(transaction=False) as pipe:
             pipe.hdel(own, conn_id)
@@ -306,6 +401,39 @@ class ClusterRegistry(Registry):
                 pipe.pexpire(keys.ws_session(session_id), self._expire_ms)
                 pipe.pexpire(keys.user_sessions(user_id), self._expire_ms)
             await pipe.execute()
+
+
+class DetachBatcher:
+    """Detaches of connections closing at about the same time, sent together (`GroupCommit`).
+
+    When thousands of clients leave at once (a network blip, a load balancer draining), one
+    script call per connection queued thousands of Redis commands behind each other, and past
+    the socket timeout each failed on its own ("registry detach failed", thousands of times).
+    Batched, a burst is a few script calls (`DETACH_BATCH` connections each).
+
+    `detach()` returns once its batch was applied, or failed — then the failure is logged once
+    per batch and the registry heals itself (the keys expire; a stopping instance removes its
+    own entries, other instances sweep a dead one's)."""
+
+    def __init__(
+        self, registry: Registry, spawn: Callable[[Coroutine[Any, Any, None]], object]
+    ) -> None:
+        """`spawn` runs each flush in the background (the manager's, which cancels it on stop)."""
+        self._registry = registry
+        self._batches: GroupCommit[tuple[str, str, str], None] = GroupCommit(self._apply, spawn)
+
+    async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
+        """Remove a connection with the next batch; returns once that batch was sent."""
+        await self._batches.submit((conn_id, str(session_id), str(user_id)))
+
+    async def _apply(self, held: list[tuple[str, str, str]]) -> list[None]:
+        try:
+            await self._registry.detach_many(held)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "registry detach failed", extra={"error": repr(exc), "connections": len(held)}
+            )
+        return [None] * len(held)
 
 
 def create_registry(client: RedisClient, instance_id: str, heartbeat: float) -> Registry:

@@ -84,7 +84,7 @@ class Outbox:
                 sent: list[UUID] = []
                 for row in rows:
                     try:
-                        await publish.to_user(self._redis, user_id, frame_bytes(row), seq=row.seq)
+                        await publish.notification(self._redis, user_id, frame_bytes(row), row.seq)
                     except RedisDown as exc:
                         failure = exc
                         break

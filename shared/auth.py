@@ -16,6 +16,10 @@ removed from a JWKS from being honoured for long). A refused token is never reme
 `shared.jwks` does without blocking the event loop (a hung key server holds up only the requests
 whose key it must bring, and only for a bounded time). With HS256 or a configured public key
 nothing is awaited.
+
+With HS256 and `SECRET_KEY` (the default), a plainly valid token is checked by `shared.hs256`, a
+lean verifier that accepts only what PyJWT would accept with the same options and leaves every
+other token — and so every refusal and its reason — to PyJWT.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import jwt
 
+from shared.hs256 import Hs256
 from shared.jwks import JwksKeys, KeyLookupError
 from shared.settings import Settings
 
@@ -69,6 +74,9 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer or None
         self._key: Any = settings.secret_key
         self._jwks = jwks
+        self._hs256: Hs256 | None = None
+        if self._algorithm == "HS256" and jwks is None:
+            self._hs256 = _lean_hs256(settings.secret_key, self._audience, self._issuer)
         if self._algorithm != "HS256":
             if settings.jwt_public_key:
                 self._key = settings.jwt_public_key
@@ -120,6 +128,10 @@ class TokenVerifier:
         return float(claims["exp"])
 
     async def _claims(self, token: str, required: list[str]) -> dict[str, Any]:
+        if self._hs256 is not None:
+            lean = self._hs256.claims(token, required, time.time())
+            if lean is not None:
+                return lean
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -155,6 +167,16 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise TokenError("token malformed") from None
         return claims
+
+
+def _lean_hs256(secret: str, audience: str | None, issuer: str | None) -> Hs256 | None:
+    """The lean verifier for `secret`, or None for a secret PyJWT itself refuses as an HMAC key
+    (one that looks like a PEM key): then PyJWT keeps answering for it."""
+    try:
+        key = jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).prepare_key(secret)
+    except jwt.InvalidKeyError:
+        return None
+    return Hs256(key, audience, issuer)
 
 
 def _subject(sub: object) -> uuid.UUID:

@@ -32,6 +32,15 @@ def session_owner(session_id: UUID | str) -> str:
     return f"ws:owner:{session_id}"
 
 
+def user_seq(user_id: UUID | str) -> str:
+    """The user's latest notification seq as far as Redis knows (`shared.publish.notification`
+    raises it atomically with each publish; a gateway also stores the notifications service's
+    answer): never below the highest seq published to the user's channel, never above the
+    highest committed. Hash-tagged with the user's channel, so on a Redis Cluster it shares the
+    channel's slot and one script may raise it and SPUBLISH. Absent is no answer."""
+    return f"ws:seq:{{{user_channel(user_id)}}}"
+
+
 # Per-user limits of the WebSocket gateway.
 def user_rate(user_id: UUID | str) -> str:
     """Client frames of one user in the current one-second window, across every gateway."""

@@ -5,6 +5,10 @@ A frame is encoded once by the caller (or here) and wrapped in the pub/sub envel
 is fire-and-forget (Redis pub/sub): a caller that must not lose a frame keeps its own durable copy
 and replays it — as notifications do with their per-user `seq` and outbox.
 
+A notification (`notification()`) also raises the user's latest seq in Redis (`keys.user_seq`) in
+the same script as its publish, so a gateway can take a connection's seq baseline, or see that a
+resuming client missed nothing, with one GET instead of asking the notifications service.
+
 On a Redis Cluster (`REDIS_CLUSTER`, which makes the client a `RedisCluster`) every frame goes out
 with SPUBLISH, routed to the shard owning the channel's slot, which is where the gateways'
 SSUBSCRIBEs are: a classic PUBLISH would never reach a shard subscriber.
@@ -21,6 +25,32 @@ import msgspec
 from shared import keys
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, encode, encode_envelope
+
+SEQ_TTL_MS = 30 * 86400 * 1000  # a user's latest seq is forgotten after 30 days without news
+
+# KEYS[1] the user's seq key; ARGV: payload, seq, ttl ms, publish command, channel. Atomic: no
+# reader ever sees the seq of a frame not yet published, nor a frame published without its seq.
+_NOTIFICATION = """
+local known = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[2]) > known then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return redis.call(ARGV[4], ARGV[5], ARGV[1])
+"""
+
+# KEYS: users' seq keys; ARGV[1] ttl ms, then one seq per key: each key raised to its seq.
+_REMEMBER = """
+for i = 1, #KEYS do
+  if tonumber(ARGV[i + 1]) > tonumber(redis.call('GET', KEYS[i]) or '-1') then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  else
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return #KEYS
+"""
 
 
 def _bytes(frame: bytes | msgspec.Struct | dict[str, object]) -> bytes:
@@ -52,17 +82,76 @@ UserFrame = tuple[UUID | str, bytes, int | None]
 
 async def to_users(client: RedisClient, frames: Sequence[UserFrame]) -> list[int]:
     """`to_user` for many frames in one round trip (a pipeline; on a cluster one per shard),
-    published in the given order, so each channel gets its frames in that order. Returns each
-    frame's receiver count. Raises the Redis error that stopped it; which frames went out before
-    is then unknown, so a caller that must not lose one publishes them all again."""
+    published in the given order, so each channel gets its frames in that order. A frame with a
+    seq is a notification: it raises the user's latest seq as `notification()` does, in the same
+    script. Returns each frame's receiver count. Raises the Redis error that stopped it; which
+    frames went out before is then unknown, so a caller that must not lose one publishes them
+    all again."""
     if not frames:
         return []
     command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
     async with client.pipeline(transaction=False) as pipe:
         for user_id, frame, seq in frames:
             meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
-            pipe.execute_command(command, keys.user_channel(user_id), encode_envelope(frame, meta))
+            channel, payload = keys.user_channel(user_id), encode_envelope(frame, meta)
+            if seq is None:
+                pipe.execute_command(command, channel, payload)
+            else:
+                key = keys.user_seq(user_id)
+                pipe.eval(_NOTIFICATION, 1, key, payload, seq, SEQ_TTL_MS, command, channel)
         return [int(count) for count in await pipe.execute()]
+
+
+async def notification(client: RedisClient, user_id: UUID | str, frame: bytes, seq: int) -> int:
+    """Publish a committed notification to `user_id` (as `to_user`) and, in the same script,
+    raise the user's latest seq to `seq` (`keys.user_seq`; never lowered, so a frame published
+    again after a lost marking changes nothing). Callers publish a user's notifications in seq
+    order (the outbox's lock); returns how many gateways received it."""
+    meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
+    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
+    received = await client.eval(
+        _NOTIFICATION,
+        1,
+        keys.user_seq(user_id),
+        encode_envelope(frame, meta),
+        seq,
+        SEQ_TTL_MS,
+        command,
+        keys.user_channel(user_id),
+    )
+    return int(received)
+
+
+async def remember_seq(client: RedisClient, user_id: UUID | str, seq: int) -> None:
+    """Raise the user's latest seq in Redis to `seq`, the notifications service's answer for the
+    user's highest committed seq (never lowers it)."""
+    await remember_seqs(client, [(user_id, seq)])
+
+
+async def remember_seqs(client: RedisClient, seqs: Sequence[tuple[UUID | str, int]]) -> None:
+    """`remember_seq` for several users in one round trip (one per user on a cluster, whose
+    keys are in slots of their own)."""
+    if is_cluster(client):
+        for user_id, seq in seqs:
+            await client.eval(_REMEMBER, 1, keys.user_seq(user_id), SEQ_TTL_MS, seq)
+        return
+    names = [keys.user_seq(user_id) for user_id, _ in seqs]
+    await client.eval(_REMEMBER, len(names), *names, SEQ_TTL_MS, *(seq for _, seq in seqs))
+
+
+async def latest_seq(client: RedisClient, user_id: UUID | str) -> int | None:
+    """The user's latest seq as far as Redis knows (`keys.user_seq`), None if it does not."""
+    return (await latest_seqs(client, [user_id]))[0]
+
+
+async def latest_seqs(client: RedisClient, user_ids: Sequence[UUID | str]) -> list[int | None]:
+    """`latest_seq` of several users in one round trip (one per node of a cluster)."""
+    names = [keys.user_seq(user_id) for user_id in user_ids]
+    if is_cluster(client):
+        values = await client.mget_nonatomic(names)
+    else:
+        values = await client.mget(names)
+    return [None if value is None else int(value) for value in values]
 
 
 async def to_session(

@@ -14,14 +14,24 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 import redis.asyncio as redis
 from websockets.asyncio.client import ClientConnection
 
-from shared import keys
-from shared.infra import EmbeddedRedis
+from shared import keys, publish
+from shared.infra import EmbeddedRedis, free_port
 from shared.wire import EnvelopeMeta, encode_envelope
 from tests.conftest import Infra, SpawnService
-from tests.gateway.conftest import INTERNAL, Cluster, eventually, open_ws, recv_json, silent
+from tests.gateway.conftest import (
+    INTERNAL,
+    Cluster,
+    closed_with,
+    equals,
+    eventually,
+    open_ws,
+    recv_json,
+    silent,
+)
 from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
@@ -204,6 +214,46 @@ async def test_fresh_connections_get_only_new_notifications(
         later = [await create(client, cluster.notifications, user, i) for i in range(1, 4)]
     for ws in (first, second, other):
         assert await collect(ws, later[-1]) == later
+        await ws.close()
+
+
+@pytest.fixture(scope="module")
+def no_replay(spawn_service: SpawnService, cluster: Cluster) -> ServiceProcess:
+    """A gateway on the cluster's Redis whose notifications_svc address answers nothing."""
+    return spawn_service(
+        "gateway",
+        WS_HEARTBEAT_INTERVAL="1",
+        NOTIFICATIONS_URL=f"http://127.0.0.1:{free_port()}",
+        AGENT_URL=cluster.agent.url,
+    )
+
+
+async def test_seq_known_to_redis_spares_the_notifications_service(
+    cluster: Cluster, no_replay: ServiceProcess, infra: Infra, token_for: Token
+) -> None:
+    """Once a notification was published Redis knows the user's latest seq: on a gateway that
+    cannot reach notifications_svc, a fresh connection takes it as its baseline and a resume
+    from exactly that seq needs no replay, and both get the next notification live, once; a
+    resume from an older seq still needs the replay (so there it is refused with 1013)."""
+    user = uuid.uuid4()
+    token = token_for(user)
+    r = redis.Redis.from_url(infra.redis.url)
+    async with httpx.AsyncClient() as client:
+        seqs = [await create(client, cluster.notifications, user, i) for i in range(2)]
+        await eventually(lambda: equals(publish.latest_seq(r, user), seqs[-1]), 5)
+        fresh = await open_ws(no_replay, uuid.uuid4(), token)
+        resumed = await open_ws(no_replay, uuid.uuid4(), token, query={"last_seq": seqs[-1]})
+        stale = await open_ws(
+            no_replay, uuid.uuid4(), token, query={"last_seq": seqs[0]}, greet=False
+        )
+        assert await closed_with(stale) == (
+            1013,
+            "notifications unavailable: reconnect with last_seq",
+        )
+        later = await create(client, cluster.notifications, user, 2)
+    await r.aclose()
+    for ws in (fresh, resumed):
+        assert await collect(ws, later) == [later]
         await ws.close()
 
 

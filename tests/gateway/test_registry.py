@@ -4,13 +4,24 @@ instances, healing after `kill -9`, cleaning on graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
 from websockets.exceptions import ConnectionClosed
 
+from gateway.registry import (
+    ATTACHED,
+    OWNER_UNCONFIRMED,
+    SESSION_FULL,
+    USER_FULL,
+    Attach,
+    DetachBatcher,
+    Registry,
+)
 from shared import keys
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
@@ -139,3 +150,87 @@ async def test_graceful_shutdown_closes_1012_and_cleans_registry(
     assert "Application shutdown complete" in log, log
     assert not await r.exists(keys.ws_session(session)), log
     assert not await r.exists(keys.user_sessions(user)), log
+
+
+@pytest.fixture
+async def raw(infra: Infra) -> AsyncIterator[redis.Redis]:
+    """A client as the gateway makes it (bytes replies)."""
+    client = redis.Redis.from_url(infra.redis.url)
+    yield client
+    await client.aclose()
+
+
+async def test_attach_checks_the_remembered_owner_first(raw: redis.Redis) -> None:
+    """With `owner_check`, the attach script registers only a user Redis remembers as the
+    session's owner; an unknown session or another user gets `OWNER_UNCONFIRMED` and leaves no
+    trace in the registry."""
+    registry = Registry(raw, uuid.uuid4().hex[:12], 30)
+    owner, intruder, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    unknown = await registry.attach("c1", session, owner, 5, owner_check=True)
+    assert unknown == OWNER_UNCONFIRMED
+    await raw.set(keys.session_owner(session), str(owner))
+    foreign = await registry.attach("c2", session, intruder, 5, owner_check=True)
+    assert foreign == OWNER_UNCONFIRMED
+    assert not await raw.exists(keys.ws_session(session), keys.ws_user(intruder))
+    assert await registry.attach("c3", session, owner, 5, owner_check=True) == ATTACHED
+    assert await raw.smembers(keys.ws_session(session)) == {b"c3"}
+    await registry.leave()
+
+
+class _CountingRegistry(Registry):
+    """A real registry that counts its detach round trips."""
+
+    calls = 0
+
+    async def detach_many(self, held: list[tuple[str, str, str]]) -> None:
+        self.calls += 1
+        await super().detach_many(held)
+
+
+async def test_500_connections_closed_together_detach_in_batches(
+    raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 connections of 100 sessions closing at once: every detach returns once its batch is
+    applied, the registry is empty after (seed keys, per-user sets, the instance's hash), it
+    took a handful of batches rather than 500 calls, and no error was logged."""
+    registry = _CountingRegistry(raw, uuid.uuid4().hex[:12], 30)
+    users = [uuid.uuid4() for _ in range(20)]
+    sessions = [(uuid.uuid4(), users[n % 20]) for n in range(100)]
+    held = [(f"c{n}", *sessions[n % 100]) for n in range(500)]
+    for conn_id, session, user in held:
+        assert await registry.attach(conn_id, session, user, 5) == ATTACHED
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+        tasks.add(asyncio.create_task(coroutine))
+
+    batcher = DetachBatcher(registry, spawn)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.gather(*(batcher.detach(*entry) for entry in held))
+    await asyncio.gather(*tasks)
+    names = [keys.gateway_connections(registry.instance_id)]
+    names += [keys.ws_session(session) for session, _ in sessions]
+    names += [keys.user_sessions(user) for user in users] + [keys.ws_user(u) for u in users]
+    assert await raw.exists(*names) == 0
+    assert registry.calls <= 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_attach_many_keeps_every_cap_within_one_call(raw: redis.Redis) -> None:
+    """Connections attached in one call are judged in order, each seeing those before it: the
+    session cap and the user cap hold inside the batch, and an unconfirmed owner is refused
+    without taking a place."""
+    registry = Registry(raw, uuid.uuid4().hex[:12], 30)
+    user, other, session, solo = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await raw.set(keys.session_owner(session), str(user))
+    entries = [Attach(f"s{n}", session, user, 5, 6, True) for n in range(3)]
+    entries.append(Attach("intruder", session, other, 5, 6, True))
+    entries += [Attach(f"s{n}", session, user, 5, 6, True) for n in range(3, 7)]
+    entries.append(Attach("solo", solo, user, 5, 6, False))
+    answers = await registry.attach_many(entries)
+    assert answers == [ATTACHED] * 3 + [OWNER_UNCONFIRMED] + [ATTACHED] * 2 + [SESSION_FULL] * 2 + [
+        ATTACHED
+    ]
+    assert await raw.scard(keys.ws_session(session)) == 5
+    assert await registry.attach("late", solo, user, 5, 6) == USER_FULL
+    await registry.leave()

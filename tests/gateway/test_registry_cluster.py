@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.registry import ClusterRegistry, Registry, create_registry
+from gateway.registry import (
+    ATTACHED,
+    OWNER_UNCONFIRMED,
+    ClusterRegistry,
+    Registry,
+    create_registry,
+)
 from shared import cluster, keys
 from tests.support.redis_cluster import SLOTS, LocalRedisCluster
 
@@ -180,3 +186,20 @@ async def test_active_sessions_scans_every_primary(
     assert set(sessions) <= set(await registry.active_sessions())
     await registry.leave()
     assert not set(sessions) & set(await registry.active_sessions())
+
+
+async def test_attach_checks_the_remembered_owner_first(
+    client: RedisCluster, new_registry: Callable[[], Registry]
+) -> None:
+    """With `owner_check`, only the owner Redis remembers is registered; anyone else, or an
+    unknown session, gets `OWNER_UNCONFIRMED` and leaves nothing behind."""
+    registry = new_registry()
+    owner, intruder, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await registry.attach("c1", session, owner, 5, owner_check=True) == OWNER_UNCONFIRMED
+    await client.set(keys.session_owner(session), str(owner))
+    assert await registry.attach("c2", session, intruder, 5, owner_check=True) == (
+        OWNER_UNCONFIRMED
+    )
+    assert not await client.exists(keys.ws_session(session))
+    assert await registry.attach("c3", session, owner, 5, owner_check=True) == ATTACHED
+    assert await client.smembers(keys.ws_session(session)) == {"c3"}

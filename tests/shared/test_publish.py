@@ -84,7 +84,8 @@ async def test_cluster_publishes_on_the_shard_channel(local_cluster: LocalRedisC
 
 async def test_to_users_publishes_many_frames_in_order(client: redis.Redis) -> None:
     """Many users' frames in one call: each reaches its user's channel with its seq, in the
-    order given, and the counts say who received each."""
+    order given, the counts say who received each, and each user's latest seq in Redis is
+    raised to the highest of theirs (as `notification` does), a frame without seq leaving it."""
     first, second = uuid.uuid4(), uuid.uuid4()
     frames: list[publish.UserFrame] = [
         (first, b'{"n":1}', 1),
@@ -99,6 +100,9 @@ async def test_to_users_publishes_many_frames_in_order(client: redis.Redis) -> N
         (1, str(first), b'{"n":1}'),
         (2, str(first), b'{"n":3}'),
     ]
+    assert await publish.latest_seqs(client, [first, second]) == [2, 1]
+    assert await publish.to_users(client, [(second, b'{"n":4}', None)]) == [0]
+    assert await publish.latest_seqs(client, [first, second]) == [2, 1]
     assert await publish.to_users(client, []) == []
 
 
@@ -122,9 +126,73 @@ async def test_cluster_to_users_publishes_on_the_shard_channels(
             assert await publish.to_users(client, frames) == [1] * len(frames)
             async with asyncio.timeout(5):
                 got = [await received.get() for _ in frames]
+            latest = await publish.latest_seqs(client, users)
     finally:
         await client.aclose()
     for user in users:
         channel = keys.user_channel(user).encode()
         seqs = [decode_envelope(payload)[0].seq for c, payload in got if c == channel]
         assert seqs == [1, 2]
+    assert latest == [2] * len(users)
+
+
+async def test_notification_publishes_and_raises_the_users_seq(client: redis.Redis) -> None:
+    """A notification reaches the user's channel with its seq and raises the user's latest seq;
+    a lower seq (published again after a lost marking) never lowers it, and neither does the
+    notifications service's answer remembered by a gateway."""
+    user = uuid.uuid4()
+    assert await publish.latest_seq(client, user) is None
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(keys.user_channel(user))
+        assert await publish.notification(client, user, b'{"type":"n"}', seq=4) == 1
+        channel, meta, frame = await _next(pubsub)
+    assert (channel, meta.seq, meta.user_id, frame) == (
+        keys.user_channel(user),
+        4,
+        str(user),
+        b'{"type":"n"}',
+    )
+    assert await publish.latest_seq(client, user) == 4
+    await publish.notification(client, user, b'{"type":"n"}', seq=3)
+    await publish.remember_seq(client, user, 2)
+    assert await publish.latest_seq(client, user) == 4
+    await publish.remember_seq(client, user, 9)
+    assert await publish.latest_seq(client, user) == 9
+    assert 0 < await client.pttl(keys.user_seq(user)) <= publish.SEQ_TTL_MS
+
+
+async def test_cluster_notification_shares_the_channels_slot(
+    local_cluster: LocalRedisCluster,
+) -> None:
+    """On a Redis Cluster the seq key lives in the channel's slot: one script raises it and
+    SPUBLISHes, which a sharded subscriber receives."""
+    client = cluster.create_client(local_cluster.url)
+    user = uuid.uuid4()
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+        async with cluster.ShardedSubscriber(
+            client, on_message=lambda channel, payload: received.put_nowait(payload)
+        ) as subscriber:
+            await subscriber.subscribe(keys.user_channel(user))
+            assert await publish.notification(client, user, b'{"type":"n"}', seq=5) == 1
+            async with asyncio.timeout(5):
+                meta, _ = decode_envelope(await received.get())
+        assert meta.seq == 5
+        assert await publish.latest_seq(client, user) == 5
+    finally:
+        await client.aclose()
+
+
+async def test_latest_seqs_of_several_users_at_once(client: redis.Redis) -> None:
+    """One read answers each user's latest seq, None for a user Redis knows nothing of."""
+    known, unknown = uuid.uuid4(), uuid.uuid4()
+    await publish.remember_seq(client, known, 12)
+    assert await publish.latest_seqs(client, [known, unknown, known]) == [12, None, 12]
+
+
+async def test_remember_seqs_raises_several_users_at_once(client: redis.Redis) -> None:
+    """One call raises each user's latest seq, and lowers none."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await publish.remember_seq(client, first, 8)
+    await publish.remember_seqs(client, [(first, 3), (second, 5)])
+    assert await publish.latest_seqs(client, [first, second]) == [8, 5]

@@ -313,16 +313,15 @@ class ConnectionManager:
         except FanoutUnavailable:
             raise Refused(1013, "fan-out unavailable: try again later") from None
         # From here every notification published reaches `conn` live (held until it is live),
-        # so the user's latest seq read now from Redis (`publish.latest_seq`: never below what
-        # was published) bounds what it could have missed. Read before subscribing, it would
-        # not: a frame published in between would be neither held nor replayed.
+        # so a fresh connection's baseline read now from Redis (`publish.latest_seq`) misses
+        # nothing published after the greeting. Read before subscribing, it would: a frame
+        # published in between would be neither held nor replayed.
         if last_seq is not None:
+            # A resume always asks the notifications service, the authority: Redis's seq can be
+            # rolled back by a restart or failover that lost its last writes, and a client
+            # resuming from exactly the rolled-back seq would then skip, for good, what was
+            # published after it (docs/decisions.md, "The connect path's CPU").
             conn.start_writer()  # the replay follows the greeting through the queue
-            if await self._stored_seq(conn.user_id) == last_seq:
-                # Nothing was published after the client's last seq: no replay to fetch.
-                if conn.order.start(last_seq):
-                    self._spawn(self._gap_fill([conn]))
-                return
             try:
                 await self._catch_up([conn], last_seq)
             except ReplayError as exc:

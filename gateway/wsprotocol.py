@@ -6,14 +6,16 @@ fan-out writes the same `bytes` to each recipient's transport.
 
 `GatewayWebSocketProtocol` is uvicorn's sans-I/O `websockets` protocol plus one ASGI extension,
 `scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
-`FrameSink` that writes pre-framed bytes straight to the transport while the connection is open
-and reports whether the transport's write buffer is over its high-water mark (backpressure).
-The handshake stays on uvicorn's standard ASGI path; once it is done the application may
-`adopt` the connection: the protocol then hands every receive event (client messages, the
-disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
-returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
-Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
-gateway works without the extension (`gateway.connection.AsgiConnection`).
+`FrameSink` that writes pre-framed bytes straight to the transport while the connection is open and
+reports whether the transport's write buffer is over its high-water mark (backpressure). The
+handshake stays on uvicorn's standard ASGI path, except that the 101 answering `websocket.accept`
+is written as bytes (the same response and log line, without `websockets`' response objects and its
+per-connect "connection open" INFO line); once it is done the application may `adopt` the
+connection: the protocol then hands every receive event (client messages, the disconnect) to a
+`Reader` instead of the ASGI queue, keeps the socket open when the application returns, and drops
+the ASGI scope — an idle adopted connection has no task and no ASGI objects. Close frames,
+keepalive pings and the closing handshake stay uvicorn's code either way, and the gateway works
+without the extension (`gateway.connection.AsgiConnection`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
@@ -35,13 +37,17 @@ waiting for a full garbage collection (`gateway.heap`).
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
+from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import quote
 
-from uvicorn._types import ASGIReceiveEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import State
 
 EXTENSION = "gateway.frames"
 LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
@@ -50,6 +56,11 @@ _FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+# What `urllib.parse.quote` leaves as it is (letters, digits, `_.-~` and `/`): a path made of
+# these alone needs no call to it.
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -235,6 +246,45 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] == "websocket.accept"
+            and not self.handshake_complete
+            and self.initial_response is None
+            and not self.disconnected
+        ):
+            self._accept(message.get("subprotocol"), message.get("headers", ()))
+        else:
+            await super().send(message)
+
+    def _accept(self, subprotocol: str | None, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """uvicorn's `websocket.accept`, written straight: the same log line and the same 101
+        (`websockets` computed its `Sec-WebSocket-Accept` in `handle_connect`) without its
+        `Headers`, `Response.serialize`, `quote` of every path or the "connection open" INFO
+        line `websockets` logs for every connect."""
+        scope = self.scope
+        client = scope.get("client")
+        path = scope["path"]
+        if _UNQUOTED.fullmatch(path) is None:
+            path = quote(path)
+        if scope["query_string"]:
+            path = f"{path}?{scope['query_string'].decode('ascii')}"
+        address = f"{client[0]}:{client[1]}" if client else ""
+        self.logger.info('%s - "WebSocket %s" [accepted]', address, path)
+        if self.transport.is_closing():
+            return
+        accept = self.response.headers["Sec-WebSocket-Accept"].encode()
+        output = [_SWITCHING, b"Sec-WebSocket-Accept: ", accept, b"\r\n"]
+        for name, value in (*self.default_headers, *headers):
+            output += [name.lower(), b": ", value, b"\r\n"]
+        if subprotocol:
+            output += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        output.append(b"\r\n")
+        self.conn.state = State.OPEN
+        self.handshake_complete = True
+        self.transport.write(b"".join(output))
+        self.start_keepalive()
 
     def start_keepalive(self) -> None:
         # uvicorn calls this right after writing the 101 response, the last use of it.

@@ -39,14 +39,15 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import Protocol as ProtocolState
 from websockets.protocol import State
 
 EXTENSION = "gateway.frames"
@@ -239,13 +240,55 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # uvicorn keeps the request for the connection's life and never reads it again.
+        # uvicorn keeps the request and response for the connection's life; of them, only the
+        # accept key is written (by `_accept`) and nothing reads them again.
         del self.request
-        if self.response.status_code == 101:  # the ASGI scope exists only for an upgrade
+        response = self.__dict__.pop("response")
+        if response.status_code == 101:  # the ASGI scope exists only for an upgrade
+            self._accept_key = response.headers["Sec-WebSocket-Accept"].encode()
             extensions = self.scope.get("extensions")
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
+
+    def upgrade(self, url: str, headers: Sequence[tuple[bytes, bytes]], accept_key: bytes) -> None:
+        """Start from a request `gateway.httpprotocol.plain_upgrade` found plain (so accepted
+        by `websockets` as it is), parsed by httptools: the ASGI scope `handle_connect` would
+        build from `websockets`' parse of the same request, and its application task.
+        `headers` as httptools gives them (names lower case)."""
+        # `websockets` reads frames from here on, as after parsing the request itself.
+        self.conn.parser = ProtocolState.parse(self.conn)
+        next(self.conn.parser)
+        self.handshake_initiated = True
+        self._accept_key = accept_key
+        raw_path, _, query_string = url.partition("?")
+        subprotocols: list[str] = []
+        scope_headers: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            value = value.strip(b" \t")
+            scope_headers.append((name, value))
+            if name == b"sec-websocket-protocol":
+                subprotocols.extend([token.strip() for token in value.decode("latin-1").split(",")])
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": scope_headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, EXTENSION: {"sink": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     async def send(self, message: ASGISendEvent) -> None:
         if (
@@ -261,7 +304,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def _accept(self, subprotocol: str | None, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """uvicorn's `websocket.accept`, written straight: the same log line and the same 101
         (`websockets` computed its `Sec-WebSocket-Accept` in `handle_connect`) without its
-        `Headers`, `Response.serialize`, `quote` of every path or the "connection open" INFO
+        `Response`, `quote` of every path or the "connection open" INFO
         line `websockets` logs for every connect."""
         scope = self.scope
         client = scope.get("client")
@@ -274,8 +317,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.logger.info('%s - "WebSocket %s" [accepted]', address, path)
         if self.transport.is_closing():
             return
-        accept = self.response.headers["Sec-WebSocket-Accept"].encode()
-        output = [_SWITCHING, b"Sec-WebSocket-Accept: ", accept, b"\r\n"]
+        output = [_SWITCHING, b"Sec-WebSocket-Accept: ", self._accept_key, b"\r\n"]
         for name, value in (*self.default_headers, *headers):
             output += [name.lower(), b": ", value, b"\r\n"]
         if subprotocol:
@@ -287,8 +329,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.start_keepalive()
 
     def start_keepalive(self) -> None:
-        # uvicorn calls this right after writing the 101 response, the last use of it.
-        del self.response
+        # Called once the 101 is written.
+        del self._accept_key
         # uvicorn sets over 30 attributes, more than an instance dict shares keys for: the
         # dict grew into a 1.6 KB table; a copy of the same items takes half of that.
         self.__dict__ = dict(self.__dict__)

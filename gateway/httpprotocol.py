@@ -95,7 +95,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if (
             protocol_class is not None
             and issubclass(protocol_class, GatewayWebSocketProtocol)
-            and self.logger.level > TRACE_LOG_LEVEL
+            and not self.logger.isEnabledFor(TRACE_LOG_LEVEL)
         ):
             accept = plain_upgrade(self.scope["method"], self.url, self.headers)
             if accept is not None:

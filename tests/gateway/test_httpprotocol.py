@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.http11 import Request
@@ -112,8 +114,12 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
         await send({"type": "websocket.send", "text": message["text"]})
         assert (await receive())["type"] == "websocket.disconnect"
 
-    config = uvicorn.Config(app, ws=Recorded, lifespan="off", log_level="error")
+    # As in a gateway process (`shared.service`): uvicorn leaves its loggers' levels unset.
+    config = uvicorn.Config(app, ws=Recorded, lifespan="off", log_config=None)
     config.load()
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    logger.setLevel(logging.NOTSET)
     state = ServerState()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
@@ -123,6 +129,7 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
     try:
         yield server.sockets[0].getsockname()[1], scopes
     finally:
+        logger.setLevel(level)
         server.close()
         await server.wait_closed()
 
@@ -157,3 +164,21 @@ async def test_plain_and_websockets_ways_give_the_same_scope_and_response(
     assert plain["path"] == "/echo/s id"
     assert plain["query_string"] == b"token=t&last_seq=3"
     assert plain["subprotocols"] == ["bearer", "a.b.c"]
+
+
+async def test_at_trace_level_the_websockets_way_is_taken(
+    server: tuple[int, list[dict[str, Any]]],
+) -> None:
+    """With uvicorn's TRACE level on, a plain upgrade takes uvicorn's way, which logs it."""
+    port, _ = server
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    logger.setLevel(TRACE_LOG_LEVEL)
+    try:
+        url = f"ws://127.0.0.1:{port}/echo/x"
+        async with connect(url, compression=None, subprotocols=OFFERED) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+    finally:
+        logger.setLevel(level)
+    assert Recorded.ways == ["websockets"]

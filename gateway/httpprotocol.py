@@ -109,6 +109,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         protocol = protocol_class(
             config=self.config, server_state=self.server_state, app_state=self.app_state
         )
-        protocol.connection_made(self.transport)
+        # At TRACE (uvicorn's `connection_made` logs there) this way is not taken.
+        protocol.connection_taken(self.transport, self.server, self.client, self.scheme == "https")
         protocol.upgrade(self.url.decode("ascii"), self.headers, accept)
         self.transport.set_protocol(protocol)

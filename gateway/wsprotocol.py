@@ -8,14 +8,15 @@ fan-out writes the same `bytes` to each recipient's transport.
 `scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
 `FrameSink` that writes pre-framed bytes straight to the transport while the connection is open and
 reports whether the transport's write buffer is over its high-water mark (backpressure). The
-handshake stays on uvicorn's standard ASGI path, except that the 101 answering `websocket.accept`
-is written as bytes (the same response and log line, without `websockets`' response objects and its
-per-connect "connection open" INFO line); once it is done the application may `adopt` the
-connection: the protocol then hands every receive event (client messages, the disconnect) to a
-`Reader` instead of the ASGI queue, keeps the socket open when the application returns, and drops
-the ASGI scope — an idle adopted connection has no task and no ASGI objects. Close frames,
-keepalive pings and the closing handshake stay uvicorn's code either way, and the gateway works
-without the extension (`gateway.connection.AsgiConnection`).
+handshake stays on uvicorn's standard ASGI path, except that a plain upgrade starts from the
+request httptools parsed (`upgrade`, called by `gateway.httpprotocol`) and the 101 answering
+`websocket.accept` is written as bytes (the same response and log line, without `websockets`'
+response objects and its per-connect "connection open" INFO line); once it is done the application
+may `adopt` the connection: the protocol then hands every receive event (client messages, the
+disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
+returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
+Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
+gateway works without the extension (`gateway.connection.AsgiConnection`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
@@ -250,6 +251,20 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
+
+    def connection_taken(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        secure: bool,
+    ) -> None:
+        """`connection_made` with the addresses the HTTP protocol already read: uvicorn's asks
+        the transport again (a socket object and a system call each)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = server, client
+        self.scheme = "wss" if secure else "ws"
 
     def upgrade(self, url: str, headers: Sequence[tuple[bytes, bytes]], accept_key: bytes) -> None:
         """Start from a request `gateway.httpprotocol.plain_upgrade` found plain (so accepted

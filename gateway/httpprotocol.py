@@ -31,10 +31,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.wsprotocol import GatewayWebSocketProtocol
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, 1.3
-# `websockets`' own limits on a request (http11.MAX_NUM_HEADERS, MAX_LINE_LENGTH, less the
-# line's ": " and CRLF): a request beyond them goes its way and is refused there.
+# `websockets`' own limits on a request (http11.MAX_NUM_HEADERS, MAX_LINE_LENGTH), less what a
+# line holds besides the URL or a header's name and value (`GET `, ` HTTP/1.1`, `: `, CRLF),
+# with room to spare: a request near or beyond them goes its way and is refused there.
 _MAX_HEADERS = 128
-_MAX_LINE = 8192 - 4
+_MAX_LINE = 8192 - 16
 # What `websockets` accepts in a header value, and a `Connection` header of tokens alone.
 _VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 _TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+( *, *[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")

@@ -86,6 +86,12 @@ def test_anything_else_goes_to_websockets(method: str, headers: list[tuple[bytes
     assert plain_upgrade(method, b"/ws", headers) is None
 
 
+def test_a_url_websockets_would_refuse_goes_to_websockets() -> None:
+    """A request line over `websockets`' limit, or a URL that is not ASCII, is not plain."""
+    assert plain_upgrade("GET", b"/" + b"a" * 8192, PLAIN) is None
+    assert plain_upgrade("GET", "/é".encode(), PLAIN) is None
+
+
 class Recorded(GatewayWebSocketProtocol):
     """Remembers which way each connection started: `upgrade` (plain) or `handle_connect`."""
 

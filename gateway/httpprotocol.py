@@ -1,22 +1,116 @@
-"""The HTTP side of the gateway's connections: uvicorn's httptools protocol, which lets go of
-itself once it has handed a connection over to the WebSocket protocol.
+"""The HTTP side of the gateway's connections: uvicorn's httptools protocol, which checks a plain
+WebSocket upgrade itself and lets go of itself once it has handed the connection over.
 
-Every WebSocket starts as an HTTP request. uvicorn's `HttpToolsProtocol` parses it, hands the
-transport to the WebSocket protocol and is dropped by the transport, but its `httptools` parser
-keeps six bound methods of it: a reference cycle (the protocol, its parser, their methods, its
-flow control and event, about 21 objects) that only the garbage collector frees. One per
-connect: while clients connect, that was the cyclic garbage every young collection found (180
-cycles, 3,700 objects each). `GatewayHttpProtocol` drops the parser once the upgrade is done,
-so reference counting frees the rest at once, as uvicorn itself does when a plain HTTP
-connection ends.
+Every WebSocket starts as an HTTP request that httptools has already parsed. uvicorn then writes
+the request out again as bytes for the WebSocket protocol, whose `websockets` parser reads it a
+second time (request line, every header, into `Request` and `Headers` objects) before
+`websockets` checks it and computes `Sec-WebSocket-Accept`. For a plain upgrade — the one every
+browser and client library sends — `plain_upgrade` makes the same RFC 6455 checks on the parsed
+headers and `GatewayWebSocketProtocol.upgrade` starts from them. Anything else (another method,
+an invalid key or version, an extension offered, a header `websockets` would refuse) takes
+uvicorn's way unchanged, so every refusal is still answered by `websockets` as before.
+
+Once upgraded, uvicorn's `HttpToolsProtocol` is dropped by the transport, but its `httptools`
+parser keeps six bound methods of it: a reference cycle (the protocol, its parser, their
+methods, its flow control and event, about 21 objects) that only the garbage collector frees.
+`GatewayHttpProtocol` drops the parser once the upgrade is done, so reference counting frees
+the rest at once, as uvicorn itself does when a plain HTTP connection ends.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Sequence
+
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.wsprotocol import GatewayWebSocketProtocol
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, 1.3
+# `websockets`' own limits on a request (http11.MAX_NUM_HEADERS, MAX_LINE_LENGTH), less what a
+# line holds besides the URL or a header's name and value (`GET `, ` HTTP/1.1`, `: `, CRLF),
+# with room to spare: a request near or beyond them goes its way and is refused there.
+_MAX_HEADERS = 128
+_MAX_LINE = 8192 - 16
+# What `websockets` accepts in a header value, and a `Connection` header of tokens alone.
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+_TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+( *, *[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
+# Headers whose presence means anything but a plain upgrade to `websockets`: a body, an offered
+# extension (negotiated there, or ignored when compression is off).
+_NOT_PLAIN = frozenset((b"transfer-encoding", b"content-length", b"sec-websocket-extensions"))
+
+
+def plain_upgrade(method: str, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The `Sec-WebSocket-Accept` value for a request that `websockets` would accept as it is
+    (GET; one `Upgrade: websocket`; `Connection` naming `upgrade`; one 16-byte base64
+    `Sec-WebSocket-Key`; one `Sec-WebSocket-Version: 13`; no body, no extension offered; within
+    `websockets`' limits), else None. `headers` as httptools gives them: names lower case,
+    values stripped."""
+    if method != "GET" or len(headers) > _MAX_HEADERS or not url.isascii() or len(url) > _MAX_LINE:
+        return None
+    upgrade = key = version = None
+    connection_upgrade = False
+    for name, value in headers:
+        if len(name) + len(value) > _MAX_LINE or _VALUE.fullmatch(value) is None:
+            return None
+        if name in _NOT_PLAIN:
+            return None
+        if name == b"upgrade":
+            if upgrade is not None:
+                return None
+            upgrade = value
+        elif name == b"connection":
+            if _TOKENS.fullmatch(value) is None:
+                return None
+            connection_upgrade |= b"upgrade" in [t.strip() for t in value.lower().split(b",")]
+        elif name == b"sec-websocket-key":
+            if key is not None:
+                return None
+            key = value
+        elif name == b"sec-websocket-version":
+            if version is not None:
+                return None
+            version = value
+    if upgrade is None or upgrade.lower() != b"websocket" or not connection_upgrade:
+        return None
+    if key is None or version != b"13":
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
+        protocol_class = self.ws_protocol_class
+        # uvicorn's path (its TRACE line among what it keeps) under another WebSocket protocol,
+        # at TRACE, and for whatever is not a plain upgrade.
+        accept = None
+        if (
+            protocol_class is not None
+            and issubclass(protocol_class, GatewayWebSocketProtocol)
+            and not self.logger.isEnabledFor(TRACE_LOG_LEVEL)
+        ):
+            accept = plain_upgrade(self.scope["method"], self.url, self.headers)
+            if accept is not None:
+                self._upgrade(protocol_class, accept)
+        if accept is None:
+            super().handle_websocket_upgrade()
         self.parser = None  # type: ignore[assignment]
+
+    def _upgrade(self, protocol_class: type[GatewayWebSocketProtocol], accept: bytes) -> None:
+        self.connections.discard(self)
+        protocol = protocol_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        # At TRACE (uvicorn's `connection_made` logs there) this way is not taken.
+        protocol.connection_taken(self.transport, self.server, self.client, self.scheme == "https")
+        protocol.upgrade(self.url.decode("ascii"), self.headers, accept)
+        self.transport.set_protocol(protocol)

@@ -6,10 +6,13 @@ fan-out writes the same `bytes` to each recipient's transport.
 
 `GatewayWebSocketProtocol` is uvicorn's sans-I/O `websockets` protocol plus one ASGI extension,
 `scope["extensions"][EXTENSION]["sink"]`: the protocol itself, seen by the application as a
-`FrameSink` that writes pre-framed bytes straight to the transport while the connection is open
-and reports whether the transport's write buffer is over its high-water mark (backpressure).
-The handshake stays on uvicorn's standard ASGI path; once it is done the application may
-`adopt` the connection: the protocol then hands every receive event (client messages, the
+`FrameSink` that writes pre-framed bytes straight to the transport while the connection is open and
+reports whether the transport's write buffer is over its high-water mark (backpressure). The
+handshake stays on uvicorn's standard ASGI path, except that a plain upgrade starts from the
+request httptools parsed (`upgrade`, called by `gateway.httpprotocol`) and the 101 answering
+`websocket.accept` is written as bytes (the same response and log line, without `websockets`'
+response objects and its per-connect "connection open" INFO line); once it is done the application
+may `adopt` the connection: the protocol then hands every receive event (client messages, the
 disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
 returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
 Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
@@ -35,13 +38,18 @@ waiting for a full garbage collection (`gateway.heap`).
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
-from uvicorn._types import ASGIReceiveEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import Protocol as ProtocolState
+from websockets.protocol import State
 
 EXTENSION = "gateway.frames"
 LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
@@ -50,6 +58,11 @@ _FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+# What `urllib.parse.quote` leaves as it is (letters, digits, `_.-~` and `/`): a path made of
+# these alone needs no call to it.
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -228,17 +241,111 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # uvicorn keeps the request for the connection's life and never reads it again.
+        # uvicorn keeps the request and response for the connection's life; of them, only the
+        # accept key is written (by `_accept`) and nothing reads them again.
         del self.request
-        if self.response.status_code == 101:  # the ASGI scope exists only for an upgrade
+        response = self.__dict__.pop("response")
+        if response.status_code == 101:  # the ASGI scope exists only for an upgrade
+            self._accept_key = response.headers["Sec-WebSocket-Accept"].encode()
             extensions = self.scope.get("extensions")
             if extensions is not None:
                 # ASGI: an extension's value is a dict of its own data.
                 extensions[EXTENSION] = {"sink": self}
 
+    def connection_taken(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        secure: bool,
+    ) -> None:
+        """`connection_made` with the addresses the HTTP protocol already read: uvicorn's asks
+        the transport again (a socket object and a system call each)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = server, client
+        self.scheme = "wss" if secure else "ws"
+
+    def upgrade(self, url: str, headers: Sequence[tuple[bytes, bytes]], accept_key: bytes) -> None:
+        """Start from a request `gateway.httpprotocol.plain_upgrade` found plain (so accepted
+        by `websockets` as it is), parsed by httptools: the ASGI scope `handle_connect` would
+        build from `websockets`' parse of the same request, and its application task.
+        `headers` as httptools gives them (names lower case)."""
+        # `websockets` reads frames from here on, as after parsing the request itself.
+        self.conn.parser = ProtocolState.parse(self.conn)
+        next(self.conn.parser)
+        self.handshake_initiated = True
+        self._accept_key = accept_key
+        raw_path, _, query_string = url.partition("?")
+        subprotocols: list[str] = []
+        scope_headers: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            value = value.strip(b" \t")
+            scope_headers.append((name, value))
+            if name == b"sec-websocket-protocol":
+                subprotocols.extend([token.strip() for token in value.decode("latin-1").split(",")])
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": scope_headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, EXTENSION: {"sink": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] == "websocket.accept"
+            and not self.handshake_complete
+            and self.initial_response is None
+            and not self.disconnected
+        ):
+            self._accept(message.get("subprotocol"), message.get("headers", ()))
+        else:
+            await super().send(message)
+
+    def _accept(self, subprotocol: str | None, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """uvicorn's `websocket.accept`, written straight: the same log line and the same 101
+        (`websockets` computed its `Sec-WebSocket-Accept` in `handle_connect`) without its
+        `Response`, `quote` of every path or the "connection open" INFO
+        line `websockets` logs for every connect."""
+        scope = self.scope
+        client = scope.get("client")
+        path = scope["path"]
+        if _UNQUOTED.fullmatch(path) is None:
+            path = quote(path)
+        if scope["query_string"]:
+            path = f"{path}?{scope['query_string'].decode('ascii')}"
+        address = f"{client[0]}:{client[1]}" if client else ""
+        self.logger.info('%s - "WebSocket %s" [accepted]', address, path)
+        if self.transport.is_closing():
+            return
+        output = [_SWITCHING, b"Sec-WebSocket-Accept: ", self._accept_key, b"\r\n"]
+        for name, value in (*self.default_headers, *headers):
+            output += [name.lower(), b": ", value, b"\r\n"]
+        if subprotocol:
+            output += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        output.append(b"\r\n")
+        self.conn.state = State.OPEN
+        self.handshake_complete = True
+        self.transport.write(b"".join(output))
+        self.start_keepalive()
+
     def start_keepalive(self) -> None:
-        # uvicorn calls this right after writing the 101 response, the last use of it.
-        del self.response
+        # Called once the 101 is written.
+        del self._accept_key
         # uvicorn sets over 30 attributes, more than an instance dict shares keys for: the
         # dict grew into a 1.6 KB table; a copy of the same items takes half of that.
         self.__dict__ = dict(self.__dict__)

@@ -84,3 +84,17 @@ async def test_ws_log_handshakes_logs_every_handshake(
     lines = _handshake_lines(gateway)
     assert len(lines) == 3
     assert not [line for line in lines if "sampled" in line]
+
+
+async def test_an_accepted_handshake_writes_no_other_line_at_info(
+    spawn_service: SpawnService, cluster: Cluster
+) -> None:
+    """At INFO, with every handshake line asked for, three handshakes write three handshake
+    lines and none of the "connection open" lines `websockets` logs for each connect."""
+    gateway = spawn_service(
+        "gateway", LOG_LEVEL="INFO", WS_LOG_HANDSHAKES="true", **cluster.upstream_env
+    )
+    await _refused_handshakes(gateway, 3)
+    lines = [json.loads(line) for line in gateway.log(tail=100_000).splitlines() if line]
+    assert len(_handshake_lines(gateway)) == 3
+    assert [line for line in lines if line.get("msg") == "connection open"] == []

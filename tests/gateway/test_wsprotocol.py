@@ -7,6 +7,7 @@ ASGI fallback path delivers the same frames."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import re
@@ -14,7 +15,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,28 @@ async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_matter() -> 
     assert flag.is_set()
 
 
+@contextlib.asynccontextmanager
+async def _served_without_the_collector(
+    app: Any, protocol: Callable[[uvicorn.Config, ServerState, dict[str, Any]], asyncio.Protocol]
+) -> AsyncIterator[tuple[int, ServerState]]:
+    """A loopback server of `app` on `GatewayWebSocketProtocol` whose connections start with
+    `protocol(config, state, app_state)`, and the cyclic collector off meanwhile, so that what
+    the test finds freed was freed by reference counting; yields the port and uvicorn's server
+    state."""
+    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: protocol(config, state, {}), "127.0.0.1", 0)
+    gc.disable()
+    try:
+        yield server.sockets[0].getsockname()[1], state
+    finally:
+        gc.enable()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_closed_connection_freed_without_the_collector() -> None:
     """On `GatewayWebSocketProtocol` an accepted connection keeps neither the handshake request
     nor its response, its attributes sit in a dict no larger than a fresh copy, and once the
@@ -326,14 +349,7 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         assert (await receive())["type"] == "websocket.disconnect"
         ended.set()
 
-    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
-    config.load()
-    state = ServerState()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gc.disable()
-    try:
+    async with _served_without_the_collector(app, Observed) as (port, _):
         async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
             await ws.send("hello")
             assert await ws.recv() == "hello"
@@ -344,10 +360,6 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         assert seen["compact"], "the protocol's attributes outgrew their dict's table"
         assert seen["protocol"]() is None
         assert seen["parser"]() is None
-    finally:
-        gc.enable()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_adopted_connection_served_without_its_task_and_freed_without_the_collector() -> None:
@@ -403,14 +415,7 @@ async def test_adopted_connection_served_without_its_task_and_freed_without_the_
         protocol.adopt(Echo(protocol))
         seen["protocol"], seen["parser"] = weakref.ref(protocol), weakref.ref(protocol.conn)
 
-    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
-    config.load()
-    state = ServerState()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gc.disable()
-    try:
+    async with _served_without_the_collector(app, Observed) as (port, state):
         async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
             await ws.send("early")
             await finished.wait()
@@ -424,10 +429,6 @@ async def test_adopted_connection_served_without_its_task_and_freed_without_the_
         assert seen["events"] == ["websocket.receive"] * 2 + ["websocket.disconnect"]
         assert seen["protocol"]() is None
         assert seen["parser"]() is None
-    finally:
-        gc.enable()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_freed() -> None:
@@ -464,14 +465,7 @@ async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_
         seen["protocol"] = weakref.ref(protocol)
         adopted.set()
 
-    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
-    config.load()
-    state = ServerState()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Observed(config, state, {}), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gc.disable()
-    try:
+    async with _served_without_the_collector(app, Observed) as (port, state):
         async with connect(f"ws://127.0.0.1:{port}/", compression=None):
             pass
         await adopted.wait()
@@ -480,10 +474,6 @@ async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_
         assert seen["events"][:1] == ["websocket.disconnect"]
         assert set(seen["events"]) == {"websocket.disconnect"}
         assert seen["protocol"]() is None
-    finally:
-        gc.enable()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_http_protocol_freed_once_upgraded_without_the_collector() -> None:
@@ -501,26 +491,17 @@ async def test_http_protocol_freed_once_upgraded_without_the_collector() -> None
         received.set()
         assert (await receive())["type"] == "websocket.disconnect"
 
-    config = uvicorn.Config(app, ws=GatewayWebSocketProtocol, lifespan="off", log_level="error")
-    config.load()
-    state = ServerState()
-
-    def http_protocol() -> GatewayHttpProtocol:
-        protocol = GatewayHttpProtocol(config, state, {})
+    def http_protocol(
+        config: uvicorn.Config, state: ServerState, app_state: dict[str, Any]
+    ) -> GatewayHttpProtocol:
+        protocol = GatewayHttpProtocol(config, state, app_state)
         http_protocols.append(weakref.ref(protocol))
         return protocol
 
-    server = await asyncio.get_running_loop().create_server(http_protocol, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gc.disable()
-    try:
-        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
-            await ws.send("hello")
-            assert await ws.recv() == "hello"
-            await received.wait()
-            assert len(http_protocols) == 1
-            assert http_protocols[0]() is None
-    finally:
-        gc.enable()
-        server.close()
-        await server.wait_closed()
+    served = _served_without_the_collector(app, http_protocol)
+    async with served as (port, _), connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        await received.wait()
+        assert len(http_protocols) == 1
+        assert http_protocols[0]() is None

@@ -64,8 +64,9 @@ async def test_nobody_listening_counts_zero(client: redis.Redis) -> None:
 
 
 async def test_cluster_publishes_on_the_shard_channel(local_cluster: LocalRedisCluster) -> None:
-    """On a Redis Cluster the frame goes out with SPUBLISH, which a sharded subscriber of the
-    channel receives (a classic PUBLISH would not reach it)."""
+    """On a Redis Cluster a frame goes out with SPUBLISH, which a sharded subscriber of the
+    channel receives (a classic PUBLISH would not reach it); a notification's script raises the
+    user's seq key, which lives in the channel's slot, and SPUBLISHes the same way."""
     client = cluster.create_client(local_cluster.url)
     user = uuid.uuid4()
     received: asyncio.Queue[bytes] = asyncio.Queue()
@@ -75,11 +76,16 @@ async def test_cluster_publishes_on_the_shard_channel(local_cluster: LocalRedisC
         ) as subscriber:
             await subscriber.subscribe(keys.user_channel(user))
             assert await publish.to_user(client, user, b'{"type":"z"}', seq=1) == 1
+            assert await publish.notification(client, user, b'{"type":"n"}', seq=5) == 1
             async with asyncio.timeout(5):
-                meta, frame = decode_envelope(await received.get())
+                got = [decode_envelope(await received.get()) for _ in range(2)]
+        assert await publish.latest_seq(client, user) == 5
     finally:
         await client.aclose()
-    assert (meta.seq, frame) == (1, b'{"type":"z"}')
+    assert [(meta.seq, frame) for meta, frame in got] == [
+        (1, b'{"type":"z"}'),
+        (5, b'{"type":"n"}'),
+    ]
 
 
 async def test_to_users_publishes_many_frames_in_order(client: redis.Redis) -> None:
@@ -159,28 +165,6 @@ async def test_notification_publishes_and_raises_the_users_seq(client: redis.Red
     await publish.remember_seq(client, user, 9)
     assert await publish.latest_seq(client, user) == 9
     assert 0 < await client.pttl(keys.user_seq(user)) <= publish.SEQ_TTL_MS
-
-
-async def test_cluster_notification_shares_the_channels_slot(
-    local_cluster: LocalRedisCluster,
-) -> None:
-    """On a Redis Cluster the seq key lives in the channel's slot: one script raises it and
-    SPUBLISHes, which a sharded subscriber receives."""
-    client = cluster.create_client(local_cluster.url)
-    user = uuid.uuid4()
-    received: asyncio.Queue[bytes] = asyncio.Queue()
-    try:
-        async with cluster.ShardedSubscriber(
-            client, on_message=lambda channel, payload: received.put_nowait(payload)
-        ) as subscriber:
-            await subscriber.subscribe(keys.user_channel(user))
-            assert await publish.notification(client, user, b'{"type":"n"}', seq=5) == 1
-            async with asyncio.timeout(5):
-                meta, _ = decode_envelope(await received.get())
-        assert meta.seq == 5
-        assert await publish.latest_seq(client, user) == 5
-    finally:
-        await client.aclose()
 
 
 async def test_latest_seqs_of_several_users_at_once(client: redis.Redis) -> None:

@@ -362,6 +362,18 @@ async def test_closed_connection_freed_without_the_collector() -> None:
         assert seen["parser"]() is None
 
 
+class _Recorder:
+    """A reader of an adopted connection that records its receive events and keeps the
+    protocol, as the gateway's connection does."""
+
+    def __init__(self, sink: GatewayWebSocketProtocol) -> None:
+        self.sink = sink
+        self.events: list[str] = []
+
+    def put_nowait(self, item: Any) -> None:
+        self.events.append(item["type"])
+
+
 async def test_adopted_connection_served_without_its_task_and_freed_without_the_collector() -> None:
     """Once the application adopts its connection (`GatewayWebSocketProtocol.adopt`) and
     returns, the protocol keeps the socket open and hands every receive event to the reader —
@@ -372,15 +384,11 @@ async def test_adopted_connection_served_without_its_task_and_freed_without_the_
     received = asyncio.Event()
     seen: dict[str, Any] = {}
 
-    class Echo:
+    class Echo(_Recorder):
         """A reader that echoes text messages through the sink, as frames it writes itself."""
 
-        def __init__(self, sink: GatewayWebSocketProtocol) -> None:
-            self.sink = sink
-            self.events: list[str] = []
-
         def put_nowait(self, item: Any) -> None:
-            self.events.append(item["type"])
+            super().put_nowait(item)
             if item["type"] == "websocket.receive":
                 self.sink.write_frames(text_frame(item["text"].encode()))
                 # Not from within `put_nowait`: the protocol pauses reading right after it.
@@ -437,16 +445,6 @@ async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_
     lost, adopted = asyncio.Event(), asyncio.Event()
     seen: dict[str, Any] = {}
 
-    class Recorder:
-        """A reader that keeps the protocol, as the gateway's connection does."""
-
-        def __init__(self, sink: GatewayWebSocketProtocol) -> None:
-            self.sink = sink
-            self.events: list[str] = []
-
-        def put_nowait(self, item: Any) -> None:
-            self.events.append(item["type"])
-
     class Observed(GatewayWebSocketProtocol):
         """Tells the test when the connection is lost."""
 
@@ -459,7 +457,7 @@ async def test_connection_lost_before_adoption_hands_over_the_disconnect_and_is_
         await send({"type": "websocket.accept"})
         protocol = scope["extensions"][EXTENSION]["sink"]
         await lost.wait()
-        reader = Recorder(protocol)
+        reader = _Recorder(protocol)
         protocol.adopt(reader)
         seen["events"] = reader.events
         seen["protocol"] = weakref.ref(protocol)

@@ -107,19 +107,7 @@ async def notification(client: RedisClient, user_id: UUID | str, frame: bytes, s
     raise the user's latest seq to `seq` (`keys.user_seq`; never lowered, so a frame published
     again after a lost marking changes nothing). Callers publish a user's notifications in seq
     order (the outbox's lock); returns how many gateways received it."""
-    meta = EnvelopeMeta(seq=seq, user_id=str(user_id), ts=time.time())
-    command = "SPUBLISH" if is_cluster(client) else "PUBLISH"
-    received = await client.eval(
-        _NOTIFICATION,
-        1,
-        keys.user_seq(user_id),
-        encode_envelope(frame, meta),
-        seq,
-        SEQ_TTL_MS,
-        command,
-        keys.user_channel(user_id),
-    )
-    return int(received)
+    return (await to_users(client, [(user_id, frame, seq)]))[0]
 
 
 async def remember_seq(client: RedisClient, user_id: UUID | str, seq: int) -> None:

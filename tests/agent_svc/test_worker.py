@@ -136,6 +136,15 @@ def test_request_stream_lost_is_recreated(stack: ChatStack, token_for: Callable[
     while httpx.get(stack.gateway.url + "/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the gateway did not reconnect to Redis"
         time.sleep(0.1)
+    # The emptied Redis has no worker heartbeat until the workers' next one: until then the
+    # gateway rightly refuses questions with 503 CHAT_UNAVAILABLE.
+    client = redis.Redis.from_url(stack.redis.url)
+    try:
+        while not client.zcount(keys.CHAT_WORKERS, time.time() - 5, "+inf"):
+            assert time.monotonic() < deadline, "no worker announced itself again"
+            time.sleep(0.1)
+    finally:
+        client.close()
     key = f"after-loss-{uuid.uuid4().hex[:8]}"
     stack.fake.script(key, fa.text("answered again"))
     _, events = ask(stack.gateway, token_for(uuid.uuid4()), key)

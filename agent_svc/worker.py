@@ -435,14 +435,20 @@ class WorkerPool:
         return SessionLock(request.session_id, request.message_id, self.lock_ms)
 
     async def __aenter__(self) -> WorkerPool:
+        workers = [Worker(self, index) for index in range(self.settings.agent_workers)]
+        self._consumers = [worker.consumer for worker in workers]
         try:
             await ensure_group(self.redis)
+            if workers:
+                # The gateway takes questions only while a worker's heartbeat is fresh: beat
+                # once before the service says it is ready, or its first questions after
+                # start-up are refused (503 CHAT_UNAVAILABLE) until each worker's loop has run.
+                now = time.time()
+                await self.redis.zadd(keys.CHAT_WORKERS, dict.fromkeys(self._consumers, now))
         except (redis.RedisError, OSError) as exc:
             # Start anyway (readyz reports Redis down); workers recreate the group on NOGROUP.
             log.warning("could not create the chat consumer group", extra={"error": repr(exc)})
-        for index in range(self.settings.agent_workers):
-            worker = Worker(self, index)
-            self._consumers.append(worker.consumer)
+        for worker in workers:
             self._tasks.append(asyncio.create_task(worker.run()))
         if self.settings.agent_workers:
             self._tasks.append(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import asyncpg
 import httpx
 import redis
 
-from agent_svc.worker import CANCEL_POLL, CancelWatch
+from agent_svc.worker import CANCEL_POLL, CancelWatch, WorkerPool
 from shared import chat_wire, keys, redis_client
+from shared.infra import EmbeddedRedis
 from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, ask, resume, stack_fixture, text_of
 from tests.conftest import TEST_INTERNAL_TOKEN
@@ -45,6 +47,28 @@ async def test_cancel_watch_sees_only_the_cancelled_answer(settings: Settings) -
     finally:
         await watch.aclose()
         await client.delete(keys.chat_cancel(stopped))
+        await client.aclose()
+
+
+async def test_workers_announce_themselves_before_the_service_is_ready(
+    settings: Settings, private_redis: EmbeddedRedis
+) -> None:
+    """Entering the worker pool (agent_svc's start-up, before its /readyz answers) writes every
+    worker's heartbeat: the gateway, which takes questions only while a heartbeat is fresh,
+    does not refuse the first questions after a start."""
+    local = dataclasses.replace(settings, redis_url=private_redis.url, agent_workers=2)
+    client = redis_client.create_client(local)
+    db = await asyncpg.create_pool(local.asyncpg_dsn, min_size=0, max_size=1)
+    try:
+        async with WorkerPool(local, db, client):
+            # Read with a blocking client: the event loop does not run in between, so the
+            # workers' own loops (which beat too) have not started yet.
+            with redis.Redis.from_url(private_redis.url) as reader:
+                beats = reader.zrange(keys.CHAT_WORKERS, 0, -1, withscores=True)
+            assert len(beats) == 2, beats
+            assert all(time.time() - when < 5 for _, when in beats)
+    finally:
+        await db.close()
         await client.aclose()
 
 

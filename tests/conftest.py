@@ -134,8 +134,7 @@ def spawn_service(
         return process.start(wait_path=wait_path)
 
     yield spawn
-    for process in reversed(started):
-        process.stop()
+    ServiceProcess.stop_all(started)
 
 
 @pytest.fixture

@@ -43,8 +43,7 @@ class ChatStack:
     extra: list[ServiceProcess] = field(default_factory=list)
 
     def stop(self) -> None:
-        for process in (*self.extra, self.gateway, self.agent):
-            process.stop()
+        ServiceProcess.stop_all((*self.extra, self.gateway, self.agent))
         if self.fake is not None:
             self.fake.stop()
         self.redis.stop()

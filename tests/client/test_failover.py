@@ -93,5 +93,4 @@ def test_gateway_killed_page_fails_over_and_misses_nothing(
         assert open_connections(other) == 1
         assert all(url.startswith(proxy.url + "/") for url in log.requests)
     finally:
-        for gateway in gateways:
-            gateway.stop()
+        ServiceProcess.stop_all(gateways)

@@ -62,8 +62,7 @@ def running(
         if process.poll() is None:
             process.kill()
             process.wait()
-        for gateway in gateways:
-            gateway.stop()
+        ServiceProcess.stop_all(gateways)
 
 
 def test_script_runs_nginx_in_front_of_local_gateways(

@@ -80,8 +80,7 @@ def own_gateways(
     """Two gateways of this test's own, which it may kill."""
     pair = [spawn_service("gateway", **upstreams.env), spawn_service("gateway", **upstreams.env)]
     yield pair
-    for gateway in pair:
-        gateway.stop()
+    ServiceProcess.stop_all(pair)
 
 
 @pytest.fixture

@@ -139,8 +139,7 @@ def services(
         )
         yield started
     finally:
-        for process in reversed(started.values()):
-            process.stop()
+        ServiceProcess.stop_all(started.values())
 
 
 async def test_the_stack_works_with_one_user_per_service(

@@ -108,8 +108,7 @@ def stack(
         b = spawn("gateway", WS_HEARTBEAT_INTERVAL="3")
         yield Stack(nodes, env, log_dir, a, b, notifications, processes)
     finally:
-        for process in reversed(processes):
-            process.stop()
+        ServiceProcess.stop_all(processes)
         asyncio.run(_database(settings, name, 'DROP DATABASE "{name}" WITH (FORCE)'))
 
 

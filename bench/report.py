@@ -95,12 +95,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     chat = results.get("chat") or {}
     if "gateway_added_per_token" in chat:
         gateway_added, pipeline = chat["gateway_added_per_token"], chat["added_per_token"]
+        floor = chat.get("redis_floor_per_entry")
+        beside = (
+            f"; Redis and the client alone (no gateway, same seconds) {floor['p50_ms']:.2f} ms "
+            f"p50, {floor['p99_ms']:.2f} ms p99"
+            if floor
+            else ""
+        )
         add(
             "SSE per-token latency",
             "the gateway adds < 2 ms p50 per token (SSE, 200 streams)",
             f"{gateway_added['p50_ms']:.2f} ms p50, {gateway_added['p99_ms']:.2f} ms p99 "
-            f"({chat['streams']} streams, reply stream to client, upper bound); whole pipeline "
-            f"from the model {pipeline['p50_ms']:.2f} ms p50",
+            f"({chat['streams']} streams, reply stream to client, upper bound){beside}; whole "
+            f"pipeline from the model {pipeline['p50_ms']:.2f} ms p50",
             gateway_added["p50_ms"] < 2 and chat["completed"] == chat["streams"],
         )
     elif "added_per_token" in chat:
@@ -443,6 +450,7 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
             "First token p50 / p99 (ms)",
             "Added per token p50 / p95 / p99 / max (ms)",
             "Added by the gateway p50 / p95 / p99 / max (ms)",
+            "Redis floor p50 / p95 / p99 / max (ms)",
             "CPU (cores)",
         ],
         [
@@ -453,6 +461,7 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
                 f"{first['p50_ms']} / {first['p99_ms']}",
                 f"{added['p50_ms']} / {added['p95_ms']} / {added['p99_ms']} / {added['max_ms']}",
                 _percentiles(chat.get("gateway_added_per_token")),
+                _percentiles(chat.get("redis_floor_per_entry")),
                 ", ".join(f"{k} {v}" for k, v in chat["cpu"].items()),
             ]
         ],
@@ -465,7 +474,10 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
         "whole pipeline: agent worker, Redis, gateway). Added by the gateway = arrival of each "
         "`token` event minus when the worker wrote it to its reply stream (its entry id's "
         "millisecond, or the model's write of its last delta if later): an upper bound, at most "
-        "1 ms above the true figure. The agent workers run on the load core, not the gateway's.",
+        "1 ms above the true figure. The agent workers run on the load core, not the gateway's. "
+        "Redis floor = the same measurement of a probe stream this client reads straight from "
+        "Redis, written at the model's pacing by a process beside the workers, in the same "
+        "seconds (`bench.redis_probe`): what the hops around the gateway cost on this machine.",
     ]
     if chat.get("errors"):
         out += ["", "Errors: " + ", ".join(f"`{k}` x{v}" for k, v in chat["errors"].items())]

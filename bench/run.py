@@ -19,13 +19,14 @@ import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report, system
+from bench import redis_probe, report, system
 from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
@@ -221,7 +222,8 @@ def _chat(
     processes (`system.BACKGROUND_PRIORITY`): a client starved by them would count its own delay
     as the gateway's. One worker per stream (a worker answers
     one question at a time), all in one process: more processes only add context switches and
-    smaller write batches (docs/performance-notes.md)."""
+    smaller write batches (docs/performance-notes.md). A `bench.redis_probe` writer beside
+    them gives the floor: what Redis and the client add without the gateway."""
     workers = stack.start(
         "agent_worker",
         "agent_svc.worker",
@@ -230,9 +232,21 @@ def _chat(
         niceness=system.BACKGROUND_PRIORITY,
         extra_env=stack.agent_env | {"AGENT_WORKERS": str(scale.chat_streams)},
     )
+    probe_key = f"bench:probe:{uuid.uuid4().hex}"
+    probe = stack.start(
+        "redis_probe",
+        "bench.redis_probe",
+        None,
+        pinned=False,
+        niceness=system.BACKGROUND_PRIORITY,
+        extra_env={redis_probe.KEY_ENV: probe_key},
+    )
     try:
-        return chat.run(scale, stack.settings, port, pids | {"agent_worker": workers.pid}, progress)
+        return chat.run(
+            scale, stack.settings, port, pids | {"agent_worker": workers.pid}, progress, probe_key
+        )
     finally:
+        stack.stop(probe)
         stack.stop(workers)
 
 

@@ -11,6 +11,9 @@ earlier than that millisecond nor than the model wrote its last delta, so arriva
 of the two is an upper bound on the gateway's share (at most 1 ms above it). The agent workers
 run on the load core, as in production where they are other pods: their own backlog shows in
 the pipeline figure, not in the gateway's.
+The Redis floor (`bench.redis_probe`): the same measurement of a probe stream read straight from
+Redis by this client, no gateway in between, in the same seconds; the gateway's own share is the
+gap between the two.
 Every stream must end with `end`; tokens received (the model's deltas, counted by their stamps:
 one `token` event may carry several deltas that were written together) are checked against
 tokens sent, and `token` events are counted apart. Streams start once every agent worker has
@@ -32,7 +35,7 @@ from typing import Any
 import redis
 import uvloop
 
-from bench import stats, system
+from bench import redis_probe, stats, system
 from bench.fake_model import stamps
 from bench.httpclient import HttpConnection
 from bench.progress import Progress
@@ -58,8 +61,11 @@ class StreamResult:
     error: str = ""
 
 
-async def one_stream(port: int, token: str, question: str) -> StreamResult:
-    """Ask one question and read its SSE answer to the end."""
+async def one_stream(
+    port: int, token: str, question: str, flowing: asyncio.Event | None = None
+) -> StreamResult:
+    """Ask one question and read its SSE answer to the end; sets `flowing` at its first
+    `token` event."""
     result = StreamResult()
     conn = HttpConnection("127.0.0.1", port)
     body = json.dumps({"message": question}).encode()
@@ -77,6 +83,8 @@ async def one_stream(port: int, token: str, question: str) -> StreamResult:
                 for raw in events:
                     if _read_event(raw, now, sent, result, wall_offset):
                         return result
+                if flowing is not None and result.first_token_ns is not None:
+                    flowing.set()
     except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -114,12 +122,23 @@ def _read_event(
     return False
 
 
-async def _all_streams(port: int, tokens: list[str]) -> tuple[list[StreamResult], float]:
+async def _all_streams(
+    port: int, tokens: list[str], probe: tuple[str, str] | None
+) -> tuple[list[StreamResult], float, array[int]]:
+    """Every stream to its end; with `probe` (Redis URL, key), also the Redis floor
+    (`bench.redis_probe`) from the first token event anywhere until the last stream ends."""
+    flowing, done = asyncio.Event(), asyncio.Event()
+    floor = asyncio.create_task(redis_probe.read_floor(*probe, flowing, done)) if probe else None
     started = time.monotonic()
     results = await asyncio.gather(
-        *(one_stream(port, token, f"benchmark question {i}") for i, token in enumerate(tokens))
+        *(
+            one_stream(port, token, f"benchmark question {i}", flowing)
+            for i, token in enumerate(tokens)
+        )
     )
-    return list(results), time.monotonic() - started
+    seconds = time.monotonic() - started
+    done.set()
+    return list(results), seconds, await floor if floor is not None else array("q")
 
 
 def wait_for_workers(settings: Settings, count: int, timeout: float = WORKERS_TIMEOUT) -> float:
@@ -143,8 +162,10 @@ def run(
     gateway_port: int,
     pids: dict[str, int],
     progress: Progress,
+    probe_key: str | None = None,
 ) -> dict[str, Any]:
-    """`pids`: the processes whose CPU is reported, by name (this client is added)."""
+    """`pids`: the processes whose CPU is reported, by name (this client is added);
+    `probe_key`: the stream a `bench.redis_probe` writer appends to (the floor), if one runs."""
     wait_for_workers(settings, scale.chat_streams)
     tokens = [mint_token(settings, uuid.uuid4(), ttl=3600) for _ in range(scale.chat_streams)]
     meters = {
@@ -152,7 +173,8 @@ def run(
     }
     for meter in meters.values():
         meter.start()
-    results, seconds = uvloop.run(_all_streams(gateway_port, tokens))
+    probe = (settings.redis_url, probe_key) if probe_key else None
+    results, seconds, floor = uvloop.run(_all_streams(gateway_port, tokens, probe))
     cpu = {name: round(meter.stop(), 3) for name, meter in meters.items()}
     first = [r.first_token_ns for r in results if r.first_token_ns is not None]
     added: array[int] = array("q")
@@ -181,6 +203,7 @@ def run(
         "added_per_token": per_token,
         "added_per_token_cdf": stats.cdf(added),
         "gateway_added_per_token": gateway_added,
+        "redis_floor_per_entry": stats.summarize(floor) if floor else None,
         "cpu": cpu,
     }
     progress.step(

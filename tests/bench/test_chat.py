@@ -1,15 +1,21 @@
 """The chat scenario's accounting: deltas counted by their stamps (an event may carry several),
-and the wait for the agent workers' heartbeats, against a real Redis."""
+the wait for the agent workers' heartbeats and the Redis floor probe, against a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import os
+import sys
 import time
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
+from bench import redis_probe
 from bench.scenarios.chat import StreamResult, _read_event, wait_for_workers
 from shared import keys
 from shared.infra import EmbeddedRedis
@@ -63,3 +69,56 @@ def test_wait_for_workers_counts_fresh_heartbeats(
             wait_for_workers(own, 2, timeout=0.3)
     finally:
         client.close()
+
+
+def test_entry_latency_is_arrival_minus_the_entry_ids_millisecond() -> None:
+    """Entry `1005-3` was written at wall 1005 ms; with the wall clock 1 s ahead of the
+    monotonic one that is monotonic 5 ms, so an arrival at 7.5 ms took 2.5 ms."""
+    assert redis_probe.entry_latency_ns("1005-3", 7_500_000, 1_000_000_000) == 2_500_000
+
+
+async def _probe(url: str, counting: asyncio.Event, entries: int) -> tuple[list[int], int]:
+    """Run the writer process until `entries` are written (then kill it), the reader beside it
+    until one read after that; the latencies counted and the entries written."""
+    key = f"bench:probe:{time.monotonic_ns()}"
+    done = asyncio.Event()
+    reader = asyncio.create_task(redis_probe.read_floor(url, key, counting, done))
+    await asyncio.sleep(0)  # the reader has taken its starting point
+    env = os.environ | {
+        "REDIS_URL": url,
+        redis_probe.KEY_ENV: key,
+        redis_probe.INTERVAL_ENV: "0.01",
+    }
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.redis_probe", env=env
+    )
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        seen, last = 0, "0-0"
+        while seen < entries:
+            read: Any = await client.xread({key: last}, block=5000)
+            for _, found in read:
+                seen += len(found)
+                last = found[-1][0].decode()
+        writer.kill()
+        await writer.wait()
+        done.set()
+        return list(await reader), int(await client.xlen(key))
+    finally:
+        if writer.returncode is None:
+            writer.kill()
+            await writer.wait()
+        reader.cancel()
+        await client.aclose()
+
+
+async def test_floor_counts_every_probe_entry_once_counting(private_redis: EmbeddedRedis) -> None:
+    """The writer process appends entries at its interval; the reader counts every one of them
+    (each a non-negative upper bound), and nothing while `counting` is not set."""
+    counting = asyncio.Event()
+    counting.set()
+    latencies, written = await _probe(private_redis.url, counting, 10)
+    assert len(latencies) == written >= 10
+    assert all(latency >= 0 for latency in latencies), latencies
+    latencies, written = await _probe(private_redis.url, asyncio.Event(), 5)
+    assert latencies == [] and written >= 5

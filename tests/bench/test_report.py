@@ -131,6 +131,31 @@ def test_sse_verdict_is_what_the_gateway_adds() -> None:
     assert row["met"] is True
     assert row["measured"].startswith("1.20 ms p50, 4.00 ms p99 (200 streams")
     assert "whole pipeline from the model 40.00 ms p50" in row["measured"]
+    assert "Redis and the client alone" not in row["measured"]
+
+
+def test_sse_floor_is_named_beside_the_gateways_share() -> None:
+    """The Redis floor (no gateway) is reported beside the gateway's share, in the target row
+    and the chat table; the verdict stays the gateway's upper bound."""
+    summary = {"p50_ms": 6.0, "p95_ms": 12.0, "p99_ms": 20.0, "max_ms": 30.0}
+    floor = summary | {"p50_ms": 4.5, "p99_ms": 15.0}
+    chat = {
+        "streams": 200,
+        "completed": 200,
+        "tokens_per_answer": 40,
+        "token_interval_ms": 20.0,
+        "tokens_received": 8000,
+        "tokens_expected": 8000,
+        "time_to_first_token": summary,
+        "added_per_token": summary,
+        "gateway_added_per_token": summary,
+        "redis_floor_per_entry": floor,
+        "cpu": {"gateway": 0.2},
+    }
+    row = next(r for r in report.targets(RESULTS | {"chat": chat}) if r["name"].startswith("SSE"))
+    assert row["met"] is False
+    assert "Redis and the client alone (no gateway, same seconds) 4.50 ms p50" in row["measured"]
+    assert "| 4.5 / 12.0 / 15.0 / 30.0 |" in report.markdown(RESULTS | {"chat": chat}, [])
 
 
 def test_stall_counts_only_sustained_load() -> None:

@@ -154,6 +154,10 @@ class ConnectionManager:
     # Lifecycle.
 
     async def start(self) -> None:
+        try:
+            await self._registry.load()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("registry scripts not loaded", extra={"error": repr(exc)})
         await self._fanout.start()
         self._spawn(self._heartbeat())
         self._spawn(self._watch())

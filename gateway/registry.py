@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from gateway.batch import GroupCommit
 from shared import keys
-from shared.redis_client import RedisClient, is_cluster
+from shared.redis_client import RedisClient, is_cluster, load_scripts
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,14 @@ class Registry:
         self._attach = client.register_script(_ATTACH)
         self._detach = client.register_script(_DETACH)
         self._refresh = client.register_script(_REFRESH)
+        self._scripts = [self._attach, self._detach, self._refresh]
         self._own = keys.gateway_connections(instance_id)
+
+    async def load(self) -> None:
+        """Load the registry's scripts into Redis (`shared.redis_client.load_scripts`): the
+        first attaches and detaches of a burst then raise no `NoScriptError` each. Raises
+        `redis.RedisError` when Redis is down (the scripts are then loaded on first use)."""
+        await load_scripts(self._redis, self._scripts)
 
     async def attach(
         self,
@@ -313,6 +320,7 @@ class ClusterRegistry(Registry):
         self._cluster = client
         self._attach_session = client.register_script(_CLUSTER_ATTACH)
         self._detach_session = client.register_script(_CLUSTER_DETACH)
+        self._scripts += [self._attach_session, self._detach_session]
 
     async def attach(
         self,

@@ -87,7 +87,7 @@ FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap
 # Closed connections whose leaving (topics, fan-out, registry) is finished per event-loop turn:
 # bounds the loop's stall when thousands close at once (docs/decisions.md, "Connections end in
 # slices").
-CLOSE_SLICE = 200
+CLOSE_SLICE = 100
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]

@@ -450,9 +450,12 @@ class ConnectionManager:
         any more, detach them from the registry (one script call). Failures are logged: the
         registry heals itself (`stop()` removes this instance's entries, the others' sweep or
         the keys' expiry the rest)."""
-        try:
-            for conn in conns:
+        for conn in conns:
+            try:
                 await self.topics.drop(conn)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("topic leave failed", extra={"error": repr(exc)})
+        try:
             await self._fanout.release()
         except (redis.RedisError, OSError) as exc:
             log.warning("fan-out leave failed", extra={"error": repr(exc)})

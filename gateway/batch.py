@@ -5,7 +5,7 @@ Each Redis command costs the gateway far more than the work Redis does for it: r
 command path and a send and a receive system call, 0.2 to 0.3 ms of CPU per round trip on the
 benchmark machine (docs/performance-notes.md). When hundreds of clients connect or leave at
 once — a reconnect storm, a mass disconnect — the same command for each of them is better sent
-together: one MGET for every baseline asked for, one script call for every detach.
+together: one MGET for every baseline asked for, one script call for every attach.
 
 `GroupCommit` does that without a timer: the first request of a batch starts a flush, which
 yields to the event loop once (the requests of the same loop iteration join) and runs the batch;

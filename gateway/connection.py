@@ -99,6 +99,10 @@ class ConnectionHost(Protocol):
         """Forget `conn` (it has ended); idempotent."""
         ...
 
+    def end(self, conn: Connection) -> None:
+        """`disconnect` without waiting, then `release_slot` once that is done; idempotent."""
+        ...
+
     def release_slot(self) -> None:
         """Give back the instance slot the connection's handshake took."""
         ...
@@ -430,6 +434,13 @@ class RawConnection(Connection):
     def put_nowait(self, item: ASGIReceiveEvent) -> None:
         if self._ended:
             return
+        if self._reader is None and item["type"] == "websocket.disconnect":
+            # The usual end of an adopted connection: nothing else pending, so it ends here,
+            # in the protocol's callback, without a task. After a mass disconnect thousands
+            # arrive within a few loop turns; the host finishes their leaving in slices.
+            self._stop(int(item.get("code", 1000)))
+            self._host.end(self)
+            return
         if self._inbox is None:
             self._inbox = []
         self._inbox.append(item)
@@ -446,28 +457,36 @@ class RawConnection(Connection):
                 if not self._inbox:
                     # As uvicorn's `receive()`: reading resumes once every message is taken.
                     self._sink.resume_reading()
-                if await self._receive(message, verifier) is not None:
-                    await self._end()
+                code = await self._receive(message, verifier)
+                if code is not None:
+                    await self._end(code)
                     return
         except Refused as exc:
             await self.close(exc.close_code, exc.reason)
-            await self._end()
+            await self._end(exc.close_code)
         except Exception:
             log.exception("connection failed", extra={"connection": self.conn_id})
             await self.close(1011, "internal error")
-            await self._end()
+            await self._end(1011)
         finally:
             self._reader = None
             if not self._inbox:
                 self._inbox = None
 
-    async def _end(self) -> None:
-        """Stop everything and leave the host; idempotent. Events after this are dropped."""
-        if self._ended:
-            return
+    def _stop(self, code: int) -> None:
+        """Stop everything; from now on the connection is closed (`code`, unless a close code
+        was chosen before) and takes no frame. Events after this are dropped."""
         self._ended = True
         self._inbox = None
+        if self.close_code is None:
+            self.close_code = code
         self._stop_all()
+
+    async def _end(self, code: int) -> None:
+        """Stop everything and leave the host; idempotent."""
+        if self._ended:
+            return
+        self._stop(code)
         try:
             await self._host.disconnect(self)
         except Exception:

@@ -1,10 +1,12 @@
 """Redis pub/sub fan-out: one subscriber connection per gateway instance.
 
 The instance subscribes to a user's or session's channel when its first local connection joins
-and unsubscribes when the last one leaves; the broadcast channel is always subscribed. Each
-published envelope is split once (`shared.wire.decode_envelope`), its frame checked once to be
-UTF-8, and the frame's bytes handed with its routing metadata to the delivery callback together
-with the set of local members — no per-connection Redis work, no re-encoding.
+and unsubscribes when the last one leaves; the broadcast channel is always subscribed. Members
+that end in bulk (a mass disconnect) are `forget`-ten at once, without I/O, and the channels
+they left unneeded are unsubscribed later, together, by `release()`. Each published envelope is
+split once (`shared.wire.decode_envelope`), its frame checked once to be UTF-8, and the frame's
+bytes handed with its routing metadata to the delivery callback together with the set of local
+members — no per-connection Redis work, no re-encoding.
 
 The link is watched (PING every few seconds; silence closes it): when it drops, the reader
 reconnects with jittered backoff, resubscribes everything, and — once Redis has confirmed every
@@ -61,6 +63,8 @@ class _Router(Generic[M]):
         self._everyone = everyone
         self._deliver = deliver
         self.routes: dict[bytes, set[M]] = {}
+        # Channels `forget` left routed to nobody: still subscribed until `release()`.
+        self._unneeded: set[bytes] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -105,6 +109,40 @@ class _Router(Generic[M]):
                 del self.routes[channel]
                 gone.append(channel)
         return gone
+
+    async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
+        """Stop routing `channels` to `member`; unsubscribes the channels nobody here needs.
+        Idempotent."""
+        gone = self._unroute(member, channels)
+        if gone:
+            await self._unsubscribe(gone)
+
+    def forget(self, member: M, channels: tuple[bytes, ...]) -> None:
+        """Stop routing `channels` to `member` at once, without I/O; a channel nobody here needs
+        any more stays subscribed (routed to nobody) until `release()`. Idempotent."""
+        for channel in channels:
+            members = self.routes.get(channel)
+            if members is not None:
+                members.discard(member)
+                if not members:
+                    self._unneeded.add(channel)
+
+    async def release(self) -> None:
+        """Unsubscribe, together, the channels `forget` left routed to nobody that still are.
+
+        Decided here, not in `forget`: a member that joined such a channel meanwhile found it
+        subscribed and confirmed, so it must stay."""
+        routes, gone = self.routes, []
+        for channel in self._unneeded:
+            if channel in routes and not routes[channel]:
+                del routes[channel]
+                gone.append(channel)
+        self._unneeded.clear()
+        if gone:
+            await self._unsubscribe(gone)
+
+    async def _unsubscribe(self, channels: list[bytes]) -> None:
+        raise NotImplementedError
 
     def _message(self, channel: bytes, payload: bytes) -> None:
         members = self._everyone if channel == BROADCAST else self.routes.get(channel)
@@ -184,13 +222,9 @@ class Fanout(_Router[M]):
                     self._waiters[channel] = waiters
             raise FanoutUnavailable("Redis did not confirm the subscription") from None
 
-    async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
-        """Stop routing `channels` to `member`; unsubscribes the channels nobody here needs.
-        Idempotent."""
-        gone = self._unroute(member, channels)
-        self._confirmed.difference_update(gone)
-        if gone:
-            await self._command(b"UNSUBSCRIBE", gone)
+    async def _unsubscribe(self, channels: list[bytes]) -> None:
+        self._confirmed.difference_update(channels)
+        await self._command(b"UNSUBSCRIBE", channels)
 
     async def _command(self, name: bytes, channels: list[bytes]) -> None:
         conn = self._conn
@@ -332,14 +366,9 @@ class ClusterFanout(_Router[M]):
                 f"Redis Cluster did not confirm the subscription: {exc!r}"
             ) from None
 
-    async def leave(self, member: M, channels: tuple[bytes, ...]) -> None:
-        """Stop routing `channels` to `member`; unsubscribes the channels nobody here needs.
-        Idempotent."""
-        gone = self._unroute(member, channels)
-        if not gone:
-            return
+    async def _unsubscribe(self, channels: list[bytes]) -> None:
         try:
-            await self._subscriber.unsubscribe(*(channel.decode() for channel in gone))
+            await self._subscriber.unsubscribe(*(channel.decode() for channel in channels))
         except (redis.RedisError, OSError) as exc:
             # The shard's link is gone with its subscriptions; `unsubscribe` already forgot them.
             log.warning("pub/sub command failed", extra={"error": repr(exc)})

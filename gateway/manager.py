@@ -19,6 +19,11 @@ whatever the interleaving of replay, live traffic, Redis reconnects and client r
 
 Connection objects are frozen out of the garbage collector's sight as they accumulate
 (`gateway.heap`), so collections while clients connect do not walk every open connection.
+
+A closed connection is forgotten at once (no frame is routed to it any more); the rest of its
+leaving — topic subscriptions, the UNSUBSCRIBE of channels nobody here needs, the registry
+detach — is finished by one task, `CLOSE_SLICE` connections per event-loop turn, so that
+thousands of clients closing together do not hold the loop for the whole burst.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any
 from uuid import UUID
@@ -50,7 +56,6 @@ from gateway.registry import (
     SESSION_FULL,
     USER_FULL,
     Attach,
-    DetachBatcher,
     create_registry,
 )
 from gateway.replay import LATEST, ReplayClient, ReplayError
@@ -79,6 +84,10 @@ DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
 OWNER_TTL = 30 * 86400  # seconds Redis remembers a session's owner (then agent_svc is asked again)
 FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap)
+# Closed connections whose leaving (topics, fan-out, registry) is finished per event-loop turn:
+# bounds the loop's stall when thousands close at once (docs/decisions.md, "Connections end in
+# slices").
+CLOSE_SLICE = 100
 _USER_CHANNEL_PREFIX = b"ch:user:"
 
 Frame = bytes | msgspec.Struct | dict[str, object]
@@ -121,7 +130,10 @@ class ConnectionManager:
             ping_interval=min(5.0, settings.ws_heartbeat_interval),
         )
         self._ids = itertools.count(1)
-        self._detacher = DetachBatcher(self._registry, self._spawn)
+        # Closed connections not yet detached, oldest first, with the future their
+        # `disconnect()` waits on (None: `end()`, whose slot is released once detached).
+        self._closing: deque[tuple[Connection, asyncio.Future[None] | None]] = deque()
+        self._ender: asyncio.Task[None] | None = None
         self._attaches: GroupCommit[Attach, int] = GroupCommit(
             self._registry.attach_many, self._spawn
         )
@@ -154,6 +166,10 @@ class ConnectionManager:
     # Lifecycle.
 
     async def start(self) -> None:
+        try:
+            await self._registry.load()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("registry scripts not loaded", extra={"error": repr(exc)})
         await self._fanout.start()
         self._spawn(self._heartbeat())
         self._spawn(self._watch())
@@ -163,7 +179,7 @@ class ConnectionManager:
         and wait (bounded) until their handlers have deregistered them."""
         self.draining = True
         held = list(self.connections.values())
-        if not held:
+        if not held and not self._detaching:
             return
         self._empty.clear()
         await asyncio.gather(*(c.close(1012, "server restarting: reconnect") for c in held))
@@ -374,29 +390,95 @@ class ConnectionManager:
         return None
 
     async def disconnect(self, conn: Connection) -> None:
-        """Forget the connection everywhere; idempotent."""
-        if self.connections.pop(conn.conn_id, None) is None:
+        """Forget the connection everywhere; returns once it is detached from the registry.
+        Idempotent."""
+        if not self._forget(conn):
             return
+        done = asyncio.get_running_loop().create_future()
+        self._closing.append((conn, done))
+        self._start_ending()
+        await asyncio.shield(done)
+
+    def end(self, conn: Connection) -> None:
+        """`disconnect()` without waiting, for a connection that ends itself from a protocol
+        callback; its instance slot is released once it is detached (`release_slot()`)."""
+        if not self._forget(conn):
+            self.release_slot()
+            return
+        self._closing.append((conn, None))
+        self._start_ending()
+
+    def _forget(self, conn: Connection) -> bool:
+        """The immediate part of a disconnect: no frame is routed to `conn` from now on (nor does
+        a heartbeat refresh it); False if it was already forgotten."""
+        if self.connections.pop(conn.conn_id, None) is None:
+            return False
         metrics.OPEN_CONNECTIONS.dec()
         self._everyone.discard(conn)
+        self._fanout.forget(conn, conn.channels)
         self._detaching += 1
+        return True
+
+    def _start_ending(self) -> None:
+        if self._ender is None:
+            self._ender = self._spawn(self._end_closed())
+
+    async def _end_closed(self) -> None:
+        """Finish the closed connections' leaving in order, `CLOSE_SLICE` per event-loop turn:
+        after a mass disconnect thousands are closed within a few turns, and finishing them all
+        at once held the loop (and every other connection) for the whole burst. Each slice
+        costs one UNSUBSCRIBE and one detach script call. Cancelled (`stop()`), what is left is
+        given up: `stop()` removes this instance's registry entries itself."""
+        closing = self._closing
         try:
+            while closing:
+                ended = [closing.popleft() for _ in range(min(CLOSE_SLICE, len(closing)))]
+                try:
+                    await self._leave([conn for conn, _ in ended])
+                finally:
+                    self._ended(ended)
+                await asyncio.sleep(0)  # the next slice waits for the loop's other work
+        finally:
+            self._ender = None
+            if closing:
+                left = list(closing)
+                closing.clear()
+                self._ended(left)
+
+    async def _leave(self, conns: list[Connection]) -> None:
+        """Drop the connections' topic subscriptions, unsubscribe the channels nobody here needs
+        any more, detach them from the registry (one script call). Failures are logged: the
+        registry heals itself (`stop()` removes this instance's entries, the others' sweep or
+        the keys' expiry the rest)."""
+        for conn in conns:
             try:
                 await self.topics.drop(conn)
-                await self._fanout.leave(conn, conn.channels)
             except (redis.RedisError, OSError) as exc:
-                log.warning("fan-out leave failed", extra={"error": repr(exc)})
-            # Batched with the other connections closing now; a failure is logged once per
-            # batch, and `stop()` (this instance's own entries), the others' sweep or the key
-            # expiry removes the entry later.
-            await self._detacher.detach(conn.conn_id, conn.session_id, conn.user_id)
-        finally:
+                log.warning("topic leave failed", extra={"error": repr(exc)})
+        try:
+            await self._fanout.release()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("fan-out leave failed", extra={"error": repr(exc)})
+        held = [(conn.conn_id, conn.session_key, str(conn.user_id)) for conn in conns]
+        try:
+            await self._registry.detach_many(held)
+        except (redis.RedisError, OSError) as exc:
+            log.warning(
+                "registry detach failed", extra={"error": repr(exc), "connections": len(held)}
+            )
+
+    def _ended(self, ended: list[tuple[Connection, asyncio.Future[None] | None]]) -> None:
+        for _, done in ended:
             # Counted once detached: until then its objects are alive, and a mass disconnect
             # must not look to the heap freezer like frozen garbage.
             self._heap.closed()
-            self._detaching -= 1
-            if not self.connections and not self._detaching:
-                self._empty.set()
+            if done is None:
+                self.release_slot()
+            elif not done.done():
+                done.set_result(None)
+        self._detaching -= len(ended)
+        if not self.connections and not self._detaching:
+            self._empty.set()
 
     async def send_to_session(self, session_id: UUID | str, frame: Frame) -> int:
         """Publish to every connection of the session on any instance; returns how many

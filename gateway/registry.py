@@ -38,16 +38,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from uuid import UUID
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from gateway.batch import GroupCommit
 from shared import keys
-from shared.redis_client import RedisClient, is_cluster
+from shared.redis_client import RedisClient, is_cluster, load_scripts
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,14 @@ class Registry:
         self._attach = client.register_script(_ATTACH)
         self._detach = client.register_script(_DETACH)
         self._refresh = client.register_script(_REFRESH)
+        self._scripts = [self._attach, self._detach, self._refresh]
         self._own = keys.gateway_connections(instance_id)
+
+    async def load(self) -> None:
+        """Load the registry's scripts into Redis (`shared.redis_client.load_scripts`): the
+        first attaches and detaches of a burst then raise no `NoScriptError` each. Raises
+        `redis.RedisError` when Redis is down (the scripts are then loaded on first use)."""
+        await load_scripts(self._redis, self._scripts)
 
     async def attach(
         self,
@@ -313,6 +319,7 @@ class ClusterRegistry(Registry):
         self._cluster = client
         self._attach_session = client.register_script(_CLUSTER_ATTACH)
         self._detach_session = client.register_script(_CLUSTER_DETACH)
+        self._scripts += [self._attach_session, self._detach_session]
 
     async def attach(
         self,
@@ -401,39 +408,6 @@ class ClusterRegistry(Registry):
                 pipe.pexpire(keys.ws_session(session_id), self._expire_ms)
                 pipe.pexpire(keys.user_sessions(user_id), self._expire_ms)
             await pipe.execute()
-
-
-class DetachBatcher:
-    """Detaches of connections closing at about the same time, sent together (`GroupCommit`).
-
-    When thousands of clients leave at once (a network blip, a load balancer draining), one
-    script call per connection queued thousands of Redis commands behind each other, and past
-    the socket timeout each failed on its own ("registry detach failed", thousands of times).
-    Batched, a burst is a few script calls (`DETACH_BATCH` connections each).
-
-    `detach()` returns once its batch was applied, or failed — then the failure is logged once
-    per batch and the registry heals itself (the keys expire; a stopping instance removes its
-    own entries, other instances sweep a dead one's)."""
-
-    def __init__(
-        self, registry: Registry, spawn: Callable[[Coroutine[Any, Any, None]], object]
-    ) -> None:
-        """`spawn` runs each flush in the background (the manager's, which cancels it on stop)."""
-        self._registry = registry
-        self._batches: GroupCommit[tuple[str, str, str], None] = GroupCommit(self._apply, spawn)
-
-    async def detach(self, conn_id: str, session_id: UUID | str, user_id: UUID | str) -> None:
-        """Remove a connection with the next batch; returns once that batch was sent."""
-        await self._batches.submit((conn_id, str(session_id), str(user_id)))
-
-    async def _apply(self, held: list[tuple[str, str, str]]) -> list[None]:
-        try:
-            await self._registry.detach_many(held)
-        except (RedisError, OSError) as exc:
-            log.warning(
-                "registry detach failed", extra={"error": repr(exc), "connections": len(held)}
-            )
-        return [None] * len(held)
 
 
 def create_registry(client: RedisClient, instance_id: str, heartbeat: float) -> Registry:

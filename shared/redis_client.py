@@ -10,10 +10,12 @@ and ask `is_cluster` where a multi-key step must be split.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import TypeAlias, TypeGuard
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from shared import cluster
@@ -69,3 +71,16 @@ async def ping(client: RedisClient, timeout: float = 2.0) -> None:
     """Raise unless Redis answers PING (in a cluster: every primary)."""
     async with asyncio.timeout(timeout):
         await client.ping()
+
+
+async def load_scripts(client: RedisClient, scripts: Iterable[AsyncScript]) -> None:
+    """Load `scripts` (from `client.register_script`) into Redis now — on a cluster into every
+    primary — so that their first calls find them. Raises the Redis error that stopped it.
+
+    redis-py runs a registered script with EVALSHA and loads it only when Redis answers
+    NOSCRIPT: when many tasks make a script's first calls at once (a burst of detaches after a
+    mass disconnect), each of them fails first, and each `NoScriptError` with its traceback is
+    cyclic garbage for the collector. A Redis that lost its scripts since (a restart) is still
+    served: redis-py loads them again on NOSCRIPT."""
+    for script in scripts:
+        await client.script_load(script.script)

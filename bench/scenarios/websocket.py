@@ -100,7 +100,8 @@ def run(
             fanout = targeted_fanout(server, load, scale, progress, len(connected))
         with phase("broadcast"):
             broadcast = broadcast_all(server, load, scale, settings, progress, idle[-1]["open"])
-        disconnect = mass_disconnect(server, load, scale, progress, idle[-1]["open"])
+        with phase("disconnect"):
+            disconnect = mass_disconnect(server, load, scale, progress, idle[-1]["open"])
     finally:
         load.close_all()
     result: dict[str, Any] = {
@@ -112,7 +113,7 @@ def run(
     if profiles is not None:
         result["profiles"] = {
             name: hot_functions(profiles / f"{server.name}-{name}.txt")
-            for name in ("connect", "fanout", "broadcast")
+            for name in ("connect", "fanout", "broadcast", "disconnect")
         }
     return result
 

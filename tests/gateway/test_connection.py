@@ -1,20 +1,31 @@
 """Per-connection limits on a real gateway configured small, on both WebSocket read paths
 (`ws_path`): frame size (1009), rate (RATE_LIMITED then 1008), slow consumer (1013), instance
-capacity (1013), idle timeout (1000), and the server heartbeat (protocol pings)."""
+capacity (1013), idle timeout (1000), and the server heartbeat (protocol pings); and how an idle
+adopted connection ends (in its disconnect callback, without a task)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import pytest
 import redis.asyncio as redis
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from gateway.connection import Connection, RawConnection
+from gateway.limits import UserRateLimit
+from gateway.state import GatewayState
+from gateway.subscriptions import TopicHub
+from gateway.wsprotocol import Reader, TextFrame
 from shared import publish as shared_publish
+from shared.settings import Settings
 from shared.wire import encode
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
@@ -223,3 +234,85 @@ def _ping_logger(heartbeats: asyncio.Queue[None]) -> logging.Logger:
     logger.propagate = False
     logger.addHandler(Recorder())
     return logger
+
+
+class _Sink:
+    """A `FrameSink` that records the frames written to it (no transport behind it)."""
+
+    write_paused = False
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write_frames(self, data: bytes) -> bool:
+        self.written.append(data)
+        return True
+
+    async def wait_writable(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+    async def close_with(self, code: int, reason: str) -> None:
+        return None
+
+    def adopt(self, reader: Reader) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+class _Host:
+    """A `ConnectionHost` that records the connections handed to `end()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.state = cast(GatewayState, SimpleNamespace(settings=settings))
+        self.ended: list[Connection] = []
+
+    @property
+    def user_rate(self) -> UserRateLimit:
+        raise AssertionError("no frame is read in this test")
+
+    @property
+    def topics(self) -> TopicHub:
+        raise AssertionError("no topic frame is read in this test")
+
+    def close_later(self, conn: Connection, code: int, reason: str) -> None:
+        raise AssertionError(f"nothing should close {conn} ({code} {reason})")
+
+    async def disconnect(self, conn: Connection) -> None:
+        raise AssertionError("an idle connection's disconnect does not wait for its host")
+
+    def end(self, conn: Connection) -> None:
+        self.ended.append(conn)
+
+    def release_slot(self) -> None:
+        raise AssertionError("the host releases the slot of a connection it ends")
+
+
+async def test_idle_adopted_connection_ends_in_the_disconnect_callback(
+    settings: Settings,
+) -> None:
+    """An adopted connection with nothing pending that receives its disconnect ends within the
+    protocol's callback: handed to the host's `end()` before `put_nowait` returns, with no task
+    created, closed with the client's code, and offered frames are refused from then on; a
+    second disconnect (the lost transport after the close frame) is ignored."""
+    host, sink = _Host(settings), _Sink()
+    conn = RawConnection(
+        host, cast(WebSocket, None), "c1", uuid.uuid4(), uuid.uuid4(), time.time() + 60, sink
+    )
+    conn.start_writer()
+    conn.own()
+    before, after = TextFrame(b'{"type":"pong"}'), TextFrame(b'{"type":"late"}')
+    assert conn.offer(before)
+    tasks = asyncio.all_tasks()
+    conn.put_nowait({"type": "websocket.disconnect", "code": 1001, "reason": ""})
+    assert host.ended == [conn]
+    assert asyncio.all_tasks() == tasks
+    assert conn.close_code == 1001
+    assert not conn.offer(after)
+    conn.put_nowait({"type": "websocket.disconnect", "code": 1006, "reason": ""})
+    assert host.ended == [conn]
+    assert sink.written == [before.wire]

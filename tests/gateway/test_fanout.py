@@ -165,3 +165,47 @@ async def test_pings_keep_a_healthy_link(infra: Infra, r: redis.Redis) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_forgotten_members_unsubscribed_together_unless_rejoined(
+    infra: Infra, r: redis.Redis
+) -> None:
+    """Members `forget`-ten (closed connections, at once) are routed no frame from then on;
+    `release()` unsubscribes the channels nobody needs any more, but not one a member joined
+    meanwhile (it found the channel still subscribed), which keeps receiving."""
+    received: list[tuple[set[object], bytes]] = []
+    fanout: Fanout[object] = Fanout(
+        infra.redis.url,
+        set(),
+        lambda members, meta, text: received.append((set(members), text)),
+        lambda: None,
+    )
+    await fanout.start()
+    first, second, kept, newcomer = object(), object(), object(), object()
+    gone, rejoined, held = (keys.user_channel(uuid.uuid4()).encode() for _ in range(3))
+
+    async def subscribers() -> list[int]:
+        return [count for _, count in await r.pubsub_numsub(gone, rejoined, held)]
+
+    try:
+        await fanout.join(first, (gone,), timeout=5)
+        await fanout.join(second, (rejoined,), timeout=5)
+        await fanout.join(kept, (held,), timeout=5)
+        fanout.forget(first, (gone,))
+        fanout.forget(second, (rejoined,))
+        frame = b'{"type":"pong"}'
+        # Redis sends one connection's messages in order: had `first` been routed the frame
+        # on `gone`, it would have arrived before `kept`'s.
+        await r.publish(gone, encode_envelope(frame, EnvelopeMeta()))
+        await r.publish(held, encode_envelope(frame, EnvelopeMeta()))
+        await eventually(lambda: _true(len(received) == 1), 5)
+        assert received == [({kept}, frame)]
+        await fanout.join(newcomer, (rejoined,), timeout=5)
+        assert await subscribers() == [1, 1, 1]  # nothing unsubscribed before `release()`
+        await fanout.release()
+        await eventually(lambda: equals(subscribers(), [0, 1, 1]))
+        await r.publish(rejoined, encode_envelope(frame, EnvelopeMeta()))
+        await eventually(lambda: _true(len(received) == 2), 5)
+        assert received[1] == ({newcomer}, frame)
+    finally:
+        await fanout.stop()

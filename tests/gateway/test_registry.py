@@ -4,10 +4,9 @@ instances, healing after `kill -9`, cleaning on graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as redis
@@ -19,10 +18,11 @@ from gateway.registry import (
     SESSION_FULL,
     USER_FULL,
     Attach,
-    DetachBatcher,
     Registry,
 )
-from shared import keys
+from shared import keys, redis_client
+from shared.infra import EmbeddedRedis
+from shared.settings import Settings
 from tests.conftest import Infra, SpawnService
 from tests.gateway.conftest import (
     WS_PATHS,
@@ -177,43 +177,48 @@ async def test_attach_checks_the_remembered_owner_first(raw: redis.Redis) -> Non
     await registry.leave()
 
 
-class _CountingRegistry(Registry):
-    """A real registry that counts its detach round trips."""
-
-    calls = 0
-
-    async def detach_many(self, held: list[tuple[str, str, str]]) -> None:
-        self.calls += 1
-        await super().detach_many(held)
-
-
-async def test_500_connections_closed_together_detach_in_batches(
-    raw: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
-    """500 connections of 100 sessions closing at once: every detach returns once its batch is
-    applied, the registry is empty after (seed keys, per-user sets, the instance's hash), it
-    took a handful of batches rather than 500 calls, and no error was logged."""
-    registry = _CountingRegistry(raw, uuid.uuid4().hex[:12], 30)
+async def test_500_connections_detached_in_one_call(raw: redis.Redis) -> None:
+    """500 connections of 100 sessions detached in one call (the manager sends each slice of
+    closed connections so): the registry is empty after — seed keys, per-user sets, the
+    instance's hash."""
+    registry = Registry(raw, uuid.uuid4().hex[:12], 30)
     users = [uuid.uuid4() for _ in range(20)]
     sessions = [(uuid.uuid4(), users[n % 20]) for n in range(100)]
     held = [(f"c{n}", *sessions[n % 100]) for n in range(500)]
     for conn_id, session, user in held:
         assert await registry.attach(conn_id, session, user, 5) == ATTACHED
-    tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
-        tasks.add(asyncio.create_task(coroutine))
-
-    batcher = DetachBatcher(registry, spawn)
-    with caplog.at_level(logging.WARNING):
-        await asyncio.gather(*(batcher.detach(*entry) for entry in held))
-    await asyncio.gather(*tasks)
+    await registry.detach_many([(c, str(s), str(u)) for c, s, u in held])
     names = [keys.gateway_connections(registry.instance_id)]
     names += [keys.ws_session(session) for session, _ in sessions]
     names += [keys.user_sessions(user) for user in users] + [keys.ws_user(u) for u in users]
     assert await raw.exists(*names) == 0
-    assert registry.calls <= 3
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await registry.leave()
+
+
+async def test_loaded_scripts_spare_a_burst_its_noscript_errors(
+    settings: Settings, private_redis: EmbeddedRedis
+) -> None:
+    """On a Redis that has no script cached, a registry whose scripts were loaded (`load()`,
+    as the manager does at start) attaches and detaches 100 connections in 100 concurrent
+    calls each without one NOSCRIPT error (the server's error statistics stay empty); without
+    `load()` the same burst makes them (redis-py's EVALSHA first, SCRIPT LOAD on NOSCRIPT)."""
+    client = redis_client.create_client(replace(settings, redis_url=private_redis.url))
+
+    async def burst(registry: Registry) -> None:
+        held = [(f"c{n}", uuid.uuid4(), uuid.uuid4()) for n in range(100)]
+        await asyncio.gather(*(registry.attach(c, s, u, 5) for c, s, u in held))
+        await asyncio.gather(*(registry.detach(c, s, u) for c, s, u in held))
+
+    try:
+        loaded = Registry(client, uuid.uuid4().hex[:12], 30)
+        await loaded.load()
+        await burst(loaded)
+        assert await client.info("errorstats") == {}
+        await client.script_flush()
+        await burst(Registry(client, uuid.uuid4().hex[:12], 30))
+        assert "errorstat_NOSCRIPT" in await client.info("errorstats")
+    finally:
+        await client.aclose()
 
 
 async def test_attach_many_keeps_every_cap_within_one_call(raw: redis.Redis) -> None:
@@ -234,3 +239,33 @@ async def test_attach_many_keeps_every_cap_within_one_call(raw: redis.Redis) -> 
     assert await raw.scard(keys.ws_session(session)) == 5
     assert await registry.attach("late", solo, user, 5, 6) == USER_FULL
     await registry.leave()
+
+
+async def test_hundreds_closing_at_once_leave_nothing_behind(
+    cluster: Cluster, token_for: Token, r: redis.Redis
+) -> None:
+    """400 clients of one gateway closing at once (their leaving is finished in slices): every
+    registry entry and every pub/sub subscription of theirs goes, while a client of one of
+    their sessions that connects right after stays registered and subscribed."""
+    users = [uuid.uuid4() for _ in range(40)]
+    held = [(uuid.uuid4(), users[n % 40]) for n in range(400)]
+    sockets = []
+    for start in range(0, len(held), 100):
+        batch = held[start : start + 100]
+        sockets += await asyncio.gather(*(open_ws(cluster.a, s, token_for(u)) for s, u in batch))
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    session, user = held[0]
+    late = await open_ws(cluster.a, session, token_for(user))
+    names = [keys.ws_session(s) for s, _ in held] + [keys.ws_user(u) for u in users]
+    channels = [keys.session_channel(s) for s, _ in held] + [keys.user_channel(u) for u in users]
+
+    async def subscribed() -> list[bytes | str]:
+        return [channel for channel, count in await r.pubsub_numsub(*channels) if count]
+
+    await eventually(lambda: equals(r.exists(*names), 2), 10)  # the late client's session, user
+    assert await r.scard(keys.ws_session(session)) == 1
+    assert await r.scard(keys.ws_user(user)) == 1
+    await eventually(
+        lambda: equals(subscribed(), [keys.session_channel(session), keys.user_channel(user)]), 10
+    )
+    await late.close()

@@ -7,6 +7,7 @@ docs/notifications.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 from uuid import UUID
 
@@ -28,6 +29,10 @@ REPLAY_MAX_LIMIT = 1000
 REPLAY_MAX_ASKS = 500  # about 35 KB of asks: within the default HTTP_MAX_BODY_BYTES
 # The most rows one batch replay may ask for (the sum of its limits): bounds the answer's size.
 REPLAY_MAX_ROWS = 20_000
+# Past this many bytes of frames a batch replay's pages keep their first item only (`fit`): a
+# few users with large notifications cannot make the answer too large for the gateway to read
+# (16 MiB), whatever the row count.
+REPLAY_MAX_BYTES = 2 * 1024 * 1024
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -78,6 +83,37 @@ class ReplayPages(msgspec.Struct):
     """One page per ask, in ask order, all read in one snapshot."""
 
     pages: list[ReplayPage]
+
+
+class _EncodedPage(msgspec.Struct):
+    """A `ReplayPage` whose items are already encoded (`fit`)."""
+
+    items: list[msgspec.Raw]
+    has_more: bool
+    last_seq: int
+
+
+class _EncodedPages(msgspec.Struct):
+    pages: list[_EncodedPage]
+
+
+def fit(pages: Sequence[store.ReplayPage], budget: int) -> list[_EncodedPage]:
+    """The pages' items as frame JSON, each page's in order, while they add up to less than
+    `budget` bytes; past it a page keeps only its first item (then `has_more` is true). Every
+    page with items still moves its reader forward, and the answer stays bounded."""
+    fitted: list[_EncodedPage] = []
+    used = 0
+    for page in pages:
+        items: list[msgspec.Raw] = []
+        for row in page.rows:
+            if items and used >= budget:
+                break
+            frame = wire.frame_bytes(row)
+            used += len(frame)
+            items.append(msgspec.Raw(frame))
+        has_more = page.has_more or len(items) < len(page.rows)
+        fitted.append(_EncodedPage(items, has_more, page.last_seq))
+    return fitted
 
 
 class UserPath(msgspec.Struct):
@@ -164,7 +200,8 @@ async def replay(request: Request) -> Response:
 
 async def replay_many(request: Request) -> Response:
     """`POST /internal/v1/notifications/replay` `{"asks": [{"user_id", "after_seq", "limit"}]}`
-    → `{"pages": [...]}`: per ask, in order, what the single-user replay answers for it."""
+    → `{"pages": [...]}` (`ReplayPages`): per ask, in order, what the single-user replay answers
+    for it, shortened past `REPLAY_MAX_BYTES` of frames (`fit`)."""
     settings = _authorised(request)
     body = await read_json(request, ReplayBatch, settings.http_max_body_bytes)
     if sum(ask.limit for ask in body.asks) > REPLAY_MAX_ROWS:
@@ -173,11 +210,7 @@ async def replay_many(request: Request) -> Response:
         )
     asks = [store.ReplayAsk(a.user_id, a.after_seq, a.limit) for a in body.asks]
     pages = await store.replay_many(request.app.state.pool, asks)
-    return json_response(
-        ReplayPages(
-            [ReplayPage([wire.frame(r) for r in p.rows], p.has_more, p.last_seq) for p in pages]
-        )
-    )
+    return json_response(_EncodedPages(fit(pages, REPLAY_MAX_BYTES)))
 
 
 routes = [

@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from notifications_svc import store
+from notifications_svc.internal_api import fit
+from notifications_svc.wire import Stored, frame_bytes
 from tests.notifications_svc.conftest import INTERNAL, create, payload
 
 Auth = Callable[[uuid.UUID], dict[str, str]]
@@ -388,6 +393,47 @@ async def test_batch_replay_bad_input_is_422(http: httpx.AsyncClient, body: Any)
     response = await http.post("/internal/v1/notifications/replay", json=body, headers=INTERNAL)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def _row(seq: int, content: str = "c") -> Stored:
+    now = datetime.now(UTC)
+    return Stored(
+        id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        seq=seq,
+        title="t",
+        content=content,
+        type="test",
+        action=None,
+        related_entity_type=None,
+        related_entity_id=None,
+        is_read=False,
+        read_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_fit_shortens_pages_past_the_byte_budget() -> None:
+    """Frames are kept while they add up to less than the budget; past it each page keeps its
+    first item only and says `has_more`, an empty page stays empty, and `last_seq` is kept."""
+    big = [_row(seq, "x" * 1000) for seq in (1, 2, 3)]
+    pages = [
+        store.ReplayPage(big, has_more=False, last_seq=3),
+        store.ReplayPage([_row(5), _row(6)], has_more=False, last_seq=9),
+        store.ReplayPage([], has_more=False, last_seq=0),
+        store.ReplayPage([_row(1)], has_more=True, last_seq=4),
+    ]
+    fitted = fit(pages, budget=1500)
+    summary = [
+        ([msgspec.json.decode(i)["data"]["seq"] for i in p.items], p.has_more, p.last_seq)
+        for p in fitted
+    ]
+    assert summary == [([1, 2], True, 3), ([5], True, 9), ([], False, 0), ([1], True, 4)]
+    assert bytes(fitted[0].items[0]) == frame_bytes(big[0])
+    unbounded = fit(pages, budget=10**9)
+    assert [len(p.items) for p in unbounded] == [3, 2, 0, 1]
+    assert [p.has_more for p in unbounded] == [False, False, False, True]
 
 
 async def test_batch_replay_body_not_json_is_400(http: httpx.AsyncClient) -> None:

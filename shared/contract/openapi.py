@@ -301,7 +301,8 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
           "resumes and seq baselines, batched)", "notifications",
           body=notifications_internal.ReplayBatch, security="internal", server="notifications",
           description="One page per ask, in ask order, each what the single-user replay "
-          "answers for it; every page is read in one snapshot. At most 500 asks, whose limits "
+          "answers for it (past 2 MiB of frames, later pages keep their first item only, with "
+          "`has_more`); every page is read in one snapshot. At most 500 asks, whose limits "
           "add up to at most 20,000 (else 422).",
           answers=(Answer(200, "One page per ask, in ask order.",
                           notifications_internal.ReplayPages),

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.replay import MAX_ASKS, ROWS_PER_CALL, ReplayClient, ReplayError
+from gateway.replay import MAX_ASKS, ROWS_PER_CALL, Page, ReplayClient, ReplayError
 from gateway.upstream import Upstream
 from shared.infra import free_port
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
@@ -215,3 +215,82 @@ async def test_a_failed_call_fails_each_of_its_askers() -> None:
     finally:
         await http.aclose()
     assert [type(o) for o in outcomes] == [ReplayError] * 3
+
+
+class MisbehavingService:
+    """A wire-level stand-in for a notifications_svc that fails in ways the real one cannot be
+    made to on demand: each connection gets the next scripted answer, or is closed unanswered
+    (None)."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        self.answers = answers
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        self.requests += 1
+        answer = self.answers.pop(0)
+        if answer is not None:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+
+def http_answer(status: int, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+ONE_PAGE = http_answer(200, b'{"pages": [{"items": [], "has_more": false, "last_seq": 7}]}')
+
+
+async def ask_one(service: MisbehavingService) -> Page:
+    """One page asked of `service` through a `ReplayClient`."""
+    server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = Upstream(f"http://127.0.0.1:{port}", timeout=5)
+    try:
+        return await ReplayClient(http, TEST_INTERNAL_TOKEN, Tasks().spawn).page(uuid.uuid4(), 3)
+    finally:
+        await http.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_closed_before_the_answer_is_asked_again_once() -> None:
+    """The batch is a POST, which the pool does not resend; it only reads, so the client sends
+    it once more when the connection closed before any answer, and the page arrives."""
+    service = MisbehavingService([None, ONE_PAGE])
+    page = await ask_one(service)
+    assert (page.frames, page.has_more, page.last_seq) == ([], False, 7)
+    assert service.requests == 2
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [None, None],
+        [http_answer(500, b"{}")],
+        [http_answer(200, b'{"pages": []}')],
+        [http_answer(200, b"not json")],
+        [
+            http_answer(
+                200, b'{"pages": [{"items": [{"data": {}}], "has_more": false, "last_seq": 1}]}'
+            )
+        ],
+    ],
+    ids=["closed-twice", "status-500", "page-missing", "not-json", "item-without-seq"],
+)
+async def test_a_failed_or_malformed_answer_is_a_replay_error(answers: list[bytes | None]) -> None:
+    """Closed twice without an answer, an error status, fewer pages than asks, or an answer
+    that does not decode: the asker gets `ReplayError`."""
+    with pytest.raises(ReplayError):
+        await ask_one(MisbehavingService(answers))

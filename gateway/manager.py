@@ -118,7 +118,7 @@ class ConnectionManager:
         self._registry = create_registry(
             redis_client, self.instance_id, settings.ws_heartbeat_interval
         )
-        self._replay = ReplayClient(notifications, settings.internal_token)
+        self._replay = ReplayClient(notifications, settings.internal_token, self._spawn)
         self.user_rate = UserRateLimit(redis_client, settings.ws_user_rate_limit)
         self._everyone: set[Connection] = set()
         self._fanout = create_fanout(

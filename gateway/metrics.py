@@ -30,6 +30,9 @@ FANOUT_LATENCY = Histogram(
 )
 PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
 GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")
+# Their ratio is the replay's batching: pages asked for per call to notifications_svc.
+REPLAY_ASKS = Counter("gateway_replay_asks_total", "Replay pages asked for (resumes, baselines)")
+REPLAY_CALLS = Counter("gateway_replay_calls_total", "Replay calls made to notifications_svc")
 # Every garbage collection stops the event loop for its whole length: the stall budget (20 ms at
 # 10k connections) is judged on this histogram (`gateway.heap.CollectionTimer` feeds it).
 GC_PAUSE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)

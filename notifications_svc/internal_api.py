@@ -1,4 +1,5 @@
-"""Internal API endpoints (Bearer `INTERNAL_TOKEN`): create, batch create, replay for the gateway.
+"""Internal API endpoints (Bearer `INTERNAL_TOKEN`): create, batch create, replay (one user's or
+many users' at once) for the gateway.
 
 Never routed by the gateway's public facade. Contracts in docs/internal-api.md and
 docs/notifications.md.
@@ -6,6 +7,7 @@ docs/notifications.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 from uuid import UUID
 
@@ -24,6 +26,13 @@ from shared.wire import Notification as NotificationFrame
 MAX_BATCH = 500
 REPLAY_DEFAULT_LIMIT = 500
 REPLAY_MAX_LIMIT = 1000
+REPLAY_MAX_ASKS = 500  # about 35 KB of asks: within the default HTTP_MAX_BODY_BYTES
+# The most rows one batch replay may ask for (the sum of its limits): bounds the answer's size.
+REPLAY_MAX_ROWS = 20_000
+# Past this many bytes of frames a batch replay's pages keep their first item only (`fit`): a
+# few users with large notifications cannot make the answer too large for the gateway to read
+# (16 MiB), whatever the row count.
+REPLAY_MAX_BYTES = 2 * 1024 * 1024
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,6 +63,57 @@ class ReplayPage(msgspec.Struct):
 class ReplayQuery(msgspec.Struct, kw_only=True):
     after_seq: Annotated[int, msgspec.Meta(ge=0, le=wire.MAX_SEQ)] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=REPLAY_MAX_LIMIT)] = REPLAY_DEFAULT_LIMIT
+
+
+class ReplayAsk(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One user's page in a batch replay: as the single-user replay's query."""
+
+    user_id: UUID
+    after_seq: Annotated[int, msgspec.Meta(ge=0, le=wire.MAX_SEQ)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=REPLAY_MAX_LIMIT)] = REPLAY_DEFAULT_LIMIT
+
+
+class ReplayBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Up to `REPLAY_MAX_ASKS` asks whose limits add up to at most `REPLAY_MAX_ROWS`."""
+
+    asks: Annotated[list[ReplayAsk], msgspec.Meta(min_length=1, max_length=REPLAY_MAX_ASKS)]
+
+
+class ReplayPages(msgspec.Struct):
+    """One page per ask, in ask order, all read in one snapshot."""
+
+    pages: list[ReplayPage]
+
+
+class _EncodedPage(msgspec.Struct):
+    """A `ReplayPage` whose items are already encoded (`fit`)."""
+
+    items: list[msgspec.Raw]
+    has_more: bool
+    last_seq: int
+
+
+class _EncodedPages(msgspec.Struct):
+    pages: list[_EncodedPage]
+
+
+def fit(pages: Sequence[store.ReplayPage], budget: int) -> list[_EncodedPage]:
+    """The pages' items as frame JSON, each page's in order, while they add up to less than
+    `budget` bytes; past it a page keeps only its first item (then `has_more` is true). Every
+    page with items still moves its reader forward, and the answer stays bounded."""
+    fitted: list[_EncodedPage] = []
+    used = 0
+    for page in pages:
+        items: list[msgspec.Raw] = []
+        for row in page.rows:
+            if items and used >= budget:
+                break
+            frame = wire.frame_bytes(row)
+            used += len(frame)
+            items.append(msgspec.Raw(frame))
+        has_more = page.has_more or len(items) < len(page.rows)
+        fitted.append(_EncodedPage(items, has_more, page.last_seq))
+    return fitted
 
 
 class UserPath(msgspec.Struct):
@@ -138,8 +198,24 @@ async def replay(request: Request) -> Response:
     return json_response(ReplayPage([wire.frame(row) for row in rows], has_more, last_seq))
 
 
+async def replay_many(request: Request) -> Response:
+    """`POST /internal/v1/notifications/replay` `{"asks": [{"user_id", "after_seq", "limit"}]}`
+    → `{"pages": [...]}` (`ReplayPages`): per ask, in order, what the single-user replay answers
+    for it, shortened past `REPLAY_MAX_BYTES` of frames (`fit`)."""
+    settings = _authorised(request)
+    body = await read_json(request, ReplayBatch, settings.http_max_body_bytes)
+    if sum(ask.limit for ask in body.asks) > REPLAY_MAX_ROWS:
+        raise ValidationFailed(
+            f"the asks' limits add up to more than {REPLAY_MAX_ROWS}", details={"field": "asks"}
+        )
+    asks = [store.ReplayAsk(a.user_id, a.after_seq, a.limit) for a in body.asks]
+    pages = await store.replay_many(request.app.state.pool, asks)
+    return json_response(_EncodedPages(fit(pages, REPLAY_MAX_BYTES)))
+
+
 routes = [
     Route("/internal/v1/notifications", create, methods=["POST"]),
     Route("/internal/v1/notifications/batch", create_batch, methods=["POST"]),
+    Route("/internal/v1/notifications/replay", replay_many, methods=["POST"]),
     Route("/internal/v1/users/{user_id}/notifications/replay", replay, methods=["GET"]),
 ]

@@ -296,6 +296,17 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
           query=notifications_internal.ReplayQuery, security="internal", server="notifications",
           answers=(Answer(200, "Ascending by seq.", notifications_internal.ReplayPage), E401,
                    E422, E503_DATABASE)),
+    Route("POST", "/internal/v1/notifications/replay", "replayNotificationsOfMany",
+          "Many users' pushed notifications after a seq each, in one call (the gateway's "
+          "resumes and seq baselines, batched)", "notifications",
+          body=notifications_internal.ReplayBatch, security="internal", server="notifications",
+          description="One page per ask, in ask order, each what the single-user replay "
+          "answers for it (past 2 MiB of frames, later pages keep their first item only, with "
+          "`has_more`); every page is read in one snapshot. At most 500 asks, whose limits "
+          "add up to at most 20,000 (else 422).",
+          answers=(Answer(200, "One page per ask, in ask order.",
+                          notifications_internal.ReplayPages),
+                   E400, E401, E413, E422, E503_DATABASE)),
     *_ON_BEHALF,
     Route("POST", "/internal/v1/sessions/claim", "claimSession",
           "Make a session the user's (first use claims it)", "sessions",

@@ -1,15 +1,21 @@
-"""Internal API endpoints: create (idempotent, ordered, validated), batch, replay."""
+"""Internal API endpoints: create (idempotent, ordered, validated), batch, replay (of one user or
+of many at once)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from notifications_svc import store
+from notifications_svc.internal_api import fit
+from notifications_svc.wire import Stored, frame_bytes
 from tests.notifications_svc.conftest import INTERNAL, create, payload
 
 Auth = Callable[[uuid.UUID], dict[str, str]]
@@ -177,6 +183,7 @@ async def test_body_over_limit_is_413(http: httpx.AsyncClient) -> None:
         ("POST", "/internal/v1/notifications"),
         ("POST", "/internal/v1/notifications/batch"),
         ("GET", f"/internal/v1/users/{uuid.uuid4()}/notifications/replay"),
+        ("POST", "/internal/v1/notifications/replay"),
     ],
 )
 async def test_internal_token_required(
@@ -291,6 +298,153 @@ async def test_replay_malformed_user_is_422(http: httpx.AsyncClient) -> None:
     """A user id that is not a UUID is a 422."""
     response = await http.get("/internal/v1/users/nope/notifications/replay", headers=INTERNAL)
     assert response.status_code == 422
+
+
+async def replay_pages(http: httpx.AsyncClient, asks: list[dict[str, Any]]) -> list[Any]:
+    response = await http.post(
+        "/internal/v1/notifications/replay", json={"asks": asks}, headers=INTERNAL
+    )
+    assert response.status_code == 200, response.text
+    pages: list[Any] = response.json()["pages"]
+    return pages
+
+
+async def single_page(http: httpx.AsyncClient, ask: dict[str, Any]) -> Any:
+    """What the single-user replay answers for the same ask."""
+    params = {k: v for k, v in ask.items() if k != "user_id"}
+    url = f"/internal/v1/users/{ask['user_id']}/notifications/replay"
+    return (await http.get(url, params=params, headers=INTERNAL)).json()
+
+
+async def test_batch_replay_answers_each_ask_in_order(http: httpx.AsyncClient, auth: Auth) -> None:
+    """The batch replay answers one page per ask, in ask order, each exactly what the single-user
+    replay answers for it: gaps of deleted and push-less notifications skipped, `has_more` at the
+    ask's limit, `last_seq` counting every seq, a user asked twice answered twice, a user
+    without notifications an empty page with `last_seq` 0."""
+    gappy, plain, nobody = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    made = [await create(http, gappy, title=f"n{n}") for n in range(5)]
+    await create(http, gappy, title="quiet", send_push=False)
+    await http.delete(f"/api/v1/notifications/{made[2]['id']}", headers=auth(gappy))
+    for n in range(3):
+        await create(http, plain, title=f"p{n}")
+    asks: list[dict[str, Any]] = [
+        {"user_id": str(gappy), "after_seq": 1, "limit": 2},
+        {"user_id": str(plain)},
+        {"user_id": str(nobody), "after_seq": 7},
+        {"user_id": str(gappy), "after_seq": 4},
+        {"user_id": str(plain), "after_seq": 3, "limit": 1},
+    ]
+    pages = await replay_pages(http, asks)
+    assert [
+        ([i["data"]["seq"] for i in p["items"]], p["has_more"], p["last_seq"]) for p in pages
+    ] == [
+        ([2, 4], True, 6),
+        ([1, 2, 3], False, 3),
+        ([], False, 0),
+        ([5], False, 6),
+        ([], False, 3),
+    ]
+    assert pages == [await single_page(http, ask) for ask in asks]
+
+
+async def test_batch_replay_of_many_users(http: httpx.AsyncClient) -> None:
+    """A batch of the largest allowed size, many users with histories of different lengths each
+    asked from a different seq, answers what the single-user replay answers for every ask."""
+    users = [uuid.uuid4() for _ in range(500)]
+    items = [payload(u, title=f"{n}-{k}") for n, u in enumerate(users[:60]) for k in range(n % 4)]
+    created = await http.post(
+        "/internal/v1/notifications/batch", json={"notifications": items}, headers=INTERNAL
+    )
+    assert created.status_code == 201
+    asks: list[dict[str, Any]] = [
+        {"user_id": str(u), "after_seq": n % 3, "limit": 1 + n % 2} for n, u in enumerate(users)
+    ]
+    pages = await replay_pages(http, asks)
+    assert len(pages) == len(asks)
+    assert pages[:60] == [await single_page(http, ask) for ask in asks[:60]]
+    assert {(len(p["items"]), p["has_more"], p["last_seq"]) for p in pages[60:]} == {(0, False, 0)}
+    assert sum(len(p["items"]) for p in pages) > 0
+
+
+def _ask(**fields: Any) -> dict[str, Any]:
+    return {"user_id": str(uuid.uuid4())} | fields
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"asks": []},
+        {"asks": [_ask() for _ in range(501)]},
+        {"asks": [_ask(limit=1000) for _ in range(21)]},  # 21,000 rows: over 20,000
+        {"asks": [{"user_id": "nope"}]},
+        {"asks": [{"after_seq": 1}]},
+        {"asks": [_ask(after_seq=-1)]},
+        {"asks": [_ask(after_seq=2**63)]},
+        {"asks": [_ask(limit=0)]},
+        {"asks": [_ask(limit=1001)]},
+        {"asks": [_ask(before_seq=3)]},
+        {"asks": [_ask()], "more": True},
+        {},
+    ],
+)
+async def test_batch_replay_bad_input_is_422(http: httpx.AsyncClient, body: Any) -> None:
+    """A malformed batch (no ask, too many, limits adding up to too many rows, a bad or missing
+    field in any ask, an unknown field) is refused whole with the 422 error body."""
+    response = await http.post("/internal/v1/notifications/replay", json=body, headers=INTERNAL)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def _row(seq: int, content: str = "c") -> Stored:
+    now = datetime.now(UTC)
+    return Stored(
+        id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        seq=seq,
+        title="t",
+        content=content,
+        type="test",
+        action=None,
+        related_entity_type=None,
+        related_entity_id=None,
+        is_read=False,
+        read_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_fit_shortens_pages_past_the_byte_budget() -> None:
+    """Frames are kept while they add up to less than the budget; past it each page keeps its
+    first item only and says `has_more`, an empty page stays empty, and `last_seq` is kept."""
+    big = [_row(seq, "x" * 1000) for seq in (1, 2, 3)]
+    pages = [
+        store.ReplayPage(big, has_more=False, last_seq=3),
+        store.ReplayPage([_row(5), _row(6)], has_more=False, last_seq=9),
+        store.ReplayPage([], has_more=False, last_seq=0),
+        store.ReplayPage([_row(1)], has_more=True, last_seq=4),
+    ]
+    fitted = fit(pages, budget=1500)
+    summary = [
+        ([msgspec.json.decode(i)["data"]["seq"] for i in p.items], p.has_more, p.last_seq)
+        for p in fitted
+    ]
+    assert summary == [([1, 2], True, 3), ([5], True, 9), ([], False, 0), ([1], True, 4)]
+    assert bytes(fitted[0].items[0]) == frame_bytes(big[0])
+    unbounded = fit(pages, budget=10**9)
+    assert [len(p.items) for p in unbounded] == [3, 2, 0, 1]
+    assert [p.has_more for p in unbounded] == [False, False, False, True]
+
+
+async def test_batch_replay_body_not_json_is_400(http: httpx.AsyncClient) -> None:
+    """A body that is not JSON answers 400 INVALID_JSON."""
+    response = await http.post(
+        "/internal/v1/notifications/replay",
+        content=b"{asks",
+        headers=INTERNAL | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "INVALID_JSON"
 
 
 async def test_user_api_for_internal_callers(

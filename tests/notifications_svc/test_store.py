@@ -191,6 +191,7 @@ async def test_statement_uses_an_index(
         ("BUMP_COUNTERS", (["user"], [5]), {"user_counters_pkey"}),
         ("UNPUBLISHED_OF", (["user"], 2000), {"notifications_unpublished"}),
         ("MARK_PUBLISHED_IDS", (["id"],), {"notifications_pkey"}),
+        ("REPLAY_MANY", (["user"], [200], [500]), {"notifications_user_seq", "user_counters_pkey"}),
     ],
 )
 async def test_batch_statement_uses_an_index(
@@ -201,7 +202,8 @@ async def test_batch_statement_uses_an_index(
     expected: set[str],
 ) -> None:
     """The statements over a whole batch or many users (counter locks, dedupe lookup, counter
-    bumps, the relay's drain and marks) find their rows through the fitting index."""
+    bumps, the relay's drain and marks, the batch replay) find their rows through the fitting
+    index."""
     some_id = await conn.fetchval(
         "SELECT id FROM notifications.notifications WHERE user_id = $1 LIMIT 1", busy_user
     )

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.http11 import Request
@@ -20,7 +21,7 @@ from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
 from gateway.httpprotocol import GatewayHttpProtocol, plain_upgrade
-from gateway.wsprotocol import GatewayWebSocketProtocol
+from gateway.wsprotocol import GatewayWebSocketProtocol, _forwarded
 
 KEY = base64.b64encode(b"0123456789abcdef")
 PLAIN: list[tuple[bytes, bytes]] = [
@@ -99,6 +100,57 @@ def test_a_url_websockets_would_refuse_goes_to_websockets() -> None:
     assert plain_upgrade("GET", "/é".encode(), PLAIN) is None
 
 
+XFF, XFP = b"x-forwarded-for", b"x-forwarded-proto"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "headers"),
+    [
+        ("127.0.0.1", "127.0.0.1", [(XFF, b"10.1.2.3"), (XFP, b"https")]),
+        ("127.0.0.1", "10.9.9.9", [(XFF, b"10.1.2.3"), (XFP, b"https")]),
+        ("127.0.0.1", "127.0.0.1", [(XFF, b"10.1.2.3, 127.0.0.1"), (XFF, b"10.4.4.4")]),
+        ("127.0.0.1", "127.0.0.1", [(XFP, b"gopher"), (XFP, b"http")]),
+        ("127.0.0.1", "127.0.0.1", [(XFP, b"http"), (XFP, b"gopher")]),
+        ("10.0.0.0/8,127.0.0.1", "127.0.0.1", [(XFF, b"192.0.2.1:4711, 10.2.2.2")]),
+        ("*", "10.9.9.9", [(XFF, b"")]),
+        ("127.0.0.1", "127.0.0.1", []),
+    ],
+    ids=[
+        "trusted", "untrusted", "chain", "bad-proto-then-http", "http-then-bad-proto", "network",
+        "any-empty", "none",
+    ],
+)  # fmt: skip
+async def test_forwarded_client_and_scheme_are_the_middlewares(
+    trusted: str, peer: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The plain way reads `X-Forwarded-*` as uvicorn's `ProxyHeadersMiddleware` does."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["scheme"], scope["client"]))
+
+    middleware = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+    scope: Any = {"type": "websocket", "scheme": "ws", "client": (peer, 5), "headers": headers}
+    await middleware(scope, _never_receive, _never_send)
+    proto = [v for n, v in headers if n == XFP]
+    forwarded_for = [v for n, v in headers if n == XFF]
+    assert seen == [
+        _forwarded(
+            middleware.trusted_hosts, "ws", (peer, 5), proto[-1] if proto else None, forwarded_for
+        )
+    ]
+
+
+async def _never_receive() -> Any:
+    """A receive callable the application under test never calls."""
+    raise AssertionError("not called")
+
+
+async def _never_send(message: Any) -> None:
+    """A send callable the application under test never calls."""
+    raise AssertionError("not called")
+
+
 class Recorded(GatewayWebSocketProtocol):
     """Remembers which way each connection started: `upgrade` (plain) or `handle_connect`."""
 
@@ -121,6 +173,7 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         scopes.append({k: v for k, v in scope.items() if k not in ("client", "extensions")})
+        scopes[-1]["client_host"] = scope["client"][0]
         assert await receive() == {"type": "websocket.connect"}
         await send({"type": "websocket.accept", "subprotocol": "bearer"})
         message = await receive()
@@ -153,13 +206,15 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
 async def test_plain_and_websockets_ways_give_the_same_scope_and_response(
     server: tuple[int, list[dict[str, Any]]],
 ) -> None:
-    """The same handshake taken the plain way and (with an empty body declared, which
-    `websockets` accepts) the `websockets` way: both answered 101 with the same headers and
-    the echoed subprotocol, both serve messages, and the application sees the same scope."""
+    """The same handshake, through a trusted proxy, taken the plain way and (with an empty body
+    declared, which `websockets` accepts) the `websockets` way: both answered 101 with the same
+    headers and the echoed subprotocol, both serve messages, and the application sees the same
+    scope, with the client and scheme the proxy forwarded."""
     port, scopes = server
     url = f"ws://127.0.0.1:{port}/echo/s%20id?token=t&last_seq=3"
     responses = []
-    for extra in ({}, {"Content-Length": "0"}):
+    proxied = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}
+    for extra in (proxied, {**proxied, "Content-Length": "0"}):
         async with connect(
             url, compression=None, subprotocols=OFFERED, additional_headers=extra
         ) as ws:
@@ -180,6 +235,7 @@ async def test_plain_and_websockets_ways_give_the_same_scope_and_response(
     assert plain["path"] == "/echo/s id"
     assert plain["query_string"] == b"token=t&last_seq=3"
     assert plain["subprotocols"] == ["bearer", "a.b.c"]
+    assert (plain["client_host"], plain["scheme"]) == ("10.1.2.3", "wss")
 
 
 async def test_a_browsers_deflate_offer_takes_the_plain_way_and_is_declined(

@@ -16,7 +16,11 @@ may `adopt` the connection: the protocol then hands every receive event (client 
 disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
 returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
 Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
-gateway works without the extension (`gateway.connection.AsgiConnection`).
+gateway works without the extension (`gateway.connection.AsgiConnection`). A plain upgrade also
+skips what uvicorn builds per connection for its own way: the protocol's constructor sets only
+what differs per connection, the `websockets` protocol starts reading frames at once
+(`open_protocol`), and the proxy headers are applied while the scope is built, the application
+beneath uvicorn's proxy-headers middleware then called directly.
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and

@@ -18,9 +18,8 @@ returns, and drops the ASGI scope — an idle adopted connection has no task and
 Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
 gateway works without the extension (`gateway.connection.AsgiConnection`). A plain upgrade also
 skips what uvicorn builds per connection for its own way: the protocol's constructor sets only
-what differs per connection, the `websockets` protocol starts reading frames at once
-(`open_protocol`), and the proxy headers are applied while the scope is built, the application
-beneath uvicorn's proxy-headers middleware then called directly.
+what differs per connection, and the `websockets` protocol starts reading frames at once
+(`open_protocol`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
@@ -52,7 +51,6 @@ from urllib.parse import quote, unquote
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware, _TrustedHosts
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
@@ -116,29 +114,6 @@ def open_protocol(max_size: int | None) -> ServerProtocol:
     conn.parser = ProtocolState.parse(conn)
     next(conn.parser)
     return conn
-
-
-def _forwarded(
-    trusted: _TrustedHosts,
-    scheme: str,
-    client: tuple[str, int] | None,
-    proto: bytes | None,
-    forwarded_for: list[bytes],
-) -> tuple[str, tuple[str, int] | None]:
-    """The scheme and client uvicorn's `ProxyHeadersMiddleware` would put in a WebSocket scope:
-    from `X-Forwarded-Proto` (the last) and `X-Forwarded-For` (all, joined) when the peer is a
-    trusted proxy, else the connection's own."""
-    if (client[0] if client else None) not in trusted:
-        return scheme, client
-    if proto is not None:
-        value = proto.decode("latin1").strip()
-        if value in {"http", "https", "ws", "wss"}:
-            scheme = value.replace("http", "ws")
-    if forwarded_for:
-        host, port = trusted.get_trusted_client_address(b", ".join(forwarded_for).decode("latin1"))
-        if host:
-            client = (host, port)
-    return scheme, client
 
 
 class TextFrame:
@@ -405,34 +380,18 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         raw_path, _, query_string = url.partition("?")
         subprotocols: list[str] = []
         scope_headers: list[tuple[bytes, bytes]] = []
-        forwarded_proto: bytes | None = None
-        forwarded_for: list[bytes] = []
         for name, value in headers:
             value = value.strip(b" \t")
             scope_headers.append((name, value))
             if name == b"sec-websocket-protocol":
                 subprotocols.extend([token.strip() for token in value.decode("latin-1").split(",")])
-            elif name == b"x-forwarded-proto":
-                forwarded_proto = value
-            elif name == b"x-forwarded-for":
-                forwarded_for.append(value)
-        scheme: str = self.scheme
-        client = self.client
-        app = self.app
-        if type(app) is ProxyHeadersMiddleware:
-            # The middleware's work (uvicorn's `proxy_headers`), done on the headers read just
-            # now; this connection's application is the one beneath it.
-            self.app = app.app
-            scheme, client = _forwarded(
-                app.trusted_hosts, scheme, client, forwarded_proto, forwarded_for
-            )
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
             "http_version": "1.1",
-            "scheme": scheme,
+            "scheme": self.scheme,
             "server": self.server,
-            "client": client,
+            "client": self.client,
             "root_path": self.root_path,
             "path": self.root_path + unquote(raw_path),
             "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.logging import TRACE_LOG_LEVEL
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.http11 import Request
@@ -21,7 +20,7 @@ from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
 from gateway.httpprotocol import GatewayHttpProtocol, plain_upgrade
-from gateway.wsprotocol import GatewayWebSocketProtocol, _forwarded
+from gateway.wsprotocol import GatewayWebSocketProtocol
 
 KEY = base64.b64encode(b"0123456789abcdef")
 PLAIN: list[tuple[bytes, bytes]] = [
@@ -98,57 +97,6 @@ def test_a_url_websockets_would_refuse_goes_to_websockets() -> None:
     """A request line over `websockets`' limit, or a URL that is not ASCII, is not plain."""
     assert plain_upgrade("GET", b"/" + b"a" * 8192, PLAIN) is None
     assert plain_upgrade("GET", "/é".encode(), PLAIN) is None
-
-
-XFF, XFP = b"x-forwarded-for", b"x-forwarded-proto"
-
-
-@pytest.mark.parametrize(
-    ("trusted", "peer", "headers"),
-    [
-        ("127.0.0.1", "127.0.0.1", [(XFF, b"10.1.2.3"), (XFP, b"https")]),
-        ("127.0.0.1", "10.9.9.9", [(XFF, b"10.1.2.3"), (XFP, b"https")]),
-        ("127.0.0.1", "127.0.0.1", [(XFF, b"10.1.2.3, 127.0.0.1"), (XFF, b"10.4.4.4")]),
-        ("127.0.0.1", "127.0.0.1", [(XFP, b"gopher"), (XFP, b"http")]),
-        ("127.0.0.1", "127.0.0.1", [(XFP, b"http"), (XFP, b"gopher")]),
-        ("10.0.0.0/8,127.0.0.1", "127.0.0.1", [(XFF, b"192.0.2.1:4711, 10.2.2.2")]),
-        ("*", "10.9.9.9", [(XFF, b"")]),
-        ("127.0.0.1", "127.0.0.1", []),
-    ],
-    ids=[
-        "trusted", "untrusted", "chain", "bad-proto-then-http", "http-then-bad-proto", "network",
-        "any-empty", "none",
-    ],
-)  # fmt: skip
-async def test_forwarded_client_and_scheme_are_the_middlewares(
-    trusted: str, peer: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    """The plain way reads `X-Forwarded-*` as uvicorn's `ProxyHeadersMiddleware` does."""
-    seen: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append((scope["scheme"], scope["client"]))
-
-    middleware = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
-    scope: Any = {"type": "websocket", "scheme": "ws", "client": (peer, 5), "headers": headers}
-    await middleware(scope, _never_receive, _never_send)
-    proto = [v for n, v in headers if n == XFP]
-    forwarded_for = [v for n, v in headers if n == XFF]
-    assert seen == [
-        _forwarded(
-            middleware.trusted_hosts, "ws", (peer, 5), proto[-1] if proto else None, forwarded_for
-        )
-    ]
-
-
-async def _never_receive() -> Any:
-    """A receive callable the application under test never calls."""
-    raise AssertionError("not called")
-
-
-async def _never_send(message: Any) -> None:
-    """A send callable the application under test never calls."""
-    raise AssertionError("not called")
 
 
 class Recorded(GatewayWebSocketProtocol):

@@ -70,9 +70,9 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 _UVICORN_LOGGER = logging.getLogger("uvicorn.error")
-# What `open_protocol` gives each connection its own of: mutable state, and what is not constant.
-_PER_CONNECTION = frozenset(("id", "debug", "extensions", "reader", "events", "writes", "parser"))
-_OPEN_TEMPLATES: dict[int | None, dict[str, Any]] = {}
+# `ServerProtocol`'s attributes as its constructor leaves them, by `max_size`: what
+# `open_protocol` copies (and replaces the per-connection ones of).
+_OPEN_TEMPLATES: dict[int | None, list[tuple[str, Any]]] = {}
 
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 # What `urllib.parse.quote` leaves as it is (letters, digits, `_.-~` and `/`): a path made of
@@ -99,12 +99,13 @@ def open_protocol(max_size: int | None) -> ServerProtocol:
     template = _OPEN_TEMPLATES.get(max_size)
     if template is None:
         model = ServerProtocol(extensions=[], max_size=max_size, logger=_UVICORN_LOGGER)
-        template = _OPEN_TEMPLATES[max_size] = {
-            name: value for name, value in vars(model).items() if name not in _PER_CONNECTION
-        }
+        template = _OPEN_TEMPLATES[max_size] = list(vars(model).items())
         model.parser.close()
     conn = ServerProtocol.__new__(ServerProtocol)
-    conn.__dict__.update(template)
+    # Every attribute in the constructor's order (the per-connection ones replaced below): the
+    # instances then share one key table, a 280-byte dict each instead of an 832-byte one.
+    for name, value in template:
+        setattr(conn, name, value)
     conn.id = uuid.uuid4()
     conn.debug = _UVICORN_LOGGER.isEnabledFor(logging.DEBUG)
     conn.extensions = []

@@ -321,11 +321,12 @@ async def test_constructor_sets_what_uvicorns_sets() -> None:
 
 def test_open_protocol_is_a_parsed_server_protocol_of_its_own() -> None:
     """`open_protocol` gives each connection a `ServerProtocol` with the attributes its
-    constructor sets, still CONNECTING, no mutable state shared with another, and reading
-    frames at once."""
+    constructor sets, in its order (so the instance dict is no larger), still CONNECTING, no
+    mutable state shared with another, and reading frames at once."""
     stock = ServerProtocol(extensions=[], max_size=1000)
     first, second = open_protocol(1000), open_protocol(1000)
-    assert vars(first).keys() == vars(stock).keys()
+    assert list(vars(first)) == list(vars(stock))
+    assert sys.getsizeof(vars(first)) == sys.getsizeof(vars(stock))
     assert first.state is State.CONNECTING and first.max_message_size == 1000
     for name in ("id", "extensions", "reader", "events", "writes", "parser"):
         assert getattr(first, name) is not getattr(second, name), name

@@ -6,9 +6,12 @@ the request out again as bytes for the WebSocket protocol, whose `websockets` pa
 second time (request line, every header, into `Request` and `Headers` objects) before
 `websockets` checks it and computes `Sec-WebSocket-Accept`. For a plain upgrade — the one every
 browser and client library sends — `plain_upgrade` makes the same RFC 6455 checks on the parsed
-headers and `GatewayWebSocketProtocol.upgrade` starts from them. Anything else (another method,
-an invalid key or version, an extension offered, a header `websockets` would refuse) takes
-uvicorn's way unchanged, so every refusal is still answered by `websockets` as before.
+headers and `GatewayWebSocketProtocol.upgrade` starts from them. Browsers and most client
+libraries offer `permessage-deflate`: with compression off (the gateway's setting) `websockets`
+ignores the offer without reading it, and so does this path. Anything else (another method, an
+invalid key or version, an extension offered while compression is on, a header `websockets`
+would refuse) takes uvicorn's way unchanged, so every refusal is still answered by `websockets`
+as before.
 
 Once upgraded, uvicorn's `HttpToolsProtocol` is dropped by the transport, but its `httptools`
 parser keeps six bound methods of it: a reference cycle (the protocol, its parser, their
@@ -39,25 +42,33 @@ _MAX_LINE = 8192 - 16
 # What `websockets` accepts in a header value, and a `Connection` header of tokens alone.
 _VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 _TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+( *, *[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
-# Headers whose presence means anything but a plain upgrade to `websockets`: a body, an offered
-# extension (negotiated there, or ignored when compression is off).
-_NOT_PLAIN = frozenset((b"transfer-encoding", b"content-length", b"sec-websocket-extensions"))
+# Headers whose presence means anything but a plain upgrade to `websockets`: a body, and (with
+# compression on) an offered extension, which `websockets` negotiates.
+_BODY = frozenset((b"transfer-encoding", b"content-length"))
+_BODY_OR_EXTENSION = _BODY | {b"sec-websocket-extensions"}
 
 
-def plain_upgrade(method: str, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+def plain_upgrade(
+    method: str,
+    url: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    compression: bool = False,
+) -> bytes | None:
     """The `Sec-WebSocket-Accept` value for a request that `websockets` would accept as it is
     (GET; one `Upgrade: websocket`; `Connection` naming `upgrade`; one 16-byte base64
-    `Sec-WebSocket-Key`; one `Sec-WebSocket-Version: 13`; no body, no extension offered; within
-    `websockets`' limits), else None. `headers` as httptools gives them: names lower case,
-    values stripped."""
+    `Sec-WebSocket-Key`; one `Sec-WebSocket-Version: 13`; no body; no extension offered unless
+    `compression` is off, when `websockets` ignores the offer unread and answers without
+    `Sec-WebSocket-Extensions`; within `websockets`' limits), else None. `headers` as httptools
+    gives them: names lower case, values stripped."""
     if method != "GET" or len(headers) > _MAX_HEADERS or not url.isascii() or len(url) > _MAX_LINE:
         return None
+    not_plain = _BODY_OR_EXTENSION if compression else _BODY
     upgrade = key = version = None
     connection_upgrade = False
     for name, value in headers:
         if len(name) + len(value) > _MAX_LINE or _VALUE.fullmatch(value) is None:
             return None
-        if name in _NOT_PLAIN:
+        if name in not_plain:
             return None
         if name == b"upgrade":
             if upgrade is not None:
@@ -98,7 +109,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and issubclass(protocol_class, GatewayWebSocketProtocol)
             and not self.logger.isEnabledFor(TRACE_LOG_LEVEL)
         ):
-            accept = plain_upgrade(self.scope["method"], self.url, self.headers)
+            accept = plain_upgrade(
+                self.scope["method"], self.url, self.headers, self.config.ws_per_message_deflate
+            )
             if accept is not None:
                 self._upgrade(protocol_class, accept)
         if accept is None:

@@ -16,7 +16,10 @@ may `adopt` the connection: the protocol then hands every receive event (client 
 disconnect) to a `Reader` instead of the ASGI queue, keeps the socket open when the application
 returns, and drops the ASGI scope — an idle adopted connection has no task and no ASGI objects.
 Close frames, keepalive pings and the closing handshake stay uvicorn's code either way, and the
-gateway works without the extension (`gateway.connection.AsgiConnection`).
+gateway works without the extension (`gateway.connection.AsgiConnection`). A plain upgrade also
+skips what uvicorn builds per connection for its own way: the protocol's constructor sets only
+what differs per connection, and the `websockets` protocol starts reading frames at once
+(`open_protocol`).
 
 Why raw writes cannot corrupt the stream: every write on this transport, uvicorn's and ours, is
 a whole frame (uvicorn drains `ServerProtocol.data_to_send()` right after each `send_*` call), and
@@ -38,18 +41,25 @@ waiting for a full garbage collection (`gateway.heap`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request
 from websockets.protocol import Protocol as ProtocolState
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 EXTENSION = "gateway.frames"
 LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
@@ -58,6 +68,11 @@ _FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+
+_UVICORN_LOGGER = logging.getLogger("uvicorn.error")
+# `ServerProtocol`'s attributes as its constructor leaves them, by `max_size`: what
+# `open_protocol` copies (and replaces the per-connection ones of).
+_OPEN_TEMPLATES: dict[int | None, list[tuple[str, Any]]] = {}
 
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 # What `urllib.parse.quote` leaves as it is (letters, digits, `_.-~` and `/`): a path made of
@@ -74,6 +89,32 @@ def text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return _MEDIUM.pack(_FIN_TEXT, 126, size) + payload
     return _LONG.pack(_FIN_TEXT, 127, size) + payload
+
+
+def open_protocol(max_size: int | None) -> ServerProtocol:
+    """A `websockets` server protocol whose request was parsed elsewhere: its parser reads
+    frames (as after `websockets` parsed the request itself), its state is CONNECTING until
+    the 101 is written. Built from a template of its constant attributes: no request parser
+    started only to be replaced."""
+    template = _OPEN_TEMPLATES.get(max_size)
+    if template is None:
+        model = ServerProtocol(extensions=[], max_size=max_size, logger=_UVICORN_LOGGER)
+        template = _OPEN_TEMPLATES[max_size] = list(vars(model).items())
+        model.parser.close()
+    conn = ServerProtocol.__new__(ServerProtocol)
+    # Every attribute in the constructor's order (the per-connection ones replaced below): the
+    # instances then share one key table, a 280-byte dict each instead of an 832-byte one.
+    for name, value in template:
+        setattr(conn, name, value)
+    conn.id = uuid.uuid4()
+    conn.debug = _UVICORN_LOGGER.isEnabledFor(logging.DEBUG)
+    conn.extensions = []
+    conn.reader = StreamReader()
+    conn.events = []
+    conn.writes = []
+    conn.parser = ProtocolState.parse(conn)
+    next(conn.parser)
+    return conn
 
 
 class TextFrame:
@@ -233,11 +274,73 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # or `LINGER` seconds pass.
     draining = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Duck-typed stand-ins for what uvicorn created: a few hundred bytes instead of ~3.5 KB.
+    # uvicorn's constructor sets these on every instance; the same values as class attributes
+    # cost nothing per connection (an assignment later shadows them on the instance).
+    transport: asyncio.Transport = None  # type: ignore[assignment]
+    server: tuple[str, int | None] | None = None
+    client: tuple[str, int] | None = None
+    scheme: Literal["wss", "ws"] = None  # type: ignore[assignment]
+    handshake_initiated = False
+    handshake_complete = False
+    close_sent = False
+    disconnected = False
+    close_timer: asyncio.TimerHandle | None = None
+    close_timeout = 10.0
+    initial_response: tuple[int, list[tuple[str, str]], bytes] | None = None
+    read_paused = False
+    ping_timer: asyncio.TimerHandle | None = None
+    pong_timer: asyncio.TimerHandle | None = None
+    pending_ping_payload: bytes | None = None
+    ping_sent_at = 0.0
+    last_ping_rtt = 0.0
+    curr_msg_data_type: Literal["text", "bytes"] = "bytes"
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """uvicorn's constructor, less its per-connection cost: the constants are class
+        attributes, the queue and the write flag are an `Inbox` and a `Flag` (a few hundred
+        bytes instead of ~3.5 KB), and the `websockets` protocol is built by the way the
+        connection starts — `connection_taken` (a plain upgrade: already reading frames) or
+        `connection_made` (uvicorn's way: parsing the request) — not built, started and then
+        replaced."""
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _UVICORN_LOGGER
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.frames: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvicorn's way: `websockets` parses the request, and negotiates compression if on.
+        extensions = []
+        if self.config.ws_per_message_deflate:
+            extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+        self.conn = ServerProtocol(
+            extensions=extensions, max_size=self.config.ws_max_size, logger=_UVICORN_LOGGER
+        )
+        super().connection_made(transport)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -259,8 +362,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         client: tuple[str, int] | None,
         secure: bool,
     ) -> None:
-        """`connection_made` with the addresses the HTTP protocol already read: uvicorn's asks
-        the transport again (a socket object and a system call each)."""
+        """`connection_made` for a plain upgrade (`upgrade` follows), with the addresses the HTTP
+        protocol already read: uvicorn's asks the transport again (a socket object and a system
+        call each)."""
+        self.conn = open_protocol(self.config.ws_max_size)
         self.connections.add(self)
         self.transport = transport
         self.server, self.client = server, client
@@ -271,9 +376,6 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         by `websockets` as it is), parsed by httptools: the ASGI scope `handle_connect` would
         build from `websockets`' parse of the same request, and its application task.
         `headers` as httptools gives them (names lower case)."""
-        # `websockets` reads frames from here on, as after parsing the request itself.
-        self.conn.parser = ProtocolState.parse(self.conn)
-        next(self.conn.parser)
         self.handshake_initiated = True
         self._accept_key = accept_key
         raw_path, _, query_string = url.partition("?")
@@ -346,8 +448,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def start_keepalive(self) -> None:
         # Called once the 101 is written.
         del self._accept_key
-        # uvicorn sets over 30 attributes, more than an instance dict shares keys for: the
-        # dict grew into a 1.6 KB table; a copy of the same items takes half of that.
+        # The instance dict shares its keys with the class's other instances only until an
+        # attribute is deleted (`_accept_key` above, the scope once adopted) or over 30 are
+        # set: then it becomes a table of its own, 1.6 KB here; a copy of the same items,
+        # made now, takes half of that.
         self.__dict__ = dict(self.__dict__)
         super().start_keepalive()
 

@@ -68,7 +68,6 @@ def test_connection_header_may_list_other_options() -> None:
         ("GET", [*PLAIN, (b"sec-websocket-key", KEY)]),
         ("GET", _with(PLAIN, b"sec-websocket-version", b"8")),
         ("GET", _with(PLAIN, b"sec-websocket-version", None)),
-        ("GET", [*PLAIN, (b"sec-websocket-extensions", b"permessage-deflate")]),
         ("GET", [*PLAIN, (b"content-length", b"0")]),
         ("GET", [*PLAIN, (b"x-control", b"a\x00b")]),
         ("GET", [*PLAIN, (b"x-long", b"a" * 8192)]),
@@ -77,13 +76,21 @@ def test_connection_header_may_list_other_options() -> None:
     ids=[
         "post", "other-upgrade", "two-upgrades", "no-connection-upgrade", "connection-syntax",
         "no-key", "key-not-base64", "key-not-16-bytes", "two-keys", "version-8", "no-version",
-        "extension-offered", "content-length", "control-character", "line-too-long",
+        "content-length", "control-character", "line-too-long",
         "too-many-headers",
     ],
 )  # fmt: skip
 def test_anything_else_goes_to_websockets(method: str, headers: list[tuple[bytes, bytes]]) -> None:
     """A request `websockets` would refuse, or would read more into, is not plain."""
     assert plain_upgrade(method, b"/ws", headers) is None
+
+
+def test_an_extension_offered_is_plain_only_with_compression_off() -> None:
+    """`websockets` ignores an offered extension unread when the server compresses nothing and
+    negotiates it otherwise."""
+    headers = [*PLAIN, (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")]
+    assert plain_upgrade("GET", b"/ws", headers) == accept_key(KEY.decode()).encode()
+    assert plain_upgrade("GET", b"/ws", headers, compression=True) is None
 
 
 def test_a_url_websockets_would_refuse_goes_to_websockets() -> None:
@@ -114,14 +121,18 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         scopes.append({k: v for k, v in scope.items() if k not in ("client", "extensions")})
+        scopes[-1]["client_host"] = scope["client"][0]
         assert await receive() == {"type": "websocket.connect"}
         await send({"type": "websocket.accept", "subprotocol": "bearer"})
         message = await receive()
         await send({"type": "websocket.send", "text": message["text"]})
         assert (await receive())["type"] == "websocket.disconnect"
 
-    # As in a gateway process (`shared.service`): uvicorn leaves its loggers' levels unset.
-    config = uvicorn.Config(app, ws=Recorded, lifespan="off", log_config=None)
+    # As in a gateway process (`shared.service`): uvicorn leaves its loggers' levels unset, and
+    # nothing is compressed.
+    config = uvicorn.Config(
+        app, ws=Recorded, lifespan="off", log_config=None, ws_per_message_deflate=False
+    )
     config.load()
     logger = logging.getLogger("uvicorn.error")
     level = logger.level
@@ -143,13 +154,15 @@ async def server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
 async def test_plain_and_websockets_ways_give_the_same_scope_and_response(
     server: tuple[int, list[dict[str, Any]]],
 ) -> None:
-    """The same handshake taken the plain way and (with an extension offered, which
-    `websockets` ignores) the `websockets` way: both answered 101 with the same headers and
-    the echoed subprotocol, both serve messages, and the application sees the same scope."""
+    """The same handshake, through a trusted proxy, taken the plain way and (with an empty body
+    declared, which `websockets` accepts) the `websockets` way: both answered 101 with the same
+    headers and the echoed subprotocol, both serve messages, and the application sees the same
+    scope, with the client and scheme the proxy forwarded."""
     port, scopes = server
     url = f"ws://127.0.0.1:{port}/echo/s%20id?token=t&last_seq=3"
     responses = []
-    for extra in ({}, {"Sec-WebSocket-Extensions": "x-unknown"}):
+    proxied = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}
+    for extra in (proxied, {**proxied, "Content-Length": "0"}):
         async with connect(
             url, compression=None, subprotocols=OFFERED, additional_headers=extra
         ) as ws:
@@ -163,13 +176,33 @@ async def test_plain_and_websockets_ways_give_the_same_scope_and_response(
     assert Recorded.ways == ["plain", "websockets"]
     assert responses[0] == responses[1]
     plain, other = scopes
-    other["headers"] = [h for h in other["headers"] if h[0] != b"sec-websocket-extensions"]
+    other["headers"] = [h for h in other["headers"] if h[0] != b"content-length"]
     for scope in (plain, other):
         scope["headers"] = [h for h in scope["headers"] if h[0] != b"sec-websocket-key"]
     assert plain == other
     assert plain["path"] == "/echo/s id"
     assert plain["query_string"] == b"token=t&last_seq=3"
     assert plain["subprotocols"] == ["bearer", "a.b.c"]
+    assert (plain["client_host"], plain["scheme"]) == ("10.1.2.3", "wss")
+
+
+async def test_a_browsers_deflate_offer_takes_the_plain_way_and_is_declined(
+    server: tuple[int, list[dict[str, Any]]],
+) -> None:
+    """A client offering `permessage-deflate` (every browser) to the gateway, which compresses
+    nothing, is upgraded the plain way and answered without `Sec-WebSocket-Extensions`."""
+    port, _ = server
+    async with connect(f"ws://127.0.0.1:{port}/echo/x", subprotocols=OFFERED) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert ws.protocol.extensions == []
+    assert (
+        ws.request is not None
+        and "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+    )
+    assert Recorded.ways == ["plain"]
 
 
 async def test_at_trace_level_the_websockets_way_is_taken(

@@ -24,9 +24,12 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gateway.httpprotocol import GatewayHttpProtocol
 from gateway.wsprotocol import (
@@ -35,6 +38,7 @@ from gateway.wsprotocol import (
     GatewayWebSocketProtocol,
     Inbox,
     TextFrame,
+    open_protocol,
     text_frame,
 )
 from shared import keys
@@ -292,6 +296,45 @@ async def test_flag_wakes_every_waiter_and_a_cancelled_one_does_not_matter() -> 
     flag.set()
     await second
     assert flag.is_set()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI application that is never called."""
+
+
+async def test_constructor_sets_what_uvicorns_sets() -> None:
+    """Every attribute uvicorn's constructor sets reads the same on the gateway's protocol (as
+    an instance or class attribute), but for the stand-ins (`Inbox`, `Flag`) and the `websockets`
+    protocol, which is built once the connection starts."""
+    config = uvicorn.Config(app=_no_app, ws_per_message_deflate=False, log_config=None)
+    config.load()
+    state = ServerState()
+    stock = WebSocketsSansIOProtocol(config, state, {"a": 1})
+    ours = GatewayWebSocketProtocol(config, state, {"a": 1})
+    assert isinstance(ours.queue, Inbox) and isinstance(ours.writable, Flag)
+    assert "conn" not in vars(ours)
+    differ = {"queue", "writable", "conn"}
+    assert {name: getattr(ours, name) for name in vars(stock) if name not in differ} == {
+        name: value for name, value in vars(stock).items() if name not in differ
+    }
+
+
+def test_open_protocol_is_a_parsed_server_protocol_of_its_own() -> None:
+    """`open_protocol` gives each connection a `ServerProtocol` with the attributes its
+    constructor sets, in its order (so the instance dict is no larger), still CONNECTING, no
+    mutable state shared with another, and reading frames at once."""
+    stock = ServerProtocol(extensions=[], max_size=1000)
+    first, second = open_protocol(1000), open_protocol(1000)
+    assert list(vars(first)) == list(vars(stock))
+    assert sys.getsizeof(vars(first)) == sys.getsizeof(vars(stock))
+    assert first.state is State.CONNECTING and first.max_message_size == 1000
+    for name in ("id", "extensions", "reader", "events", "writes", "parser"):
+        assert getattr(first, name) is not getattr(second, name), name
+    first.state = State.OPEN
+    first.receive_data(b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab", strict=True)))
+    [event] = first.events_received()
+    assert isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.data == b"hi"
+    assert second.events_received() == []
 
 
 @contextlib.asynccontextmanager

@@ -58,7 +58,7 @@ from gateway.registry import (
     Attach,
     create_registry,
 )
-from gateway.replay import LATEST, ReplayClient, ReplayError
+from gateway.replay import LATEST, MAX_ASKS, ReplayClient, ReplayError
 from gateway.state import GatewayState
 from gateway.subscriptions import TopicHub
 from gateway.timers import Due, due
@@ -79,7 +79,9 @@ from shared.wire import (
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 5.0
-REPLAY_CONCURRENCY = 8  # gap fills running at once after a Redis reconnect
+# Gap fills running at once after a Redis reconnect: as many as one batched replay call asks
+# for (`gateway.replay`), so thousands of users' gap fills take tens of calls, not thousands.
+REPLAY_CONCURRENCY = MAX_ASKS
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
 OWNER_TTL = 30 * 86400  # seconds Redis remembers a session's owner (then agent_svc is asked again)

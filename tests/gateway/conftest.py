@@ -158,3 +158,10 @@ def fake(stack: ChatStack) -> fa.FakeAnthropic:
     """The fake Anthropic server behind the requesting module's chat `stack`."""
     assert stack.fake is not None
     return stack.fake
+
+
+async def counter(client: httpx.AsyncClient, gateway: ServiceProcess, name: str) -> float:
+    """The gateway's counter `name` (its Prometheus sample)."""
+    metrics = (await client.get(gateway.url + "/metrics")).text
+    sample = next(line for line in metrics.splitlines() if line.startswith(name + " "))
+    return float(sample.split()[-1])

@@ -26,6 +26,7 @@ from tests.gateway.conftest import (
     INTERNAL,
     Cluster,
     closed_with,
+    counter,
     equals,
     eventually,
     open_ws,
@@ -158,6 +159,48 @@ async def test_redis_restart_mid_traffic_loses_nothing(
     for ws in (on_a, on_b):
         assert await collect(ws, seqs[-1], timeout=30) == seqs
     for ws in (on_a, on_b):
+        await ws.close()
+
+
+async def test_gap_fills_after_a_redis_restart_share_replay_calls(
+    spawn_service: SpawnService,
+    private_redis: EmbeddedRedis,
+    private_database: str,
+    token_for: Token,
+) -> None:
+    """After a Redis restart, the gap fills of many users (more than the eight that used to run
+    at once) go to notifications_svc together, in one or two batched calls, and every client
+    gets what was published while the link was down, in order, once."""
+    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": private_database}
+    notifications = spawn_service("notifications_svc", **env)
+    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
+    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
+    gateway = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+    users = [uuid.uuid4() for _ in range(30)]
+    sockets = await asyncio.gather(*(open_ws(gateway, uuid.uuid4(), token_for(u)) for u in users))
+    async with httpx.AsyncClient(timeout=30) as client:
+        calls = await counter(client, gateway, "gateway_replay_calls_total")
+        await asyncio.get_running_loop().run_in_executor(None, private_redis.stop)
+        created = await client.post(
+            notifications.url + "/internal/v1/notifications/batch",
+            json={
+                "notifications": [
+                    {"user_id": str(u), "title": f"t{k}", "content": "c", "type": "test"}
+                    for u in users
+                    for k in range(2)
+                ]
+            },
+            headers=INTERNAL,
+        )
+        assert created.status_code == 201, created.text
+        seqs: dict[str, list[int]] = {}
+        for item in created.json()["items"]:
+            seqs.setdefault(item["notification"]["user_id"], []).append(item["notification"]["seq"])
+        await asyncio.get_running_loop().run_in_executor(None, private_redis.start)
+        for user, ws in zip(users, sockets, strict=True):
+            assert await collect(ws, seqs[str(user)][-1], timeout=30) == seqs[str(user)]
+        assert await counter(client, gateway, "gateway_replay_calls_total") - calls <= 2
+    for ws in sockets:
         await ws.close()
 
 

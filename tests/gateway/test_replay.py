@@ -20,7 +20,15 @@ from gateway.replay import MAX_ASKS, ROWS_PER_CALL, Page, ReplayClient, ReplayEr
 from gateway.upstream import Upstream
 from shared.infra import free_port
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
-from tests.gateway.conftest import INTERNAL, Cluster, equals, eventually, open_ws, recv_json
+from tests.gateway.conftest import (
+    INTERNAL,
+    Cluster,
+    counter,
+    equals,
+    eventually,
+    open_ws,
+    recv_json,
+)
 from tests.gateway.test_manager import collect
 from tests.support.processes import ServiceProcess
 
@@ -63,13 +71,6 @@ def gateway(
         AGENT_URL=cluster.agent.url,
         UPSTREAM_TIMEOUT="120",
     )
-
-
-async def counter(client: httpx.AsyncClient, gateway: ServiceProcess, name: str) -> float:
-    """The gateway's counter `name` (its Prometheus sample)."""
-    metrics = (await client.get(gateway.url + "/metrics")).text
-    sample = next(line for line in metrics.splitlines() if line.startswith(name + " "))
-    return float(sample.split()[-1])
 
 
 async def test_connections_set_up_together_share_one_replay_call(

@@ -28,6 +28,12 @@ FANOUT_LATENCY = Histogram(
     "Publish (EnvelopeMeta.ts) to frame queued on every local recipient",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+# Client closes set aside by the inbound budget (`gateway.wsprotocol.Inbound`): non-zero only
+# when more clients closed in one loop turn than it answers (a mass disconnect).
+INBOUND_DEFERRED = Counter(
+    "gateway_inbound_deferred_total",
+    "Client closes answered on a later event-loop turn than they arrived (inbound budget)",
+)
 PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
 GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")
 # Their ratio is the replay's batching: pages asked for per call to notifications_svc.

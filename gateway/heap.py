@@ -74,7 +74,8 @@ class HeapFreezer:
     def tick(self, open_connections: int) -> None:
         """Call periodically, between bursts of work: collect in full after enough churn when
         affordable (or when garbage piles up), else freeze after enough growth. The first call
-        takes what is frozen then as the application's own share."""
+        takes what is frozen then as the application's own share. `open_connections`: those
+        whose objects are alive — open, or closed and not yet counted by `closed()`."""
         if self._base is None:
             self._base = gc.get_freeze_count()
         if self._frozen and self._closed >= max(self.step, self._frozen // 2):

@@ -619,4 +619,7 @@ class ConnectionManager:
                 conn.warned = True
                 if conn.offer(TextFrame.of(frames.token_expiring(conn.expires_at))):
                     metrics.FRAMES_OUT.inc()
-        self._heap.tick(len(self.connections))
+        # Closed connections still being ended (`_closing`) hold their objects until detached:
+        # counted as open, or a mass disconnect looks to the freezer like frozen garbage piling
+        # up, and it walks the whole frozen heap (170-190 ms at 10,000, freeing nothing).
+        self._heap.tick(len(self.connections) + self._detaching)

@@ -132,6 +132,22 @@ async def test_pubsub_link_drop_is_gap_filled(
     assert float(filled.split()[-1]) > 0  # the replay path did the work
 
 
+def _own_stack(
+    spawn_service: SpawnService, redis: EmbeddedRedis, database: str, gateways: int = 1
+) -> tuple[ServiceProcess, list[ServiceProcess]]:
+    """notifications_svc, agent_svc (no workers) and `gateways` gateways (1 s heartbeat) on a
+    test's own Redis and database, free to be stopped and restarted."""
+    env = {"REDIS_URL": redis.url, "DATABASE_URL": database}
+    notifications = spawn_service("notifications_svc", **env)
+    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
+    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
+    started = [
+        spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+        for _ in range(gateways)
+    ]
+    return notifications, started
+
+
 async def test_redis_restart_mid_traffic_loses_nothing(
     spawn_service: SpawnService,
     private_redis: EmbeddedRedis,
@@ -140,12 +156,7 @@ async def test_redis_restart_mid_traffic_loses_nothing(
 ) -> None:
     """Redis stops and restarts while notifications are created: clients on both gateways end
     up with every seq exactly once, in order."""
-    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": private_database}
-    notifications = spawn_service("notifications_svc", **env)
-    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
-    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
-    a = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
-    b = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+    notifications, (a, b) = _own_stack(spawn_service, private_redis, private_database, 2)
     user = uuid.uuid4()
     token = token_for(user)
     on_a = await open_ws(a, uuid.uuid4(), token)
@@ -171,11 +182,7 @@ async def test_gap_fills_after_a_redis_restart_share_replay_calls(
     """After a Redis restart, the gap fills of many users (more than the eight that used to run
     at once) go to notifications_svc together, in one or two batched calls, and every client
     gets what was published while the link was down, in order, once."""
-    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": private_database}
-    notifications = spawn_service("notifications_svc", **env)
-    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
-    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
-    gateway = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+    notifications, (gateway,) = _own_stack(spawn_service, private_redis, private_database)
     users = [uuid.uuid4() for _ in range(30)]
     sockets = await asyncio.gather(*(open_ws(gateway, uuid.uuid4(), token_for(u)) for u in users))
     async with httpx.AsyncClient(timeout=30) as client:
@@ -213,11 +220,7 @@ async def test_silent_redis_link_is_replaced_and_gap_filled(
     """A Redis that stops answering without closing the connection (SIGSTOP: what a half-open
     link looks like to the gateway) is given up after 2.5 ping intervals; once Redis answers
     again the gateway resubscribes and replays what it missed, in order, once."""
-    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": private_database}
-    notifications = spawn_service("notifications_svc", **env)
-    agent = spawn_service("agent_svc", AGENT_WORKERS="0", **env)
-    upstream = {"NOTIFICATIONS_URL": notifications.url, "AGENT_URL": agent.url}
-    gateway = spawn_service("gateway", WS_HEARTBEAT_INTERVAL="1", **env, **upstream)
+    notifications, (gateway,) = _own_stack(spawn_service, private_redis, private_database)
     user = uuid.uuid4()
     ws = await open_ws(gateway, uuid.uuid4(), token_for(user))
     pid = private_redis.pid

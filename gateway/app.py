@@ -13,6 +13,9 @@ Once started, the process moves everything allocated so far (modules, clients, s
 `gc.freeze()`, and collects the youngest generation less often (`GC_GEN0_THRESHOLD` allocations
 instead of 700): most of what a delivered frame allocates is freed by reference counting before a
 collection would have looked at it, so collections find less to walk and promote less.
+
+Its shutdown runs under `shared.shutdown.bounded`: a step that never returns is named in the log
+instead of holding the process until SIGKILL.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from gateway.heap import CollectionTimer
 from gateway.manager import ConnectionManager
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
-from shared import log, redis_client
+from shared import log, redis_client, shutdown
 from shared.auth import TokenVerifier
 from shared.http import EXCEPTION_HANDLERS, Check, health_routes, metrics_route
 from shared.quotas import TokenBucket
@@ -120,13 +123,24 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             collections.remove()
             ingest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ingest
-            await state.manager.stop()
-            await state.verifier.aclose()
-            for client in upstreams.values():
-                await client.aclose()
-            await redis.aclose()
+
+            async def stop_ingest() -> None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ingest
+
+            async def close_upstreams() -> None:
+                for client in upstreams.values():
+                    await client.aclose()
+
+            await shutdown.bounded(
+                [
+                    ("topic ingest", stop_ingest),
+                    ("connections", state.manager.stop),
+                    ("token verifier", state.verifier.aclose),
+                    ("upstreams", close_upstreams),
+                    ("redis", redis.aclose),
+                ]
+            )
 
     routes: list[BaseRoute] = [
         *health_routes(_checks),

@@ -23,11 +23,12 @@ import pytest
 from shared import migrate
 from shared.auth import mint_token
 from shared.infra import EmbeddedPostgres, EmbeddedRedis
+from shared.local_cluster import LocalRedisCluster
 from shared.settings import Settings
 from tests.support import contract
 from tests.support.processes import ServiceProcess
 from tests.support.push_service import PushService
-from tests.support.redis_cluster import LocalRedisCluster, started_or_skip
+from tests.support.redis_cluster import started_or_skip
 
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 TEST_INTERNAL_TOKEN = "test-internal-token-" + "y" * 32

@@ -35,9 +35,9 @@ import redis
 from gateway.fanout import ClusterFanout, Fanout, create_fanout
 from shared import keys, redis_client
 from shared.infra import free_port, port_open
+from shared.local_cluster import LocalRedisCluster, redis_server_7
 from shared.settings import Settings
 from shared.wire import EnvelopeMeta, encode_envelope
-from tests.support.redis_cluster import LocalRedisCluster, redis_server_7
 
 FRAME = b'{"type":"notification","data":{"id":"x","title":"t","content":"c"}}'
 BATCH = 500

@@ -17,9 +17,9 @@ from agent_svc.answer import Answer, ReplyWriter
 from agent_svc.tools import ToolContext, ToolRegistry
 from shared import chat_wire, cluster, redis_client
 from shared.chat_wire import ChatRequest, End, Token, ToolCall, Transcript
+from shared.local_cluster import LocalRedisCluster
 from shared.redis_client import RedisClient
 from shared.settings import Settings
-from tests.support.redis_cluster import LocalRedisCluster
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ import yaml
 from websockets.asyncio.client import connect
 
 from shared.infra import free_port, port_open
+from shared.local_cluster import redis_server_7
 from tests.agent_svc.stack import _create_database, ask
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.deploy.test_compose import COMPOSE_FILE
 from tests.gateway.conftest import recv_json, recv_until
 from tests.support.processes import ServiceProcess
-from tests.support.redis_cluster import redis_server_7
 
 PASSWORDS = {
     "REDIS_GATEWAY_PASSWORD": "gw-" + "a" * 30,

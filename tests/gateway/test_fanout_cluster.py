@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from shared import cluster, keys, publish
 from shared.infra import EmbeddedRedis
+from shared.local_cluster import LocalRedisCluster
 from shared.settings import Settings
 from tests.agent_svc.stack import ask
 from tests.conftest import PORT_VARS
@@ -46,7 +47,6 @@ from tests.gateway.conftest import (
 from tests.gateway.conftest import publish as publish_http
 from tests.notifications_svc.conftest import create
 from tests.support.processes import ServiceProcess
-from tests.support.redis_cluster import LocalRedisCluster
 
 Token = Callable[..., str]
 

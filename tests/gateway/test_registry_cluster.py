@@ -20,7 +20,7 @@ from gateway.registry import (
     create_registry,
 )
 from shared import cluster, keys
-from tests.support.redis_cluster import SLOTS, LocalRedisCluster
+from shared.local_cluster import SLOTS, LocalRedisCluster
 
 HEARTBEAT = 1.0
 

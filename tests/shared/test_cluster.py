@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared import cluster, keys
-from tests.support.redis_cluster import LocalRedisCluster
+from shared.local_cluster import LocalRedisCluster
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 
 from shared import cluster, keys, publish
+from shared.local_cluster import LocalRedisCluster
 from shared.wire import EnvelopeMeta, decode_envelope
-from tests.support.redis_cluster import LocalRedisCluster
 
 
 async def _next(pubsub: PubSub) -> tuple[str, EnvelopeMeta, bytes]:

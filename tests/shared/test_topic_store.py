@@ -14,12 +14,12 @@ import redis.asyncio as redis
 
 from shared import cluster, keys
 from shared.infra import EmbeddedRedis
+from shared.local_cluster import LocalRedisCluster
 from shared.redis_client import RedisClient
 from shared.topic_store import TopicStore
 from shared.topic_wire import ClientInfo, Since
 from shared.topics import Namespace
 from shared.wire import decode_envelope
-from tests.support.redis_cluster import LocalRedisCluster
 
 NS = Namespace(history_size=5, history_ttl=60)
 NOW = 1_700_000_000.0

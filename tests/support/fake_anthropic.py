@@ -17,19 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.infra import free_port
+from tests.support.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -209,40 +206,24 @@ class FakeAnthropic:
     """The server. Start with `start()` (returns self), stop with `stop()`; thread-safe scripts."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._scripts: dict[str, deque[Reply]] = {}
         self._last: dict[str, Reply] = {}
         self._lock = threading.Lock()
-        app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        routes = [Route("/v1/messages", self._messages, methods=["POST"])]
+        self._http = ThreadedServer("fake Anthropic server", routes)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._http.origin
 
     def start(self) -> FakeAnthropic:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Anthropic server did not start")
-            time.sleep(0.02)
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._http.stop()
 
     def script(self, key: str, *replies: Reply) -> None:
         """Answer requests whose latest user text contains `key` with `replies`, in order."""

@@ -31,17 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.infra import free_port
+from tests.support.threaded_server import ThreadedServer
 
 
 def b64url(data: bytes) -> str:
@@ -134,40 +132,24 @@ class PushService:
     """The stand-in. `start()` returns self; `stop()` releases hanging requests and stops."""
 
     def __init__(self, vapid_public_key: str) -> None:
-        self.port = free_port()
         self.vapid_public_key = vapid_public_key
         self.errors: list[str] = []
         self._states: dict[str, _State] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        app = Starlette(routes=[Route("/push/{token}", self._push, methods=["POST"])])
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        routes = [Route("/push/{token}", self._push, methods=["POST"])]
+        self._http = ThreadedServer("push service stand-in", routes)
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._http.origin
 
     def start(self) -> PushService:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("push service stand-in did not start")
-            time.sleep(0.02)
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._http.stop()
 
     def subscribe(self, *answers: Answer) -> StandInSubscription:
         """A new subscription answering `answers` in order, then 201."""

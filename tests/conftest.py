@@ -25,6 +25,7 @@ from shared.auth import mint_token
 from shared.infra import EmbeddedPostgres, EmbeddedRedis
 from shared.local_cluster import LocalRedisCluster
 from shared.settings import Settings
+from tests.deploy.nginx import Nginx, StartNginx, nginx_binary
 from tests.support import contract
 from tests.support.processes import ServiceProcess
 from tests.support.push_service import PushService
@@ -215,6 +216,34 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
         yield nodes
     finally:
         nodes.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_path() -> str:
+    found: str | None = nginx_binary()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run should have installed Debian's nginx")
+        pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does it in CI)")
+    return found
+
+
+@pytest.fixture
+def start_nginx(nginx_path: str, tmp_path: Path) -> Iterator[StartNginx]:
+    """Factory: `start_nginx([port, ...])` runs deploy/nginx.conf in front of those gateway
+    ports; every nginx it started is stopped when the test ends."""
+    started: list[Nginx] = []
+
+    def start(upstreams: list[int]) -> Nginx:
+        workdir = tmp_path / f"nginx-{len(started)}"
+        workdir.mkdir()
+        proxy = Nginx(workdir, upstreams, nginx_path)
+        started.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,6 @@ import pytest
 
 from tests.agent_svc.stack import ChatStack, start_stack
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
-from tests.deploy.nginx import Nginx, nginx_binary
 
 CHROMIUM = "/usr/bin/chromium"
 # Playwright's own browser download cannot be reached here: Debian's chromium, headless, with
@@ -137,26 +135,3 @@ def open_page(browser: Any) -> Iterator[Callable[..., tuple[Any, PageLog]]]:
     yield open_
     for context in contexts:
         context.close()
-
-
-@pytest.fixture
-def nginx_in_front(tmp_path: Path) -> Iterator[Callable[[list[int]], Nginx]]:
-    """Factory: deploy/nginx.conf (Debian's nginx) in front of gateway ports; stopped at the end.
-    Skips without nginx outside CI, fails in CI (as tests/deploy does)."""
-    binary = nginx_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed: .ci/run installs Debian's nginx")
-        pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does it in CI)")
-    started: list[Nginx] = []
-
-    def start(upstreams: list[int]) -> Nginx:
-        workdir = tmp_path / f"nginx-{len(started)}"
-        workdir.mkdir()
-        proxy = Nginx(workdir, upstreams, binary)
-        started.append(proxy)
-        return proxy.start()
-
-    yield start
-    for proxy in started:
-        proxy.stop()

@@ -16,7 +16,7 @@ import httpx
 from tests.agent_svc.stack import ChatStack
 from tests.client.conftest import PageLog, create_notification
 from tests.conftest import SpawnService
-from tests.deploy.nginx import Nginx
+from tests.deploy.nginx import StartNginx
 from tests.support.processes import ServiceProcess
 
 OpenPage = Callable[..., tuple[Any, PageLog]]
@@ -35,7 +35,7 @@ def open_connections(gateway: ServiceProcess) -> int:
 def test_gateway_killed_page_fails_over_and_misses_nothing(
     console_stack: ChatStack,
     spawn_service: SpawnService,
-    nginx_in_front: Callable[[list[int]], Nginx],
+    start_nginx: StartNginx,
     open_page: OpenPage,
     token_for: Callable[..., str],
 ) -> None:
@@ -43,7 +43,7 @@ def test_gateway_killed_page_fails_over_and_misses_nothing(
     env = console_stack.env | {"AGENT_URL": console_stack.agent.url}
     gateways = [spawn_service("gateway", **env), spawn_service("gateway", **env)]
     try:
-        proxy = nginx_in_front([g.port for g in gateways])
+        proxy = start_nginx([g.port for g in gateways])
         user = uuid.uuid4()
         token = token_for(user)
         page, log = open_page()

@@ -13,6 +13,7 @@ import importlib.util
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -90,6 +91,10 @@ class Nginx:
     def stop(self) -> None:
         process, self._process = self._process, None
         terminate(process, 10)  # SIGTERM is nginx's fast shutdown: open WebSockets are cut
+
+
+# `start_nginx([port, ...])`: the factory fixture of tests/conftest.py.
+StartNginx = Callable[[list[int]], Nginx]
 
 
 def upstream_ports(lines: list[str]) -> list[int]:

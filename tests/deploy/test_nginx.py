@@ -26,8 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.infra import free_port
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
-from tests.deploy.conftest import StartNginx
-from tests.deploy.nginx import Nginx, upstream_ports
+from tests.deploy.nginx import Nginx, StartNginx, upstream_ports
 from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]

@@ -44,6 +44,7 @@ class Scale:
     pubsub_channels: int = 1000  # fan-out read loop alone: channels subscribed...
     pubsub_messages: int = 20_000  # ...and messages published per run (best of 3 runs)
     disconnect_window: float = 5.0  # seconds watched after every client disconnected at once
+    held_seconds: float = 3.0  # probe window with an idle level's connections up, nothing sent
 
 
 SERVERS = ("gateway", "lean")

@@ -39,7 +39,6 @@ PROBE_INTERVAL = 0.01
 LATENCY_TARGET_MS = 50.0  # a step "passes" with p99 below this and nothing lost
 FAILURE_P99_MS = 1000.0  # past this the server is overloaded: the ramp stops
 SETTLE_SECONDS = 1.0
-HELD_SECONDS = 3.0  # probe window with every connection of an idle level up and nothing arriving
 # A frame not received after QUIET_SECONDS without any arrival (or DRAIN_TIMEOUT in all) is lost:
 # long enough to ride out a garbage-collection pause, short enough to bound a step.
 QUIET_SECONDS = 3.0
@@ -168,7 +167,7 @@ def idle_connections(
         # heap growing), then with all of them held and nothing arriving.
         connecting = _stall(load)
         collected_connecting = gcpauses.scrape(server.metrics_url)
-        time.sleep(HELD_SECONDS)
+        time.sleep(scale.held_seconds)
         row = {
             "connections": level,
             "open": status["open"],

@@ -25,6 +25,8 @@ def test_bench_runs_against_the_gateway(settings: Settings, tmp_path: Path) -> N
         "BENCH_RATE_STEPS": "1",
         "BENCH_STEP_SECONDS": "0.3",
         "BENCH_BROADCASTS": "1",
+        "BENCH_HELD_SECONDS": "0.5",
+        "BENCH_DISCONNECT_WINDOW": "0.5",
         "BENCH_OUT": str(tmp_path),
     }
     done = subprocess.run(

@@ -28,6 +28,7 @@ TINY = replace(
     step_seconds=0.3,
     broadcasts=2,
     disconnect_window=0.5,
+    held_seconds=0.5,
 )
 
 

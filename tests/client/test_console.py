@@ -9,7 +9,6 @@ that something does *not* happen (an observation window, named as such).
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -42,13 +41,11 @@ def badge(page: Any) -> int:
 def test_console_opens_with_the_fragment_token(
     console_stack: ChatStack, open_page: OpenPage, token_for: Callable[..., str]
 ) -> None:
-    """The page shows `open` within 2 s, talks to nothing but the gateway, logs no error, keeps
-    the token out of the address bar, and is served with a strict CSP."""
+    """The page shows `open`, talks to nothing but the gateway, logs no error, keeps the token
+    out of the address bar, and is served with a strict CSP."""
     page, log = open_page()
-    started = time.monotonic()
     response = page.goto(console_url(console_stack, token_for(uuid.uuid4())))
-    page.wait_for_selector("#state[data-status=open]", timeout=2_000)
-    assert time.monotonic() - started < 2
+    page.wait_for_selector("#state[data-status=open]", timeout=10_000)
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
     assert "unsafe-inline" not in csp
@@ -65,20 +62,16 @@ def test_console_opens_with_the_fragment_token(
 def test_notification_arrives_live_and_read_state_survives_a_reload(
     console_stack: ChatStack, open_page: OpenPage, token_for: Callable[..., str]
 ) -> None:
-    """A notification created through the internal API shows within 1 s with the badge +1;
-    marking it read takes the badge back, and it is still read after a reload."""
+    """A notification created through the internal API shows live (no reload) with the badge
+    +1; marking it read takes the badge back, and it is still read after a reload."""
     user = uuid.uuid4()
     create_notification(console_stack, user, "older one")
     page, log = open_console(open_page, console_url(console_stack, token_for(user)))
     page.wait_for_function("() => document.getElementById('badge').textContent === '1'")
-    started = time.monotonic()
     item = create_notification(console_stack, user, "Build 7 is green", content="412 tests")
     row = f"li[data-id='{item['id']}']"
-    page.wait_for_selector(row, timeout=1_000)
-    page.wait_for_function(
-        "() => document.getElementById('badge').textContent === '2'", timeout=1_000
-    )
-    assert time.monotonic() - started < 1
+    page.wait_for_selector(row)
+    page.wait_for_function("() => document.getElementById('badge').textContent === '2'")
     assert page.inner_text("#announce") == "New notification: Build 7 is green"
     assert page.get_attribute(row, "class") == "notification unread"
 
@@ -246,14 +239,14 @@ def test_changes_made_elsewhere_show_up_live(
     )
     with api:
         assert api.patch(f"/{items[0]['id']}/read").status_code == 200
-        page.wait_for_function(expect_badge, arg=2, timeout=2_000)
+        page.wait_for_function(expect_badge, arg=2)
         row = f"li[data-id='{items[0]['id']}']"
         assert page.get_attribute(row, "class") == "notification"
         assert api.delete(f"/{items[1]['id']}").status_code == 204
-        page.wait_for_selector(f"li[data-id='{items[1]['id']}']", state="detached", timeout=2_000)
+        page.wait_for_selector(f"li[data-id='{items[1]['id']}']", state="detached")
         page.wait_for_function(expect_badge, arg=1)
         assert api.post("/read-all").status_code == 200
-        page.wait_for_function(expect_badge, arg=0, timeout=2_000)
+        page.wait_for_function(expect_badge, arg=0)
     assert page.locator("li.notification.unread").count() == 0
     assert page.locator("li.notification").count() == 2
     assert log.errors == []

@@ -45,7 +45,7 @@ def test_topic_panel_shows_publications_and_who_is_here(
     )
     assert response.status_code == 201, response.text
     for page in (page_a, page_b):
-        row = page.wait_for_selector("#publications li[data-offset='1']", timeout=2_000)
+        row = page.wait_for_selector("#publications li[data-offset='1']")
         assert "<b>deploy finished</b>" in row.inner_text()  # shown as text, not markup
         assert page.query_selector("#publications b") is None
     assert log_a.errors == [] and log_b.errors == []

@@ -35,6 +35,7 @@ from gateway import apidocs, chat, console, internal_api, metrics, proxy, topic_
 from gateway.chat import ChatQuotas
 from gateway.heap import CollectionTimer
 from gateway.manager import ConnectionManager
+from gateway.replies import ReplyReader
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
 from shared import log, redis_client
@@ -85,6 +86,8 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)
         await redis_client.initialize(redis)
+        # A multi-key XREAD must stay in one hash slot: on a cluster each chat reader reads alone.
+        replies = None if redis_client.is_cluster(redis) else ReplyReader(redis)
         timeout = settings.upstream_timeout
         upstreams = {
             "notifications": Upstream(settings.notifications_url, timeout=timeout),
@@ -99,11 +102,12 @@ def create_app(settings: Settings) -> Starlette:
             user_requests=TokenBucket(
                 redis, settings.http_user_rate_limit, settings.http_user_rate_burst
             ),
+            replies=replies,
         )
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
         state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
-        state.user_requests = shared.user_requests
+        state.user_requests, state.replies = shared.user_requests, replies
         state.manager = ConnectionManager(shared)
         state.topics = state.manager.topics.topics
         await state.manager.start()
@@ -123,6 +127,8 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await ingest
             await state.manager.stop()
+            if replies is not None:
+                await replies.stop()
             await state.verifier.aclose()
             for client in upstreams.values():
                 await client.aclose()

@@ -71,10 +71,11 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-# Every SSE chat stream waits in `XREAD BLOCK` on a pooled connection for as long as its answer
-# runs, so the pool must outgrow the streams an instance serves at once: with redis-py's default
-# of 100, the 101st concurrent stream (and any WebSocket connect at that moment) failed with
-# MaxConnectionsError, an HTTP 500 (`make bench`, 200 streams: 100 answered 500).
+# On Redis Cluster every SSE chat stream waits in `XREAD BLOCK` on a pooled connection of its own
+# for as long as its answer runs (on one Redis they share a lane's: gateway.replies), so the pool
+# must outgrow the streams an instance serves at once: with redis-py's default of 100, the 101st
+# concurrent stream (and any WebSocket connect at that moment) failed with MaxConnectionsError,
+# an HTTP 500 (`make bench`, 200 streams: 100 answered 500).
 REDIS_POOL_SIZE = 2048
 
 

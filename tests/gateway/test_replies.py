@@ -212,3 +212,29 @@ async def test_an_expired_answer_ends_each_shared_reader(
         await reader.stop()
     assert b"ANSWER_EXPIRED" in rest[-1]
     assert reader.readers() == 0
+
+
+async def test_a_reader_behind_leaves_the_shared_read_until_it_catches_up(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that does not take its reads has at most `PENDING_READS` of them buffered: its
+    stream leaves the shared read (a later entry stays in Redis), and comes back once the reader
+    has taken them, with nothing lost or reordered."""
+    monkeypatch.setattr(replies, "PENDING_READS", 3)
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    try:
+        with reader.subscribe(key, "0-0") as subscription:
+            await _until_blocked(writer)
+            for i in range(4):
+                # Redis unblocks the lane as it runs the XADD, so once the lane blocks again it
+                # has handed the entry over (or left the stream out of its read).
+                await writer.xadd(key, _event(chat_wire.Token(content=str(i))))
+                await _until_blocked(writer)
+            assert subscription.paused
+            assert len(subscription._batches) == 3
+            assert await _contents(subscription, 4) == ["0", "1", "2", "3"]
+            assert not subscription.paused
+    finally:
+        await reader.stop()

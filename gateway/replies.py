@@ -186,6 +186,11 @@ class _Lane:
         for task in (self.task, *self._wakes):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Readers still streaming hear what they would of a Redis gone away: their outage
+        # budget runs, then they end with ANSWER_INTERRUPTED, rather than wait for nothing.
+        self.error = redis.ConnectionError("the gateway's reply reader has stopped")
+        for subscription in list(self.subscriptions.values()):
+            subscription.fail(self.error)
 
 
 class ReplyReader:
@@ -227,7 +232,8 @@ class ReplyReader:
         return lane
 
     async def stop(self) -> None:
-        """Stop every lane (bounded: cancels the blocked reads); idempotent."""
+        """Stop every lane (bounded: cancels the blocked reads); idempotent. Readers still
+        subscribed get a `redis.ConnectionError` from then on, as if Redis had gone away."""
         lanes, self._lanes = self._lanes, []
         for lane in lanes:
             await lane.stop()

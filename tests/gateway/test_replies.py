@@ -238,3 +238,20 @@ async def test_a_reader_behind_leaves_the_shared_read_until_it_catches_up(
             assert not subscription.paused
     finally:
         await reader.stop()
+
+
+async def test_readers_left_at_stop_hear_of_an_outage(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A reader still waiting when the reader stops gets a connection error (its outage path,
+    then ANSWER_INTERRUPTED), not a wait for entries that will never come."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    with reader.subscribe(keys.chat_reply_stream(uuid.uuid4()), "0-0") as subscription:
+        waiting = asyncio.ensure_future(subscription.next(3600.0))
+        await _until_blocked(writer)
+        await reader.stop()
+        with pytest.raises(redis.ConnectionError):
+            await waiting
+        with pytest.raises(redis.ConnectionError):
+            await subscription.next(3600.0)

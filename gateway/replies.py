@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +37,8 @@ from redis.typing import EncodableT, FieldT
 from shared import keys
 from shared.backoff import Backoff
 from shared.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -124,6 +128,7 @@ class _Lane:
         self._stopped = False
         self._wakes: set[asyncio.Task[None]] = set()
         self.task = asyncio.create_task(self._run(), name=f"replies {wake_key}")
+        self.task.add_done_callback(self._ended)
 
     def changed(self) -> None:
         """The key set changed: an idle lane starts reading, a blocked one is woken up."""
@@ -177,6 +182,19 @@ class _Lane:
                 if found is not None and entries:
                     found.deliver(entries)
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, not an outage: its readers end through their outage path (and can resume on
+        # a new lane) instead of waiting for a read that no longer runs.
+        log.error("a reply lane failed", exc_info=task.exception())
+        self._fail_all(redis.ConnectionError("the reply lane failed"))
+
+    def _fail_all(self, error: Exception) -> None:
+        self.error = error
+        for subscription in list(self.subscriptions.values()):
+            subscription.fail(error)
+
     async def stop(self) -> None:
         # redis-py may turn the cancellation of a read into a connection error, which the loop
         # rides out like any other: the flag ends it either way.
@@ -188,9 +206,7 @@ class _Lane:
                 await task
         # Readers still streaming hear what they would of a Redis gone away: their outage
         # budget runs, then they end with ANSWER_INTERRUPTED, rather than wait for nothing.
-        self.error = redis.ConnectionError("the gateway's reply reader has stopped")
-        for subscription in list(self.subscriptions.values()):
-            subscription.fail(self.error)
+        self._fail_all(redis.ConnectionError("the gateway's reply reader has stopped"))
 
 
 class ReplyReader:
@@ -202,6 +218,7 @@ class ReplyReader:
         self.client = client
         self._id = uuid4().hex
         self._lanes: list[_Lane] = []
+        self._numbers = itertools.count()  # a lane's number names its wake-up stream
 
     @contextlib.contextmanager
     def subscribe(self, key: str, after: str) -> Iterator[Subscription]:
@@ -224,10 +241,11 @@ class ReplyReader:
     def _lane_for(self, key: bytes) -> _Lane:
         # Two readers of one answer (a resume beside the first stream) cannot share an XREAD:
         # a command names each stream once, with one id.
+        self._lanes = [lane for lane in self._lanes if not lane.task.done()]
         for lane in self._lanes:
             if key not in lane.subscriptions and len(lane.subscriptions) < LANE_KEYS:
                 return lane
-        lane = _Lane(self.client, keys.gateway_replies_wake(self._id, len(self._lanes)))
+        lane = _Lane(self.client, keys.gateway_replies_wake(self._id, next(self._numbers)))
         self._lanes.append(lane)
         return lane
 

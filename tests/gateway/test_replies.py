@@ -255,3 +255,28 @@ async def test_readers_left_at_stop_hear_of_an_outage(
             await waiting
         with pytest.raises(redis.ConnectionError):
             await subscription.next(3600.0)
+
+
+async def test_a_lane_that_fails_unexpectedly_is_replaced(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane whose loop raises something other than a Redis error (a bug) hands its readers a
+    connection error, so they take their outage path, and a new reader gets a new lane."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(client, "xread", broken)
+            with reader.subscribe(key, "0-0") as subscription, pytest.raises(redis.ConnectionError):
+                await subscription.next(3600.0)
+        await writer.xadd(key, _event(chat_wire.Token(content="again")))
+        with reader.subscribe(key, "0-0") as resumed:
+            assert await _contents(resumed, 1) == ["again"]
+        assert len(reader._lanes) == 1
+    finally:
+        await reader.stop()

@@ -38,6 +38,7 @@ from gateway import apidocs, chat, console, internal_api, metrics, proxy, topic_
 from gateway.chat import ChatQuotas
 from gateway.heap import CollectionTimer
 from gateway.manager import ConnectionManager
+from gateway.replies import ReplyReader
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
 from shared import log, redis_client, shutdown
@@ -73,10 +74,11 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-# Every SSE chat stream waits in `XREAD BLOCK` on a pooled connection for as long as its answer
-# runs, so the pool must outgrow the streams an instance serves at once: with redis-py's default
-# of 100, the 101st concurrent stream (and any WebSocket connect at that moment) failed with
-# MaxConnectionsError, an HTTP 500 (`make bench`, 200 streams: 100 answered 500).
+# On Redis Cluster every SSE chat stream waits in `XREAD BLOCK` on a pooled connection of its own
+# for as long as its answer runs (on one Redis they share a lane's: gateway.replies), so the pool
+# must outgrow the streams an instance serves at once: with redis-py's default of 100, the 101st
+# concurrent stream (and any WebSocket connect at that moment) failed with MaxConnectionsError,
+# an HTTP 500 (`make bench`, 200 streams: 100 answered 500).
 REDIS_POOL_SIZE = 2048
 
 
@@ -88,6 +90,8 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client.create_client(settings, max_connections=REDIS_POOL_SIZE)
         await redis_client.initialize(redis)
+        # A multi-key XREAD must stay in one hash slot: on a cluster each chat reader reads alone.
+        replies = None if redis_client.is_cluster(redis) else ReplyReader(redis)
         timeout = settings.upstream_timeout
         upstreams = {
             "notifications": Upstream(settings.notifications_url, timeout=timeout),
@@ -102,11 +106,12 @@ def create_app(settings: Settings) -> Starlette:
             user_requests=TokenBucket(
                 redis, settings.http_user_rate_limit, settings.http_user_rate_burst
             ),
+            replies=replies,
         )
         state = app.state
         state.settings, state.redis, state.upstreams = settings, redis, upstreams
         state.verifier, state.chat_quotas = shared.verifier, shared.chat_quotas
-        state.user_requests = shared.user_requests
+        state.user_requests, state.replies = shared.user_requests, replies
         state.manager = ConnectionManager(shared)
         state.topics = state.manager.topics.topics
         await state.manager.start()
@@ -128,6 +133,10 @@ def create_app(settings: Settings) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await ingest
 
+            async def stop_replies() -> None:
+                if replies is not None:
+                    await replies.stop()
+
             async def close_upstreams() -> None:
                 for client in upstreams.values():
                     await client.aclose()
@@ -136,6 +145,7 @@ def create_app(settings: Settings) -> Starlette:
                 [
                     ("topic ingest", stop_ingest),
                     ("connections", state.manager.stop),
+                    ("reply reader", stop_replies),
                     ("token verifier", state.verifier.aclose),
                     ("upstreams", close_upstreams),
                     ("redis", redis.aclose),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.replies import Entries, ReplyReader
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys, session_lock
@@ -274,7 +275,8 @@ async def read_batches(
     after: str,
     keepalive: float,
     outage: float | None = None,
-) -> AsyncIterator[list[tuple[str, bytes]] | None]:
+    replies: ReplyReader | None = None,
+) -> AsyncGenerator[list[tuple[str, bytes]] | None]:
     """The answer's events after entry id `after`, in order, until its last event, in the
     batches one blocking read returns them (`(event_id, event_json)` each); `None` after each
     `keepalive` seconds of silence. Ends early if the stream expires.
@@ -284,42 +286,50 @@ async def read_batches(
     being written, and the reader picks up where it stopped once Redis is back (`outage` None:
     `READ_OUTAGE`).
 
-    One blocking `XREAD` of one key per reader: a reader's key alone decides its hash slot, so
-    this works unchanged on Redis Cluster."""
+    With `replies` (the gateway's shared reader, gateway.replies) the stream is read by one
+    `XREAD` together with the other answers' streams; without it (Redis Cluster, where a reader's
+    key alone decides its hash slot) by one blocking `XREAD` of its own. Leaving the iteration
+    (the client went away) removes the reader from the shared read at once."""
     key = keys.chat_reply_stream(message_id)
+    block = min(READ_BLOCK, keepalive)
     last, quiet_since = after, time.monotonic()
-    block_ms = max(1, int(min(READ_BLOCK, keepalive) * 1000))
     backoff = Backoff(maximum=2.0)
     outage = READ_OUTAGE if outage is None else outage
     down_since: float | None = None
-    while True:
-        try:
-            read: Any = await client.xread({key: last}, count=100, block=block_ms)
-            gone = not read and time.monotonic() - quiet_since >= keepalive
-            if gone and await client.exists(key):
-                gone = False
-                quiet_since = time.monotonic()
-                yield None
-        except (redis.RedisError, OSError):
-            now = time.monotonic()
-            down_since = now if down_since is None else down_since
-            if now - down_since >= outage:
-                raise ReadInterrupted from None
-            if now - quiet_since >= keepalive:
-                quiet_since = now
-                yield None
-            await backoff.sleep()
-            continue
-        down_since = None
-        backoff.reset()
-        if gone:
-            return
-        if not read:
-            continue
-        quiet_since = time.monotonic()
-        batch: list[tuple[str, bytes]] = []
-        finished = False
-        for _, entries in read:
+    shared = replies.subscribe(key, after) if replies is not None else contextlib.nullcontext()
+    with shared as subscription:
+        while True:
+            try:
+                if subscription is None:
+                    found: Any = await client.xread(
+                        {key: last}, count=100, block=max(1, int(block * 1000))
+                    )
+                    entries: Entries = found[0][1] if found else []
+                else:
+                    entries = await subscription.next(block)
+                gone = not entries and time.monotonic() - quiet_since >= keepalive
+                if gone and await client.exists(key):
+                    gone = False
+                    quiet_since = time.monotonic()
+                    yield None
+            except (redis.RedisError, OSError):
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since >= outage:
+                    raise ReadInterrupted from None
+                if now - quiet_since >= keepalive:
+                    quiet_since = now
+                    yield None
+                await backoff.sleep()
+                continue
+            down_since = None
+            backoff.reset()
+            if gone:
+                return
+            if not entries:
+                continue
+            quiet_since = time.monotonic()
+            batch: list[tuple[str, bytes]] = []
             for entry_id, fields in entries:
                 last = entry_id.decode()
                 event = fields.get(chat_wire.EVENT_FIELD)
@@ -327,24 +337,28 @@ async def read_batches(
                     continue
                 batch.append((last, event))
                 if chat_wire.is_terminal(event):
-                    finished = True
-                    break
-        if batch:
-            yield batch
-        if finished:
-            return
+                    yield batch
+                    return
+            if batch:
+                yield batch
 
 
 async def read_events(
-    client: RedisClient, message_id: str, after: str, keepalive: float
-) -> AsyncIterator[tuple[str, bytes] | None]:
+    client: RedisClient,
+    message_id: str,
+    after: str,
+    keepalive: float,
+    replies: ReplyReader | None = None,
+) -> AsyncGenerator[tuple[str, bytes] | None]:
     """`read_batches`, one event at a time."""
-    async for batch in read_batches(client, message_id, after, keepalive):
-        if batch is None:
-            yield None
-            continue
-        for item in batch:
-            yield item
+    batches = read_batches(client, message_id, after, keepalive, replies=replies)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            if batch is None:
+                yield None
+                continue
+            for item in batch:
+                yield item
 
 
 async def request_cancel(client: RedisClient, settings: Settings, message_id: str) -> None:
@@ -396,11 +410,13 @@ async def _sse(
     after: str,
     keepalive: float,
     frame: Callable[[bytes, str], bytes],
+    replies: ReplyReader | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body: the events of one read go out as one chunk (one socket write)."""
     finished = False
+    batches = read_batches(client, message_id, after, keepalive, replies=replies)
     try:
-        async for batch in read_batches(client, message_id, after, keepalive):
+        async for batch in batches:
             if batch is None:
                 yield chat_wire.SSE_KEEPALIVE
                 continue
@@ -410,6 +426,8 @@ async def _sse(
         cut = chat_wire.error_event(message_id, *_INTERRUPTED)
         yield b"data: " + chat_wire.encode(cut) + b"\n\n"
         return
+    finally:
+        await batches.aclose()
     if not finished:  # the reply stream expired under the reader: say so rather than just stop
         lost = chat_wire.error_event(
             message_id, "ANSWER_EXPIRED", "the answer is no longer available"
@@ -440,7 +458,14 @@ async def chat_stream(request: Request) -> Response:
         request.app.state.chat_quotas,
         new_session=body.session_id is None,
     )
-    stream = _sse(client, message_id, "0-0", settings.sse_keepalive_interval, chat_wire.sse_data)
+    stream = _sse(
+        client,
+        message_id,
+        "0-0",
+        settings.sse_keepalive_interval,
+        chat_wire.sse_data,
+        request.app.state.replies,
+    )
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -465,7 +490,12 @@ async def resume_stream(request: Request) -> Response:
     ):
         return Response(status_code=204)  # nothing left: EventSource stops reconnecting
     stream = _sse(
-        client, message_id, after, settings.sse_keepalive_interval, chat_wire.sse_resumable
+        client,
+        message_id,
+        after,
+        settings.sse_keepalive_interval,
+        chat_wire.sse_resumable,
+        request.app.state.replies,
     )
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -535,15 +565,18 @@ async def _ws_message(ctx: ChatContext, frame: WsMessage) -> None:
         state.redis, settings, ctx.user_id, ctx.session_id, frame.message, state.chat_quotas
     )
     transcript = Transcript()
-    events = read_events(state.redis, message_id, "0-0", settings.sse_keepalive_interval)
+    events = read_events(
+        state.redis, message_id, "0-0", settings.sse_keepalive_interval, state.replies
+    )
     try:
-        async for item in events:
-            if item is None:
-                continue
-            entry_id, event_json = item
-            if frame.stream:
-                await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
-            transcript.feed(chat_wire.decode_event(event_json))
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if item is None:
+                    continue
+                entry_id, event_json = item
+                if frame.stream:
+                    await ctx.send(chat_wire.ws_chat_event(event_json, entry_id))
+                transcript.feed(chat_wire.decode_event(event_json))
     except ReadInterrupted:
         details = {"message_id": message_id, "reply": transcript.reply}
         await ctx.send(error_frame(*_INTERRUPTED, details))

@@ -17,6 +17,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:  # gateway.chat builds on this module's type
     from gateway.chat import ChatQuotas
+    from gateway.replies import ReplyReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +30,4 @@ class GatewayState:
     verifier: TokenVerifier
     chat_quotas: ChatQuotas
     user_requests: TokenBucket  # per-user request bucket of the REST facade and chat
+    replies: ReplyReader | None = None  # chat's shared reply reader; None on Redis Cluster

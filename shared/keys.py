@@ -56,6 +56,12 @@ def gateway_alive(instance_id: str) -> str:
     return f"gw:instance:{instance_id}"
 
 
+def gateway_replies_wake(reader_id: str, lane: int) -> str:
+    """Stream: entries that wake one lane of a gateway's shared reply reader when its set of
+    reply streams changes (gateway.replies); capped, and expiring once the gateway is gone."""
+    return f"gw:replies:wake:{reader_id}:{lane}"
+
+
 def gateway_connections(instance_id: str) -> str:
     """Hash: connection id -> "<session_id> <user_id>" for every connection the instance holds."""
     return f"gw:instance:{instance_id}:conns"

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.chat import ChatContext, ChatQuotas, handle_ws_frame
+from gateway.replies import ReplyReader
 from shared.settings import Settings
 from tests.agent_svc.stack import ChatStack, stack_fixture
 from tests.support import fake_anthropic as fa
@@ -55,8 +56,12 @@ async def connect(
 ) -> AsyncIterator[Callable[[], Connection]]:
     settings = Settings.from_env(base_env | stack.env)
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    replies = ReplyReader(client)
     state = SimpleNamespace(
-        settings=settings, redis=client, chat_quotas=ChatQuotas.of(client, settings)
+        settings=settings,
+        redis=client,
+        chat_quotas=ChatQuotas.of(client, settings),
+        replies=replies,
     )
     session = uuid.uuid4()
     async with httpx.AsyncClient() as http:
@@ -73,6 +78,7 @@ async def connect(
         )
 
     yield new
+    await replies.stop()
     await client.aclose()
 
 

@@ -1,0 +1,257 @@
+"""The gateway's shared reply reader: one blocking `XREAD` per lane over many answers' reply
+streams, each stream's entries handed to the reader that subscribed to it.
+
+Before, every SSE or WebSocket chat reader held its own blocking `XREAD` on a pooled connection.
+The agent worker writes all answers' events in one pipeline, so Redis woke all of them at once
+and the gateway served them one after another: a reply, a parse and the next `XREAD` each, about
+5 ms of queueing per token at 200 streams (docs/performance-notes.md). Here a lane (one task, one
+command at a time on the pool) reads up to `LANE_KEYS` streams in one `XREAD`; each subscription
+gets its entries through a future, in order, one delivered read at a time.
+
+A subscription that joins while its lane is blocked must not wait for the block to time out: each
+lane's `XREAD` also reads its own wake-up stream (`keys.gateway_replies_wake`), and a join
+appends an entry to it (at most one per blocked read). A reader that falls behind keeps at most
+`PENDING_READS` reads buffered; past that its key leaves the shared read until it catches up, so
+a slow client never makes the lane buffer its whole answer.
+
+Redis Cluster: the keys of one `XREAD` must share a hash slot, and reply streams spread over all
+of them, so on a cluster the gateway does not build this reader and each chat reader keeps its
+own `XREAD` (`gateway.chat.read_batches`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import redis.asyncio as redis
+from redis.typing import EncodableT, FieldT
+
+from shared import keys
+from shared.backoff import Backoff
+from shared.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+LANE_KEYS = 512  # reply streams per lane (its XREAD command grows with them)
+READ_COUNT = 100  # entries per stream per read, as each reader's own XREAD read them
+BLOCK_MS = 1000  # below the Redis client's socket timeout
+PENDING_READS = 16  # reads buffered for a reader before its key leaves the shared read
+WAKE_MAXLEN = 16  # a wake-up stream only needs its newest entry
+WAKE_TTL = 3600  # a stopped gateway's wake-up streams go away by themselves
+_WAKE_FIELDS: dict[FieldT, EncodableT] = {b"w": b""}
+
+
+class Subscription:
+    """One reader's view of one reply stream, from entry id `after` on. Not shared: one task
+    calls `next` at a time. Obtained from `ReplyReader.subscribe`, which removes it on exit."""
+
+    __slots__ = ("_batches", "_lane", "_waiter", "key", "last", "paused")
+
+    def __init__(self, lane: _Lane, key: bytes, after: str) -> None:
+        self.key, self.last, self.paused = key, after.encode(), False
+        self._lane = lane
+        self._batches: collections.deque[Entries] = collections.deque()
+        self._waiter: asyncio.Future[Entries] | None = None
+
+    async def next(self, timeout: float) -> Entries:
+        """The entries one shared read found for this stream, in stream order; `[]` once
+        `timeout` seconds (by `time.monotonic`) passed without any. Raises the lane's
+        `redis.RedisError`/`OSError` while its reads fail (Redis restarting or unreachable);
+        what was read before is returned first. Cancelling it is safe: nothing read is lost,
+        the next call returns it."""
+        if self._batches:
+            batch = self._batches.popleft()
+            if self.paused and not self._batches:
+                self.paused = False
+                self._lane.changed()
+            return batch
+        if self._lane.error is not None:
+            raise self._lane.error
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        entries: Entries = []
+        # uvloop's timers count whole milliseconds of its cached clock and may fire a little
+        # before `timeout` has passed by time.monotonic(), by which callers measure silence.
+        while not entries and (left := deadline - time.monotonic()) > 0:
+            waiter: asyncio.Future[Entries] = loop.create_future()
+            timer = loop.call_later(left, _expire, waiter)
+            self._waiter = waiter
+            try:
+                entries = await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return entries
+
+    def deliver(self, entries: Entries) -> None:
+        self.last = entries[-1][0]
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(entries)
+            return
+        self._batches.append(entries)
+        self.paused = len(self._batches) >= PENDING_READS
+
+    def fail(self, error: Exception) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+
+def _expire(waiter: asyncio.Future[Entries]) -> None:
+    if not waiter.done():
+        waiter.set_result([])
+
+
+class _Lane:
+    """One task, one blocking `XREAD` at a time over its subscriptions' streams and its wake-up
+    stream. Idle (no Redis traffic) while it has no subscription."""
+
+    def __init__(self, client: RedisClient, wake_key: str) -> None:
+        self.client, self.wake_key = client, wake_key.encode()
+        self.subscriptions: dict[bytes, Subscription] = {}
+        self.error: Exception | None = None  # the last read's failure, until a read succeeds
+        self._wake_last = b"0-0"
+        self._reading = False  # an XREAD is in flight with the key set of that moment
+        self._woken = False  # ... and a wake-up entry was already asked for it
+        self._has_work = asyncio.Event()
+        self._stopped = False
+        self._wakes: set[asyncio.Task[None]] = set()
+        self.task = asyncio.create_task(self._run(), name=f"replies {wake_key}")
+        self.task.add_done_callback(self._ended)
+
+    def changed(self) -> None:
+        """The key set changed: an idle lane starts reading, a blocked one is woken up."""
+        self._has_work.set()
+        if self._reading and not self._woken:
+            self._woken = True
+            wake = asyncio.create_task(self._wake())
+            self._wakes.add(wake)
+            wake.add_done_callback(self._wakes.discard)
+
+    async def _wake(self) -> None:
+        # Best effort: if Redis fails here, the blocked read fails as well or ends within
+        # BLOCK_MS, and the next read includes the new key either way.
+        with contextlib.suppress(redis.RedisError, OSError):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, _WAKE_FIELDS, maxlen=WAKE_MAXLEN, approximate=True)
+                pipe.expire(self.wake_key, WAKE_TTL)
+                await pipe.execute()
+
+    async def _run(self) -> None:
+        backoff = Backoff(maximum=2.0)
+        while not self._stopped:
+            if not self.subscriptions:
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            streams: dict[Any, Any] = {self.wake_key: self._wake_last}
+            for key, subscription in self.subscriptions.items():
+                if not subscription.paused:
+                    streams[key] = subscription.last
+            self._reading, self._woken = True, False
+            try:
+                read: Any = await self.client.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+            except (redis.RedisError, OSError) as exc:
+                if self._stopped:
+                    return
+                self.error = exc
+                for subscription in list(self.subscriptions.values()):
+                    subscription.fail(exc)
+                await backoff.sleep()
+                continue
+            finally:
+                self._reading = False
+            self.error = None
+            backoff.reset()
+            for key, entries in read or ():
+                if key == self.wake_key:
+                    self._wake_last = entries[-1][0]
+                    continue
+                found = self.subscriptions.get(key)
+                if found is not None and entries:
+                    found.deliver(entries)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, not an outage: its readers end through their outage path (and can resume on
+        # a new lane) instead of waiting for a read that no longer runs.
+        log.error("a reply lane failed", exc_info=task.exception())
+        self._fail_all(redis.ConnectionError("the reply lane failed"))
+
+    def _fail_all(self, error: Exception) -> None:
+        self.error = error
+        for subscription in list(self.subscriptions.values()):
+            subscription.fail(error)
+
+    async def stop(self) -> None:
+        # redis-py may turn the cancellation of a read into a connection error, which the loop
+        # rides out like any other: the flag ends it either way.
+        self._stopped = True
+        for task in (self.task, *self._wakes):
+            task.cancel()
+        for task in (self.task, *self._wakes):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Readers still streaming hear what they would of a Redis gone away: their outage
+        # budget runs, then they end with ANSWER_INTERRUPTED, rather than wait for nothing.
+        self._fail_all(redis.ConnectionError("the gateway's reply reader has stopped"))
+
+
+class ReplyReader:
+    """The gateway's reply streams read together: `subscribe` for each reader, `stop` at
+    shutdown. Lanes start on first use and stay for the process's life (one per `LANE_KEYS`
+    streams read at once at the peak, plus one per extra reader of a stream already read)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+        self._id = uuid4().hex
+        self._lanes: list[_Lane] = []
+        self._numbers = itertools.count()  # a lane's number names its wake-up stream
+
+    @contextlib.contextmanager
+    def subscribe(self, key: str, after: str) -> Iterator[Subscription]:
+        """A subscription to stream `key` after entry id `after`, read by the lanes until the
+        block exits (then removed at once: its key leaves the next read)."""
+        raw = key.encode()
+        lane = self._lane_for(raw)
+        subscription = Subscription(lane, raw, after)
+        lane.subscriptions[raw] = subscription
+        lane.changed()
+        try:
+            yield subscription
+        finally:
+            del lane.subscriptions[raw]
+
+    def readers(self) -> int:
+        """How many subscriptions are open (for tests and metrics)."""
+        return sum(len(lane.subscriptions) for lane in self._lanes)
+
+    def _lane_for(self, key: bytes) -> _Lane:
+        # Two readers of one answer (a resume beside the first stream) cannot share an XREAD:
+        # a command names each stream once, with one id.
+        self._lanes = [lane for lane in self._lanes if not lane.task.done()]
+        for lane in self._lanes:
+            if key not in lane.subscriptions and len(lane.subscriptions) < LANE_KEYS:
+                return lane
+        lane = _Lane(self.client, keys.gateway_replies_wake(self._id, next(self._numbers)))
+        self._lanes.append(lane)
+        return lane
+
+    async def stop(self) -> None:
+        """Stop every lane (bounded: cancels the blocked reads); idempotent. Readers still
+        subscribed get a `redis.ConnectionError` from then on, as if Redis had gone away."""
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            await lane.stop()

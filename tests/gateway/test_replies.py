@@ -1,0 +1,282 @@
+"""The gateway's shared reply reader (`gateway.replies`) against a real Redis: many readers over
+one blocking read, a reader joining while that read is blocked, readers leaving, Redis failing
+under them, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+import pytest
+import redis.asyncio as redis
+from redis.typing import EncodableT, FieldT
+
+from gateway import chat, replies
+from gateway.replies import ReplyReader, Subscription
+from shared import chat_wire, keys
+from shared.infra import EmbeddedRedis
+
+NAME = "replies-test"  # the reader's connections, told apart in CLIENT LIST
+
+
+def _event(event: chat_wire.Token | chat_wire.End) -> dict[FieldT, EncodableT]:
+    return {chat_wire.EVENT_FIELD: chat_wire.encode(event)}
+
+
+@pytest.fixture
+async def clients(private_redis: EmbeddedRedis) -> AsyncIterator[tuple[redis.Redis, redis.Redis]]:
+    """The reader's client (its connections named `NAME`) and a writer's."""
+    reader = redis.Redis.from_url(private_redis.url, client_name=NAME)
+    writer = redis.Redis.from_url(private_redis.url)
+    try:
+        yield reader, writer
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+
+
+async def _reader_clients(writer: redis.Redis) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = await writer.client_list()
+    return [c for c in listed if c.get("name") == NAME]
+
+
+async def _until_blocked(writer: redis.Redis) -> None:
+    """Return once a connection of the reader waits in a blocking XREAD (asked of Redis, in
+    round trips: no clock)."""
+    while not any(c["cmd"] == "xread" and "b" in c["flags"] for c in await _reader_clients(writer)):
+        pass
+
+
+async def test_many_readers_share_one_blocking_read(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """Fifty readers of fifty answers each get their own entries, in order, while the reader
+    holds a single blocking XREAD on Redis (one connection of its pool)."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    streams = [keys.chat_reply_stream(uuid.uuid4()) for _ in range(50)]
+    try:
+        with contextlib.ExitStack() as stack:
+            subscriptions = [stack.enter_context(reader.subscribe(k, "0-0")) for k in streams]
+            await _until_blocked(writer)
+            blocked = [c for c in await _reader_clients(writer) if "b" in c["flags"]]
+            async with writer.pipeline(transaction=False) as pipe:
+                for i, key in enumerate(streams):
+                    pipe.xadd(key, _event(chat_wire.Token(content=f"{i}-a")))
+                    pipe.xadd(key, _event(chat_wire.Token(content=f"{i}-b")))
+                await pipe.execute()
+            got = await asyncio.gather(*(_contents(s, 2) for s in subscriptions))
+            assert reader.readers() == 50
+        assert got == [[f"{i}-a", f"{i}-b"] for i in range(50)]
+        assert len(blocked) == 1
+        assert len(await _reader_clients(writer)) <= 2  # the read's and a wake-up's
+        assert reader.readers() == 0
+    finally:
+        await reader.stop()
+
+
+async def _contents(subscription: Subscription, count: int) -> list[str]:
+    """The `content` of the next `count` token entries, read as they come."""
+    found: list[str] = []
+    while len(found) < count:
+        for _, fields in await subscription.next(5.0):
+            event = chat_wire.decode_event(fields[chat_wire.EVENT_FIELD])
+            found.append(cast(chat_wire.Token, event).content)
+    return found
+
+
+async def test_a_reader_joining_a_blocked_read_is_read_at_once(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that joins while the shared XREAD blocks wakes it up (through the lane's wake-up
+    stream) instead of waiting for its block to end: with a block of an hour, the new reader
+    still gets its first entry."""
+    monkeypatch.setattr(replies, "BLOCK_MS", 3_600_000)
+    client, writer = clients
+    reader = ReplyReader(client)
+    first, second = (keys.chat_reply_stream(uuid.uuid4()) for _ in range(2))
+    try:
+        with reader.subscribe(first, "0-0"):
+            await _until_blocked(writer)
+            await writer.xadd(second, _event(chat_wire.Token(content="hi")))
+            with reader.subscribe(second, "0-0") as joined:
+                assert await _contents(joined, 1) == ["hi"]
+        wake = keys.gateway_replies_wake(reader._id, 0)
+        assert await writer.xlen(wake) >= 1
+        assert await writer.ttl(wake) > 0
+    finally:
+        await reader.stop()
+
+
+async def test_a_reader_that_goes_away_is_removed_at_once(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """Cancelling a reader in the middle of its read (the client disconnected) removes its
+    subscription at once and leaves no task but the lane's."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    message_id = str(uuid.uuid4())
+    stream = keys.chat_reply_stream(message_id)
+    first = cast(bytes, await writer.xadd(stream, _event(chat_wire.Token(content="a")))).decode()
+    batches = chat.read_batches(client, message_id, "0-0", 5.0, replies=reader)
+    try:
+        assert await anext(batches) == [(first, chat_wire.encode(chat_wire.Token(content="a")))]
+        assert reader.readers() == 1
+        waiting = asyncio.ensure_future(anext(batches))
+        await _until_blocked(writer)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert reader.readers() == 0
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert [t.get_name() for t in others] == [
+            f"replies {keys.gateway_replies_wake(reader._id, 0)}"
+        ]
+    finally:
+        await batches.aclose()
+        await reader.stop()
+
+
+async def test_stop_ends_a_blocked_lane(clients: tuple[redis.Redis, redis.Redis]) -> None:
+    """`stop` ends the lanes while their XREAD blocks, and is idempotent."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    with reader.subscribe(keys.chat_reply_stream(uuid.uuid4()), "0-0"):
+        await _until_blocked(writer)
+        await reader.stop()
+        await reader.stop()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_two_readers_of_one_answer_both_read_it(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """Two readers of the same answer from different points (a resume beside the first stream)
+    each get the entries after their own id."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    message_id = str(uuid.uuid4())
+    key = keys.chat_reply_stream(message_id)
+    first = cast(bytes, await writer.xadd(key, _event(chat_wire.Token(content="a")))).decode()
+    await writer.xadd(key, _event(chat_wire.Token(content="b")))
+    await writer.xadd(key, _event(chat_wire.End(message_id=message_id, tokens_used=2)))
+    try:
+        whole, resumed = await asyncio.gather(
+            _read_all(client, message_id, "0-0", reader),
+            _read_all(client, message_id, first, reader),
+        )
+    finally:
+        await reader.stop()
+    assert [e for _, e in whole][:2] == [chat_wire.encode(chat_wire.Token(content=c)) for c in "ab"]
+    assert whole[1:] == resumed
+
+
+async def _read_all(
+    client: redis.Redis, message_id: str, after: str, reader: ReplyReader
+) -> list[tuple[str, bytes]]:
+    return [
+        item
+        async for batch in chat.read_batches(client, message_id, after, 5.0, replies=reader)
+        if batch is not None
+        for item in batch
+    ]
+
+
+async def test_an_expired_answer_ends_each_shared_reader(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A reply stream that expires under a shared reader ends its read after a keepalive
+    without the answer's end, and the SSE body says ANSWER_EXPIRED; the other reader of the
+    lane goes on."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    gone, alive = str(uuid.uuid4()), str(uuid.uuid4())
+    for message_id in (gone, alive):
+        await writer.xadd(keys.chat_reply_stream(message_id), _event(chat_wire.Token(content="a")))
+    body = chat._sse(client, gone, "0-0", 0.2, chat_wire.sse_resumable, reader)
+    other = chat._sse(client, alive, "0-0", 5.0, chat_wire.sse_resumable, reader)
+    try:
+        assert b'"content":"a"' in await anext(body)
+        assert b'"content":"a"' in await anext(other)
+        await writer.delete(keys.chat_reply_stream(gone))
+        rest = [chunk async for chunk in body]
+        await writer.xadd(
+            keys.chat_reply_stream(alive), _event(chat_wire.End(message_id=alive, tokens_used=1))
+        )
+        assert b'"type":"end"' in await anext(other)
+    finally:
+        await cast(AsyncGenerator[bytes, None], other).aclose()
+        await reader.stop()
+    assert b"ANSWER_EXPIRED" in rest[-1]
+    assert reader.readers() == 0
+
+
+async def test_a_reader_behind_leaves_the_shared_read_until_it_catches_up(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that does not take its reads has at most `PENDING_READS` of them buffered: its
+    stream leaves the shared read (a later entry stays in Redis), and comes back once the reader
+    has taken them, with nothing lost or reordered."""
+    monkeypatch.setattr(replies, "PENDING_READS", 3)
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    try:
+        with reader.subscribe(key, "0-0") as subscription:
+            await _until_blocked(writer)
+            for i in range(4):
+                # Redis unblocks the lane as it runs the XADD, so once the lane blocks again it
+                # has handed the entry over (or left the stream out of its read).
+                await writer.xadd(key, _event(chat_wire.Token(content=str(i))))
+                await _until_blocked(writer)
+            assert subscription.paused
+            assert len(subscription._batches) == 3
+            assert await _contents(subscription, 4) == ["0", "1", "2", "3"]
+            assert not subscription.paused
+    finally:
+        await reader.stop()
+
+
+async def test_readers_left_at_stop_hear_of_an_outage(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A reader still waiting when the reader stops gets a connection error (its outage path,
+    then ANSWER_INTERRUPTED), not a wait for entries that will never come."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    with reader.subscribe(keys.chat_reply_stream(uuid.uuid4()), "0-0") as subscription:
+        waiting = asyncio.ensure_future(subscription.next(3600.0))
+        await _until_blocked(writer)
+        await reader.stop()
+        with pytest.raises(redis.ConnectionError):
+            await waiting
+        with pytest.raises(redis.ConnectionError):
+            await subscription.next(3600.0)
+
+
+async def test_a_lane_that_fails_unexpectedly_is_replaced(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane whose loop raises something other than a Redis error (a bug) hands its readers a
+    connection error, so they take their outage path, and a new reader gets a new lane."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(client, "xread", broken)
+            with reader.subscribe(key, "0-0") as subscription, pytest.raises(redis.ConnectionError):
+                await subscription.next(3600.0)
+        await writer.xadd(key, _event(chat_wire.Token(content="again")))
+        with reader.subscribe(key, "0-0") as resumed:
+            assert await _contents(resumed, 1) == ["again"]
+        assert len(reader._lanes) == 1
+    finally:
+        await reader.stop()

@@ -23,7 +23,9 @@ collected, since young cycles may be what still holds frozen objects), and only 
 stall budget (`max_walk` frozen objects, e.g. after a mass disconnect) or when the frozen heap
 holds over twice what its open connections explain (garbage is piling up: then the stall
 is the lesser evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list
-splices). Not thread-safe; called from the event loop.
+splices). Not thread-safe: `tick()` and the counters are the event loop's; the hook runs in
+whichever thread's allocation started a collection, where it only freezes and resets a count
+(a race loses at most a count, delaying a freeze to the next collection).
 
 `CollectionTimer` times every collection (`gc.callbacks`), whoever started it, so the pauses the
 stall budget is about are measured where they happen, at the cost of two clock reads each.

@@ -7,7 +7,7 @@ connection's objects live as long as it does, so the collector gains nothing by 
 more than once. `HeapFreezer` moves them out of its sight (`gc.freeze()`) at the end of the
 first collection after a connection has opened: it is a `gc.callbacks` hook, so freezing costs
 no walk of its own (it used to collect everything unfrozen first, every 1000 connections: a
-generation-2 collection of 1000 connections' worth, 17-58 ms of CPU at 10k). What it freezes is
+generation-2 collection of 1000 connections' worth, 17-65 ms of CPU at 10k). What it freezes is
 that collection's survivors, which the collection has just found reachable, and the survivors
 of earlier collections after which it did not freeze (no connection had opened: in-flight
 requests, not connections). Garbage can only be among the latter, as a cycle that died after

@@ -17,7 +17,7 @@ collection walks everything allocated since the last one that is still alive (wh
 connect, the newest connections' objects, about 1.5 objects per counted allocation) and every
 object each of those refers to; at 10k connections those referents are spread over a heap far
 larger than the CPU's caches, about 0.5-1 µs per young object, so 20,000 made each young
-collection 15-36 ms of CPU; at 2,000 the longest took 7-10 ms (5,000 left some at 12-19 ms).
+collection 15-36 ms of CPU; at 2,000 the longest took 3-14 ms (5,000 left some at 12-19 ms).
 """
 
 from __future__ import annotations

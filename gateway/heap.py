@@ -1,12 +1,18 @@
 """Keeping CPython's garbage collections short while thousands of connections are held.
 
-A full (generation 2) collection walks every tracked object with the event loop stopped, about
-90 ns each on an idle core here: at 10k connections of ~60 objects that is a 50 ms stall, and
-CPython 3.11 runs one whenever the long-lived objects have grown by 25 % — that is, while
-connections arrive. An open connection's objects live as long as it does, so the collector gains
-nothing by walking them. `HeapFreezer` moves them out of its sight (`gc.freeze()`) once `step`
-connections have opened since the last freeze, after collecting what is not frozen yet (only
-what came since the last freeze: `step` connections' worth) so that no garbage is frozen.
+A collection walks every tracked object of the generations it collects with the event loop
+stopped, and for each one every object it refers to: at 10k connections, whose objects are
+spread over a heap too large for the CPU's caches, about 0.5 µs per object walked. An open
+connection's objects live as long as it does, so the collector gains nothing by walking them
+more than once. `HeapFreezer` moves them out of its sight (`gc.freeze()`) at the end of the
+first collection after a connection has opened: it is a `gc.callbacks` hook, so freezing costs
+no walk of its own (it used to collect everything unfrozen first, every 1000 connections: a
+generation-2 collection of 1000 connections' worth, 17-65 ms of CPU at 10k). What it freezes is
+that collection's survivors, which the collection has just found reachable, and the survivors
+of earlier collections after which it did not freeze (no connection had opened: in-flight
+requests, not connections). Garbage can only be among the latter, as a cycle that died after
+surviving a collection; frozen, it is freed by the churn path below or, when it piles up, by
+the walk that guards against exactly that.
 
 A frozen object is never collected, but it is still freed by reference counting: a closed
 connection leaves no reference cycle (`gateway.wsprotocol` breaks the two it had), so closing it
@@ -17,7 +23,9 @@ collected, since young cycles may be what still holds frozen objects), and only 
 stall budget (`max_walk` frozen objects, e.g. after a mass disconnect) or when the frozen heap
 holds over twice what its open connections explain (garbage is piling up: then the stall
 is the lesser evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list
-splices). Not thread-safe; called from the event loop.
+splices). Not thread-safe: `tick()` and the counters are the event loop's; the hook runs in
+whichever thread's allocation started a collection, where it only freezes and resets a count
+(a race loses at most a count, delaying a freeze to the next collection).
 
 `CollectionTimer` times every collection (`gc.callbacks`), whoever started it, so the pauses the
 stall budget is about are measured where they happen, at the cost of two clock reads each.
@@ -39,14 +47,16 @@ MAX_WALK = 100_000
 
 
 class HeapFreezer:
-    """Counts connections opened and closed; `tick()` freezes or unfreezes when due. `clock`
-    times the full collection for the log (tests pass a fake one)."""
+    """Counts connections opened and closed; as a `gc.callbacks` hook (`install()`) it freezes
+    after a collection once a connection has opened, and `tick()` collects the frozen heap after
+    churn. `clock` times the full collection for the log (tests pass a fake one)."""
 
     __slots__ = (
         "_base",
         "_clock",
         "_closed",
         "_frozen",
+        "_open",
         "_opened",
         "_per_connection",
         "max_walk",
@@ -61,23 +71,43 @@ class HeapFreezer:
         self._clock = clock
         self._opened = 0  # since the last freeze
         self._closed = 0  # since the last full collection
+        self._open = 0  # as the last tick was told, plus opened and closed since
         self._frozen = 0  # connections open at the last freeze (since the last full collection)
-        self._base: int | None = None  # frozen at the first tick: the application's objects
+        self._base: int | None = None  # frozen before the first freeze: the application's objects
         self._per_connection = 0.0  # frozen objects per open connection after a collection
 
     def opened(self) -> None:
         self._opened += 1
+        self._open += 1
 
     def closed(self) -> None:
         self._closed += 1
+        self._open -= 1
+
+    def install(self) -> None:
+        gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        """After a collection, once a connection has opened since the last freeze: freeze. The
+        collection has just walked what it collected and freed its garbage, so freezing walks
+        nothing more, and every connection's objects are walked by one young collection only."""
+        if phase == "stop" and self._opened:
+            self._take_base()
+            gc.freeze()
+            self._frozen, self._opened = max(self._frozen, self._open), 0
+            if not self._per_connection and self._open >= self.step:
+                self._measure(self._open)
 
     def tick(self, open_connections: int) -> None:
         """Call periodically, between bursts of work: collect in full after enough churn when
-        affordable (or when garbage piles up), else freeze after enough growth. The first call
-        takes what is frozen then as the application's own share. `open_connections`: those
-        whose objects are alive — open, or closed and not yet counted by `closed()`."""
-        if self._base is None:
-            self._base = gc.get_freeze_count()
+        affordable (or when garbage piles up). `open_connections`: those whose objects are
+        alive — open, or closed and not yet counted by `closed()`."""
+        self._take_base()
+        self._open = open_connections
         if self._frozen and self._closed >= max(self.step, self._frozen // 2):
             # Young cycles (a closed connection's last exceptions and timeouts) may be all that
             # holds frozen objects: freeing them first lets reference counting free those.
@@ -87,12 +117,11 @@ class HeapFreezer:
                 self._collect_all(frozen, open_connections)
                 return
             self._closed = 0  # look again after as much churn, not at every tick
-        if self._opened >= self.step:
-            gc.collect()  # walks only what is not frozen: what came since the last freeze
-            gc.freeze()
-            self._frozen, self._opened = max(self._frozen, open_connections), 0
-            if not self._per_connection:
-                self._measure(open_connections)
+
+    def _take_base(self) -> None:
+        """The first tick or freeze takes what is frozen then as the application's own share."""
+        if self._base is None:
+            self._base = gc.get_freeze_count()
 
     def _piling_up(self, frozen: int, open_connections: int) -> bool:
         """Whether the frozen heap holds over twice what its open connections explain."""

@@ -17,8 +17,9 @@ seq N). Frames are lost only when the pub/sub link drops, and then every user he
 replay once the link is back. So each connection sees every notification once, in seq order,
 whatever the interleaving of replay, live traffic, Redis reconnects and client resumes.
 
-Connection objects are frozen out of the garbage collector's sight as they accumulate
-(`gateway.heap`), so collections while clients connect do not walk every open connection.
+Connection objects are frozen out of the garbage collector's sight at the end of the first
+collection after they were created (`gateway.heap`), so collections while clients connect do not
+walk every open connection.
 
 A closed connection is forgotten at once (no frame is routed to it any more); the rest of its
 leaving — topic subscriptions, the UNSUBSCRIBE of channels nobody here needs, the registry
@@ -85,7 +86,7 @@ REPLAY_CONCURRENCY = MAX_ASKS
 DRAIN_TIMEOUT = 5.0
 OWNER_CACHE_SIZE = 100_000  # sessions whose owner this instance remembers
 OWNER_TTL = 30 * 86400  # seconds Redis remembers a session's owner (then agent_svc is asked again)
-FREEZE_STEP = 1000  # connections opened between two `gc.freeze()` (gateway.heap)
+FREEZE_STEP = 1000  # closes before the frozen heap is collected, at least (gateway.heap)
 # Closed connections whose leaving (topics, fan-out, registry) is finished per event-loop turn:
 # bounds the loop's stall when thousands close at once (docs/decisions.md, "Connections end in
 # slices").
@@ -173,6 +174,7 @@ class ConnectionManager:
         except (redis.RedisError, OSError) as exc:
             log.warning("registry scripts not loaded", extra={"error": repr(exc)})
         await self._fanout.start()
+        self._heap.install()
         self._spawn(self._heartbeat())
         self._spawn(self._watch())
 
@@ -195,6 +197,7 @@ class ConnectionManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._heap.remove()
         await self.topics.stop()
         await self._fanout.stop()
         with contextlib.suppress(redis.RedisError, OSError):

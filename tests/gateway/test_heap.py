@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,24 +26,64 @@ class _Leaf:
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
-    """Give the test process's heap back to the collector afterwards."""
+    """Only the test's own collections run (no automatic one between its steps); afterwards the
+    test process's heap is given back to the collector."""
+    enabled = gc.isenabled()
+    gc.disable()
     yield
+    if enabled:
+        gc.enable()
     gc.unfreeze()
 
 
+@pytest.fixture
+def installed() -> Iterator[list[HeapFreezer]]:
+    """Freezers appended to the list are installed as collection hooks, and removed after."""
+    freezers: list[HeapFreezer] = []
+    yield freezers
+    for heap in freezers:
+        heap.remove()
+
+
+def _installed(freezers: list[HeapFreezer], step: int, max_walk: int) -> HeapFreezer:
+    heap = HeapFreezer(step=step, max_walk=max_walk)
+    heap.install()
+    freezers.append(heap)
+    return heap
+
+
+def _collections_during(body: Callable[[], object]) -> int:
+    """How many collections ran while `body` did."""
+    started: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.callbacks.insert(0, count)
+    try:
+        body()
+    finally:
+        gc.callbacks.remove(count)
+    return len(started)
+
+
 @pytest.mark.usefixtures("unfrozen")
-def test_freeze_after_growth_collect_after_churn() -> None:
-    """A cycle alive at a freeze survives full collections once it is garbage, until as many
-    connections closed as were frozen over 2 (at least `step`); then, the frozen heap being
-    within `max_walk`, it is freed."""
-    heap = HeapFreezer(step=2, max_walk=10**9)
+def test_freeze_after_growth_collect_after_churn(installed: list[HeapFreezer]) -> None:
+    """Nothing is frozen until a connection has opened and a collection has run. A cycle alive
+    at a freeze survives full collections once it is garbage, until as many connections closed
+    as were frozen over 2 (at least `step`); then, the frozen heap being within `max_walk`, it
+    is freed."""
+    heap = _installed(installed, step=2, max_walk=10**9)
     node = _Node()
     ref = weakref.ref(node)
-    heap.opened()
-    heap.tick(1)
-    assert gc.get_freeze_count() == 0  # one connection opened: under the step
+    heap.tick(0)
+    gc.collect(0)
+    assert gc.get_freeze_count() == 0  # no connection opened
     heap.opened()
     heap.tick(4)
+    assert gc.get_freeze_count() == 0  # due, but frozen only at the end of a collection
+    gc.collect(0)
     assert gc.get_freeze_count() > 0
     del node
     gc.collect()
@@ -59,12 +99,72 @@ def test_freeze_after_growth_collect_after_churn() -> None:
 
 
 @pytest.mark.usefixtures("unfrozen")
-def test_full_collection_is_timed_on_the_given_clock(caplog: pytest.LogCaptureFixture) -> None:
+def test_freeze_walks_nothing_but_the_collection_it_follows(
+    installed: list[HeapFreezer],
+) -> None:
+    """When due, the freeze rides on a collection that ran anyway: no collection of its own, and
+    a cycle that was garbage at that collection is freed by it, not frozen."""
+    heap = _installed(installed, step=1, max_walk=0)
+    heap.tick(0)
+    live, dead = _Node(), _Node()
+    live_ref, dead_ref = weakref.ref(live), weakref.ref(dead)
+    del dead
+    heap.opened()
+    assert _collections_during(lambda: gc.collect(0)) == 1
+    assert dead_ref() is None
+    assert live_ref() is not None
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    del live
+    gc.collect()
+    assert live_ref() is not None  # frozen at that collection's end
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_freeze_takes_unwalked_older_survivors_until_churn_frees_them(
+    installed: list[HeapFreezer],
+) -> None:
+    """What a freeze takes unseen: a cycle that survived a young collection after which nothing
+    was frozen (no connection had opened) and died before the freeze's own, younger collection
+    is frozen with the survivors; the churn path's full collection frees it."""
+    heap = _installed(installed, step=1, max_walk=10**9)
+    heap.tick(0)
+    older = _Node()
+    ref = weakref.ref(older)
+    gc.collect(0)  # survives into generation 1; nothing opened yet, so no freeze
+    assert gc.get_freeze_count() == 0
+    del older
+    heap.opened()
+    heap.tick(1)
+    gc.collect(0)  # walks generation 0 only, then freezes every generation
+    assert ref() is not None
+    heap.closed()
+    heap.tick(0)
+    assert ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_removed_freezer_freezes_nothing(installed: list[HeapFreezer]) -> None:
+    """Out of `gc.callbacks`, the freezer no longer freezes, however many connections opened."""
+    heap = _installed(installed, step=1, max_walk=0)
+    heap.remove()
+    heap.opened()
+    gc.collect(0)
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_full_collection_is_timed_on_the_given_clock(
+    caplog: pytest.LogCaptureFixture, installed: list[HeapFreezer]
+) -> None:
     """The logged duration of a full collection is read from the injected clock."""
     readings = iter([10.0, 10.25])
     heap = HeapFreezer(step=1, max_walk=10**9, clock=lambda: next(readings))
+    heap.install()
+    installed.append(heap)
     heap.opened()
     heap.tick(1)
+    gc.collect(0)
     heap.closed()
     with caplog.at_level("INFO", logger="gateway.heap"):
         heap.tick(0)
@@ -72,29 +172,17 @@ def test_full_collection_is_timed_on_the_given_clock(caplog: pytest.LogCaptureFi
 
 
 @pytest.mark.usefixtures("unfrozen")
-def test_growth_freeze_collects_garbage_first() -> None:
-    """A cycle that is already garbage when the heap is frozen is collected, not frozen."""
-    heap = HeapFreezer(step=1, max_walk=0)
-    node = _Node()
-    ref = weakref.ref(node)
-    del node
-    heap.opened()
-    heap.tick(1)
-    assert gc.get_freeze_count() > 0
-    assert ref() is None
-
-
-@pytest.mark.usefixtures("unfrozen")
-def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
+def test_no_full_walk_over_budget_unless_garbage_piles_up(installed: list[HeapFreezer]) -> None:
     """After churn, a frozen heap over `max_walk` is not walked while it holds what its open
     connections explain; once it holds over twice that (frozen cycles turned garbage), it is
     collected anyway."""
     gc.freeze()  # the test process's own objects: the application's share
-    heap = HeapFreezer(step=1, max_walk=0)
+    heap = _installed(installed, step=1, max_walk=0)
     heap.tick(0)
     few = [_Node() for _ in range(100)]
     heap.opened()
-    heap.tick(4)  # 4 connections, about 25 frozen objects each
+    heap.tick(4)
+    gc.collect(0)  # frozen: 4 connections, about 25 frozen objects each
     few_ref = weakref.ref(few[0])
     del few
     heap.closed()
@@ -104,7 +192,8 @@ def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
     many = [_Node() for _ in range(10_000)]
     many_ref = weakref.ref(many[0])
     heap.opened()
-    heap.tick(2)  # frozen at once: 5 times what 2 connections explain
+    heap.tick(2)
+    gc.collect(0)  # frozen at once: 5 times what 2 connections explain
     del many
     heap.closed()
     heap.closed()
@@ -113,16 +202,19 @@ def test_no_full_walk_over_budget_unless_garbage_piles_up() -> None:
 
 
 @pytest.mark.usefixtures("unfrozen")
-def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk() -> None:
+def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk(
+    installed: list[HeapFreezer],
+) -> None:
     """After churn, a frozen object held only by young cyclic garbage (as a closed connection's
     task is by its last exception) is freed by collecting the unfrozen heap, while the frozen
     heap over `max_walk` is not walked (a frozen cycle stays)."""
     gc.freeze()
-    heap = HeapFreezer(step=1, max_walk=0)
+    heap = _installed(installed, step=1, max_walk=0)
     heap.tick(0)
     leaf, frozen_cycle = _Leaf(), _Node()
     heap.opened()
     heap.tick(1)
+    gc.collect(0)
     leaf_ref, cycle_ref = weakref.ref(leaf), weakref.ref(frozen_cycle)
     young = _Node()
     young.held = leaf
@@ -134,33 +226,27 @@ def test_churn_frees_frozen_objects_held_by_young_cycles_without_a_full_walk() -
 
 
 @pytest.mark.usefixtures("unfrozen")
-def test_skipped_churn_check_waits_for_as_much_churn_again() -> None:
+def test_skipped_churn_check_waits_for_as_much_churn_again(installed: list[HeapFreezer]) -> None:
     """Once a churn check found the frozen heap over budget and not piling up, the next ticks
     run no collection until as many connections closed again."""
     gc.freeze()
-    heap = HeapFreezer(step=1, max_walk=0)
+    heap = _installed(installed, step=1, max_walk=0)
     heap.tick(0)
     heap.opened()
     heap.tick(4)
+    gc.collect(0)
     heap.closed()
     heap.closed()
     heap.tick(2)  # due, over budget, nothing piling up: skipped
-    collections: list[dict[str, int]] = []
 
-    def count(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collections.append(info)
+    def churn(closes: int, open_connections: int) -> None:
+        for _ in range(closes):
+            heap.closed()
+        heap.tick(open_connections)
 
-    gc.callbacks.append(count)
-    try:
-        heap.closed()
-        heap.tick(1)
-        assert collections == []
-        heap.closed()
-        heap.tick(3)
-        assert len(collections) == 1  # the next check's collection of the unfrozen heap
-    finally:
-        gc.callbacks.remove(count)
+    assert _collections_during(lambda: churn(1, 1)) == 0
+    # the next check's collection of the unfrozen heap
+    assert _collections_during(lambda: churn(1, 3)) == 1
 
 
 def test_collection_timer_reports_each_collection_with_its_generation() -> None:

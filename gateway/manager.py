@@ -590,12 +590,21 @@ class ConnectionManager:
         interval = self.settings.ws_heartbeat_interval / 2
         while True:
             try:
-                await self._registry.beat(
-                    (c.conn_id, c.session_key, str(c.user_id)) for c in self.connections.values()
-                )
+                await self._beat()
             except (redis.RedisError, OSError) as exc:
                 log.warning("registry heartbeat failed", extra={"error": repr(exc)})
             await asyncio.sleep(interval)
+
+    async def _beat(self) -> None:
+        """One registry beat. It takes the tuples a chunk at a time, between its round trips:
+        from a snapshot (the map changes meanwhile), leaving out what closed since it was taken,
+        and dropping the snapshot when done (it holds closed connections' objects)."""
+        held, connections = list(self.connections.values()), self.connections
+        await self._registry.beat(
+            (c.conn_id, c.session_key, str(c.user_id))
+            for c in held
+            if connections.get(c.conn_id) is c
+        )
 
     async def _watch(self) -> None:
         """Idle timeout (1000), token expiry (warning, then 1008), and the heap's freezes."""

@@ -271,7 +271,7 @@ async def test_a_lane_that_fails_unexpectedly_is_replaced(
 
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(client, "xread", broken)
+            patched.setattr(replies._Lane, "_xread", broken)
             with reader.subscribe(key, "0-0") as subscription, pytest.raises(redis.ConnectionError):
                 await subscription.next(3600.0)
         await writer.xadd(key, _event(chat_wire.Token(content="again")))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -208,7 +208,7 @@ async def test_an_expired_answer_ends_each_shared_reader(
         )
         assert b'"type":"end"' in await anext(other)
     finally:
-        await cast(AsyncGenerator[bytes, None], other).aclose()
+        await other.aclose()
         await reader.stop()
     assert b"ANSWER_EXPIRED" in rest[-1]
     assert reader.readers() == 0

@@ -128,6 +128,13 @@ _XREAD_HEAD = b"".join(
 _XREAD_ARGS = 6  # the arguments in _XREAD_HEAD
 
 
+def xread_command(keys: list[bytes], ids: list[bytes]) -> bytes:
+    """The `XREAD` of the lane (`COUNT`, `BLOCK`) over streams `keys` after `ids`, both already
+    RESP bulk strings (`_bulk`), as one RESP command."""
+    count = b"*%d\r\n" % (_XREAD_ARGS + len(keys) + len(ids))
+    return b"".join((count, _XREAD_HEAD, *keys, *ids))
+
+
 def _entries(raw: list[Any]) -> Entries:
     """A stream's entries as the RESP2 reply holds them (`[id, [field, value, ...]]` each) in the
     shape redis-py's `xread` returns (`(id, {field: value})`)."""
@@ -187,15 +194,14 @@ class _Lane:
                 await self._has_work.wait()
                 continue
             reading = [self._packed_wake_key]
+            ids = [_bulk(self._wake_last)]
             for subscription in self.subscriptions.values():
                 if not subscription.paused:
                     reading.append(subscription.packed_key)
-            ids = [_bulk(self._wake_last)]
-            ids.extend(s.packed for s in self.subscriptions.values() if not s.paused)
-            command = b"*%d\r\n" % (_XREAD_ARGS + 2 * len(ids))
+                    ids.append(subscription.packed)
             self._reading, self._woken = True, False
             try:
-                read = await self._xread(b"".join((command, _XREAD_HEAD, *reading, *ids)))
+                read = await self._xread(xread_command(reading, ids))
             except (redis.RedisError, OSError) as exc:
                 if self._stopped:
                     return

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as redis
+from redis.asyncio.connection import Connection
 from redis.typing import EncodableT, FieldT
 
 from gateway import chat, replies
@@ -280,3 +281,17 @@ async def test_a_lane_that_fails_unexpectedly_is_replaced(
         assert len(reader._lanes) == 1
     finally:
         await reader.stop()
+
+
+def test_the_lanes_xread_is_the_command_redis_py_sends() -> None:
+    """The lane's own packing gives the bytes redis-py's `xread` would send for the same read."""
+    streams = [
+        b"gw:replies:wake:x:0",
+        *(keys.chat_reply_stream(uuid.uuid4()).encode() for _ in range(3)),
+    ]
+    ids = [b"0-0", b"1-0", b"1765080000000-12", b"18446744073709551615-0"]
+    packed = replies.xread_command(
+        [replies._bulk(k) for k in streams], [replies._bulk(i) for i in ids]
+    )
+    args = ("XREAD", "COUNT", replies.READ_COUNT, "BLOCK", replies.BLOCK_MS, "STREAMS")
+    assert packed == b"".join(Connection().pack_command(*args, *streams, *ids))

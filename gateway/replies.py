@@ -60,7 +60,10 @@ class Subscription:
     """One reader's view of one reply stream, from entry id `after` on. Not shared: one task
     calls `next` at a time. Obtained from `ReplyReader.subscribe`, which removes it on exit."""
 
-    __slots__ = ("_batches", "_lane", "_waiter", "key", "last", "packed", "packed_key", "paused")
+    __slots__ = (
+        "_batches", "_deadline", "_fires", "_lane", "_timer", "_waiter",
+        "key", "last", "packed", "packed_key", "paused",
+    )  # fmt: skip
 
     def __init__(self, lane: _Lane, key: bytes, after: str) -> None:
         self.key, self.last, self.paused = key, after.encode(), False
@@ -69,6 +72,11 @@ class Subscription:
         self._lane = lane
         self._batches: collections.deque[Entries] = collections.deque()
         self._waiter: asyncio.Future[Entries] | None = None
+        # One timer, left armed between waits (a reader waits once per read it is given, and a
+        # timer made and cancelled per wait cost more than the rest of the wait): it fires by
+        # the loop's clock at `_fires`, then ends the wait or re-arms for the newer `_deadline`.
+        self._deadline = self._fires = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def next(self, timeout: float) -> Entries:
         """The entries one shared read found for this stream, in stream order; `[]` once
@@ -85,20 +93,43 @@ class Subscription:
         if self._lane.error is not None:
             raise self._lane.error
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline = time.monotonic() + timeout
         entries: Entries = []
         # uvloop's timers count whole milliseconds of its cached clock and may fire a little
         # before `timeout` has passed by time.monotonic(), by which callers measure silence.
         while not entries and (left := deadline - time.monotonic()) > 0:
             waiter: asyncio.Future[Entries] = loop.create_future()
-            timer = loop.call_later(left, _expire, waiter)
+            if self._timer is None or self._fires > loop.time() + left:
+                self._arm(loop, left)
             self._waiter = waiter
             try:
                 entries = await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         return entries
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._fires = loop.time() + delay
+        self._timer = loop.call_at(self._fires, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait runs: the next one arms a timer again
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._arm(asyncio.get_running_loop(), left)
+        else:
+            waiter.set_result([])
+
+    def close(self) -> None:
+        """Drop the timer (the subscription has ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def deliver(self, entries: Entries) -> None:
         self.last = entries[-1][0]
@@ -143,11 +174,6 @@ def _entries(raw: list[Any]) -> Entries:
         pairs = iter(flat or ())
         found.append((entry_id, dict(zip(pairs, pairs, strict=True))))
     return found
-
-
-def _expire(waiter: asyncio.Future[Entries]) -> None:
-    if not waiter.done():
-        waiter.set_result([])
 
 
 class _Lane:
@@ -292,6 +318,7 @@ class ReplyReader:
             yield subscription
         finally:
             del lane.subscriptions[raw]
+            subscription.close()
 
     def readers(self) -> int:
         """How many subscriptions are open (for tests and metrics)."""

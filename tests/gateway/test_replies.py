@@ -295,3 +295,23 @@ def test_the_lanes_xread_is_the_command_redis_py_sends() -> None:
     )
     args = ("XREAD", "COUNT", replies.READ_COUNT, "BLOCK", replies.BLOCK_MS, "STREAMS")
     assert packed == b"".join(Connection().pack_command(*args, *streams, *ids))
+
+
+async def test_a_wait_ends_on_its_own_timeout_after_a_longer_one(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A subscription keeps its timer from one wait to the next; a wait with a shorter timeout
+    than the timer left armed still ends with nothing once its own timeout has passed (the
+    guard only turns a hang into a failure)."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    try:
+        with reader.subscribe(key, "0-0") as subscription:
+            waiting = asyncio.ensure_future(subscription.next(3600.0))
+            await _until_blocked(writer)
+            await writer.xadd(key, _event(chat_wire.Token(content="a")))
+            assert len(await waiting) == 1
+            assert await asyncio.wait_for(subscription.next(0.05), 60.0) == []
+    finally:
+        await reader.stop()

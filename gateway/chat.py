@@ -21,10 +21,11 @@ the client asked for `"stream": true`; `{"type": "cancel"}` stops the session's 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
@@ -32,9 +33,12 @@ from uuid import UUID, uuid4
 import msgspec
 import redis.asyncio as redis
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message as AsgiMessage
+from starlette.types import Receive, Scope, Send
 
+from gateway.httpprotocol import BODY_SEND
 from gateway.replies import Entries, ReplyReader
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
@@ -65,7 +69,12 @@ from shared.wire import (
 
 CHAT_FRAME_TYPES: frozenset[str] = frozenset({"message", "cancel"})
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What Starlette's StreamingResponse sent for `media_type="text/event-stream"` with these headers.
+SSE_HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
 ORPHAN_TTL = 24 * 3600  # a reply stream no worker ever finished still goes away
 QUEUE_FULL_RETRY = 5.0  # seconds a client whose queue is full is told to wait
 READ_BLOCK = 1.0  # seconds per blocking read (below the Redis client's socket timeout)
@@ -411,7 +420,7 @@ async def _sse(
     keepalive: float,
     frame: Callable[[bytes, str], bytes],
     replies: ReplyReader | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """The SSE body: the events of one read go out as one chunk (one socket write)."""
     finished = False
     batches = read_batches(client, message_id, after, keepalive, replies=replies)
@@ -433,6 +442,56 @@ async def _sse(
             message_id, "ANSWER_EXPIRED", "the answer is no longer available"
         )
         yield b"data: " + chat_wire.encode(lost) + b"\n\n"
+
+
+class SSEResponse(Response):
+    """A `text/event-stream` response of chunks from `body`, each written as it comes (chunked
+    transfer encoding), until `body` ends or the client goes away (then `body` is closed).
+
+    Starlette's `StreamingResponse`, less what it does per chunk that an SSE stream does not
+    need: the chunks go to the server's own `send` when it names one (`BODY_SEND`, from
+    gateway.httpprotocol), past the middleware's wrappers of `send` — each an extra coroutine
+    per chunk, none of which changes a body message. The response start still goes through
+    them (CORS adds its headers there). That `send` waits while the client's socket is full, so
+    a slow client slows its reader (which then leaves the shared read, gateway.replies) instead
+    of the gateway buffering its answer."""
+
+    def __init__(self, body: AsyncGenerator[bytes]) -> None:
+        self.events = body
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(SSE_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        extension = scope.get("extensions", {}).get(BODY_SEND)
+        streaming = asyncio.ensure_future(
+            self._stream(send if extension is None else extension["send"])
+        )
+        listening = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait((streaming, listening), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            streaming.cancel()
+            listening.cancel()
+            await asyncio.wait((streaming, listening))
+        if not streaming.cancelled():
+            streaming.result()  # a failure of the stream is the request's failure
+
+    async def _stream(self, send: Send) -> None:
+        body = self.events
+        try:
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await body.aclose()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    message: AsgiMessage = {}
+    while message.get("type") != "http.disconnect":
+        message = await receive()
 
 
 async def chat_stream(request: Request) -> Response:
@@ -466,7 +525,7 @@ async def chat_stream(request: Request) -> Response:
         chat_wire.sse_data,
         request.app.state.replies,
     )
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return SSEResponse(stream)
 
 
 async def resume_stream(request: Request) -> Response:
@@ -497,7 +556,7 @@ async def resume_stream(request: Request) -> Response:
         chat_wire.sse_resumable,
         request.app.state.replies,
     )
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return SSEResponse(stream)
 
 
 async def cancel_stream(request: Request) -> Response:

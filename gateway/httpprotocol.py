@@ -18,6 +18,10 @@ parser keeps six bound methods of it: a reference cycle (the protocol, its parse
 methods, its flow control and event, about 21 objects) that only the garbage collector frees.
 `GatewayHttpProtocol` drops the parser once the upgrade is done, so reference counting frees
 the rest at once, as uvicorn itself does when a plain HTTP connection ends.
+
+Each request's scope also carries uvicorn's own `send` of its response (the `BODY_SEND`
+extension): the chat SSE response writes its body chunks there, past the middleware's send
+wrappers, which pass body messages on unchanged (gateway.chat.SSEResponse).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from uvicorn._types import ASGI3Application
 from uvicorn.logging import TRACE_LOG_LEVEL
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.wsprotocol import GatewayWebSocketProtocol
 
@@ -46,6 +51,8 @@ _TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+( *, *[-!#$%&'*+.^_`|~0-9a-zA
 # compression on) an offered extension, which `websockets` negotiates.
 _BODY = frozenset((b"transfer-encoding", b"content-length"))
 _BODY_OR_EXTENSION = _BODY | {b"sec-websocket-extensions"}
+# The scope extension naming the server's own `send` of a request's response: `{"send": send}`.
+BODY_SEND = "gateway.body_send"
 
 
 def plain_upgrade(
@@ -99,6 +106,10 @@ def plain_upgrade(
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        cycle.scope.setdefault("extensions", {})[BODY_SEND] = {"send": cycle.send}
+        super()._start_asgi_task(cycle, app)
+
     def handle_websocket_upgrade(self) -> None:
         protocol_class = self.ws_protocol_class
         # uvicorn's path (its TRACE line among what it keeps) under another WebSocket protocol,

@@ -14,6 +14,11 @@ appends an entry to it (at most one per blocked read). A reader that falls behin
 `PENDING_READS` reads buffered; past that its key leaves the shared read until it catches up, so
 a slow client never makes the lane buffer its whole answer.
 
+The lane sends its `XREAD` packed by itself (`_Lane._xread`): redis-py packs every argument of
+every command anew, about 440 µs for a read of 200 streams (the lane's own CPU per read, paid
+before the read goes out), where each subscription here keeps its key and last id packed and a
+read joins them.
+
 Redis Cluster: the keys of one `XREAD` must share a hash slot, and reply streams spread over all
 of them, so on a cluster the gateway does not build this reader and each chat reader keeps its
 own `XREAD` (`gateway.chat.read_batches`).
@@ -55,13 +60,23 @@ class Subscription:
     """One reader's view of one reply stream, from entry id `after` on. Not shared: one task
     calls `next` at a time. Obtained from `ReplyReader.subscribe`, which removes it on exit."""
 
-    __slots__ = ("_batches", "_lane", "_waiter", "key", "last", "paused")
+    __slots__ = (
+        "_batches", "_deadline", "_fires", "_lane", "_timer", "_waiter",
+        "key", "last", "packed", "packed_key", "paused",
+    )  # fmt: skip
 
     def __init__(self, lane: _Lane, key: bytes, after: str) -> None:
         self.key, self.last, self.paused = key, after.encode(), False
+        # `key` and `last` as the lane's XREAD sends them
+        self.packed_key, self.packed = _bulk(key), _bulk(self.last)
         self._lane = lane
         self._batches: collections.deque[Entries] = collections.deque()
         self._waiter: asyncio.Future[Entries] | None = None
+        # One timer, left armed between waits (a reader waits once per read it is given, and a
+        # timer made and cancelled per wait cost more than the rest of the wait): it fires by
+        # the loop's clock at `_fires`, then ends the wait or re-arms for the newer `_deadline`.
+        self._deadline = self._fires = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def next(self, timeout: float) -> Entries:
         """The entries one shared read found for this stream, in stream order; `[]` once
@@ -78,23 +93,47 @@ class Subscription:
         if self._lane.error is not None:
             raise self._lane.error
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline = time.monotonic() + timeout
         entries: Entries = []
         # uvloop's timers count whole milliseconds of its cached clock and may fire a little
         # before `timeout` has passed by time.monotonic(), by which callers measure silence.
         while not entries and (left := deadline - time.monotonic()) > 0:
             waiter: asyncio.Future[Entries] = loop.create_future()
-            timer = loop.call_later(left, _expire, waiter)
+            if self._timer is None or self._fires > loop.time() + left:
+                self._arm(loop, left)
             self._waiter = waiter
             try:
                 entries = await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         return entries
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._fires = loop.time() + delay
+        self._timer = loop.call_at(self._fires, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait runs: the next one arms a timer again
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._arm(asyncio.get_running_loop(), left)
+        else:
+            waiter.set_result([])
+
+    def close(self) -> None:
+        """Drop the timer (the subscription has ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def deliver(self, entries: Entries) -> None:
         self.last = entries[-1][0]
+        self.packed = _bulk(self.last)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(entries)
@@ -108,17 +147,42 @@ class Subscription:
             waiter.set_exception(error)
 
 
-def _expire(waiter: asyncio.Future[Entries]) -> None:
-    if not waiter.done():
-        waiter.set_result([])
+def _bulk(value: bytes) -> bytes:
+    """`value` as a RESP bulk string (one argument of a command)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+# XREAD COUNT <READ_COUNT> BLOCK <BLOCK_MS> STREAMS, after the argument count.
+_XREAD_HEAD = b"".join(
+    _bulk(arg) for arg in (b"XREAD", b"COUNT", b"%d" % READ_COUNT, b"BLOCK", b"%d" % BLOCK_MS)
+) + _bulk(b"STREAMS")
+_XREAD_ARGS = 6  # the arguments in _XREAD_HEAD
+
+
+def xread_command(keys: list[bytes], ids: list[bytes]) -> bytes:
+    """The `XREAD` of the lane (`COUNT`, `BLOCK`) over streams `keys` after `ids`, both already
+    RESP bulk strings (`_bulk`), as one RESP command."""
+    count = b"*%d\r\n" % (_XREAD_ARGS + len(keys) + len(ids))
+    return b"".join((count, _XREAD_HEAD, *keys, *ids))
+
+
+def _entries(raw: list[Any]) -> Entries:
+    """A stream's entries as the RESP2 reply holds them (`[id, [field, value, ...]]` each) in the
+    shape redis-py's `xread` returns (`(id, {field: value})`)."""
+    found: Entries = []
+    for entry_id, flat in raw:
+        pairs = iter(flat or ())
+        found.append((entry_id, dict(zip(pairs, pairs, strict=True))))
+    return found
 
 
 class _Lane:
     """One task, one blocking `XREAD` at a time over its subscriptions' streams and its wake-up
     stream. Idle (no Redis traffic) while it has no subscription."""
 
-    def __init__(self, client: RedisClient, wake_key: str) -> None:
+    def __init__(self, client: redis.Redis, wake_key: str) -> None:
         self.client, self.wake_key = client, wake_key.encode()
+        self._packed_wake_key = _bulk(self.wake_key)
         self.subscriptions: dict[bytes, Subscription] = {}
         self.error: Exception | None = None  # the last read's failure, until a read succeeds
         self._wake_last = b"0-0"
@@ -155,13 +219,15 @@ class _Lane:
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            streams: dict[Any, Any] = {self.wake_key: self._wake_last}
-            for key, subscription in self.subscriptions.items():
+            reading = [self._packed_wake_key]
+            ids = [_bulk(self._wake_last)]
+            for subscription in self.subscriptions.values():
                 if not subscription.paused:
-                    streams[key] = subscription.last
+                    reading.append(subscription.packed_key)
+                    ids.append(subscription.packed)
             self._reading, self._woken = True, False
             try:
-                read: Any = await self.client.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                read = await self._xread(xread_command(reading, ids))
             except (redis.RedisError, OSError) as exc:
                 if self._stopped:
                     return
@@ -174,13 +240,30 @@ class _Lane:
                 self._reading = False
             self.error = None
             backoff.reset()
-            for key, entries in read or ():
+            # RESP3 (a `protocol=3` Redis URL) answers with a map of the same entries.
+            for key, raw in read.items() if isinstance(read, dict) else read or ():
                 if key == self.wake_key:
-                    self._wake_last = entries[-1][0]
+                    self._wake_last = raw[-1][0]
                     continue
                 found = self.subscriptions.get(key)
-                if found is not None and entries:
-                    found.deliver(entries)
+                if found is not None and raw:
+                    found.deliver(_entries(raw))
+
+    async def _xread(self, command: bytes) -> Any:
+        """Send a packed `XREAD` on a connection of the client's pool and return its raw reply
+        (None: nothing within the block). A connection that fails or is interrupted
+        mid-command is dropped, as redis-py drops it."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(command)
+            reply = await connection.read_response()
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        return reply
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -215,6 +298,8 @@ class ReplyReader:
     streams read at once at the peak, plus one per extra reader of a stream already read)."""
 
     def __init__(self, client: RedisClient) -> None:
+        if not isinstance(client, redis.Redis):
+            raise TypeError("the shared reply reader reads one Redis, not a cluster")
         self.client = client
         self._id = uuid4().hex
         self._lanes: list[_Lane] = []
@@ -233,6 +318,7 @@ class ReplyReader:
             yield subscription
         finally:
             del lane.subscriptions[raw]
+            subscription.close()
 
     def readers(self) -> int:
         """How many subscriptions are open (for tests and metrics)."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as redis
+from redis.asyncio.connection import Connection
 from redis.typing import EncodableT, FieldT
 
 from gateway import chat, replies
@@ -208,7 +209,7 @@ async def test_an_expired_answer_ends_each_shared_reader(
         )
         assert b'"type":"end"' in await anext(other)
     finally:
-        await cast(AsyncGenerator[bytes, None], other).aclose()
+        await other.aclose()
         await reader.stop()
     assert b"ANSWER_EXPIRED" in rest[-1]
     assert reader.readers() == 0
@@ -271,12 +272,46 @@ async def test_a_lane_that_fails_unexpectedly_is_replaced(
 
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(client, "xread", broken)
+            patched.setattr(replies._Lane, "_xread", broken)
             with reader.subscribe(key, "0-0") as subscription, pytest.raises(redis.ConnectionError):
                 await subscription.next(3600.0)
         await writer.xadd(key, _event(chat_wire.Token(content="again")))
         with reader.subscribe(key, "0-0") as resumed:
             assert await _contents(resumed, 1) == ["again"]
         assert len(reader._lanes) == 1
+    finally:
+        await reader.stop()
+
+
+def test_the_lanes_xread_is_the_command_redis_py_sends() -> None:
+    """The lane's own packing gives the bytes redis-py's `xread` would send for the same read."""
+    streams = [
+        b"gw:replies:wake:x:0",
+        *(keys.chat_reply_stream(uuid.uuid4()).encode() for _ in range(3)),
+    ]
+    ids = [b"0-0", b"1-0", b"1765080000000-12", b"18446744073709551615-0"]
+    packed = replies.xread_command(
+        [replies._bulk(k) for k in streams], [replies._bulk(i) for i in ids]
+    )
+    args = ("XREAD", "COUNT", replies.READ_COUNT, "BLOCK", replies.BLOCK_MS, "STREAMS")
+    assert packed == b"".join(Connection().pack_command(*args, *streams, *ids))
+
+
+async def test_a_wait_ends_on_its_own_timeout_after_a_longer_one(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A subscription keeps its timer from one wait to the next; a wait with a shorter timeout
+    than the timer left armed still ends with nothing once its own timeout has passed (the
+    guard only turns a hang into a failure)."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    try:
+        with reader.subscribe(key, "0-0") as subscription:
+            waiting = asyncio.ensure_future(subscription.next(3600.0))
+            await _until_blocked(writer)
+            await writer.xadd(key, _event(chat_wire.Token(content="a")))
+            assert len(await waiting) == 1
+            assert await asyncio.wait_for(subscription.next(0.05), 60.0) == []
     finally:
         await reader.stop()

@@ -191,12 +191,14 @@ class ResumingClient:
 @dataclass
 class Producer:
     """Creates notifications one after another, each retried with its own idempotency key until
-    answered (the documented producer contract), and records the committed seqs."""
+    answered (the documented producer contract), and records the committed seqs. It stops only
+    between creates: cancelling it inside one could leave a committed notification unrecorded."""
 
     url: str
     user: uuid.UUID
     created: list[int] = field(default_factory=list)
     statuses: set[int] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def create(self, http: httpx.AsyncClient, index: int) -> None:
         key = f"devstack-test-{self.user}-{index}"
@@ -221,7 +223,7 @@ class Producer:
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=10) as http:
             index = 0
-            while True:
+            while not self.stopping.is_set():
                 await self.create(http, index)
                 index += 1
                 await asyncio.sleep(0.05)
@@ -285,7 +287,7 @@ async def test_each_killed_process_comes_back_and_clients_lose_nothing(stack: St
             )
             assert f"{victim} exited with status -9; restarting" in stack.log()
     finally:
-        tasks[1].cancel()
+        producer.stopping.set()
         await asyncio.gather(tasks[1], return_exceptions=True)
     try:
         final = producer.created[-1]

@@ -39,7 +39,7 @@ from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
 from gateway.httpprotocol import BODY_SEND
-from gateway.replies import Entries, ReplyReader
+from gateway.replies import Entries, ReplyReader, Sink
 from gateway.state import GatewayState
 from gateway.upstream import Upstream, UpstreamError
 from shared import chat_queue, chat_wire, keys, session_lock
@@ -285,6 +285,7 @@ async def read_batches(
     keepalive: float,
     outage: float | None = None,
     replies: ReplyReader | None = None,
+    sink: Sink | None = None,
 ) -> AsyncGenerator[list[tuple[str, bytes]] | None]:
     """The answer's events after entry id `after`, in order, until its last event, in the
     batches one blocking read returns them (`(event_id, event_json)` each); `None` after each
@@ -298,14 +299,18 @@ async def read_batches(
     With `replies` (the gateway's shared reader, gateway.replies) the stream is read by one
     `XREAD` together with the other answers' streams; without it (Redis Cluster, where a reader's
     key alone decides its hash slot) by one blocking `XREAD` of its own. Leaving the iteration
-    (the client went away) removes the reader from the shared read at once."""
+    (the client went away) removes the reader from the shared read at once. A `sink` takes what
+    it can of the shared reads straight to the client (gateway.replies.Subscription): those
+    entries are not yielded here, and the time they came is not silence."""
     key = keys.chat_reply_stream(message_id)
     block = min(READ_BLOCK, keepalive)
     last, quiet_since = after, time.monotonic()
     backoff = Backoff(maximum=2.0)
     outage = READ_OUTAGE if outage is None else outage
     down_since: float | None = None
-    shared = replies.subscribe(key, after) if replies is not None else contextlib.nullcontext()
+    shared = (
+        replies.subscribe(key, after, sink) if replies is not None else contextlib.nullcontext()
+    )
     with shared as subscription:
         while True:
             try:
@@ -315,7 +320,12 @@ async def read_batches(
                     )
                     entries: Entries = found[0][1] if found else []
                 else:
-                    entries = await subscription.next(block)
+                    # Entries the sink took count as activity: the wait ends when the silence
+                    # since the later of those and the last yield reaches `keepalive`.
+                    quiet_since = max(quiet_since, subscription.sunk_at)
+                    quiet = time.monotonic() - quiet_since
+                    entries = await subscription.next(min(block, max(0.0, keepalive - quiet)))
+                    quiet_since = max(quiet_since, subscription.sunk_at)
                 gone = not entries and time.monotonic() - quiet_since >= keepalive
                 if gone and await client.exists(key):
                     gone = False
@@ -420,10 +430,14 @@ async def _sse(
     keepalive: float,
     frame: Callable[[bytes, str], bytes],
     replies: ReplyReader | None = None,
+    writer: ChunkWriter | None = None,
 ) -> AsyncGenerator[bytes]:
-    """The SSE body: the events of one read go out as one chunk (one socket write)."""
+    """The SSE body: the events of one read go out as one chunk (one socket write). With a
+    `writer`, the shared reader writes the chunks of an answer's middle itself while the socket
+    takes them (`_sink`); the answer's last event always comes through here."""
     finished = False
-    batches = read_batches(client, message_id, after, keepalive, replies=replies)
+    sink = None if writer is None else _sink(writer, frame)
+    batches = read_batches(client, message_id, after, keepalive, replies=replies, sink=sink)
     try:
         async for batch in batches:
             if batch is None:
@@ -444,6 +458,41 @@ async def _sse(
         yield b"data: " + chat_wire.encode(lost) + b"\n\n"
 
 
+def _sink(writer: ChunkWriter, frame: Callable[[bytes, str], bytes]) -> Sink:
+    """What the shared reader calls with a read's entries for one SSE answer: their events
+    written as one chunk by `writer`, unless one ends the answer (the body then finishes the
+    response) or the writer cannot write now."""
+
+    def sink(entries: Entries) -> bool:
+        frames: list[bytes] = []
+        for entry_id, fields in entries:
+            event = fields.get(chat_wire.EVENT_FIELD)
+            if event is None:
+                continue
+            if chat_wire.is_terminal(event):
+                return False
+            frames.append(frame(event, entry_id.decode()))
+        return not frames or writer.write(b"".join(frames))
+
+    return sink
+
+
+def _refuse(chunk: bytes) -> bool:
+    return False
+
+
+class ChunkWriter:
+    """A response's synchronous chunk writer, once `SSEResponse` has one from the server
+    (`write_chunk` of gateway.httpprotocol): `write(chunk)` is True if the chunk went out, False
+    if it must be sent the usual way (also before the response has started, and on a server
+    without one)."""
+
+    __slots__ = ("write",)
+
+    def __init__(self) -> None:
+        self.write: Callable[[bytes], bool] = _refuse
+
+
 class SSEResponse(Response):
     """A `text/event-stream` response of chunks from `body`, each written as it comes (chunked
     transfer encoding), until `body` ends or the client goes away (then `body` is closed).
@@ -454,10 +503,11 @@ class SSEResponse(Response):
     per chunk, none of which changes a body message. The response start still goes through
     them (CORS adds its headers there). That `send` waits while the client's socket is full, so
     a slow client slows its reader (which then leaves the shared read, gateway.replies) instead
-    of the gateway buffering its answer."""
+    of the gateway buffering its answer. With a `writer`, the body can also write chunks itself
+    between its own (`ChunkWriter`), once the start is out, when the server offers that."""
 
-    def __init__(self, body: AsyncGenerator[bytes]) -> None:
-        self.events = body
+    def __init__(self, body: AsyncGenerator[bytes], writer: ChunkWriter | None = None) -> None:
+        self.events, self.writer = body, writer
         self.status_code = 200
         self.background = None
         self.raw_headers = list(SSE_HEADERS)
@@ -465,6 +515,8 @@ class SSEResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         extension = scope.get("extensions", {}).get(BODY_SEND)
+        if extension is not None and self.writer is not None:
+            self.writer.write = extension["write"]
         streaming = asyncio.ensure_future(
             self._stream(send if extension is None else extension["send"])
         )
@@ -517,6 +569,7 @@ async def chat_stream(request: Request) -> Response:
         request.app.state.chat_quotas,
         new_session=body.session_id is None,
     )
+    writer = ChunkWriter()
     stream = _sse(
         client,
         message_id,
@@ -524,8 +577,9 @@ async def chat_stream(request: Request) -> Response:
         settings.sse_keepalive_interval,
         chat_wire.sse_data,
         request.app.state.replies,
+        writer,
     )
-    return SSEResponse(stream)
+    return SSEResponse(stream, writer)
 
 
 async def resume_stream(request: Request) -> Response:
@@ -548,6 +602,7 @@ async def resume_stream(request: Request) -> Response:
         and chat_wire.is_terminal(last[0][1].get(chat_wire.EVENT_FIELD, b""))
     ):
         return Response(status_code=204)  # nothing left: EventSource stops reconnecting
+    writer = ChunkWriter()
     stream = _sse(
         client,
         message_id,
@@ -555,8 +610,9 @@ async def resume_stream(request: Request) -> Response:
         settings.sse_keepalive_interval,
         chat_wire.sse_resumable,
         request.app.state.replies,
+        writer,
     )
-    return SSEResponse(stream)
+    return SSEResponse(stream, writer)
 
 
 async def cancel_stream(request: Request) -> Response:

@@ -21,13 +21,17 @@ the rest at once, as uvicorn itself does when a plain HTTP connection ends.
 
 Each request's scope also carries uvicorn's own `send` of its response (the `BODY_SEND`
 extension): the chat SSE response writes its body chunks there, past the middleware's send
-wrappers, which pass body messages on unchanged (gateway.chat.SSEResponse).
+wrappers, which pass body messages on unchanged (gateway.chat.SSEResponse). Beside it, `write`
+(`write_chunk`) writes a chunk synchronously when `send` would write it at once, so the shared
+reply reader can hand a chat answer's tokens to the client's socket without waking the
+request's task (gateway.replies).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -51,7 +55,8 @@ _TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+( *, *[-!#$%&'*+.^_`|~0-9a-zA
 # compression on) an offered extension, which `websockets` negotiates.
 _BODY = frozenset((b"transfer-encoding", b"content-length"))
 _BODY_OR_EXTENSION = _BODY | {b"sec-websocket-extensions"}
-# The scope extension naming the server's own `send` of a request's response: `{"send": send}`.
+# The scope extension naming the server's own `send` of a request's response and its
+# synchronous chunk writer: `{"send": send, "write": write}` (`write_chunk`).
 BODY_SEND = "gateway.body_send"
 
 
@@ -105,9 +110,31 @@ def plain_upgrade(
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
+def write_chunk(cycle: RequestResponseCycle, body: bytes) -> bool:
+    """Write `body` as the next chunk of `cycle`'s response now, as its `send` would, and say
+    so; or write nothing and return False where `send` would wait or refuse: the response has
+    not started chunked (or is a HEAD's, or is complete), the client is gone, or its socket is
+    backed up (uvicorn's flow control). An empty `body` writes nothing (an empty chunk would end
+    the response)."""
+    if (
+        cycle.chunked_encoding is not True
+        or cycle.response_complete
+        or cycle.disconnected
+        or cycle.flow.write_paused
+        or cycle.transport.is_closing()
+    ):
+        return False
+    if body:
+        cycle.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+    return True
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        cycle.scope.setdefault("extensions", {})[BODY_SEND] = {"send": cycle.send}
+        cycle.scope.setdefault("extensions", {})[BODY_SEND] = {
+            "send": cycle.send,
+            "write": functools.partial(write_chunk, cycle),
+        }
         super()._start_asgi_task(cycle, app)
 
     def handle_websocket_upgrade(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ import redis.asyncio as redis
 from redis.typing import EncodableT, FieldT
 
 from gateway import chat
-from gateway.replies import ReplyReader
+from gateway.replies import Entries, ReplyReader
 from shared import chat_wire, keys
 from shared.infra import EmbeddedRedis
 
@@ -113,3 +114,42 @@ async def test_sse_ends_with_answer_interrupted(
     assert last["type"] == "error"
     assert last["error"]["code"] == "ANSWER_INTERRUPTED"
     assert "event_id" not in last
+
+
+async def test_entries_a_sink_takes_are_not_silence(private_redis: EmbeddedRedis) -> None:
+    """With a sink taking the answer's tokens straight to the client, the reader yields none of
+    them, and its keepalive measures silence from the last token the sink took: while tokens
+    come more often than `keepalive`, no keepalive goes out."""
+    keepalive = 0.5
+    client = redis.Redis.from_url(private_redis.url)
+    replies = ReplyReader(client)
+    message_id = str(uuid.uuid4())
+    key = keys.chat_reply_stream(message_id)
+    taken: list[float] = []
+
+    def sink(entries: Entries) -> bool:
+        taken.extend(time.monotonic() for _ in entries)
+        return True
+
+    async def produce() -> None:
+        for i in range(8):
+            await client.xadd(key, _event(chat_wire.Token(content=str(i))))
+            await asyncio.sleep(keepalive / 5)
+
+    batches = chat.read_batches(client, message_id, "0-0", keepalive, replies=replies, sink=sink)
+    producing = asyncio.create_task(produce())
+    try:
+        started = time.monotonic()
+        first = await anext(batches)
+        yielded = time.monotonic()
+        await producing
+    finally:
+        producing.cancel()
+        await batches.aclose()
+        await replies.stop()
+        await client.aclose()
+    assert first is None  # a keepalive: the tokens went to the sink
+    before = [at for at in taken if at <= yielded]
+    assert before, "the sink took nothing before the keepalive"
+    assert yielded - max(before) >= keepalive
+    assert yielded - started >= keepalive

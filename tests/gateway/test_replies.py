@@ -315,3 +315,118 @@ async def test_a_wait_ends_on_its_own_timeout_after_a_longer_one(
             assert await asyncio.wait_for(subscription.next(0.05), 60.0) == []
     finally:
         await reader.stop()
+
+
+class Sink:
+    """A subscription's sink recording what it took; it takes entries while `taking`, and
+    raises on an entry whose content is `boom`."""
+
+    def __init__(self) -> None:
+        self.taking, self.took = True, list[str]()
+
+    def __call__(self, entries: replies.Entries) -> bool:
+        contents = [
+            cast(chat_wire.Token, chat_wire.decode_event(fields[chat_wire.EVENT_FIELD])).content
+            for _, fields in entries
+        ]
+        if "boom" in contents:
+            raise ValueError("boom")
+        if self.taking:
+            self.took += contents
+        return self.taking
+
+
+async def test_a_sink_takes_reads_while_its_reader_waits(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """While the reader waits, what the lane reads goes to the sink and the reader is not woken
+    (`sunk_at` moves instead); a sink that declines, or raises, leaves the entries to the
+    reader, and the lane goes on reading."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    sink = Sink()
+    try:
+        with reader.subscribe(key, "0-0", sink) as subscription:
+            waiting = asyncio.create_task(subscription.next(3600.0))
+            await _until_blocked(writer)
+            for content in ("a", "b"):
+                await writer.xadd(key, _event(chat_wire.Token(content=content)))
+                await _until_blocked(writer)
+            assert sink.took == ["a", "b"]
+            assert subscription.sunk_at > 0
+            assert not waiting.done()
+            sink.taking = False
+            await writer.xadd(key, _event(chat_wire.Token(content="c")))
+            assert [f[chat_wire.EVENT_FIELD] for _, f in await waiting] == [
+                chat_wire.encode(chat_wire.Token(content="c"))
+            ]
+            sink.taking = True
+            waiting = asyncio.create_task(subscription.next(3600.0))
+            await _until_blocked(writer)
+            await writer.xadd(key, _event(chat_wire.Token(content="boom")))
+            assert len(await waiting) == 1
+            waiting = asyncio.create_task(subscription.next(3600.0))
+            await _until_blocked(writer)
+            await writer.xadd(key, _event(chat_wire.Token(content="d")))
+            await _until_blocked(writer)
+            assert sink.took == ["a", "b", "d"]
+            waiting.cancel()
+    finally:
+        await reader.stop()
+
+
+async def test_a_reader_not_waiting_gets_its_reads_in_order_past_the_sink(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """Entries read while the reader is busy (not waiting in `next`) are queued for it, not
+    given to the sink, so nothing the sink writes can overtake what the reader still has to
+    write; once it waits again, the sink takes the next read."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    key = keys.chat_reply_stream(uuid.uuid4())
+    sink = Sink()
+    try:
+        with reader.subscribe(key, "0-0", sink) as subscription:
+            await _until_blocked(writer)
+            for content in ("a", "b"):
+                await writer.xadd(key, _event(chat_wire.Token(content=content)))
+                await _until_blocked(writer)
+            assert sink.took == []
+            assert await _contents(subscription, 2) == ["a", "b"]
+            waiting = asyncio.create_task(subscription.next(3600.0))
+            await _until_blocked(writer)
+            await writer.xadd(key, _event(chat_wire.Token(content="c")))
+            await _until_blocked(writer)
+            assert sink.took == ["c"]
+            waiting.cancel()
+    finally:
+        await reader.stop()
+
+
+async def test_past_sink_streams_a_read_wakes_its_readers(
+    clients: tuple[redis.Redis, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read's sinks write in one step of the loop, so only its first `SINK_STREAMS`
+    streams go to their sinks; the others' readers are woken with their entries."""
+    monkeypatch.setattr(replies, "SINK_STREAMS", 1)
+    client, writer = clients
+    reader = ReplyReader(client)
+    first, second = (keys.chat_reply_stream(uuid.uuid4()) for _ in range(2))
+    sinks = Sink(), Sink()
+    try:
+        # Both streams hold an entry before the lane's first read, so that read returns both
+        # (Redis 7.0 answers a blocked XREAD with the one stream that woke it).
+        await writer.xadd(first, _event(chat_wire.Token(content="one")))
+        await writer.xadd(second, _event(chat_wire.Token(content="two")))
+        with (
+            reader.subscribe(first, "0-0", sinks[0]) as one,
+            reader.subscribe(second, "0-0", sinks[1]) as two,
+        ):
+            waiting = [asyncio.create_task(s.next(3600.0)) for s in (one, two)]
+            assert len(await waiting[1]) == 1
+            assert [sink.took for sink in sinks] == [["one"], []]
+            assert not waiting[0].done()
+            waiting[0].cancel()
+    finally:
+        await reader.stop()

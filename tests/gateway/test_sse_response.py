@@ -1,7 +1,8 @@
 """`gateway.chat.SSEResponse` on a real uvicorn: the SSE headers (and the middleware's, added to
 the response start), chunks as they come, body chunks written past the middleware's `send`
-wrappers on the gateway's HTTP protocol (through them on uvicorn's own), and a client that goes
-away closing the body."""
+wrappers on the gateway's HTTP protocol (through them on uvicorn's own), a client that goes
+away closing the body, and the body's own chunk writer (`ChunkWriter`): in order with what the
+body yields, and refusing once the client's socket is backed up or the client is gone."""
 
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.chat import SSEResponse
+from gateway.chat import ChunkWriter, SSEResponse
 from gateway.httpprotocol import GatewayHttpProtocol
 
 
 class Body:
     """The response's body: one chunk, then a second once `release` is set (or never, with
-    `forever`); `closed` is set when the response closes it."""
+    `forever`); `closed` is set when the response closes it. `writer` is its response's."""
 
     def __init__(self, forever: bool = False) -> None:
         self.forever = forever
         self.release, self.closed = asyncio.Event(), asyncio.Event()
+        self.writer = ChunkWriter()
 
     async def chunks(self) -> AsyncGenerator[bytes]:
         try:
@@ -65,7 +67,7 @@ COUNTERS: list[CountBodies] = []
 @contextlib.asynccontextmanager
 async def _serve(body: Body, protocol: type[HttpToolsProtocol]) -> AsyncIterator[str]:
     async def endpoint(request: Request) -> Response:
-        return SSEResponse(body.chunks())
+        return SSEResponse(body.chunks(), body.writer)
 
     app = Starlette(
         routes=[Route("/sse", endpoint)],
@@ -121,3 +123,81 @@ async def test_a_client_that_goes_away_closes_the_body() -> None:
             assert await anext(response.aiter_raw()) == b"data: 1\n\n"
         await body.closed.wait()
         assert body.closed.is_set()
+
+
+class WritingBody(Body):
+    """One chunk; once released, one written by the response's writer (yielded instead if the
+    writer declines), then a last chunk."""
+
+    wrote: bool | None = None
+
+    async def chunks(self) -> AsyncGenerator[bytes]:
+        try:
+            yield b"data: 1\n\n"
+            await self.release.wait()
+            self.wrote = self.writer.write(b"data: w\n\n")
+            if not self.wrote:
+                yield b"data: w\n\n"
+            yield b"data: 2\n\n"
+        finally:
+            self.closed.set()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "writes"), [(GatewayHttpProtocol, True), (HttpToolsProtocol, False)]
+)
+async def test_the_body_writes_chunks_itself_in_order(
+    protocol: type[HttpToolsProtocol], writes: bool
+) -> None:
+    """On the gateway's protocol the writer puts a chunk on the wire at once, between the body's
+    own chunks; on uvicorn's it declines (no writer offered) and the body sends it instead."""
+    body = WritingBody()
+    assert not body.writer.write(b"data: 0\n\n")  # nothing is written before the response starts
+    async with _serve(body, protocol) as url, httpx.AsyncClient() as client:
+        async with client.stream("GET", url) as response:
+            chunks = response.aiter_raw()
+            assert await anext(chunks) == b"data: 1\n\n"
+            body.release.set()
+            assert b"".join([chunk async for chunk in chunks]) == b"data: w\n\ndata: 2\n\n"
+        assert body.wrote is writes
+
+
+class FloodingBody(Body):
+    """Writes 64 KiB chunks through the writer until it declines (the client does not read),
+    then yields a last chunk; `written` counts the chunks the writer took."""
+
+    CHUNK = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
+    written = 0
+
+    async def chunks(self) -> AsyncGenerator[bytes]:
+        try:
+            yield b"data: 1\n\n"
+            while self.writer.write(self.CHUNK):
+                self.written += 1
+                assert self.written < 10_000, "the writer never declined"
+                await asyncio.sleep(0)
+            self.release.set()
+            yield b"data: last\n\n"
+            await asyncio.Event().wait()
+        finally:
+            self.closed.set()
+
+
+async def test_the_writer_declines_while_the_client_is_backed_up_and_once_it_is_gone() -> None:
+    """A client that does not read makes the writer decline (its socket and uvicorn's buffer
+    full) instead of buffering without bound; what it took and the body's next chunk then reach
+    the client whole and in order. After the client has gone it declines too."""
+    body = FloodingBody()
+    async with _serve(body, GatewayHttpProtocol) as url, httpx.AsyncClient() as client:
+        async with client.stream("GET", url) as response:
+            chunks = response.aiter_raw()
+            assert await anext(chunks) == b"data: 1\n\n"
+            await body.release.wait()
+            assert body.written > 0
+            expected = body.CHUNK * body.written + b"data: last\n\n"
+            received = bytearray()
+            while len(received) < len(expected):
+                received += await anext(chunks)
+            assert received == expected
+        await body.closed.wait()
+    assert not body.writer.write(b"data: after\n\n")

@@ -25,15 +25,18 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         started = database_and_redis(settings, redis_max_connections=redis_pool_size(settings))
-        async with started as (pool, redis):
+        async with started as resources:
+            pool, redis = resources.pool, resources.redis
             app.state.settings, app.state.pool, app.state.redis = settings, pool, redis
             app.state.verifier = TokenVerifier(settings)
             app.state.new_sessions = HourlyCount(redis, settings.chat_max_new_sessions_per_hour)
-            try:
-                async with WorkerPool(settings, pool, redis):
-                    yield
-            finally:
-                await app.state.verifier.aclose()
+            workers = WorkerPool(settings, pool, redis)
+            await workers.start()
+            resources.stopping += [
+                ("chat workers", workers.stop),
+                ("token verifier", app.state.verifier.aclose),
+            ]
+            yield
 
     routes = [*health_routes(readiness_checks), metrics_route(), *api.routes]
     # PostgreSQL unavailable: 503, never a 500 (shared.db owns the classification).

@@ -435,6 +435,19 @@ class WorkerPool:
         return SessionLock(request.session_id, request.message_id, self.lock_ms)
 
     async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the workers and the poller (after a first heartbeat)."""
         workers = [Worker(self, index) for index in range(self.settings.agent_workers)]
         self._consumers = [worker.consumer for worker in workers]
         try:
@@ -459,7 +472,6 @@ class WorkerPool:
             "chat workers started",
             extra={"workers": self.settings.agent_workers, "model": self.model.name},
         )
-        return self
 
     async def _prune_consumers(self) -> None:
         """Every few minutes, forget consumers of stopped processes: no pending request (a
@@ -480,12 +492,9 @@ class WorkerPool:
                 raise_if_cancelling(exc)
                 log.warning("consumer pruning failed", extra={"error": repr(exc)})
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
+        """Stop the tasks (an answer in flight stays pending for another worker) and close the
+        clients."""
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -514,13 +523,15 @@ async def _main(settings: Settings) -> None:
     from shared.resources import database_and_redis
 
     started = database_and_redis(settings, redis_max_connections=redis_pool_size(settings))
-    async with started as (pool, client):
+    async with started as resources:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with WorkerPool(settings, pool, client):
-            await stop.wait()
+        workers = WorkerPool(settings, resources.pool, resources.redis)
+        await workers.start()
+        resources.stopping.append(("chat workers", workers.stop))
+        await stop.wait()
 
 
 def main() -> None:

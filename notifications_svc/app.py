@@ -27,7 +27,8 @@ from shared.settings import Settings
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with database_and_redis(settings) as (pool, redis):
+        async with database_and_redis(settings) as resources:
+            pool, redis = resources.pool, resources.redis
             # One immediate retry (a pooled connection gone stale across a Redis restart), no
             # more: redis-py's default of ten would hold a user's publish lock through a long
             # outage, and the outbox relay and the ingest consumer already retry with their own
@@ -46,15 +47,19 @@ def create_app(settings: Settings) -> Starlette:
                 asyncio.create_task(ingest.run(), name="ingest"),
                 asyncio.create_task(sender.run(), name="push-sender"),
             ]
-            try:
-                yield
-            finally:
+
+            async def stop_tasks() -> None:
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                await app.state.verifier.aclose()
+
+            resources.stopping += [
+                ("outbox relay, ingest and push sender", stop_tasks),
+                ("token verifier", app.state.verifier.aclose),
+            ]
+            yield
 
     routes = [
         *health_routes(readiness_checks),

@@ -47,17 +47,14 @@ async def database_and_redis(
         lambda: migrate.apply_with_settings(settings), what="postgres", timeout=MIGRATION_TIMEOUT
     )
     pool = await db.create_pool(settings)
-    client = None
     resources = None
     try:
         client = redis_client.create_client(settings, max_connections=redis_max_connections)
-        await redis_client.initialize(client)
         resources = Resources(pool, client)
+        await redis_client.initialize(client)
         yield resources
     finally:
-        steps = [] if resources is None else list(resources.stopping)
-        if client is not None:
-            steps.append(("redis", client.aclose))
+        steps = [] if resources is None else [*resources.stopping, ("redis", client.aclose)]
         steps.append(("postgres pool", pool.close))
         await shutdown.bounded(steps, shutdown.SHUTDOWN_TIMEOUT)  # read now: tests shorten it
 

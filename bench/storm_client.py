@@ -92,8 +92,8 @@ class StormWorker(PipeWorker):
     async def shutdown(self) -> None:
         await self.cmd_close_all()
 
-    async def _open(self, client: Client, port: int, path: str) -> bool:
-        """One attempt: True once the greeting (the first frame) arrived."""
+    async def _open(self, client: Client, port: int, path: str) -> ClientConnection | None:
+        """One attempt: the connection once the greeting (the first frame) arrived, else None."""
         client.attempts += 1
         try:
             conn = await connect_from(
@@ -101,15 +101,15 @@ class StormWorker(PipeWorker):
             )
         except Exception as exc:
             self.errors[type(exc).__name__ + ": " + str(exc)[:60]] += 1
-            return False
+            return None
         waiters: list[asyncio.Future[Any]] = [conn.greeted, conn.closed]
         await asyncio.wait(waiters, timeout=GREETING_TIMEOUT, return_when="FIRST_COMPLETED")
         if conn.greeted.done():
             client.conn = conn
-            return True
+            return conn
         self.errors[f"closed {conn.close_code} before the greeting"] += 1
         conn.close()
-        return False
+        return None
 
     async def _hold(self, client: Client) -> None:
         """Keep the client connected: after a drop during the storm, reconnect through the
@@ -122,10 +122,13 @@ class StormWorker(PipeWorker):
                 return
             client.dropped_seq, client.conn = client.last_seq, None
             ceiling = 1.0
-            while not await self._open(client, port, f"{client.path}&last_seq={client.last_seq}"):
+            path = f"{client.path}&last_seq={client.last_seq}"
+            while (conn := await self._open(client, port, path)) is None:
                 await asyncio.sleep(0.5 + random.random() * (ceiling - 0.5))
                 ceiling = min(ceiling * 2, 20.0)
-            client.reconnected_ns = time.monotonic_ns()
+            # When the greeting was read, not when this task got its turn: with thousands of
+            # clients reconnecting in one process, the task's turn comes up to a second later.
+            client.reconnected_ns = conn.greeted_ns
 
     async def cmd_connect(
         self, clients: list[tuple[int, str]], port: int, concurrency: int
@@ -136,13 +139,13 @@ class StormWorker(PipeWorker):
         async def one(index: int, path: str) -> bool:
             client = self.clients[index] = Client(index, path)
             async with gate:
-                opened = await self._open(client, port, path)
+                opened = await self._open(client, port, path) is not None
             for delay in INITIAL_RETRIES:  # refused under load: retried, as a client would
                 if opened:
                     break
                 await asyncio.sleep(delay)
                 async with gate:
-                    opened = await self._open(client, port, path)
+                    opened = await self._open(client, port, path) is not None
             if opened:
                 task = asyncio.create_task(self._hold(client))
                 self.tasks.add(task)

@@ -131,9 +131,9 @@ Sink = Callable[["ClientConnection", int, bytes, int], None]
 
 class ClientConnection(asyncio.Protocol):
     """One WebSocket connection. `opened` resolves after the handshake (or fails with
-    `HandshakeError`/`ConnectionError`), `greeted` when the first data message arrives, `closed`
-    with the close code (1006 when the TCP connection dropped without a close frame).
-    `close()` is idempotent."""
+    `HandshakeError`/`ConnectionError`), `greeted` when the first data message arrives (read at
+    `greeted_ns`), `closed` with the close code (1006 when the TCP connection dropped without a
+    close frame). `close()` is idempotent."""
 
     __slots__ = (
         "_accept",
@@ -145,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
         "close_code",
         "closed",
         "greeted",
+        "greeted_ns",
         "index",
         "opened",
     )
@@ -160,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.index = index
         self.opened: asyncio.Future[None] = loop.create_future()
         self.greeted: asyncio.Future[None] = loop.create_future()  # first message arrived
+        self.greeted_ns = 0  # monotonic ns when the first message was read
         self.closed: asyncio.Future[int] = loop.create_future()
         self.close_code: int | None = None
 
@@ -188,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             else:
                 if not self.greeted.done():
+                    self.greeted_ns = now
                     self.greeted.set_result(None)
                 self._sink(self, opcode, payload, now)
 

@@ -10,7 +10,8 @@ gateway A is killed with SIGKILL and every client reconnects at once through ngi
 notification created.
 
 Reported, all from what the clients received and what the producer's creates answered:
-- time from the kill until the last client is connected again (greeted by B);
+- time from the kill until the last client is connected again (its process read B's greeting),
+  and how the reconnections spread over time (quantiles);
 - time from the kill until the last client holds every notification created before it was back
   (those it missed while away, replayed by B from `last_seq`);
 - lost (created, never received) and duplicates (a `seq` at or below one already received): 0;
@@ -46,6 +47,7 @@ from bench.progress import Progress
 from bench.scale import Scale
 from bench.scenarios.websocket import ws_path
 from bench.stack import Service, Stack
+from bench.stats import percentile
 from shared.http import internal_headers
 from shared.infra import free_port
 
@@ -57,6 +59,7 @@ CONNECT_RATE_TARGET = 2500.0
 BATCHES_PER_SECOND = 10
 RECONNECT_TIMEOUT = 120.0
 DELIVERY_TIMEOUT = 30.0
+RECONNECT_QUANTILES = (10, 50, 90, 99)
 
 
 @contextlib.contextmanager
@@ -320,6 +323,11 @@ def summarize(
         "rate": producer.rate,
         "all_connected_s": round((back[-1] - killed_ns) / 1e9, 3),
         "first_connected_s": round((back[0] - killed_ns) / 1e9, 3),
+        # How the reconnections spread: a tail of retried clients looks different from a rate.
+        "connected_quantiles_s": {
+            f"p{q}": round(percentile([t - killed_ns for t in back], q) / 1000, 3)
+            for q in RECONNECT_QUANTILES
+        },
         "all_caught_up_s": round((max(caught_up.values()) - killed_ns) / 1e9, 3),
         "missed": sum(
             1
@@ -384,6 +392,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"{result['all_caught_up_s']} s | {result['missed']:,} | {result['lost']} | "
         f"{result['duplicates']} | {result['attempts']:,} | {result['connects_per_s']} | "
         f"{result['survivor_cpu_ms_per_connect']} ms |",
+        "",
+        "Clients connected again, seconds after the kill: "
+        + ", ".join(f"{q} {s} s" for q, s in result["connected_quantiles_s"].items())
+        + ".",
         "",
         "CPU from the kill until every client was back (s): "
         + ", ".join(f"{name} {seconds}" for name, seconds in result.get("cpu_seconds", {}).items())

@@ -84,6 +84,7 @@ def test_summarize_counts_missed_lost_duplicates_and_catch_up() -> None:
     assert result["missed"] == 2  # client 0's seq 2, client 1's seq 1
     assert (result["lost"], result["duplicates"], result["attempts"]) == (1, 1, 1)
     assert (result["first_connected_s"], result["all_connected_s"]) == (2.0, 2.5)
+    assert result["connected_quantiles_s"] == {"p10": 2.0, "p50": 2.0, "p90": 2.5, "p99": 2.5}
     assert result["all_caught_up_s"] == 3.0  # client 0's replayed seq 2
     assert result["connects_per_s"] == 4.0  # two clients back within 0.5 s
     assert result["survivor_cpu_ms_per_connect"] == 250.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import re
 import struct
 
 import pytest
@@ -14,7 +16,9 @@ from bench.wsclient import (
     OP_CONT,
     OP_PING,
     OP_TEXT,
+    ClientConnection,
     FrameParser,
+    connect,
     encode_client_frame,
     expected_accept,
 )
@@ -96,3 +100,43 @@ def test_accept_matches_rfc_example() -> None:
     assert expected_accept(key) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
     assert expected_accept(key) == base64.b64encode(hashlib.sha1(key + guid).digest())
+
+
+async def test_greeting_time_is_when_the_first_message_was_read() -> None:
+    """`greeted_ns` is the read time of the first message (what the sink got with it), not the
+    later moment a task awaiting `greeted` runs; a second message does not move it."""
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"Sec-WebSocket-Key: (\S+)", request)
+        assert key is not None
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + expected_accept(key[1]) + b"\r\n\r\n"
+        )
+        writer.write(server_frame(OP_TEXT, b"hello"))
+        await writer.drain()
+        await reader.read(1)  # the client's first write after the greeting
+        writer.write(server_frame(OP_TEXT, b"again"))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    arrivals: list[tuple[bytes, int]] = []
+    both = asyncio.Event()
+
+    def sink(conn: ClientConnection, opcode: int, payload: bytes, now: int) -> None:
+        arrivals.append((payload, now))
+        if len(arrivals) == 2:
+            both.set()
+
+    listener = await asyncio.start_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        conn = await connect("127.0.0.1", port, "/", sink)
+        await conn.greeted
+        conn.send(OP_TEXT, b"x")
+        await asyncio.wait_for(both.wait(), 10)
+        conn.close()
+    assert [payload for payload, _ in arrivals] == [b"hello", b"again"]
+    assert conn.greeted_ns == arrivals[0][1] < arrivals[1][1]

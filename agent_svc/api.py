@@ -8,7 +8,7 @@ exactly like a missing one.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import asyncpg
@@ -43,6 +43,36 @@ class ClaimResult(msgspec.Struct):
     session_id: UUID
     user_id: UUID
     created: bool
+
+
+MAX_CLAIMS = 200  # per request: a gateway sends bigger batches as several requests
+CLAIMS_BODY_BYTES = 64 * 1024  # 200 claims are about 20 KB: not tied to HTTP_MAX_BODY_BYTES
+
+
+class ClaimsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    claims: Annotated[list[ClaimRequest], msgspec.Meta(min_length=1, max_length=MAX_CLAIMS)]
+
+
+class ClaimOutcome(msgspec.Struct):
+    session_id: UUID
+    user_id: UUID
+    status: Annotated[
+        Literal["created", "owned", "forbidden", "limited"],
+        msgspec.Meta(
+            description="`created`: the session is new and now the user's; `owned`: it already "
+            "was the user's; `forbidden`: another user owns it; `limited`: it is new and over "
+            "the user's hourly allowance (`CHAT_MAX_NEW_SESSIONS_PER_HOUR`), nothing claimed"
+        ),
+    ]
+    retry_after: Annotated[
+        float | None, msgspec.Meta(description="Seconds until a `limited` claim can succeed")
+    ] = None
+
+
+class ClaimOutcomes(msgspec.Struct):
+    """One outcome per claim, in the request's order."""
+
+    outcomes: list[ClaimOutcome]
 
 
 class Session(msgspec.Struct):
@@ -114,6 +144,39 @@ async def claim_session(request: Request) -> Response:
     if not owned:
         raise Forbidden("session belongs to another user", code="SESSION_FORBIDDEN")
     return json_response(ClaimResult(body.session_id, body.user_id, created))
+
+
+async def claim_sessions(request: Request) -> Response:
+    """`POST /internal/v1/sessions/claims`: `claim_session` for up to `MAX_CLAIMS` claims at once
+    (one query, one Redis round trip and one transaction for all), an outcome for each."""
+    settings = request.app.state.settings
+    require_internal(request, settings.internal_token)
+    claims = (await read_json(request, ClaimsRequest, CLAIMS_BODY_BYTES)).claims
+    pool = request.app.state.pool
+    owners = await sessions.owners_of(pool, {c.session_id for c in claims})
+    new = list(
+        dict.fromkeys((c.session_id, c.user_id) for c in claims if c.session_id not in owners)
+    )
+    waits = await request.app.state.new_sessions.count_sessions([user for _, user in new])
+    limited = {claim: wait for claim, wait in zip(new, waits, strict=True) if wait is not None}
+    allowed = [claim for claim in new if claim not in limited]
+    claimed = dict(zip(allowed, await sessions.claim_many(pool, allowed), strict=True))
+    outcomes = []
+    for c in claims:
+        key = (c.session_id, c.user_id)
+        outcome = ClaimOutcome(c.session_id, c.user_id, "forbidden")
+        if c.session_id in owners:
+            if owners[c.session_id] == c.user_id:
+                outcome.status = "owned"
+        elif key in limited:
+            outcome.status, outcome.retry_after = "limited", limited[key]
+        else:
+            owned, created = claimed[key]
+            claimed[key] = (owned, False)  # a repeat of this claim finds the session made
+            if owned:
+                outcome.status = "created" if created else "owned"
+        outcomes.append(outcome)
+    return json_response(ClaimOutcomes(outcomes))
 
 
 async def _caller(request: Request) -> UUID:
@@ -193,6 +256,7 @@ async def session_messages(request: Request) -> Response:
 
 routes = [
     Route("/internal/v1/sessions/claim", claim_session, methods=["POST"]),
+    Route("/internal/v1/sessions/claims", claim_sessions, methods=["POST"]),
     Route("/api/v1/sessions", create_session, methods=["POST"]),
     Route("/api/v1/sessions", list_sessions, methods=["GET"]),
     Route("/api/v1/sessions/{session_id}/messages", session_messages, methods=["GET"]),

@@ -6,11 +6,12 @@ any number of instances. Every query is scoped by the caller's user id.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from uuid import UUID, uuid4
 
 import asyncpg
 
-from shared.users import ensure_user
+from shared.users import ensure_user, ensure_users
 
 
 async def claim(pool: asyncpg.Pool, session_id: UUID, user_id: UUID) -> tuple[bool, bool]:
@@ -32,6 +33,52 @@ async def claim(pool: asyncpg.Pool, session_id: UUID, user_id: UUID) -> tuple[bo
         # Read committed: this statement sees a row a concurrent claimer just committed.
         owner = await conn.fetchval("SELECT user_id FROM chat.sessions WHERE id = $1", session_id)
         return owner == user_id, False
+
+
+async def claim_many(
+    pool: asyncpg.Pool, claims: Sequence[tuple[UUID, UUID]]
+) -> list[tuple[bool, bool]]:
+    """`claim` for many `(session_id, user_id)` pairs in one transaction; `(owned, created)`
+    for each, in order. Of several claims of one new session in the batch, the first creates
+    it; another user's claim of it is then not owned, a repeat of the same claim owned but not
+    created."""
+    if not claims:
+        return []
+    async with pool.acquire() as conn, conn.transaction():
+        await ensure_users(conn, {user_id for _, user_id in claims})
+        rows = await conn.fetch(
+            "INSERT INTO chat.sessions (id, user_id) "
+            "SELECT s, u FROM unnest($1::uuid[], $2::uuid[]) AS c(s, u) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id, user_id",
+            [session_id for session_id, _ in claims],
+            [user_id for _, user_id in claims],
+        )
+        owners: dict[UUID, UUID] = {row["id"]: row["user_id"] for row in rows}
+        created = set(owners)
+        others = {session_id for session_id, _ in claims} - created
+        if others:
+            # Read committed: sees the rows concurrent claimers committed.
+            owners |= await _owners(conn, others)
+    results = []
+    for session_id, user_id in claims:
+        first = session_id in created and owners[session_id] == user_id
+        if first:
+            created.discard(session_id)
+        results.append((owners.get(session_id) == user_id, first))
+    return results
+
+
+async def owners_of(pool: asyncpg.Pool, session_ids: Collection[UUID]) -> dict[UUID, UUID]:
+    """The owners of those of `session_ids` somebody has used."""
+    async with pool.acquire() as conn:
+        return await _owners(conn, session_ids)
+
+
+async def _owners(conn: asyncpg.Connection, session_ids: Collection[UUID]) -> dict[UUID, UUID]:
+    rows = await conn.fetch(
+        "SELECT id, user_id FROM chat.sessions WHERE id = ANY($1::uuid[])", list(session_ids)
+    )
+    return {row["id"]: row["user_id"] for row in rows}
 
 
 async def owner_of(pool: asyncpg.Pool, session_id: UUID) -> UUID | None:

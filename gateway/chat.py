@@ -411,6 +411,52 @@ async def claim_session(
         raise Unavailable(f"the agent service answered {response.status_code}")
 
 
+MAX_CLAIMS = 200  # per request to agent_svc (its limit)
+
+
+class ClaimOutcome(msgspec.Struct):
+    status: str  # created, owned, forbidden or limited
+    retry_after: float | None = None
+
+
+class ClaimOutcomes(msgspec.Struct):
+    outcomes: list[ClaimOutcome]
+
+
+async def claim_sessions(
+    agent: Upstream, settings: Settings, claims: list[tuple[UUID, UUID]]
+) -> list[ClaimOutcome]:
+    """`claim_session` for many `(session_id, user_id)` claims (`MAX_CLAIMS` per request, the
+    requests concurrent): an outcome for each, in order. Raises `Unavailable` if agent_svc
+    cannot say for all of them."""
+    chunks = [claims[i : i + MAX_CLAIMS] for i in range(0, len(claims), MAX_CLAIMS)]
+    answers = await asyncio.gather(*(_claim_chunk(agent, settings, chunk) for chunk in chunks))
+    return [outcome for answer in answers for outcome in answer]
+
+
+async def _claim_chunk(
+    agent: Upstream, settings: Settings, claims: list[tuple[UUID, UUID]]
+) -> list[ClaimOutcome]:
+    body = {"claims": [{"session_id": str(s), "user_id": str(u)} for s, u in claims]}
+    try:
+        response = await agent.post(
+            "/internal/v1/sessions/claims",
+            json=body,
+            headers=internal_headers(settings.internal_token),
+        )
+    except UpstreamError:
+        raise Unavailable("the agent service is unreachable") from None
+    if response.status_code != 200:
+        raise Unavailable(f"the agent service answered {response.status_code}")
+    try:
+        outcomes = msgspec.json.decode(response.content, type=ClaimOutcomes).outcomes
+    except msgspec.DecodeError:
+        raise Unavailable("the agent service answered nonsense") from None
+    if len(outcomes) != len(claims):
+        raise Unavailable("the agent service answered another number of claims")
+    return outcomes
+
+
 # HTTP routes.
 
 

@@ -45,7 +45,7 @@ import redis.asyncio as redis
 
 from gateway import frames, metrics
 from gateway.batch import GroupCommit
-from gateway.chat import claim_session
+from gateway.chat import ClaimOutcome, claim_sessions
 from gateway.connection import Connection
 from gateway.delivery import OrderedDelivery
 from gateway.fanout import FanoutUnavailable, create_fanout
@@ -67,7 +67,7 @@ from gateway.topics import Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys, publish
 from shared.backoff import Backoff
-from shared.errors import NotFound, RateLimited, Refused, Unavailable
+from shared.errors import Refused, Unavailable
 from shared.topic_store import TopicStore
 from shared.wire import (
     ConnectionEstablished,
@@ -148,6 +148,10 @@ class ConnectionManager:
         )
         self._new_owners: GroupCommit[tuple[UUID, UUID], None] = GroupCommit(
             self._store_owners, self._spawn
+        )
+        # Sessions claimed for connections being admitted now, in one request (gateway.batch).
+        self._claims: GroupCommit[tuple[UUID, UUID], ClaimOutcome] = GroupCommit(
+            self._claim_many, self._spawn
         )
         self._owners: dict[UUID, UUID] = {}
         self._slots = 0
@@ -253,18 +257,23 @@ class ConnectionManager:
             raise Refused(1008, "session belongs to another user")
 
     async def _confirm_owner(self, session_id: UUID, user_id: UUID) -> None:
-        """Ask agent_svc to claim the session for the user (durably); remember a yes in Redis.
-        Raises `Refused`."""
+        """Ask agent_svc to claim the session for the user (durably), together with the other
+        connections asking now (gateway.batch); remember a yes in Redis. Raises `Refused`."""
         try:
-            await claim_session(self._agent, self.settings, session_id, user_id)
-        except NotFound:
-            raise Refused(1008, "session belongs to another user") from None
-        except RateLimited:
-            raise Refused(1013, "too many new sessions: try again later") from None
+            status = (await self._claims.submit((session_id, user_id))).status
         except Unavailable:
-            raise Refused(1013, "session service unavailable: try again later") from None
+            status = "unavailable"
+        if status == "forbidden":
+            raise Refused(1008, "session belongs to another user")
+        if status == "limited":
+            raise Refused(1013, "too many new sessions: try again later")
+        if status not in ("created", "owned"):
+            raise Refused(1013, "session service unavailable: try again later")
         with contextlib.suppress(redis.RedisError, OSError):
             await self._new_owners.submit((session_id, user_id))
+
+    async def _claim_many(self, claims: list[tuple[UUID, UUID]]) -> list[ClaimOutcome]:
+        return await claim_sessions(self._agent, self.settings, claims)
 
     async def _store_owners(self, owners: list[tuple[UUID, UUID]]) -> list[None]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -19,15 +19,17 @@ turn a Redis hiccup into an outage of everything it guards.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from uuid import UUID
 
 from redis.exceptions import RedisError
 
 from shared.errors import RateLimited
-from shared.redis_client import RedisClient
+from shared.redis_client import RedisClient, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +114,14 @@ class HourlyCount:
     WINDOW_MS = 3600 * 1000
 
     def __init__(self, client: RedisClient, limit: int) -> None:
+        self._client = client
         self._script = client.register_script(_WINDOW)
         self._limit = limit
 
     async def count_session(self, user_id: UUID) -> None:
         """Count one new session or raise `RateLimited` (`SESSION_LIMIT`)."""
         try:
-            allowed, wait_ms = await self._script(
-                keys=[sessions_key(user_id)], args=[self._limit, self.WINDOW_MS]
-            )
+            allowed, wait_ms = await self._count(user_id)
         except (RedisError, OSError) as exc:
             log.warning("session creation not counted", extra={"error": repr(exc)})
             return
@@ -131,6 +132,51 @@ class HourlyCount:
                 details={"limit_per_hour": self._limit},
                 code="SESSION_LIMIT",
             )
+
+    async def count_sessions(self, user_ids: Sequence[UUID]) -> list[float | None]:
+        """`count_session` for one new session of each of `user_ids` (repeats count again): None
+        where counted, the seconds until the user's window ends where refused. One pipeline on
+        one Redis; on a cluster (whose pipelines refuse scripts) each user's calls in turn, the
+        users concurrently.
+        Nothing is refused when Redis cannot count."""
+        if not user_ids:
+            return []
+        try:
+            if is_cluster(self._client):
+                replies = await self._count_each(user_ids)
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    queue: Any = pipe  # typed for clients only; a script queues on a pipeline too
+                    for user_id in user_ids:
+                        await self._count(user_id, queue)
+                    replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("session creations not counted", extra={"error": repr(exc)})
+            return [None] * len(user_ids)
+        return [
+            None if int(allowed) else max(1, int(wait_ms)) / 1000 for allowed, wait_ms in replies
+        ]
+
+    async def _count_each(self, user_ids: Sequence[UUID]) -> list[Any]:
+        """One call at a time per user (a user's refusals are their last entries, as in a
+        sequence of `count_session`), the users concurrently."""
+        replies: list[Any] = [None] * len(user_ids)
+        positions: dict[UUID, list[int]] = {}
+        for index, user_id in enumerate(user_ids):
+            positions.setdefault(user_id, []).append(index)
+
+        async def count(user_id: UUID, where: list[int]) -> None:
+            for index in where:
+                replies[index] = await self._count(user_id)
+
+        await asyncio.gather(*(count(user_id, where) for user_id, where in positions.items()))
+        return replies
+
+    async def _count(self, user_id: UUID, client: Any = None) -> Any:
+        """The window script for one new session; `client` a pipeline to queue it on."""
+        return await self._script(
+            keys=[sessions_key(user_id)], args=[self._limit, self.WINDOW_MS], client=client
+        )
 
 
 def _utc_now() -> dt.datetime:

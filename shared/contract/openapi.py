@@ -318,6 +318,12 @@ INTERNAL_ROUTES: tuple[Route, ...] = (
                    Answer(429, "A new session over the user's hourly allowance "
                           "(`CHAT_MAX_NEW_SESSIONS_PER_HOUR`).", ErrorResponse,
                           codes=("SESSION_LIMIT",), headers=RETRY_AFTER))),
+    Route("POST", "/internal/v1/sessions/claims", "claimSessions",
+          "Claim up to 200 sessions at once, an outcome for each", "sessions",
+          body=agent_api.ClaimsRequest, security="internal", server="agent",
+          answers=(Answer(200, "One outcome per claim, in order (a refused claim is an outcome, "
+                              "not an error).", agent_api.ClaimOutcomes),
+                   E400, E401, E413, E422)),
     Route("POST", "/internal/v1/publish", "publishFrame",
           "Publish a frame to a user, a session or everyone (fire-and-forget)", "gateway",
           body=internal_api.PublishRequest, security="internal", server="gateway",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -157,3 +159,108 @@ def test_internal_claim_needs_the_internal_token(
             url, content=bad, headers=internal | {"Content-Type": "application/json"}
         )
         assert response.status_code == status
+
+
+def _claims(*pairs: tuple[uuid.UUID, uuid.UUID]) -> dict[str, list[dict[str, str]]]:
+    return {"claims": [{"session_id": str(s), "user_id": str(u)} for s, u in pairs]}
+
+
+def test_claims_decide_each_claim_of_a_batch(agent: ServiceProcess) -> None:
+    """One request decides every claim, in order: the owner's own session is `owned`, another
+    user's `forbidden`; a new session is `created` by its first claim, refused to the second
+    user claiming it in the same batch and `owned` on a repeat."""
+    internal = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+    a, b = uuid.uuid4(), uuid.uuid4()
+    mine, theirs, new = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    first = httpx.post(
+        agent.url + "/internal/v1/sessions/claims", json=_claims((mine, a), (theirs, b)),
+        headers=internal,
+    )  # fmt: skip
+    assert [o["status"] for o in first.json()["outcomes"]] == ["created", "created"]
+    batch = [(mine, a), (theirs, a), (new, a), (new, b), (new, a)]
+    answer = httpx.post(
+        agent.url + "/internal/v1/sessions/claims", json=_claims(*batch), headers=internal
+    )
+    assert answer.status_code == 200, answer.text
+    outcomes = answer.json()["outcomes"]
+    assert [(o["session_id"], o["user_id"]) for o in outcomes] == [
+        (str(s), str(u)) for s, u in batch
+    ]
+    assert [o["status"] for o in outcomes] == [
+        "owned",
+        "forbidden",
+        "created",
+        "forbidden",
+        "owned",
+    ]
+    single = httpx.post(
+        agent.url + "/internal/v1/sessions/claim",
+        json={"session_id": str(new), "user_id": str(b)},
+        headers=internal,
+    )
+    assert single.status_code == 403, "the batch's owner holds for the single claim too"
+
+
+def test_claims_past_the_hourly_allowance_are_limited(agent: ServiceProcess) -> None:
+    """Of 61 new sessions of one user in one batch, 60 (the default allowance) are created and
+    the last is `limited` with the time until the window ends; nothing is claimed for it."""
+    internal = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+    user = uuid.uuid4()
+    batch = [(uuid.uuid4(), user) for _ in range(61)]
+    outcomes = httpx.post(
+        agent.url + "/internal/v1/sessions/claims", json=_claims(*batch), headers=internal
+    ).json()["outcomes"]
+    assert [o["status"] for o in outcomes] == ["created"] * 60 + ["limited"]
+    assert 3000 < outcomes[-1]["retry_after"] <= 3600
+    assert all(o["retry_after"] is None for o in outcomes[:60])
+    other = httpx.post(
+        agent.url + "/internal/v1/sessions/claims", json=_claims((batch[-1][0], uuid.uuid4())),
+        headers=internal,
+    )  # fmt: skip
+    assert other.json()["outcomes"][0]["status"] == "created", "the limited claim took nothing"
+
+
+async def test_racing_batches_give_a_new_session_one_owner(agent: ServiceProcess) -> None:
+    """Two batches claiming the same new sessions for different users at the same time: each
+    session ends with exactly one owner, and each batch learns which."""
+    internal = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+    a, b = uuid.uuid4(), uuid.uuid4()
+    shared_sessions = [uuid.uuid4() for _ in range(50)]
+    async with httpx.AsyncClient(base_url=agent.url, headers=internal) as http:
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    "/internal/v1/sessions/claims",
+                    json=_claims(*((s, user) for s in shared_sessions)),
+                )
+                for user in (a, b)
+            )
+        )
+    by_a, by_b = ([o["status"] for o in r.json()["outcomes"]] for r in answers)
+    for status_a, status_b in zip(by_a, by_b, strict=True):
+        assert sorted((status_a, status_b)) == ["created", "forbidden"]
+
+
+def test_claims_refuse_bad_requests(agent: ServiceProcess, token_for: Callable[..., str]) -> None:
+    """No internal token: 401 and nothing claimed; an empty batch, more than 200 claims or a
+    malformed claim: 422; broken JSON: 400."""
+    url = agent.url + "/internal/v1/sessions/claims"
+    internal = {"Authorization": f"Bearer {TEST_INTERNAL_TOKEN}"}
+    session, user = uuid.uuid4(), uuid.uuid4()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, _auth(token_for(user))):
+        refused = httpx.post(url, json=_claims((session, user)), headers=headers)
+        assert refused.status_code == 401
+    late = httpx.post(url, json=_claims((session, uuid.uuid4())), headers=internal)
+    assert late.json()["outcomes"][0]["status"] == "created", "a refused request claimed it"
+    too_many = _claims(*((uuid.uuid4(), user) for _ in range(201)))
+    bodies: list[dict[str, Any]] = [
+        {"claims": []},
+        too_many,
+        {"claims": [{"session_id": "x", "user_id": 1}]},
+    ]
+    for body in bodies:
+        assert httpx.post(url, json=body, headers=internal).status_code == 422
+    broken = httpx.post(
+        url, content=b"{nope", headers=internal | {"Content-Type": "application/json"}
+    )
+    assert broken.status_code == 400

@@ -4,14 +4,16 @@ ever confirms — anyone else, or an unknown session, is still decided by agent_
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from shared.infra import free_port
 from tests.conftest import SpawnService
-from tests.gateway.conftest import Cluster, closed_with, open_ws
+from tests.gateway.conftest import Cluster, closed_with, open_ws, recv_json
 from tests.support.processes import ServiceProcess
 
 Token = Callable[..., str]
@@ -52,3 +54,37 @@ async def test_remembered_owner_never_admits_anyone_else(
     assert await closed_with(intruder) == unavailable
     stranger = await open_ws(cut_off, uuid.uuid4(), token_for(owner), greet=False)
     assert await closed_with(stranger) == unavailable
+
+
+async def _admission(gateway: ServiceProcess, session: uuid.UUID, token: str) -> str:
+    """The admission: "greeted", or the close code and reason the gateway refused it with."""
+    ws = await open_ws(gateway, session, token, greet=False)
+    try:
+        frame = await recv_json(ws)
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "connection dropped without a close frame"
+        return f"{exc.rcvd.code} {exc.rcvd.reason}"
+    await ws.close()
+    assert frame["type"] == "connection_established", frame
+    return "greeted"
+
+
+async def test_connects_claiming_at_once_are_each_decided(
+    cluster: Cluster, token_for: Token
+) -> None:
+    """Forty connections asking for sessions at the same moment (claimed together, in one
+    request): every new session's user is admitted, a session another user already owns is
+    refused, and of two users racing for one new session exactly one gets in."""
+    owner, intruder = uuid.uuid4(), uuid.uuid4()
+    taken, contested = uuid.uuid4(), uuid.uuid4()
+    assert await _admission(cluster.a, taken, token_for(owner)) == "greeted"
+    users = [uuid.uuid4() for _ in range(38)]
+    outcomes = await asyncio.gather(
+        *(_admission(cluster.a, uuid.uuid4(), token_for(user)) for user in users),
+        _admission(cluster.a, taken, token_for(intruder)),
+        *(_admission(cluster.a, contested, token_for(uuid.uuid4())) for _ in range(2)),
+    )
+    foreign = "1008 session belongs to another user"
+    assert outcomes[:38] == ["greeted"] * 38
+    assert outcomes[38] == foreign
+    assert sorted(outcomes[39:]) == [foreign, "greeted"]

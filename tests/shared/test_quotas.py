@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
 
+from shared import cluster
 from shared.errors import RateLimited
+from shared.infra import EmbeddedRedis, free_port
+from shared.local_cluster import LocalRedisCluster
 from shared.quotas import DailyTokens, HourlyCount, TokenBucket
+from shared.redis_client import RedisClient
 
 
 class FakeClock:
@@ -62,6 +67,46 @@ async def test_hourly_count_refuses_past_the_limit(client: redis.Redis) -> None:
         await count.count_session(user)
     assert caught.value.code == "SESSION_LIMIT"
     assert 1 <= caught.value.retry_after <= 3600
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def any_client(
+    request: pytest.FixtureRequest, private_redis: EmbeddedRedis
+) -> AsyncIterator[RedisClient]:
+    made: RedisClient
+    if request.param == "single":
+        made = redis.Redis.from_url(private_redis.url)
+    else:
+        nodes: LocalRedisCluster = request.getfixturevalue("local_cluster")
+        made = cluster.create_client(nodes.url)
+        await made.initialize()
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def test_hourly_count_of_many_in_one_round_trip(any_client: RedisClient) -> None:
+    """`count_sessions` counts each entry as `count_session` would, repeats included, with the
+    script unknown to Redis first (a restart; a cluster pipeline does not load it): the third
+    session of a user with a limit of 2 is refused with the time left, another user's passes."""
+    await any_client.script_flush()
+    count = HourlyCount(any_client, limit=2)
+    user, other = uuid.uuid4(), uuid.uuid4()
+    first, second, third, others = await count.count_sessions([user, user, user, other])
+    assert (first, second, others) == (None, None, None)
+    assert third is not None and 1 <= third <= 3600
+    with pytest.raises(RateLimited):
+        await count.count_session(user)
+
+
+async def test_hourly_count_of_many_refuses_nothing_without_redis() -> None:
+    """A Redis that cannot count refuses no session (a limit must not become an outage)."""
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    try:
+        assert await HourlyCount(gone, limit=1).count_sessions([uuid.uuid4()] * 3) == [None] * 3
+    finally:
+        await gone.aclose()
 
 
 async def test_daily_tokens_refuse_until_midnight_utc(client: redis.Redis) -> None:

@@ -28,11 +28,17 @@ FANOUT_LATENCY = Histogram(
     "Publish (EnvelopeMeta.ts) to frame queued on every local recipient",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-# Client closes set aside by the inbound budget (`gateway.wsprotocol.Inbound`): non-zero only
+# Client closes set aside by the inbound budget (`gateway.turns`): non-zero only
 # when more clients closed in one loop turn than it answers (a mass disconnect).
 INBOUND_DEFERRED = Counter(
     "gateway_inbound_deferred_total",
     "Client closes answered on a later event-loop turn than they arrived (inbound budget)",
+)
+# New connections whose first request waited for a later turn (`gateway.httpprotocol`):
+# non-zero only when more arrived in one loop turn than it admits (a storm of connects).
+HANDSHAKES_DEFERRED = Counter(
+    "gateway_handshakes_deferred_total",
+    "New connections whose request was read on a later event-loop turn (handshake budget)",
 )
 PUBSUB_RECONNECTS = Counter("gateway_pubsub_reconnects_total", "Redis pub/sub reconnections")
 GAP_FILLS = Counter("gateway_gap_fill_frames_total", "Notifications delivered by replay")

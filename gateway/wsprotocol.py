@@ -37,13 +37,14 @@ is closed when the connection is lost; the extension, the protocol inside its ow
 removed when the application returns): reference counting frees a closed connection without
 waiting for a full garbage collection (`gateway.heap`).
 
-How many client closes of adopted connections an event-loop turn answers is bounded (`Inbound`,
-docs/decisions.md "Client closes answered on a budget"): when thousands of clients close at
-once, their sockets become readable in the same few polls, and parsing each close frame, writing
-the close reply and closing the transport inside those polls stalled the loop for most of a
-second. Past `INBOUND_BUDGET` in a turn, a chunk of client data that starts with a close frame
-waits in one backlog with its transport paused (so nothing else of that connection — data, EOF
-— is read before it), and the backlog is parsed `INBOUND_BUDGET` chunks per turn. Every other
+How many client closes of adopted connections an event-loop turn answers is bounded
+(`gateway.turns`, docs/decisions.md "Client closes answered on a budget"): when thousands of
+clients close at once, their sockets become readable in the same few polls, and parsing each
+close frame, writing the close reply and closing the transport inside those polls stalled the
+loop for most of a second. Past `INBOUND_BUDGET` in a turn, a chunk of client data that starts
+with a close frame waits in one backlog with its transport paused (so nothing else of that
+connection — data, EOF — is read before it), and the backlog is parsed `INBOUND_BUDGET` chunks
+per turn. Every other
 chunk (messages, pings: live traffic) is parsed at once, as before, never queued behind closes.
 """
 
@@ -54,7 +55,6 @@ import logging
 import re
 import struct
 import uuid
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
@@ -72,6 +72,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from gateway.metrics import INBOUND_DEFERRED
+from gateway.turns import PerLoop
 
 EXTENSION = "gateway.frames"
 LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
@@ -279,65 +280,8 @@ class Flag:
                 self._waiters.remove(waiter)
 
 
-class Inbound:
-    """One event loop's budget for answering adopted connections' closes: `INBOUND_BUDGET`
-    chunks a turn, counted from the turn's first one until the `call_soon` scheduled then runs
-    (the loop runs it on its next iteration, before polling again). What is over budget waits in
-    one backlog, first in first out, parsed on the following turns within the same budget. A
-    connection has at most one chunk in it (its transport is paused meanwhile)."""
-
-    __slots__ = ("backlog", "loop", "scheduled", "spent")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.spent = 0
-        self.backlog: deque[tuple[GatewayWebSocketProtocol, bytes]] = deque()
-        self.scheduled = False  # whether `_drain` is scheduled
-
-    def admit(self) -> bool:
-        """Count one chunk to parse now; False once this turn's budget is spent."""
-        spent = self.spent
-        if spent >= INBOUND_BUDGET:
-            return False
-        if not spent:
-            self.loop.call_soon(self._new_turn)
-        self.spent = spent + 1
-        return True
-
-    def defer(self, protocol: GatewayWebSocketProtocol, data: bytes) -> None:
-        """Keep `data` for `protocol.parse_deferred` on a later turn."""
-        self.backlog.append((protocol, data))
-        INBOUND_DEFERRED.inc()
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._drain)
-
-    def _new_turn(self) -> None:
-        self.spent = 0
-
-    def _drain(self) -> None:
-        # Scheduled after this turn's `_new_turn`, so it runs first in the turn: what waited
-        # longest goes before what the coming poll brings.
-        backlog = self.backlog
-        while backlog and self.admit():
-            protocol, data = backlog.popleft()
-            protocol.parse_deferred(data)
-        if backlog:
-            self.loop.call_soon(self._drain)
-        else:
-            self.scheduled = False
-
-
-# The running loop's `Inbound` (one loop per gateway process; tests run one loop at a time).
-_inbound: Inbound | None = None
-
-
-def inbound_for(loop: asyncio.AbstractEventLoop) -> Inbound:
-    """The inbound budget of `loop`, made on first use."""
-    global _inbound
-    if _inbound is None or _inbound.loop is not loop:
-        _inbound = Inbound(loop)
-    return _inbound
+# Client closes of adopted connections, answered `INBOUND_BUDGET` a turn.
+_CLOSES = PerLoop(INBOUND_BUDGET, INBOUND_DEFERRED)
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -353,7 +297,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # with its close frame: what the client still sends is read and dropped until it hangs up
     # or `LINGER` seconds pass.
     draining = False
-    # Set while a chunk of client data waits in the inbound backlog (`Inbound`), the transport
+    # Set while a chunk of client data waits in the closes' backlog (`_CLOSES`), the transport
     # paused: the chunk is parsed before anything else of this connection is read.
     deferred = False
 
@@ -619,9 +563,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             return  # the close frame is sent; an EOF from the client closes the transport
         # Live traffic (messages, pings) is never held: only a close counts and waits.
         if self.adopted and (data[0] == _CLOSE_FIRST_BYTE or self.deferred):
-            inbound = _inbound
-            if inbound is None or inbound.loop is not self.loop:
-                inbound = inbound_for(self.loop)
+            inbound = _CLOSES.of(self.loop)
             if self.deferred or not inbound.admit():
                 self.deferred = True
                 self.transport.pause_reading()

@@ -1,4 +1,4 @@
-"""The inbound budget (`gateway.wsprotocol.Inbound`): when more adopted connections' clients
+"""The inbound budget (`gateway.turns`, for closes): when more adopted connections' clients
 close in one event-loop turn than the budget answers, the rest are answered on later turns —
 each with its client's own code, handed to the reader with it —; live traffic is never held;
 and a connection lost while its close waits is never parsed afterwards."""

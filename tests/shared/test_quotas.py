@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
 
-from shared import cluster
 from shared.errors import RateLimited
-from shared.infra import EmbeddedRedis, free_port
-from shared.local_cluster import LocalRedisCluster
+from shared.infra import free_port
 from shared.quotas import DailyTokens, HourlyCount, TokenBucket
 from shared.redis_client import RedisClient
 
@@ -67,23 +64,6 @@ async def test_hourly_count_refuses_past_the_limit(client: redis.Redis) -> None:
         await count.count_session(user)
     assert caught.value.code == "SESSION_LIMIT"
     assert 1 <= caught.value.retry_after <= 3600
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def any_client(
-    request: pytest.FixtureRequest, private_redis: EmbeddedRedis
-) -> AsyncIterator[RedisClient]:
-    made: RedisClient
-    if request.param == "single":
-        made = redis.Redis.from_url(private_redis.url)
-    else:
-        nodes: LocalRedisCluster = request.getfixturevalue("local_cluster")
-        made = cluster.create_client(nodes.url)
-        await made.initialize()
-    try:
-        yield made
-    finally:
-        await made.aclose()
 
 
 async def test_hourly_count_of_many_in_one_round_trip(any_client: RedisClient) -> None:

@@ -66,11 +66,15 @@ CANCEL_POLL = 0.2
 READ_BLOCK_MS = 1000  # below the Redis client's socket timeout
 
 
-def raise_if_cancelling(exc: BaseException) -> None:
-    """Re-raise a cancellation that a client library turned into its own error.
+def raise_if_cancelling(exc: BaseException | None = None) -> None:
+    """Re-raise a cancellation that a client library turned into its own error (`exc`), or
+    swallowed.
 
     A cancel that lands while redis-py waits under its socket timeout can surface as a
-    `TimeoutError`; a retry loop that caught it would then never stop."""
+    `TimeoutError`; a retry loop that caught it would then never stop. A cancel can also vanish
+    in redis-py 8.1 (seen on a worker stopped just as its loop sent its first command: the task
+    stayed `cancelling()` and went on reading, for ten seconds, until `stop()` gave up on it), so
+    the loops ask at the top of every round too."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
@@ -102,6 +106,7 @@ class Worker:
     async def run(self) -> None:
         backoff = Backoff(base=0.2, maximum=5.0)
         while True:
+            raise_if_cancelling()
             try:
                 await self._p.redis.zadd(keys.CHAT_WORKERS, {self.consumer: time.time()})
                 entry = await self._next()

@@ -282,4 +282,6 @@ def test_worker_killed_mid_answer_is_reclaimed_and_finished(
         ("user", f"{key} tell me", "complete"),
         ("assistant", "".join(chunks), "complete"),
     ]
-    assert b"reclaimed chat request" in successor.log_path.read_bytes()
+    log = successor.log_path.read_bytes()
+    assert b"reclaimed chat request" in log
+    assert b"did not stop" not in log  # every worker task ended when asked

@@ -75,7 +75,11 @@ from gateway.metrics import INBOUND_DEFERRED
 from gateway.turns import PerLoop
 
 EXTENSION = "gateway.frames"
-LINGER = 2.0  # seconds a connection failed by a protocol error keeps draining its input
+# A connection failed by a protocol error drains its input until the client has sent nothing
+# for DRAIN_QUIET seconds (it has stopped sending: its close reply came, and closing now resets
+# nothing it has not read), or LINGER seconds after the close frame at the latest.
+LINGER = 2.0
+DRAIN_QUIET = 0.1
 # Client closes of adopted connections answered per event-loop turn: one costs up to 0.1 ms to
 # parse and answer (the close reply's `send` most of it), so a turn of them stays well under the
 # 20 ms stall budget.
@@ -294,9 +298,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # Set once the endpoint handed the connection over (`adopt`): receive events go to it.
     adopted = False
     # Set once a protocol error (a frame over WS_MAX_MESSAGE_BYTES, invalid UTF-8) was answered
-    # with its close frame: what the client still sends is read and dropped until it hangs up
-    # or `LINGER` seconds pass.
+    # with its close frame: what the client still sends is read and dropped until it hangs up,
+    # goes quiet for `DRAIN_QUIET` or `LINGER` seconds pass.
     draining = False
+    drain_deadline = 0.0  # loop time at which a drain ends whatever the client still sends
     # Set while a chunk of client data waits in the closes' backlog (`_CLOSES`), the transport
     # paused: the chunk is parsed before anything else of this connection is read.
     deferred = False
@@ -560,7 +565,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.draining:
-            return  # the close frame is sent; an EOF from the client closes the transport
+            # The close frame is sent: dropped unread, and the drain ends later.
+            self._drain_until_quiet()
+            return
         # Live traffic (messages, pings) is never held: only a close counts and waits.
         if self.adopted and (data[0] == _CLOSE_FIRST_BYTE or self.deferred):
             inbound = _CLOSES.of(self.loop)
@@ -589,7 +596,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # once, while the rest of the offending frame is still arriving: closing a socket with
         # unread data makes the kernel send a reset, and the client usually loses the close
         # frame, seeing 1006 instead of 1009 (found by the frame fuzz). So the socket stays
-        # open, reading and discarding, until the client closes or LINGER seconds pass.
+        # open, reading and discarding, until the client hangs up, stops sending for
+        # DRAIN_QUIET seconds, or LINGER seconds pass. (It cannot wait for the client's close
+        # reply: that follows the rest of the offending frame, unparsed.)
         assert self.conn.close_sent is not None
         code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
@@ -598,7 +607,14 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.draining = True
         # uvicorn's own convention: with a `close_timer` set, the end of the ASGI app (which
         # follows the disconnect at once) leaves closing the transport to the timer.
-        self.close_timer = self.loop.call_later(LINGER, self.transport.close)
+        self.drain_deadline = self.loop.time() + LINGER
+        self._drain_until_quiet()
+
+    def _drain_until_quiet(self) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        when = min(self.loop.time() + DRAIN_QUIET, self.drain_deadline)
+        self.close_timer = self.loop.call_at(when, self.transport.close)
 
     def write_frames(self, data: bytes) -> bool:
         if (

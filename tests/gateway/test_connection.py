@@ -23,7 +23,7 @@ from gateway.connection import Connection, RawConnection
 from gateway.limits import UserRateLimit
 from gateway.state import GatewayState
 from gateway.subscriptions import TopicHub
-from gateway.wsprotocol import Reader, TextFrame
+from gateway.wsprotocol import LINGER, Reader, TextFrame
 from shared import publish as shared_publish
 from shared.settings import Settings
 from shared.wire import encode
@@ -120,13 +120,18 @@ async def test_oversized_frame_still_arriving_gets_its_close_frame(
 ) -> None:
     """Regression (found by the frame fuzz): the close frame answering an oversized frame was
     lost when the rest of that frame was still arriving (the server closed the socket with
-    unread data, the kernel sent a reset, the client saw 1006). Each attempt must see 1009."""
+    unread data, the kernel sent a reset, the client saw 1006). Each attempt must see 1009, and
+    the server ends the connection once the client stopped sending, not after the drain's
+    2 s limit (the client waits for that end before it reports the close)."""
+    loop = asyncio.get_running_loop()
     for _ in range(3):
         ws = await open_ws(limited, uuid.uuid4(), token_for(uuid.uuid4()))
+        started = loop.time()
         await ws.send('{"type": "ping", "pad": "' + "x" * 1_000_000 + '"}')
         await ws.send('{"type": "ping"}')
         code, reason = await closed_with(ws)
         assert code == 1009 and reason
+        assert loop.time() - started < LINGER * 0.75
 
 
 async def test_rate_limit_then_disconnect(limited: ServiceProcess, token_for: Token) -> None:

@@ -1,10 +1,14 @@
-"""The gateway's garbage-collection pauses over a window of a scenario, read from its /metrics.
+"""The gateway's garbage-collection pauses and event-loop lag over a window of a scenario, read
+from its /metrics.
 
 Every collection stops the event loop for as long as it runs; the gateway times each one
 (`gateway.heap.CollectionTimer`, the `gateway_gc_pause_seconds` histogram by generation). A window
 is the difference of two scrapes: how many collections ran, how long they took together, how
 many exceeded the stall budget, and the bucket bound of the longest (the histogram keeps no exact
-maximum). The lean reference has no such series: its windows are None.
+maximum). Beside them, how late the gateway's own 5 ms timer ran (`gateway.looplag`, the
+`gateway_event_loop_lag_seconds` histogram): the stalls of its loop, whatever caused them,
+without the network and the probe's own scheduling that the probe's round trips include. The
+lean reference has no such series: its windows are None.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 _FAMILY = "gateway_gc_pause_seconds"
 _CPU_FAMILY = "gateway_gc_cpu_seconds"  # a counter: the parser drops the `_total` suffix
+_LAG_FAMILY = "gateway_event_loop_lag_seconds"
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """Cumulative counts: per (generation, bucket bound) and in all, the summed wall seconds and
-    the summed CPU seconds."""
+    the summed CPU seconds; the loop lag's ticks per bucket bound."""
 
     buckets: dict[tuple[str, float], float]
     count: float
     seconds: float
     cpu_seconds: float
+    lag: dict[float, float]
 
 
 def scrape(metrics_url: str | None) -> Snapshot | None:
@@ -38,12 +44,19 @@ def scrape(metrics_url: str | None) -> Snapshot | None:
 
 
 def parse(text: str) -> Snapshot:
-    """The pause histogram out of a Prometheus text exposition."""
+    """The pause and lag histograms out of a Prometheus text exposition."""
     buckets: dict[tuple[str, float], float] = {}
+    lag: dict[float, float] = {}
     count = seconds = cpu_seconds = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == _CPU_FAMILY:
             cpu_seconds += sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if family.name == _LAG_FAMILY:
+            lag.update(
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket")
+            )
         if family.name != _FAMILY:
             continue
         for sample in family.samples:
@@ -54,7 +67,7 @@ def parse(text: str) -> Snapshot:
                 count += sample.value
             elif sample.name.endswith("_sum"):
                 seconds += sample.value
-    return Snapshot(buckets, count, seconds, cpu_seconds)
+    return Snapshot(buckets, count, seconds, cpu_seconds, lag)
 
 
 def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) -> dict[str, Any]:
@@ -62,7 +75,9 @@ def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) ->
     (summed CPU time: far below `gc_ms`, the core was busy with others), `gc_over_budget`
     (collections longer than `budget_ms`, which must be a bucket bound), the same by generation
     (`gc_over_budget_by_generation`, only those with any) and `gc_longest` (the longest one's
-    bucket, e.g. "<= 20 ms"; "none" when none ran)."""
+    bucket, e.g. "<= 20 ms"; "none" when none ran); and of the loop's lag, `lag_ticks`,
+    `lag_over_budget` (ticks later than `budget_ms`) and `lag_longest` (the latest one's bucket).
+    """
     if before is None or after is None:
         return {}
 
@@ -87,14 +102,31 @@ def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) ->
         "gc_cpu_ms": round((after.cpu_seconds - before.cpu_seconds) * 1000, 1),
         "gc_over_budget": sum(over.values()),
         "gc_over_budget_by_generation": over,
-        "gc_longest": _bucket_text(longest, after),
+        "gc_longest": _bucket_text(longest, [b for _, b in after.buckets]),
+        **_lag_window(before, after, budget),
     }
 
 
-def _bucket_text(bound: float, snapshot: Snapshot) -> str:
+def _lag_window(before: Snapshot, after: Snapshot, budget: float) -> dict[str, Any]:
+    if not after.lag:
+        return {}
+
+    def ticks(bound: float) -> float:
+        return after.lag[bound] - before.lag.get(bound, 0.0)
+
+    bounds = sorted(after.lag)
+    in_all = ticks(math.inf)
+    latest = next((b for b in bounds if ticks(b) == in_all), 0.0) if in_all else 0.0
+    return {
+        "lag_ticks": int(in_all),
+        "lag_over_budget": int(in_all - ticks(budget)),
+        "lag_longest": _bucket_text(latest, bounds),
+    }
+
+
+def _bucket_text(bound: float, bounds: list[float]) -> str:
     if not bound:
         return "none"
     if math.isfinite(bound):
         return f"<= {bound * 1000:g} ms"
-    last = max(b for _, b in snapshot.buckets if math.isfinite(b))
-    return f"> {last * 1000:g} ms"
+    return f"> {max(b for b in bounds if math.isfinite(b)) * 1000:g} ms"

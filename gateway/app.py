@@ -42,6 +42,7 @@ from starlette.websockets import WebSocket
 from gateway import apidocs, chat, console, internal_api, metrics, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.heap import CollectionTimer
+from gateway.looplag import LoopLagMonitor
 from gateway.manager import ConnectionManager
 from gateway.replies import ReplyReader
 from gateway.state import GatewayState
@@ -128,9 +129,12 @@ def create_app(settings: Settings) -> Starlette:
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         collections = CollectionTimer(metrics.observe_gc_pause)
         collections.install()
+        lag = LoopLagMonitor(asyncio.get_running_loop(), metrics.LOOP_LAG.observe)
+        lag.start()
         try:
             yield
         finally:
+            lag.stop()
             collections.remove()
             ingest.cancel()
 

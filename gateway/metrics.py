@@ -64,6 +64,16 @@ _GC_BY_GENERATION = [
 ]
 
 
+# How late the event loop ran a timer (`gateway.looplag`): what every connection waited, at
+# worst, behind the callbacks of one turn; the stall budget's buckets are 15, 20 and 30 ms.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG = Histogram(
+    "gateway_event_loop_lag_seconds",
+    "How late the event loop ran a repeating 5 ms timer: a lower bound of each stall",
+    buckets=LOOP_LAG_BUCKETS,
+)
+
+
 def observe_gc_pause(generation: int, seconds: float, cpu_seconds: float) -> None:
     pauses, cpu = _GC_BY_GENERATION[generation]
     pauses.observe(seconds)

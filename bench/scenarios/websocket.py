@@ -193,6 +193,7 @@ def idle_connections(
             f"{connect_seconds:.1f}s, {row['rss_per_connection_bytes'] / 1024:.1f} KiB each, "
             f"worst stall {row['worst_stall_connecting_ms']:.1f} ms while connecting, "
             f"{row['worst_stall_ms']:.1f} ms held{_over_budget(row['gc_connecting'])}"
+            f"{_lag(row['gc_connecting'])}"
         )
         if status["open"] < level * 0.99:
             break
@@ -230,6 +231,7 @@ def mass_disconnect(
     progress.step(
         f"{server.name} mass disconnect of {closed:,}: closed in {closing_seconds:.1f}s, worst "
         f"stall {row['worst_stall_ms']:.1f} ms in the {scale.disconnect_window:g}s after{collected}"
+        f"{_lag(gc)}"
     )
     return row
 
@@ -241,6 +243,16 @@ def _over_budget(window: dict[str, Any]) -> str:
         f", collections while connecting: {window['gc_collections']}, "
         f"{window['gc_over_budget']} over {STALL_BUDGET_MS:.0f} ms "
         f"{window['gc_over_budget_by_generation']}"
+    )
+
+
+def _lag(window: dict[str, Any]) -> str:
+    """The gateway's own loop lag over a window, for the progress line ('' without one)."""
+    if "lag_ticks" not in window:
+        return ""
+    return (
+        f", loop lag: {window['lag_over_budget']} of {window['lag_ticks']} ticks over "
+        f"{STALL_BUDGET_MS:.0f} ms, latest {window['lag_longest']}"
     )
 
 
@@ -273,6 +285,7 @@ def targeted_fanout(
     }
     for step in range(scale.rate_steps):
         load.probe_rtts()
+        pauses = gcpauses.scrape(server.metrics_url)
         meters = {name: system.CpuMeter(pids) for name, pids in groups.items()}
         for meter in meters.values():
             meter.start()
@@ -304,6 +317,7 @@ def targeted_fanout(
             else None,
             "connections_dropped": status["closed"] - closed_before,
             **_stall(load),
+            "gc": gcpauses.window(pauses, gcpauses.scrape(server.metrics_url), STALL_BUDGET_MS),
         }
         row["passed"] = lost == 0 and summary["p99_ms"] < LATENCY_TARGET_MS
         steps.append(row)
@@ -312,6 +326,7 @@ def targeted_fanout(
             f"p50 {summary['p50_ms']:.1f} p99 {summary['p99_ms']:.1f} max "
             f"{summary['max_ms']:.1f} ms, server cpu {cpu['server']:.2f}, generator cpu "
             f"{cpu['generator']:.2f}, worst stall {row['worst_stall_ms']:.1f} ms"
+            f"{_lag(row['gc'])}"
         )
         reason = _failure(row, rate)
         if reason:
@@ -364,6 +379,7 @@ def broadcast_all(
     # of the two sides a broadcast's completion time is made of.
     sides = {"server": [server.pid], "receivers": [w.pid for w in load.workers]}
     used = dict.fromkeys(sides, 0.0)
+    pauses = gcpauses.scrape(server.metrics_url)
     for k in range(scale.broadcasts):
         load.probe_rtts()
         before = {side: sum(map(system.cpu_seconds, pids)) for side, pids in sides.items()}
@@ -409,6 +425,7 @@ def broadcast_all(
         # per broadcast, the probe frames' share included (a few hundred targeted frames)
         "server_cpu_ms_per_broadcast": round(used["server"] * 1000 / len(repeats), 1),
         "receivers_cpu_ms_per_broadcast": round(used["receivers"] * 1000 / len(repeats), 1),
+        "gc": gcpauses.window(pauses, gcpauses.scrape(server.metrics_url), STALL_BUDGET_MS),
     }
     result["probe_met"] = (
         result["probe_in_flight"] > 0
@@ -422,7 +439,7 @@ def broadcast_all(
         f"{probe_latency['p99_ms']:.1f} / max {probe_latency['max_ms']:.1f} ms, "
         f"worst stall {worst_stall:.1f} ms, CPU per broadcast: server "
         f"{result['server_cpu_ms_per_broadcast']} ms, receiving clients "
-        f"{result['receivers_cpu_ms_per_broadcast']} ms"
+        f"{result['receivers_cpu_ms_per_broadcast']} ms{_lag(result['gc'])}"
     )
     return result
 

@@ -1,5 +1,6 @@
-"""`bench.gcpauses`: a window of the gateway's collection pauses, from two scrapes of the same
-histogram the gateway exposes (built here with prometheus_client, as the gateway builds it)."""
+"""`bench.gcpauses`: a window of the gateway's collection pauses and event-loop lag, from two
+scrapes of the same histograms the gateway exposes (built here with prometheus_client, as the
+gateway builds them)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def test_no_metrics_no_window() -> None:
     """The lean reference exposes no collections: nothing is scraped, the window is empty."""
     assert gcpauses.scrape(None) is None
     assert gcpauses.window(None, None, 20.0) == {}
+
+
+def test_window_counts_the_loop_lag_over_the_budget() -> None:
+    """Ticks before the first scrape are not counted; of those between, the ones later than the
+    budget are counted and the latest is named by its bucket. Without the lag series (an older
+    gateway) the window has only the collections."""
+    registry, _, _ = _histogram()
+    before_lag = gcpauses.parse(generate_latest(registry).decode())
+    assert "lag_ticks" not in gcpauses.window(before_lag, before_lag, 20.0)
+    lag = Histogram(
+        "gateway_event_loop_lag_seconds", "lag", buckets=metrics.LOOP_LAG_BUCKETS, registry=registry
+    )
+    lag.observe(0.5)  # before the window
+    before = gcpauses.parse(generate_latest(registry).decode())
+    for seconds in (0.0004, 0.0004, 0.012, 0.025, 0.021):
+        lag.observe(seconds)
+    after = gcpauses.parse(generate_latest(registry).decode())
+    window = gcpauses.window(before, after, 20.0)
+    assert (window["lag_ticks"], window["lag_over_budget"], window["lag_longest"]) == (
+        5,
+        2,
+        "<= 30 ms",
+    )
+    assert gcpauses.window(after, after, 20.0)["lag_longest"] == "none"

@@ -193,6 +193,24 @@ def test_stall_verdict_covers_connecting_and_the_mass_disconnect() -> None:
     assert row["measured"].endswith("; 2 garbage collections over the budget")
 
 
+def test_stall_verdict_counts_the_gateways_own_loop_lag() -> None:
+    """Loop-lag ticks later than the budget in any window the target names fail it though the
+    probe saw no stall; the latest tick's bucket is reported. Ticks in the overloaded fan-out
+    step past the best passing one do not count."""
+    gateway = copy.deepcopy(RESULTS["websocket"]["gateway"])
+    quiet = {"lag_ticks": 600, "lag_over_budget": 0, "lag_longest": "<= 15 ms"}
+    gateway["idle"][0]["gc_connecting"] |= quiet
+    gateway["fanout"]["steps"][1]["gc"] = quiet | {"lag_over_budget": 9, "lag_longest": "> 2500 ms"}
+    gateway["disconnect"]["gc"] |= quiet
+    row = _stall_row(RESULTS | {"websocket": {"gateway": gateway, "lean": gateway}})
+    assert row["met"] is True
+    assert row["measured"].endswith("more than 20 ms late 0 times (latest <= 15 ms)")
+    gateway["disconnect"]["gc"] |= {"lag_over_budget": 2, "lag_longest": "<= 50 ms"}
+    row = _stall_row(RESULTS | {"websocket": {"gateway": gateway, "lean": gateway}})
+    assert row["met"] is False
+    assert row["measured"].endswith("more than 20 ms late 2 times (latest <= 50 ms)")
+
+
 def test_collections_and_the_mass_disconnect_are_tabled() -> None:
     text = report.markdown(RESULTS, [])
     assert (

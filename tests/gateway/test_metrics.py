@@ -16,7 +16,8 @@ Token = Callable[..., str]
 
 
 async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
-    """/metrics carries connections, frames, closes and the fan-out latency histogram."""
+    """/metrics carries connections, frames, closes, the fan-out latency histogram, the
+    collections' pauses and the event loop's lag (its timer has been ticking since start-up)."""
     user = uuid.uuid4()
     ws = await open_ws(cluster.a, uuid.uuid4(), token_for(user))
     assert (await publish(cluster.b, user_id=str(user), frame={"type": "x"})).status_code == 202
@@ -33,14 +34,16 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         "gateway_fanout_latency_seconds_bucket",
         'gateway_gc_pause_seconds_bucket{generation="2",le="0.02"}',
         'gateway_gc_cpu_seconds_total{generation="0"}',
+        'gateway_event_loop_lag_seconds_bucket{le="0.02"}',
     ):
         assert name in text, name
-    count = next(
-        line
-        for line in text.splitlines()
-        if line.startswith("gateway_fanout_latency_seconds_count")
-    )
-    assert float(count.split()[-1]) >= 1
+
+    def count(family: str) -> float:
+        line = next(line for line in text.splitlines() if line.startswith(family + "_count"))
+        return float(line.split()[-1])
+
+    assert count("gateway_fanout_latency_seconds") >= 1
+    assert count("gateway_event_loop_lag_seconds") >= 1
 
 
 @pytest.fixture(scope="module")

@@ -207,10 +207,12 @@ def push_service(settings: Settings) -> Iterator[PushService]:
         service.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    """A real 3-primary Redis 7 cluster on loopback ports for the requesting module (skipped, with
-    the reason, only where Debian's redis-server is missing outside CI)."""
+    """A real 3-primary Redis 7 cluster on loopback ports, one for the whole run (skipped, with
+    the reason, only where Debian's redis-server is missing outside CI). Tests share it as they
+    share the PostgreSQL and Redis of `infra`: keys of their own (random ids), and a test that
+    moves a slot or stops a node puts it back before it ends."""
     nodes = started_or_skip(tmp_path_factory.mktemp("cluster"))
     try:
         yield nodes

@@ -38,7 +38,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from gateway import metrics
 from shared import keys
 from shared.backoff import Backoff
-from shared.cluster import ClusterUnavailable, ShardedSubscriber, lean_handshake
+from shared.cluster import PUBSUB_PROTOCOL, ClusterUnavailable, ShardedSubscriber, lean_handshake
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
 
@@ -180,6 +180,7 @@ class Fanout(_Router[M]):
             socket_connect_timeout=2,
             socket_keepalive=True,
             health_check_interval=0,
+            protocol=PUBSUB_PROTOCOL,
             **lean_handshake(),
         )
         self._on_resync = on_resync

@@ -163,6 +163,20 @@ async def test_pings_keep_a_healthy_link(infra: Infra, r: redis.Redis) -> None:
         await fanout.stop()
 
 
+async def test_the_pubsub_link_speaks_resp2(infra: Infra) -> None:
+    """The fan-out's link reads its messages as RESP2 arrays (redis-py 8 would speak RESP3 and
+    pass each message through its push handler: twice the reader's CPU per message). The
+    test's Redis (6.2) does not list a client's protocol: the link's own handshake says it."""
+    fanout: Fanout[object] = Fanout(infra.redis.url, set(), lambda *_: None, lambda: None)
+    await fanout.start()
+    try:
+        channel = keys.user_channel(uuid.uuid4()).encode()
+        await fanout.join(object(), (channel,), timeout=5)
+        assert fanout._conn is not None and fanout._conn.protocol == 2
+    finally:
+        await fanout.stop()
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -81,6 +81,23 @@ async def test_spublish_reaches_subscribers_on_every_shard(
         assert [data for name, data in received if name == channel] == [b"first", b"second"]
 
 
+async def test_shard_links_speak_resp2(
+    client: RedisCluster, local_cluster: LocalRedisCluster
+) -> None:
+    """Each shard's subscriber link reads its messages as RESP2 arrays (see
+    `cluster.PUBSUB_PROTOCOL`), on every primary it subscribed on."""
+    channels: dict[int, str] = {}
+    while len(channels) < 3:
+        channel = keys.user_channel(uuid.uuid4())
+        channels.setdefault(local_cluster.owner_of(client.keyslot(channel)), channel)
+    async with cluster.ShardedSubscriber(client, on_message=_Inbox()) as subscriber:
+        await subscriber.subscribe(*channels.values())
+        for node in client.get_primaries():
+            links = await client.execute_command("CLIENT LIST", "TYPE", "pubsub", target_nodes=node)
+            mine = [c for c in links if int(c.get("ssub", 0)) > 0]
+            assert mine and all(c["resp"] == "2" for c in mine), (node.name, links)
+
+
 async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> None:
     """After unsubscribe, SPUBLISH finds no subscriber and nothing arrives."""
     kept, dropped = keys.user_channel(uuid.uuid4()), keys.session_channel(uuid.uuid4())

@@ -38,7 +38,13 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from gateway import metrics
 from shared import keys
 from shared.backoff import Backoff
-from shared.cluster import PUBSUB_PROTOCOL, ClusterUnavailable, ShardedSubscriber, lean_handshake
+from shared.cluster import (
+    PUBSUB_PROTOCOL,
+    READ_SLICE,
+    ClusterUnavailable,
+    ShardedSubscriber,
+    lean_handshake,
+)
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
 
@@ -288,9 +294,14 @@ class Fanout(_Router[M]):
         # No read timeout: redis-py would open an asyncio timeout per message (~6 % of the
         # gateway's CPU at 20k messages/s); the pinger watches for silence instead.
         loop = asyncio.get_running_loop()
+        read = 0
         while True:
             response: Any = await conn.read_response(timeout=math.inf, push_request=True)
             self._heard = loop.time()
+            read += 1
+            if read == READ_SLICE:
+                read = 0
+                await asyncio.sleep(0)
             if not isinstance(response, list):
                 continue  # b"PONG": the answer to the pinger, proof of life
             kind = response[0]

@@ -8,11 +8,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 
 from gateway import metrics
 from gateway.fanout import Fanout
 from shared import keys, publish
+from shared.cluster import READ_SLICE
 from shared.wire import EnvelopeMeta, Notification, NotificationData, encode, encode_envelope
 from tests.conftest import Infra
 from tests.gateway.conftest import Cluster, equals, eventually, open_ws, recv_json, silent
@@ -174,6 +176,39 @@ async def test_the_pubsub_link_speaks_resp2(infra: Infra) -> None:
         await fanout.join(object(), (channel,), timeout=5)
         assert fanout._conn is not None and fanout._conn.protocol == 2
     finally:
+        await fanout.stop()
+
+
+async def test_the_reader_lets_other_work_run_within_a_burst(infra: Infra) -> None:
+    """Thousands of messages already buffered (published while the loop was held) are read at
+    most `READ_SLICE` per event-loop step: a callback scheduled at the first delivery runs
+    before the reader has handled more than that, not after the whole burst."""
+    received: list[bytes] = []
+    seen_by_other_work: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def deliver(members: object, meta: EnvelopeMeta, text: bytes) -> None:
+        if not received:
+            loop.call_soon(lambda: seen_by_other_work.append(len(received)))
+        received.append(text)
+
+    fanout: Fanout[object] = Fanout(infra.redis.url, set(), deliver, lambda: None)
+    await fanout.start()
+    sync = sync_redis.Redis.from_url(infra.redis.url)
+    try:
+        channel = keys.user_channel(uuid.uuid4()).encode()
+        await fanout.join(object(), (channel,), timeout=5)
+        burst = 4 * READ_SLICE
+        envelope = encode_envelope(b"{}", EnvelopeMeta())
+        # A blocking client: the loop (and the reader) waits while Redis sends the burst.
+        with sync.pipeline(transaction=False) as pipe:
+            for _ in range(burst):
+                pipe.publish(channel, envelope)
+            pipe.execute()
+        await eventually(lambda: _true(len(received) == burst), 5)
+        assert seen_by_other_work and seen_by_other_work[0] <= READ_SLICE, seen_by_other_work
+    finally:
+        sync.close()
         await fanout.stop()
 
 

@@ -293,6 +293,15 @@ def markdown(
         + ".",
         "",
     ]
+    steal = results.get("steal_share")
+    if steal:
+        out += [
+            "CPU steal over the run (the host gave this virtual machine's cores to others while "
+            "they wanted to run; above a few percent the run measured a noisy host): "
+            + ", ".join(f"core {core} {share:.1%}" for core, share in sorted(steal.items()))
+            + ".",
+            "",
+        ]
     if scale.get("name") != "full":
         out += [
             "Targets are defined at full scale; this run is smaller, so verdicts are not "

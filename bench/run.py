@@ -113,6 +113,7 @@ def run(out: Path) -> dict[str, Any]:
         "pubsub": 1,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
+    stolen, began = system.steal_seconds(), time.monotonic()
     shutil.rmtree(out / "logs", ignore_errors=True)
     shutil.rmtree(out / "profiles", ignore_errors=True)
     with Stack(cores, logs=out / "logs") as stack:
@@ -143,6 +144,11 @@ def run(out: Path) -> dict[str, Any]:
                     lambda mode=mode: _fairness(stack, scale, mode, progress),  # type: ignore[misc]
                 )
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    wall = time.monotonic() - began
+    results["steal_share"] = {
+        str(core): round((seconds - stolen.get(core, 0.0)) / wall, 4)
+        for core, seconds in system.steal_seconds().items()
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, out)

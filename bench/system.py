@@ -1,5 +1,6 @@
-"""What the benchmark needs from the operating system: CPU pinning, file-descriptor limits, and
-per-process CPU time and resident memory read from `/proc` (Linux only).
+"""What the benchmark needs from the operating system: CPU pinning, file-descriptor limits,
+per-process CPU time and resident memory, and each core's steal time, read from `/proc` (Linux
+only).
 
 The gateway under test gets core 0 to itself; the load generator, publisher, Redis and everything
 else share the remaining cores, so the generator never steals the gateway's CPU. On a one-core
@@ -80,6 +81,25 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # after the command name: state is field 3, utime field 14, stime field 15 (1-based)
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def steal_seconds(stat_text: str | None = None) -> dict[int, float]:
+    """Per core, the time the hypervisor gave this virtual machine's core to something else while
+    it wanted to run (`/proc/stat`'s steal column), in seconds since boot; {} where unknown.
+    A run with much steal measured a noisy host, not the code."""
+    if stat_text is None:
+        try:
+            with open("/proc/stat") as stat:
+                stat_text = stat.read()
+        except OSError:
+            return {}
+    stolen: dict[int, float] = {}
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        # cpuN user nice system idle iowait irq softirq steal ...
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 8:
+            stolen[int(name[3:])] = int(fields[7]) / _TICKS
+    return stolen
 
 
 def rss_bytes(pid: int) -> int:

@@ -40,4 +40,11 @@ def test_bench_runs_against_the_gateway(settings: Settings, tmp_path: Path) -> N
     assert step["sent"] > 0
     assert step["delivered"] == step["sent"]
     assert gateway["broadcast"]["all_received"]
-    assert "## Targets" in (tmp_path / "report.md").read_text()
+    # The gateway's own loop lag is scraped for every window the stall target names.
+    assert gateway["idle"][0]["gc_connecting"]["lag_ticks"] > 0
+    assert "lag_over_budget" in step["gc"] and "lag_longest" in gateway["disconnect"]["gc"]
+    # Each core's steal over the run, as a share of its wall time.
+    assert set(results["steal_share"]) == {str(core) for core in range(os.cpu_count() or 1)}
+    assert all(0.0 <= share < 1.0 for share in results["steal_share"].values())
+    report = (tmp_path / "report.md").read_text()
+    assert "## Targets" in report and "CPU steal over the run" in report

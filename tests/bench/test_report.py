@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, system
 
 
 def fanout_step(step: int, rate: int, p99: float, lost: int = 0) -> dict[str, Any]:
@@ -299,3 +300,24 @@ def test_pubsub_section_shows_both_figures_or_why_not() -> None:
     assert "| one server | 8.1 |" in text and "| 3-primary cluster | 7.5 |" in text
     skipped = report.markdown({"pubsub": {"skipped": "needs redis-server 7"}}, None)
     assert "Skipped: needs redis-server 7." in skipped
+
+
+def test_steal_is_stated_under_the_machine() -> None:
+    """A run's steal share per core is printed with the machine; a run without it prints none."""
+    assert "CPU steal" not in report.markdown(RESULTS, [])
+    text = report.markdown(RESULTS | {"steal_share": {"1": 0.031, "0": 0.0042}}, [])
+    assert "core 0 0.4%, core 1 3.1%." in text
+
+
+def test_steal_seconds_reads_each_cores_steal_column() -> None:
+    """`/proc/stat`'s eighth number of each `cpuN` line, in clock ticks; the all-cores line and
+    anything else are skipped."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = (
+        "cpu  10 0 5 100 0 0 0 30 0 0\n"
+        "cpu0 5 0 2 50 0 0 0 10 0 0\n"
+        "cpu1 5 0 3 50 0 0 0 20 0 0\n"
+        "intr 12345 0 0\n"
+    )
+    assert system.steal_seconds(stat) == {0: 10 / ticks, 1: 20 / ticks}
+    assert set(system.steal_seconds()) == set(range(os.cpu_count() or 1))

@@ -293,6 +293,14 @@ def markdown(
         + ".",
         "",
     ]
+    reference = results.get("reference_loop_seconds")
+    if reference:
+        out += [
+            "Machine speed: a fixed pure-Python loop (1M iterations, best of 3, on the load "
+            f"core) took {reference[0]:.3f} s before the run and {reference[1]:.3f} s after; "
+            "compare with another run's to tell a slower machine from slower code.",
+            "",
+        ]
     steal = results.get("steal_share")
     if steal:
         out += [

@@ -113,6 +113,7 @@ def run(out: Path) -> dict[str, Any]:
         "pubsub": 1,
     }
     progress = Progress(sum(planned.get(name, 0) for name in scale.scenarios))
+    reference = system.reference_loop_seconds()
     stolen, began = system.steal_seconds(), time.monotonic()
     shutil.rmtree(out / "logs", ignore_errors=True)
     shutil.rmtree(out / "profiles", ignore_errors=True)
@@ -149,6 +150,10 @@ def run(out: Path) -> dict[str, Any]:
         str(core): round((seconds - stolen.get(core, 0.0)) / wall, 4)
         for core, seconds in system.steal_seconds().items()
     }
+    results["reference_loop_seconds"] = [
+        round(reference, 3),
+        round(system.reference_loop_seconds(), 3),
+    ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, out)

@@ -102,6 +102,20 @@ def steal_seconds(stat_text: str | None = None) -> dict[int, float]:
     return stolen
 
 
+def reference_loop_seconds(iterations: int = 1_000_000, repeats: int = 3) -> float:
+    """Best of `repeats` timings of a fixed pure-Python loop in this process: the same work on
+    every run, so two runs' figures say whether the machine itself was as fast (a shared host's
+    slow phases do not all show as steal)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` in bytes (0 once it is gone)."""
     try:

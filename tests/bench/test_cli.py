@@ -46,5 +46,7 @@ def test_bench_runs_against_the_gateway(settings: Settings, tmp_path: Path) -> N
     # Each core's steal over the run, as a share of its wall time.
     assert set(results["steal_share"]) == {str(core) for core in range(os.cpu_count() or 1)}
     assert all(0.0 <= share < 1.0 for share in results["steal_share"].values())
+    assert all(seconds > 0 for seconds in results["reference_loop_seconds"])
     report = (tmp_path / "report.md").read_text()
     assert "## Targets" in report and "CPU steal over the run" in report
+    assert "Machine speed: a fixed pure-Python loop" in report

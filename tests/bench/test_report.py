@@ -302,11 +302,18 @@ def test_pubsub_section_shows_both_figures_or_why_not() -> None:
     assert "Skipped: needs redis-server 7." in skipped
 
 
-def test_steal_is_stated_under_the_machine() -> None:
-    """A run's steal share per core is printed with the machine; a run without it prints none."""
-    assert "CPU steal" not in report.markdown(RESULTS, [])
-    text = report.markdown(RESULTS | {"steal_share": {"1": 0.031, "0": 0.0042}}, [])
+def test_steal_and_machine_speed_are_stated_under_the_machine() -> None:
+    """A run's steal share per core and its reference loop's timings are printed with the
+    machine; a run without them prints neither."""
+    plain = report.markdown(RESULTS, [])
+    assert "CPU steal" not in plain and "Machine speed" not in plain
+    text = report.markdown(
+        RESULTS
+        | {"steal_share": {"1": 0.031, "0": 0.0042}, "reference_loop_seconds": [0.081, 0.0926]},
+        [],
+    )
     assert "core 0 0.4%, core 1 3.1%." in text
+    assert "took 0.081 s before the run and 0.093 s after" in text
 
 
 def test_steal_seconds_reads_each_cores_steal_column() -> None:

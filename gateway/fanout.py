@@ -26,10 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Collection, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
@@ -44,6 +43,7 @@ from shared.cluster import (
     ClusterUnavailable,
     ShardedSubscriber,
     lean_handshake,
+    read_reply,
 )
 from shared.redis_client import RedisClient, is_cluster
 from shared.wire import EnvelopeMeta, decode_envelope
@@ -296,7 +296,7 @@ class Fanout(_Router[M]):
         loop = asyncio.get_running_loop()
         read = 0
         while True:
-            response: Any = await conn.read_response(timeout=math.inf, push_request=True)
+            response = await read_reply(conn)
             self._heard = loop.time()
             read += 1
             if read == READ_SLICE:

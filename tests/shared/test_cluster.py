@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from shared import cluster, keys
 from shared.local_cluster import LocalRedisCluster
@@ -96,6 +99,30 @@ async def test_shard_links_speak_resp2(
             links = await client.execute_command("CLIENT LIST", "TYPE", "pubsub", target_nodes=node)
             mine = [c for c in links if int(c.get("ssub", 0)) > 0]
             assert mine and all(c["resp"] == "2" for c in mine), (node.name, links)
+
+
+async def test_read_reply_returns_replies_raises_errors_and_a_lost_link(
+    client: RedisCluster,
+) -> None:
+    """`read_reply` on a subscriber link: a confirmation and a message as RESP2 arrays, an
+    error reply raised as redis-py raises it, and a link the server closed as a connection
+    error (what the readers' callers handle by re-subscribing)."""
+    node = client.get_primaries()[0]
+    conn = Connection(host=node.host, port=int(node.port), protocol=cluster.PUBSUB_PROTOCOL)
+    await conn.connect()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_command("SUBSCRIBE", "plain")
+        assert await cluster.read_reply(conn) == [b"subscribe", b"plain", 1]
+        await client.publish("plain", b"hello", target_nodes=node)
+        assert await cluster.read_reply(conn) == [b"message", b"plain", b"hello"]
+        await conn.send_command("SUBSCRIBE")  # no channel: Redis answers with an error
+        with pytest.raises(ResponseError, match="wrong number of arguments"):
+            await cluster.read_reply(conn)
+        await client.execute_command("CLIENT KILL", "TYPE", "pubsub", target_nodes=node)
+        with pytest.raises((RedisConnectionError, OSError)):
+            await cluster.read_reply(conn)
+    finally:
+        await conn.disconnect()
 
 
 async def test_unsubscribed_channel_is_not_delivered(client: RedisCluster) -> None:

@@ -7,7 +7,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import LoopCounter, LoopHistogram, LoopMetrics
 from tests.conftest import SpawnService
 from tests.gateway.conftest import WS_PATHS, Cluster, open_ws, publish, recv_json
 from tests.support.processes import ServiceProcess
@@ -70,3 +73,27 @@ async def test_task_count_gauge_counts_the_loops_tasks(
         assert idle >= 1 and await tasks() > idle
     finally:
         await ws.close()
+
+
+def test_loop_metrics_expose_what_prometheus_client_would() -> None:
+    """The event loop's own counter and histogram scrape like prometheus_client's: a counter's
+    `_total`, a histogram's cumulative `le` buckets (a value on a bound counts in it), `+Inf`,
+    count and sum."""
+    registry = CollectorRegistry()
+    counter = LoopCounter("t_frames", "frames")
+    histogram = LoopHistogram("t_latency_seconds", "latency", buckets=(0.01, 0.001, 0.1))
+    registry.register(LoopMetrics(counter, histogram))
+    counter.inc()
+    counter.inc(4)
+    for seconds in (0.0005, 0.001, 0.05, 7.0):
+        histogram.observe(seconds)
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    assert samples[("t_frames_total", None)] == 5
+    bounds = ("0.001", "0.01", "0.1", "+Inf")
+    assert [samples[("t_latency_seconds_bucket", le)] for le in bounds] == [2, 2, 3, 4]
+    assert samples[("t_latency_seconds_count", None)] == 4
+    assert samples[("t_latency_seconds_sum", None)] == 0.0005 + 0.001 + 0.05 + 7.0

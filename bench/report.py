@@ -68,7 +68,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "broadcast",
             "broadcast to 10k clients complete in < 100 ms p99",
             f"{broadcast['receivers']:,} clients, last one after {p99:.1f} ms p99"
-            + ("" if broadcast["all_received"] else " (some missed it)"),
+            + ("" if broadcast["all_received"] else " (some missed it)")
+            + _floor_note(results.get("send_floor")),
             broadcast["receivers"] >= 10_000 and p99 < 100 and broadcast["all_received"],
         )
     else:
@@ -331,6 +332,7 @@ def markdown(
             out += [f"Failed: `{server['error'].splitlines()[0]}`"]
             continue
         out += _websocket_sections(server)
+    out += _send_floor_section(results.get("send_floor"))
     out += _chat_section(results.get("chat"))
     out += _rest_section(results.get("rest"))
     out += _fairness_section(results.get("fairness"))
@@ -471,6 +473,50 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
             ],
         )
     return out
+
+
+def _send_floor_section(floor: dict[str, Any] | None) -> list[str]:
+    if not floor or "cpu_ms_p50" not in floor:
+        return []
+    out = ["", "## The floor under a broadcast: bare socket writes", ""]
+    out += _table(
+        [
+            "Connections",
+            "Rounds",
+            "CPU per round p50 / min / max (ms)",
+            "µs per write p50",
+            "Wall per round p50 / p99 (ms)",
+        ],
+        [
+            [
+                f"{floor['connections']:,}",
+                floor["rounds"],
+                f"{floor['cpu_ms_p50']} / {floor['cpu_ms_min']} / {floor['cpu_ms_max']}",
+                floor["us_per_write_p50"],
+                f"{floor['wall_ms_p50']} / {floor['wall_ms_p99']}",
+            ]
+        ],
+    )
+    return [
+        *out,
+        "",
+        f"One process pinned to the server core writes one {floor['frame_bytes']}-byte frame to "
+        "each of as many loopback connections as the broadcast reaches, read by a process on the "
+        "load core, round after round (`bench.sendfloor`): on loopback each write also runs the "
+        "receiver's TCP input and wakes its reader inside the sender's system call. This is the "
+        "kernel's share of a broadcast to that many clients on this machine, whatever the server.",
+    ]
+
+
+def _floor_note(floor: dict[str, Any] | None) -> str:
+    """The broadcast target's evidence: this machine's floor (`bench.sendfloor`)."""
+    if not floor or "cpu_ms_p50" not in floor:
+        return ""
+    return (
+        f"; this machine's floor: {floor['connections']:,} bare loopback writes of one frame "
+        f"from one process cost {floor['cpu_ms_p50']:.1f} ms of CPU p50 "
+        f"({floor['cpu_ms_min']:.1f}-{floor['cpu_ms_max']:.1f} ms over {floor['rounds']} rounds)"
+    )
 
 
 def _probe_cell(broadcast: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import redis_probe, report, system
+from bench import redis_probe, report, sendfloor, system
 from bench import scale as scales
 from bench.loadside import LoadSide
 from bench.profile import Profiler, hot_functions
@@ -104,7 +104,7 @@ def run(out: Path) -> dict[str, Any]:
         "websocket": {},
     }
     planned = {
-        "websocket": len(scale.servers) * websocket.steps_planned(scale),
+        "websocket": len(scale.servers) * websocket.steps_planned(scale) + 1,
         "chat": chat.STEPS,
         "rest": rest.STEPS,
         "fairness": fairness.STEPS,
@@ -128,6 +128,8 @@ def run(out: Path) -> dict[str, Any]:
                 progress,
                 lambda name=name: _websocket(stack, name, scale, cores, progress),  # type: ignore[misc]
             )
+        if "websocket" in scale.scenarios:
+            _guarded("send_floor", results, progress, lambda: _send_floor(scale, cores, progress))
         _http_scenarios(stack, scale, results, progress)
         if "topics" in scale.scenarios:
             _guarded("topics", results, progress, lambda: _topics(stack, scale, progress))
@@ -368,6 +370,16 @@ def _storm(
     )
 
 
+def _send_floor(scale: scales.Scale, cores: system.Cores, progress: Progress) -> dict[str, Any]:
+    """What bare writes of one frame to as many connections as a broadcast reaches cost here."""
+    result = sendfloor.measure(cores, max(scale.idle_levels), scale.broadcasts)
+    progress.step(
+        f"send floor: {result['connections']:,} bare loopback writes cost "
+        f"{result['cpu_ms_p50']:.1f} ms of CPU p50 ({result['us_per_write_p50']} us each)"
+    )
+    return result
+
+
 def _pubsub(scale: scales.Scale, progress: Progress) -> dict[str, Any]:
     result = pubsub.run(scale.pubsub_channels, scale.pubsub_messages)
     if "skipped" in result:
@@ -390,6 +402,7 @@ def failed(results: dict[str, Any]) -> list[str]:
         "topics": results.get("topics"),
         "storm": results.get("storm"),
         "pubsub": results.get("pubsub"),
+        "send_floor": results.get("send_floor"),
     }
     return [name for name, body in sections.items() if isinstance(body, dict) and "error" in body]
 

@@ -118,6 +118,36 @@ def test_broadcast_delay_of_other_connections_is_a_row_and_a_column() -> None:
     assert "| 8.0 / 25.0 (150 in flight) | 90.0 / 70.0 |" in report.markdown(RESULTS, [])
 
 
+def test_broadcast_verdict_names_this_machines_floor() -> None:
+    """The send floor measured in the run is the broadcast target's evidence and has its own
+    table; the verdict stays the broadcast's own figure."""
+    floor = {
+        "connections": 10_000,
+        "frame_bytes": 124,
+        "rounds": 20,
+        "cpu_ms_p50": 97.4,
+        "cpu_ms_min": 85.6,
+        "cpu_ms_max": 130.7,
+        "wall_ms_p50": 97.5,
+        "wall_ms_p99": 130.8,
+        "us_per_write_p50": 9.74,
+    }
+    results = RESULTS | {"send_floor": floor}
+    row = next(r for r in report.targets(results) if r["name"] == "broadcast")
+    assert row["met"] is True
+    assert row["measured"].endswith(
+        "; this machine's floor: 10,000 bare loopback writes of one frame from one process "
+        "cost 97.4 ms of CPU p50 (85.6-130.7 ms over 20 rounds)"
+    )
+    text = report.markdown(results, [])
+    assert "## The floor under a broadcast: bare socket writes" in text
+    assert "| 10,000 | 20 | 97.4 / 85.6 / 130.7 | 9.74 | 97.5 / 130.8 |" in text
+    assert (
+        "floor"
+        not in next(r for r in report.targets(RESULTS) if r["name"] == "broadcast")["measured"]
+    )
+
+
 def test_sse_verdict_is_what_the_gateway_adds() -> None:
     """With the gateway's share measured, the SSE target is judged on it, and the whole
     pipeline's figure is named beside it."""

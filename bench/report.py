@@ -704,10 +704,14 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     for name, server in results.get("websocket", {}).items():
         for phase, profile in (server.get("profiles") or {}).items():
             found.append((f"{name}, {phase}", profile))
-    for name in ("chat", "rest"):
+    for name, title in (
+        ("chat", "gateway, chat"),
+        ("rest", "gateway, rest"),
+        ("storm", "gateway B (the survivor), reconnect storm"),
+    ):
         profile = (results.get(name) or {}).get("profile")
         if profile:
-            found.append((f"gateway, {name}", profile))
+            found.append((title, profile))
     if not found:
         return []
     out = ["", "## Profiles (py-spy, busy samples only)", ""]

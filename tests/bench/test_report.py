@@ -358,3 +358,25 @@ def test_steal_seconds_reads_each_cores_steal_column() -> None:
     )
     assert system.steal_seconds(stat) == {0: 10 / ticks, 1: 20 / ticks}
     assert set(system.steal_seconds()) == set(range(os.cpu_count() or 1))
+
+
+def test_profiles_of_every_phase_and_the_storms_survivor_are_tabled() -> None:
+    """With `BENCH_PROFILE=1`, the report tables each profiled phase, the reconnect storm's
+    survivor included (the evidence for the connect-rate target)."""
+    profile = {
+        "samples": 1200,
+        "functions": [
+            {
+                "function": "write_frames (gateway/wsprotocol.py)",
+                "self_pct": 56.8,
+                "total_pct": 56.8,
+            }
+        ],
+    }
+    results = copy.deepcopy(RESULTS)
+    results["websocket"]["gateway"]["profiles"] = {"broadcast": profile}
+    results["storm"] = {"profile": profile | {"samples": 1561}}
+    text = report.markdown(results, [])
+    assert "### gateway, broadcast (1,200 samples)" in text
+    assert "### gateway B (the survivor), reconnect storm (1,561 samples)" in text
+    assert "| `write_frames (gateway/wsprotocol.py)` | 56.8 | 56.8 |" in text

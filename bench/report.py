@@ -107,7 +107,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "SSE per-token latency",
             "the gateway adds < 2 ms p50 per token (SSE, 200 streams)",
             f"{gateway_added['p50_ms']:.2f} ms p50, {gateway_added['p99_ms']:.2f} ms p99 "
-            f"({chat['streams']} streams, reply stream to client, upper bound){beside}; whole "
+            f"({chat['streams']} streams, reply stream to the client's socket, upper bound)"
+            f"{beside}; whole "
             f"pipeline from the model {pipeline['p50_ms']:.2f} ms p50",
             gateway_added["p50_ms"] < 2 and chat["completed"] == chat["streams"],
         )
@@ -548,6 +549,7 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
             "Added per token p50 / p95 / p99 / max (ms)",
             "Added by the gateway p50 / p95 / p99 / max (ms)",
             "Redis floor p50 / p95 / p99 / max (ms)",
+            "Client's own read delay p50 / p99 (ms)",
             "CPU (cores)",
         ],
         [
@@ -559,6 +561,7 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
                 f"{added['p50_ms']} / {added['p95_ms']} / {added['p99_ms']} / {added['max_ms']}",
                 _percentiles(chat.get("gateway_added_per_token")),
                 _percentiles(chat.get("redis_floor_per_entry")),
+                _read_delay(chat.get("client_read_delay")),
                 ", ".join(f"{k} {v}" for k, v in chat["cpu"].items()),
             ]
         ],
@@ -567,7 +570,10 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
         "",
         f"The fake model writes {chat['tokens_per_answer']} tokens "
         f"{chat['token_interval_ms']:.0f} ms apart; first-token time includes that first "
-        "interval. Added per token = arrival at the client minus the model's write time (the "
+        "interval. Arrival = when the bytes reached the client's socket, as the kernel stamped "
+        "them (SO_TIMESTAMPNS, `bench.arrivals`), not when the client — one process reading every "
+        "stream on the load core — read them: that delay is the client's own read delay, in none "
+        "of the other figures. Added per token = arrival minus the model's write time (the "
         "whole pipeline: agent worker, Redis, gateway). Added by the gateway = arrival of each "
         "`token` event minus when the worker wrote it to its reply stream (its entry id's "
         "millisecond, or the model's write of its last delta if later): an upper bound, at most "
@@ -579,6 +585,10 @@ def _chat_section(chat: dict[str, Any] | None) -> list[str]:
     if chat.get("errors"):
         out += ["", "Errors: " + ", ".join(f"`{k}` x{v}" for k, v in chat["errors"].items())]
     return out
+
+
+def _read_delay(delay: dict[str, Any] | None) -> str:
+    return f"{delay['p50_ms']} / {delay['p99_ms']}" if delay else "-"
 
 
 def _fairness_section(fairness: dict[str, Any] | None) -> list[str]:

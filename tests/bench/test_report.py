@@ -181,12 +181,16 @@ def test_sse_floor_is_named_beside_the_gateways_share() -> None:
         "added_per_token": summary,
         "gateway_added_per_token": summary,
         "redis_floor_per_entry": floor,
+        "client_read_delay": summary | {"p50_ms": 1.1, "p99_ms": 9.0},
         "cpu": {"gateway": 0.2},
     }
     row = next(r for r in report.targets(RESULTS | {"chat": chat}) if r["name"].startswith("SSE"))
     assert row["met"] is False
+    assert "(200 streams, reply stream to the client's socket, upper bound)" in row["measured"]
     assert "Redis and the client alone (no gateway, same seconds) 4.50 ms p50" in row["measured"]
-    assert "| 4.5 / 12.0 / 15.0 / 30.0 |" in report.markdown(RESULTS | {"chat": chat}, [])
+    text = report.markdown(RESULTS | {"chat": chat}, [])
+    assert "| 4.5 / 12.0 / 15.0 / 30.0 | 1.1 / 9.0 |" in text
+    assert "the client's own read delay, in none of the other figures" in text
 
 
 def test_stall_counts_only_sustained_load() -> None:

@@ -17,6 +17,11 @@ lane hands a read's entries over once its next `XREAD` is sent, so Redis serves 
 the sinks write; only the first `SINK_STREAMS` streams of a read go to sinks, which bounds the
 one step of the loop they take.
 
+Each read is the blocking `XREAD` and, pipelined behind it, the same `XREAD` without `BLOCK`
+(`read_commands`): Redis answers a blocked read with the one stream whose write woke it, and runs
+the follow-up once the rest of that writer's pipeline is in, so a worker's burst to 50 answers
+arrives in one round trip instead of two (docs/decisions.md, "The lane's follow-up read").
+
 A subscription that joins while its lane is blocked must not wait for the block to time out: each
 lane's `XREAD` also reads its own wake-up stream (`keys.gateway_replies_wake`), and a join
 appends an entry to it (at most one per blocked read). A reader that falls behind keeps at most
@@ -199,11 +204,59 @@ _XREAD_HEAD = b"".join(
 _XREAD_ARGS = 6  # the arguments in _XREAD_HEAD
 
 
+# XREAD COUNT <READ_COUNT> STREAMS: the follow-up, which does not block.
+_FOLLOW_UP_HEAD = b"".join(_bulk(arg) for arg in (b"XREAD", b"COUNT", b"%d" % READ_COUNT)) + _bulk(
+    b"STREAMS"
+)
+_FOLLOW_UP_ARGS = 4
+
+
 def xread_command(keys: list[bytes], ids: list[bytes]) -> bytes:
     """The `XREAD` of the lane (`COUNT`, `BLOCK`) over streams `keys` after `ids`, both already
     RESP bulk strings (`_bulk`), as one RESP command."""
     count = b"*%d\r\n" % (_XREAD_ARGS + len(keys) + len(ids))
     return b"".join((count, _XREAD_HEAD, *keys, *ids))
+
+
+def read_commands(keys: list[bytes], ids: list[bytes]) -> bytes:
+    """The lane's blocking `XREAD` and, pipelined behind it, the same read without `BLOCK`: Redis
+    answers a blocked `XREAD` with the one stream whose write woke it, and runs the follow-up
+    once that write's batch is done, so the follow-up brings the rest of the batch in the same
+    round trip (the entries both found are delivered once, `_merge`)."""
+    count = b"*%d\r\n" % (_FOLLOW_UP_ARGS + len(keys) + len(ids))
+    return b"".join((xread_command(keys, ids), count, _FOLLOW_UP_HEAD, *keys, *ids))
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, list[Any]]]:
+    """An `XREAD` reply as (key, raw entries) pairs: RESP2 answers a list of them, RESP3 (a
+    `protocol=3` Redis URL) a map, nothing read: None."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(key, raw) for key, raw in reply or ()]
+
+
+def _merge(blocked: Any, follow_up: Any) -> list[tuple[bytes, list[Any]]]:
+    """The entries of the blocking read, then those of the follow-up past them: both read after
+    the same ids, so a stream's entries in both are delivered once, in order."""
+    merged = _pairs(blocked)
+    position = {key: index for index, (key, _) in enumerate(merged)}
+    for key, raw in _pairs(follow_up):
+        index = position.get(key)
+        if index is None:
+            position[key] = len(merged)
+            merged.append((key, raw))
+            continue
+        had = merged[index][1]
+        last = _entry_id(had[-1][0])
+        newer = [entry for entry in raw if _entry_id(entry[0]) > last]
+        if newer:
+            merged[index] = (key, [*had, *newer])
+    return merged
+
+
+def _entry_id(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _entries(raw: list[Any]) -> Entries:
@@ -281,7 +334,7 @@ class _Lane:
                     ids.append(subscription.packed)
             self._reading, self._woken = True, False
             try:
-                read = await self._xread(xread_command(reading, ids), hand_over)
+                read = await self._xread(read_commands(reading, ids), hand_over)
             except (redis.RedisError, OSError) as exc:
                 hand_over()
                 if self._stopped:
@@ -295,8 +348,7 @@ class _Lane:
                 self._reading = False
             self.error = None
             backoff.reset()
-            # RESP3 (a `protocol=3` Redis URL) answers with a map of the same entries.
-            for key, raw in read.items() if isinstance(read, dict) else read or ():
+            for key, raw in read:
                 if key == self.wake_key:
                     self._wake_last = raw[-1][0]
                     continue
@@ -306,22 +358,26 @@ class _Lane:
                     reader.advance(entries)
                     found.append((reader, entries))
 
-    async def _xread(self, command: bytes, sent: Callable[[], None]) -> Any:
-        """Send a packed `XREAD` on a connection of the client's pool, call `sent` once it is
-        out, and return its raw reply (None: nothing within the block). A connection that
-        fails or is interrupted mid-command is dropped, as redis-py drops it."""
+    async def _xread(
+        self, command: bytes, sent: Callable[[], None]
+    ) -> list[tuple[bytes, list[Any]]]:
+        """Send the packed reads (`read_commands`) on a connection of the client's pool, call
+        `sent` once they are out, and return what they found, merged (empty: nothing within the
+        block). A connection that fails or is interrupted mid-command is dropped, as redis-py
+        drops it."""
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(command)
             sent()
-            reply = await connection.read_response()
+            blocked = await connection.read_response()
+            follow_up = await connection.read_response()
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
-        return reply
+        return _merge(blocked, follow_up)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

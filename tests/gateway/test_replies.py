@@ -430,3 +430,70 @@ async def test_past_sink_streams_a_read_wakes_its_readers(
             waiting[0].cancel()
     finally:
         await reader.stop()
+
+
+async def test_a_burst_written_together_is_delivered_in_one_read(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    """A worker's pipeline of writes to many streams, arriving while the lane blocks, reaches
+    every sink in one hand-over: Redis answers the blocked read with the first stream only,
+    and the follow-up read pipelined behind it brings the rest (that stream's second entry
+    included, its first not twice), with no second round trip."""
+    client, writer = clients
+    reader = ReplyReader(client)
+    streams = [keys.chat_reply_stream(uuid.uuid4()) for _ in range(20)]
+    calls: list[list[list[str]]] = [[] for _ in streams]
+
+    def sink_for(index: int) -> replies.Sink:
+        def sink(entries: replies.Entries) -> bool:
+            calls[index].append(
+                [
+                    cast(chat_wire.Token, chat_wire.decode_event(f[chat_wire.EVENT_FIELD])).content
+                    for _, f in entries
+                ]
+            )
+            return True
+
+        return sink
+
+    try:
+        with contextlib.ExitStack() as stack:
+            subscriptions = [
+                stack.enter_context(reader.subscribe(key, "0-0", sink_for(i)))
+                for i, key in enumerate(streams)
+            ]
+            waiting = [asyncio.create_task(s.next(3600.0)) for s in subscriptions]
+            await _until_blocked(writer)
+            async with writer.pipeline(transaction=False) as pipe:
+                for i, key in enumerate(streams):
+                    pipe.xadd(key, _event(chat_wire.Token(content=f"{i}-a")))
+                    pipe.xadd(key, _event(chat_wire.Token(content=f"{i}-b")))
+                await pipe.execute()
+            async with asyncio.timeout(10):
+                while any(not c for c in calls):
+                    await _until_blocked(writer)
+            for task in waiting:
+                task.cancel()
+        assert calls == [[[f"{i}-a", f"{i}-b"]] for i in range(len(streams))]
+    finally:
+        await reader.stop()
+
+
+def test_the_follow_up_adds_only_what_the_blocked_read_had_not() -> None:
+    """Merging the two reads: a stream in both keeps the blocked read's entries and gains the
+    follow-up's later ones; a stream only in the follow-up comes whole; nothing read is empty."""
+    blocked = [[b"a", [[b"5-0", [b"f", b"1"]]]]]
+    follow_up = [
+        [b"a", [[b"5-0", [b"f", b"1"]], [b"5-1", [b"f", b"2"]]]],
+        [b"b", [[b"4-0", [b"f", b"3"]]]],
+    ]
+    assert replies._merge(blocked, follow_up) == [
+        (b"a", [[b"5-0", [b"f", b"1"]], [b"5-1", [b"f", b"2"]]]),
+        (b"b", [[b"4-0", [b"f", b"3"]]]),
+    ]
+    # The stream was trimmed between the two: the follow-up starts later, nothing is lost.
+    assert replies._merge(blocked, [[b"a", [[b"5-1", [b"f", b"2"]]]]]) == [
+        (b"a", [[b"5-0", [b"f", b"1"]], [b"5-1", [b"f", b"2"]]])
+    ]
+    assert replies._merge(None, None) == []
+    assert replies._merge({b"a": [[b"1-0", []]]}, None) == [(b"a", [[b"1-0", []]])]

@@ -247,7 +247,7 @@ def _merge(blocked: Any, follow_up: Any) -> list[tuple[bytes, list[Any]]]:
             merged.append((key, raw))
             continue
         had = merged[index][1]
-        last = _entry_id(had[-1][0])
+        last = _entry_id(had[-1][0]) if had else (-1, -1)
         newer = [entry for entry in raw if _entry_id(entry[0]) > last]
         if newer:
             merged[index] = (key, [*had, *newer])

@@ -495,5 +495,6 @@ def test_the_follow_up_adds_only_what_the_blocked_read_had_not() -> None:
     assert replies._merge(blocked, [[b"a", [[b"5-1", [b"f", b"2"]]]]]) == [
         (b"a", [[b"5-0", [b"f", b"1"]], [b"5-1", [b"f", b"2"]]])
     ]
+    assert replies._merge([[b"a", []]], follow_up[:1]) == [(b"a", follow_up[0][1])]
     assert replies._merge(None, None) == []
     assert replies._merge({b"a": [[b"1-0", []]]}, None) == [(b"a", [[b"1-0", []]])]

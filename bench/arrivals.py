@@ -45,14 +45,17 @@ class ArrivalSocket:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
     async def recv(self, size: int = 1 << 16) -> tuple[bytes, int]:
-        """The next bytes received (b"" once the peer closed) and the kernel's wall-clock stamp
-        (ns) of the last segment among them, 0 if none came with them."""
+        """The next bytes received and the kernel's wall-clock stamp (ns) of the last segment
+        among them, 0 if none came with them. Raises `asyncio.IncompleteReadError` once the peer
+        has closed: every reader here reads a reply it is owed."""
         while True:
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(size, _ANCILLARY)
             except BlockingIOError:
                 await self._readable()
                 continue
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanoseconds = _TIMESPEC.unpack(payload[: _TIMESPEC.size])

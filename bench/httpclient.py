@@ -123,7 +123,7 @@ async def timed_stream(
         await sock.sendall(_request(host, port, method, path, headers or {}, body))
         buffer, stamp = bytearray(), 0
         while (end := buffer.find(b"\r\n\r\n")) < 0:
-            data, stamp = await _received(sock)
+            data, stamp = await sock.recv()
             buffer += data
         status, fields = _parse_head(bytes(buffer[: end + 4]))
         if "chunked" not in fields.get("transfer-encoding", "").lower():
@@ -151,17 +151,10 @@ async def _timed_chunks(
                     return
                 yield bytes(buffer[end + 2 : end + 2 + size]), stamp
                 del buffer[: end + size + 4]
-            data, stamp = await _received(sock)
+            data, stamp = await sock.recv()
             buffer += data
     finally:
         sock.close()
-
-
-async def _received(sock: ArrivalSocket) -> tuple[bytes, int]:
-    data, stamp = await sock.recv()
-    if not data:
-        raise asyncio.IncompleteReadError(b"", None)
-    return data, stamp
 
 
 def _request(

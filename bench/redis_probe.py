@@ -93,8 +93,6 @@ async def _call(sock: ArrivalSocket, parser: Any, *args: str) -> tuple[Any, int]
     await sock.sendall(b"".join(command))
     while True:
         data, stamp = await sock.recv()
-        if not data:
-            raise ConnectionError("Redis closed the floor probe's connection")
         parser.feed(data)
         reply = parser.gets()
         if reply is not False:

@@ -4,9 +4,10 @@ when each benchmark frame arrives.
 The orchestrator drives each worker over a `multiprocessing` pipe with small command tuples and
 gets plain data back (no shared state). A worker runs one uvloop event loop; connections are
 `bench.wsclient.ClientConnection`s feeding one `Recorder`, so receiving a frame costs a frame
-parse, a `bytes.find` and an array append. A worker can also be a stall probe: one connection that
-sends a WebSocket ping every few milliseconds and records the round trips (the server's event loop
-answers pings itself, so a stalled loop shows as a slow pong).
+parse, a `bytes.find` and an array append; its arrival time is when the kernel received it. A
+worker can also be a stall probe: one connection that sends a WebSocket ping every few
+milliseconds and records the round trips (the server's event loop answers pings itself, so a
+stalled loop shows as a slow pong).
 
 Commands (`(name, *args)` in, one reply out):
   connect(targets, concurrency, ready_timeout) -> dict   open connections (a connection counts
@@ -15,7 +16,8 @@ Commands (`(name, *args)` in, one reply out):
   targeted(step)  -> dict    latencies and distinct count of step `step`'s targeted frames
   broadcast(k)    -> dict    latencies of broadcast `k`
   probe_frames(k) -> dict    send times and latencies of the probe frames sent during broadcast `k`
-  status()        -> dict    open/closed counts, close codes, frames seen
+  status()        -> dict    open/closed counts, close codes, frames seen, reads the kernel
+                             had not stamped (timed when read instead)
   probe(interval) -> dict    start (or restart) the stall probe on the first connection
   probe_read()    -> dict    RTTs since the last probe_read
   close_all(timeout) -> dict close every connection and wait for the sockets to go
@@ -196,6 +198,7 @@ class Worker(PipeWorker):
             "closed": sum(codes.values()),
             "close_codes": {str(code): n for code, n in codes.items()},
             "other_frames": self.recorder.other_frames,
+            "unstamped": sum(c.unstamped for c in self.connections),
         }
 
     async def cmd_probe(self, interval: float) -> dict[str, Any]:

@@ -155,6 +155,7 @@ class LoadSide:
             "open": sum(r["open"] for r in replies),
             "closed": sum(r["closed"] for r in replies),
             "close_codes": codes,
+            "unstamped": sum(r["unstamped"] for r in replies),
         }
 
     def targeted(self, step: int) -> tuple[array[int], int]:

@@ -1,10 +1,12 @@
-"""A minimal, fast WebSocket client for the load generator: one asyncio `Protocol` per connection.
+"""A minimal, fast WebSocket client for the load generator: one small object per connection.
 
 The benchmark must not measure its own client. A `websockets` client costs a task, futures and a
-queue per connection and per message; here a connection is one small object whose
-`data_received` parses frames in place and hands each complete message to a shared `sink`
-callback with the arrival time (one `monotonic_ns()` per socket read). Ten thousand connections
-fit comfortably in one process.
+queue per connection and per message; here a connection is one object on its own socket whose
+read callback parses frames in place and hands each complete message to a shared `sink`
+callback with the arrival time. Ten thousand connections fit comfortably in one process. The
+arrival time is when the kernel received the bytes (`SO_TIMESTAMPNS`, `bench.arrivals`), not
+when this process read them: one generator reads thousands of connections on the load core, and
+a broadcast's last client would otherwise be timed after the generator worked through the rest.
 
 Protocol coverage is what a benchmark client needs, per RFC 6455: the opening handshake (with
 `Sec-WebSocket-Accept` checked), unmasked server frames of any length, fragmented messages, ping
@@ -18,10 +20,13 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
+
+from bench import arrivals
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -128,49 +133,80 @@ def expected_accept(key: bytes) -> bytes:
 # sink(connection, opcode, payload, arrival_ns) receives every text/binary message and pong.
 Sink = Callable[["ClientConnection", int, bytes, int], None]
 
+_READ_SIZE: Final = 1 << 16
 
-class ClientConnection(asyncio.Protocol):
-    """One WebSocket connection. `opened` resolves after the handshake (or fails with
-    `HandshakeError`/`ConnectionError`), `greeted` when the first data message arrives (read at
-    `greeted_ns`), `closed` with the close code (1006 when the TCP connection dropped without a
-    close frame). `close()` is idempotent."""
+
+class ClientConnection:
+    """One WebSocket connection on its own non-blocking socket, read and written through the
+    running loop's `add_reader`/`add_writer` (`recvmsg` has no transport to go through).
+    `opened` resolves after the handshake (or fails with `HandshakeError`/`ConnectionError`),
+    `greeted` when the first data message arrives (at `greeted_ns`), `closed` with the close
+    code (1006 when the TCP connection dropped without a close frame). `close()` is idempotent.
+
+    Arrival times are monotonic ns of when the kernel received the bytes (`bench.arrivals`),
+    or of the read when a segment came unstamped (`unstamped` counts those reads)."""
 
     __slots__ = (
         "_accept",
+        "_fd",
         "_handshake_buffer",
+        "_loop",
+        "_outgoing",
         "_parser",
-        "_request",
         "_sink",
-        "_transport",
+        "_sock",
         "close_code",
         "closed",
         "greeted",
         "greeted_ns",
         "index",
         "opened",
+        "unstamped",
     )
 
-    def __init__(self, request: bytes, key: bytes, sink: Sink, index: int) -> None:
+    def __init__(self, sock: socket.socket, request: bytes, key: bytes, sink: Sink, index: int):
         loop = asyncio.get_running_loop()
-        self._request = request
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
         self._accept: bytes | None = expected_accept(key)
         self._sink = sink
         self._parser = FrameParser()
-        self._transport: asyncio.Transport | None = None
         self._handshake_buffer = b""
+        self._outgoing = bytearray()
         self.index = index
         self.opened: asyncio.Future[None] = loop.create_future()
         self.greeted: asyncio.Future[None] = loop.create_future()  # first message arrived
-        self.greeted_ns = 0  # monotonic ns when the first message was read
+        self.greeted_ns = 0  # monotonic ns when the first message arrived
         self.closed: asyncio.Future[int] = loop.create_future()
         self.close_code: int | None = None
+        self.unstamped = 0
+        loop.add_reader(self._fd, self._readable)
+        self._write(request)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._transport.write(self._request)
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data, stamp = arrivals.receive(sock, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        if stamp:
+            # The stamp is wall-clock; the marks and every other time here are monotonic.
+            now = stamp - time.time_ns() + time.monotonic_ns()
+        else:
+            now = time.monotonic_ns()
+            self.unstamped += 1
+        self._received(data, now)
 
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
+    def _received(self, data: bytes, now: int) -> None:
         if self._accept is not None:
             data = self._finish_handshake(data)
             if not data:
@@ -214,11 +250,46 @@ class ClientConnection(asyncio.Protocol):
         return rest
 
     def send(self, opcode: int, payload: bytes = b"") -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode_client_frame(opcode, payload))
+        if self._sock is not None and self.close_code is None:
+            self._write(encode_client_frame(opcode, payload))
+
+    def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        if not self._outgoing:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._loop.add_writer(self._fd, self._writable)
+        self._outgoing += data
+
+    def _writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._outgoing)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._outgoing[:sent]
+        if not self._outgoing:
+            self._loop.remove_writer(self._fd)
+            if self.close_code is not None:
+                self._lost(None)
 
     def close(self, code: int = 1000) -> None:
-        if self.close_code is None and self._transport is not None:
+        if self.close_code is None and self._sock is not None:
             self.send(OP_CLOSE, struct.pack("!H", code))
             self._abort(code)
 
@@ -228,19 +299,27 @@ class ClientConnection(asyncio.Protocol):
         self._abort(1006)
 
     def _abort(self, code: int) -> None:
+        """Close once what is written has gone out (at once if it has)."""
         if self.close_code is None:
             self.close_code = code
-        if self._transport is not None:
-            self._transport.close()
+        if self._sock is not None and not self._outgoing:
+            self._lost(None)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self, exc: Exception | None) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._loop.remove_reader(self._fd)
+        if self._outgoing:
+            self._loop.remove_writer(self._fd)
+            self._outgoing.clear()
+        sock.close()
         if self.close_code is None:
             self.close_code = 1006
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"closed during handshake: {exc}"))
         if not self.closed.done():
             self.closed.set_result(self.close_code)
-        self._transport = None
 
 
 async def connect(
@@ -264,17 +343,23 @@ async def connect_from(
     limits connections per client address sees many clients."""
     key = base64.b64encode(os.urandom(16))
     loop = asyncio.get_running_loop()
-    local = None if source is None else (source, 0)
-    async with asyncio.timeout(timeout):
-        _, connection = await loop.create_connection(
-            lambda: ClientConnection(handshake_request(host, port, target, key), key, sink, index),
-            host,
-            port,
-            local_addr=local,
-        )
-        try:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection: ClientConnection | None = None
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        arrivals.stamping(sock)
+        if source is not None:
+            sock.bind((source, 0))
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+            request = handshake_request(host, port, target, key)
+            connection = ClientConnection(sock, request, key, sink, index)
             await connection.opened
-        except BaseException:
+    except BaseException:
+        if connection is not None:
             connection.close(1001)
-            raise
+        else:
+            sock.close()
+        raise
     return connection

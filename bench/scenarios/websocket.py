@@ -426,6 +426,8 @@ def broadcast_all(
         "server_cpu_ms_per_broadcast": round(used["server"] * 1000 / len(repeats), 1),
         "receivers_cpu_ms_per_broadcast": round(used["receivers"] * 1000 / len(repeats), 1),
         "gc": gcpauses.window(pauses, gcpauses.scrape(server.metrics_url), STALL_BUDGET_MS),
+        # reads timed when the generator read them, not when they arrived (bench.wsclient)
+        "unstamped_reads": load.status()["unstamped"],
     }
     result["probe_met"] = (
         result["probe_in_flight"] > 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
 import struct
+import time
 
 import pytest
 
@@ -22,6 +24,7 @@ from bench.wsclient import (
     encode_client_frame,
     expected_accept,
 )
+from tests.bench.conftest import serving
 
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -140,3 +143,84 @@ async def test_greeting_time_is_when_the_first_message_was_read() -> None:
         conn.close()
     assert [payload for payload, _ in arrivals] == [b"hello", b"again"]
     assert conn.greeted_ns == arrivals[0][1] < arrivals[1][1]
+
+
+async def _upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", request)
+    assert key is not None
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + expected_accept(key[1]) + b"\r\n\r\n"
+    )
+
+
+@pytest.mark.usefixtures("stamping")
+async def test_a_message_read_late_carries_when_it_arrived() -> None:
+    """A frame that waits 50 ms in the socket because the loop is busy is reported with the
+    time it reached the socket (kernel stamp, on the monotonic clock), not the time it was read:
+    the generator's own backlog is not the server's latency."""
+    written_at: list[int] = []
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _upgrade(reader, writer)
+        writer.write(server_frame(OP_TEXT, b"hello"))
+        await writer.drain()
+        await reader.read(1)  # the client was greeted and asks for the next one
+        written_at.append(time.monotonic_ns())
+        writer.write(server_frame(OP_TEXT, b"late"))
+        await writer.drain()
+        # Blocking on purpose: the loop (the client's too) is busy while the frame waits.
+        time.sleep(0.05)  # noqa: ASYNC251
+        await reader.read()
+        writer.close()
+
+    arrivals: list[tuple[bytes, int, int]] = []
+    late = asyncio.Event()
+
+    def sink(conn: ClientConnection, opcode: int, payload: bytes, now: int) -> None:
+        arrivals.append((payload, now, time.monotonic_ns()))
+        if payload == b"late":
+            late.set()
+
+    async with serving(server) as port:
+        conn = await connect("127.0.0.1", port, "/", sink)
+        await conn.greeted
+        conn.send(OP_TEXT, b"x")
+        await asyncio.wait_for(late.wait(), 10)
+        conn.close()
+    payload, arrived, read = arrivals[-1]
+    assert payload == b"late"
+    assert written_at[0] <= arrived < written_at[0] + 20_000_000
+    assert read - arrived >= 50_000_000
+    assert conn.unstamped == 0
+
+
+async def test_a_frame_larger_than_the_socket_buffer_goes_out_whole() -> None:
+    """A client frame the kernel cannot take at once is kept and sent as the socket drains,
+    before the close frame that follows it."""
+    payload = os.urandom(4 << 20)
+    received: asyncio.Future[tuple[tuple[int, bytes], tuple[int, bytes]]] = (
+        asyncio.get_running_loop().create_future()
+    )
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _upgrade(reader, writer)
+        writer.write(server_frame(OP_TEXT, b"hello"))
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the client's frame fills both socket buffers meanwhile
+        data = await reader.read()
+        big = 2 + 8 + 4 + len(payload)
+        received.set_result((unmask(data[:big]), unmask(data[big:])))
+        writer.close()
+
+    async with serving(server) as port:
+        conn = await connect("127.0.0.1", port, "/", lambda *_: None)
+        await conn.greeted
+        conn.send(OP_BINARY, payload)
+        conn.close(1001)
+        assert not conn.closed.done()  # the frame is still going out
+        frame, close = await asyncio.wait_for(received, 10)
+    assert frame == (OP_BINARY, payload)
+    assert close == (OP_CLOSE, struct.pack("!H", 1001))
+    assert await conn.closed == 1001

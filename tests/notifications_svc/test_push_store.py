@@ -1,18 +1,20 @@
 """Every push statement finds its rows through an index, shown by EXPLAIN on a realistic
-volume (a database of the test's own): 5,000 users with two subscriptions and 20
+volume (a database of the module's own): 5,000 users with two subscriptions and 20
 notifications each, 10,000
 dead-lettered jobs kept for inspection and a few due ones."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from notifications_svc import push_store
 from shared import migrate
@@ -56,6 +58,57 @@ async def _seed(conn: asyncpg.Connection, users: list[uuid.UUID]) -> None:
         await conn.execute(f"ANALYZE notifications.{table}")
 
 
+async def _create_and_seed(settings: Settings, name: str, users: list[uuid.UUID]) -> str:
+    admin = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = settings.asyncpg_dsn.rsplit("/", 1)[0] + f"/{name}"
+    await migrate.apply_with_settings(dataclasses.replace(settings, database_url=dsn))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _seed(conn, users)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def _drop(settings: Settings, name: str) -> None:
+    admin = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    dsn: str
+    users: list[uuid.UUID]
+
+
+@pytest.fixture(scope="module")
+def seeded(settings: Settings) -> Iterator[Seeded]:
+    """The seeded database, built once for the module: seeding is the slow part, and the tests
+    only read and EXPLAIN (never execute) the statements, so they leave its rows as they were."""
+    name = f"push_store_{uuid.uuid4().hex[:12]}"
+    users = [uuid.uuid4() for _ in range(USERS)]
+    try:
+        yield Seeded(asyncio.run(_create_and_seed(settings, name, users)), users)
+    finally:
+        asyncio.run(_drop(settings, name))
+
+
+@pytest.fixture
+async def conn(seeded: Seeded) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(seeded.dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
@@ -70,70 +123,51 @@ async def _indexes_used(conn: asyncpg.Connection, sql: str, *args: object) -> se
     return {n["Index Name"] for n in nodes if "Index Name" in n}
 
 
-async def test_push_statements_use_an_index(settings: Settings, private_database: str) -> None:
+async def test_push_statements_use_an_index(conn: asyncpg.Connection, seeded: Seeded) -> None:
     """Subscriptions by user, by endpoint and by id, the enqueue in the create transaction, the
     sender's claim (the partial index of live jobs) and its settling writes: no sequential
     scan."""
-    own = dataclasses.replace(settings, database_url=private_database)
-    await migrate.apply_with_settings(own)
-    conn = await asyncpg.connect(private_database)
-    try:
-        users = [uuid.uuid4() for _ in range(USERS)]
-        await _seed(conn, users)
-        user = users[0]
-        row = await conn.fetchrow(
-            "SELECT id, endpoint FROM notifications.push_subscriptions WHERE user_id = $1", user
-        )
-        notification = await conn.fetchval(
-            "SELECT id FROM notifications.notifications WHERE user_id = $1 AND seq = 1", user
-        )
-        now = time.time()
-        cases: list[tuple[str, tuple[object, ...], set[str]]] = [
-            ("FIND_ENDPOINT", (row["endpoint"],), {"push_subscriptions_endpoint"}),
-            ("COUNT_USER", (user,), {"push_subscriptions_user"}),
-            ("LIST_USER", (user,), {"push_subscriptions_user"}),
-            ("HAS_SUBSCRIPTIONS", (user,), {"push_subscriptions_user"}),
-            ("UPDATE_KEYS", (row["id"], user, "k", "a"), {"push_subscriptions_pkey"}),
-            ("DELETE_USER_SUBSCRIPTION", (user, row["id"]), {"push_subscriptions_pkey"}),
-            ("DELETE_BY_ID", (row["id"],), {"push_subscriptions_pkey"}),
-            ("ENQUEUE", (notification, user, now), {"push_subscriptions_user"}),
-            ("CLAIM", (now, now + 21, 32), {"push_jobs_due"}),
-            ("DONE", (1,), {"push_jobs_pkey"}),
-            ("RESCHEDULE", (1, now, "500"), {"push_jobs_pkey"}),
-            ("DEAD", (1, now, "500"), {"push_jobs_pkey"}),
-        ]
-        for name, args, expected in cases:
-            used = await _indexes_used(conn, getattr(push_store, name), *args)
-            assert expected <= used, (name, used)
-    finally:
-        await conn.close()
+    user = seeded.users[0]
+    row = await conn.fetchrow(
+        "SELECT id, endpoint FROM notifications.push_subscriptions WHERE user_id = $1", user
+    )
+    notification = await conn.fetchval(
+        "SELECT id FROM notifications.notifications WHERE user_id = $1 AND seq = 1", user
+    )
+    now = time.time()
+    cases: list[tuple[str, tuple[object, ...], set[str]]] = [
+        ("FIND_ENDPOINT", (row["endpoint"],), {"push_subscriptions_endpoint"}),
+        ("COUNT_USER", (user,), {"push_subscriptions_user"}),
+        ("LIST_USER", (user,), {"push_subscriptions_user"}),
+        ("HAS_SUBSCRIPTIONS", (user,), {"push_subscriptions_user"}),
+        ("UPDATE_KEYS", (row["id"], user, "k", "a"), {"push_subscriptions_pkey"}),
+        ("DELETE_USER_SUBSCRIPTION", (user, row["id"]), {"push_subscriptions_pkey"}),
+        ("DELETE_BY_ID", (row["id"],), {"push_subscriptions_pkey"}),
+        ("ENQUEUE", (notification, user, now), {"push_subscriptions_user"}),
+        ("CLAIM", (now, now + 21, 32), {"push_jobs_due"}),
+        ("DONE", (1,), {"push_jobs_pkey"}),
+        ("RESCHEDULE", (1, now, "500"), {"push_jobs_pkey"}),
+        ("DEAD", (1, now, "500"), {"push_jobs_pkey"}),
+    ]
+    for name, args, expected in cases:
+        used = await _indexes_used(conn, getattr(push_store, name), *args)
+        assert expected <= used, (name, used)
 
 
-async def test_batch_push_statements_use_an_index(
-    settings: Settings, private_database: str
-) -> None:
+async def test_batch_push_statements_use_an_index(conn: asyncpg.Connection, seeded: Seeded) -> None:
     """A batch create's push planning over many users (who has a subscription; one job per
     subscription of each row's user) reads the subscriptions by user: no sequential scan."""
-    own = dataclasses.replace(settings, database_url=private_database)
-    await migrate.apply_with_settings(own)
-    conn = await asyncpg.connect(private_database)
-    try:
-        users = [uuid.uuid4() for _ in range(USERS)]
-        await _seed(conn, users)
-        batch = users[:50]
-        notifications = await conn.fetch(
-            "SELECT id, user_id FROM notifications.notifications"
-            " WHERE user_id = ANY($1) AND seq = 2",
-            batch,
-        )
-        ids = [r["id"] for r in notifications]
-        owners = [r["user_id"] for r in notifications]
-        cases: list[tuple[str, tuple[object, ...]]] = [
-            ("SUBSCRIBED_USERS", (batch,)),
-            ("ENQUEUE_MANY", (ids, owners, time.time())),
-        ]
-        for name, args in cases:
-            used = await _indexes_used(conn, getattr(push_store, name), *args)
-            assert "push_subscriptions_user" in used, (name, used)
-    finally:
-        await conn.close()
+    batch = seeded.users[:50]
+    notifications = await conn.fetch(
+        "SELECT id, user_id FROM notifications.notifications WHERE user_id = ANY($1) AND seq = 2",
+        batch,
+    )
+    ids = [r["id"] for r in notifications]
+    owners = [r["user_id"] for r in notifications]
+    cases: list[tuple[str, tuple[object, ...]]] = [
+        ("SUBSCRIBED_USERS", (batch,)),
+        ("ENQUEUE_MANY", (ids, owners, time.time())),
+    ]
+    for name, args in cases:
+        used = await _indexes_used(conn, getattr(push_store, name), *args)
+        assert "push_subscriptions_user" in used, (name, used)

@@ -35,7 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from gateway import metrics
-from shared import keys
+from shared import keys, redis_packing
 from shared.backoff import Backoff
 from shared.cluster import (
     PUBSUB_PROTOCOL,
@@ -188,6 +188,7 @@ class Fanout(_Router[M]):
             health_check_interval=0,
             protocol=PUBSUB_PROTOCOL,
             **lean_handshake(),
+            **redis_packing.client_options(redis_url),
         )
         self._on_resync = on_resync
         self._ping_interval = ping_interval

@@ -32,13 +32,14 @@ from types import TracebackType
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from shared.backoff import Backoff
+from shared.redis_packing import PackedConnection
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class _Shard:
         self.name = node.name
         # No hidden retries: a dropped link must surface, so the subscriber re-subscribes
         # deliberately and tells its owner to replay what was missed meanwhile.
-        self.conn = Connection(
+        self.conn = PackedConnection(
             host=node.host,
             port=int(node.port),
             socket_connect_timeout=2,

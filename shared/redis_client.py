@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from shared import cluster
+from shared import cluster, redis_packing
 from shared.backoff import retry
 from shared.settings import Settings
 
@@ -52,6 +52,7 @@ def create_client(
         health_check_interval=15,
         retry_on_timeout=False,
         **cluster.lean_handshake(),
+        **redis_packing.client_options(settings.redis_url),
     )
 
 

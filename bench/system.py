@@ -83,6 +83,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (none once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
 def steal_seconds(stat_text: str | None = None) -> dict[int, float]:
     """Per core, the time the hypervisor gave this virtual machine's core to something else while
     it wanted to run (`/proc/stat`'s steal column), in seconds since boot; {} where unknown.

@@ -63,9 +63,9 @@ RECONNECT_QUANTILES = (10, 50, 90, 99)
 
 
 @contextlib.contextmanager
-def nginx(stack: Stack, upstreams: list[int]) -> Iterator[int]:
-    """nginx with deploy/nginx.conf in front of `upstreams`, on the load cores; yields its port.
-    Raises `RuntimeError` when nginx is not installed or does not start."""
+def nginx(stack: Stack, upstreams: list[int]) -> Iterator[tuple[int, int]]:
+    """nginx with deploy/nginx.conf in front of `upstreams`, on the load cores; yields its port
+    and its master's pid. Raises `RuntimeError` when nginx is not installed or does not start."""
     local = local_nginx.module()
     binary = nginx_binary()
     if binary is None:
@@ -84,7 +84,7 @@ def nginx(stack: Stack, upstreams: list[int]) -> Iterator[int]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not start (status {process.poll()})")
             time.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         try:
@@ -185,12 +185,15 @@ def run(
                 )
             )
         survivor, victim = gateways
-        with nginx(stack, ports) as nginx_port:
+        with nginx(stack, ports) as (nginx_port, nginx_pid):
             workers = [
                 Remote(f"storm-{i}", storm_client.main, (cores.load,))
                 for i in range(scale.loadgen_workers)
             ]
-            return _storm(stack, scale, progress, victim, survivor, workers, nginx_port, profiles)
+            load_side = {"nginx": [nginx_pid], "storm_clients": [w.pid for w in workers]}
+            return _storm(
+                stack, scale, progress, victim, survivor, workers, (nginx_port, load_side), profiles
+            )
     finally:
         for worker in workers:
             worker.stop()
@@ -205,9 +208,12 @@ def _storm(
     victim: Service,
     survivor: Service,
     workers: list[Remote],
-    nginx_port: int,
+    proxy: tuple[int, dict[str, list[int]]],
     profiles: Path | None,
 ) -> dict[str, Any]:
+    """`proxy`: nginx's port, and the load side's processes by name (nginx's master, whose
+    workers are counted with it, and the storm clients)."""
+    nginx_port, load_side = proxy
     count = scale.storm_clients
     users = [uuid.uuid4() for _ in range(count)]
     paths = [ws_path(stack.settings, user) for user in users]
@@ -230,14 +236,14 @@ def _storm(
         time.sleep(scale.storm_warm_seconds)
         for worker in workers:
             worker.ask("arm", nginx_port)
-        pids = _pids(stack, survivor)
-        cpu_before = {name: system.cpu_seconds(pid) for name, pid in pids.items()}
+        pids = _pids(stack, survivor) | load_side
+        cpu_before = {name: _cpu(group) for name, group in pids.items()}
         killed_ns = time.monotonic_ns()
         with _profiler(survivor.pid, profiles):
             os.kill(victim.pid, signal.SIGKILL)
             victim.process.wait()
             _wait_for(workers, "reconnected", count, RECONNECT_TIMEOUT)
-        cpu = {name: system.cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        cpu = {name: _cpu(group) - cpu_before[name] for name, group in pids.items()}
         time.sleep(scale.storm_warm_seconds)
     finally:
         producer.stop()
@@ -252,13 +258,20 @@ def _storm(
     return result
 
 
-def _pids(stack: Stack, survivor: Service) -> dict[str, int]:
+def _pids(stack: Stack, survivor: Service) -> dict[str, list[int]]:
     """The processes a reconnection keeps busy: the survivor and what it calls."""
-    pids = {"gateway_b": survivor.pid}
-    pids |= {s.name: s.pid for s in stack.services if s.name in ("notifications_svc", "agent_svc")}
+    pids = {"gateway_b": [survivor.pid]}
+    pids |= {
+        s.name: [s.pid] for s in stack.services if s.name in ("notifications_svc", "agent_svc")
+    }
     if stack.redis_pid is not None:
-        pids["redis"] = stack.redis_pid
+        pids["redis"] = [stack.redis_pid]
     return pids
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds of `pids` and their child processes (nginx's workers)."""
+    return sum(system.cpu_seconds(p) for pid in pids for p in (pid, *system.children(pid)))
 
 
 def _profiler(pid: int, profiles: Path | None) -> contextlib.AbstractContextManager[object]:
@@ -376,6 +389,19 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def _busy(result: dict[str, Any]) -> str:
+    """How busy each core was over the storm: the survivor alone on its core, every other
+    process listed on the load core (runs before the load side was metered list neither)."""
+    cpu, span = result.get("cpu_seconds", {}), result["all_connected_s"]
+    if "storm_clients" not in cpu or not span:
+        return ""
+    load = sum(seconds for name, seconds in cpu.items() if name != "gateway_b")
+    return (
+        f" Over those {span} s the survivor's core was {cpu['gateway_b'] / span:.0%} busy with "
+        f"it, the load core {load / span:.0%} with the rest."
+    )
+
+
 def report_lines(result: dict[str, Any]) -> list[str]:
     """Markdown for the report."""
     return [
@@ -399,7 +425,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         "",
         "CPU from the kill until every client was back (s): "
         + ", ".join(f"{name} {seconds}" for name, seconds in result.get("cpu_seconds", {}).items())
-        + ".",
+        + "."
+        + _busy(result),
         "",
         *(
             [f"Client errors: {', '.join(f'{k} ({v})' for k, v in result['errors'].items())}.", ""]

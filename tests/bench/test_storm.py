@@ -5,6 +5,7 @@ asserted; `summarize` is checked on its own with made-up records."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -54,6 +55,28 @@ def test_report_shows_the_storm_and_its_targets(storm_result: dict[str, Any]) ->
     assert "## Reconnect storm" in storm.report_lines(storm_result)
     names = [row[0] for row in storm.targets(storm_result)]
     assert names == ["reconnect storm", "connect rate"]
+
+
+def test_the_load_sides_cpu_is_metered_and_each_cores_share_reported(
+    storm_result: dict[str, Any],
+) -> None:
+    """nginx (its workers with it) and the storm clients are metered beside the survivor, and
+    the report says how busy each core was while the clients came back."""
+    cpu = storm_result["cpu_seconds"]
+    # 30 clients may cost less than a clock tick (10 ms): only that each is metered is asserted.
+    assert {"gateway_b", "nginx", "storm_clients"} <= cpu.keys()
+    text = "\n".join(storm.report_lines(storm_result))
+    assert "the survivor's core was" in text and "the load core" in text
+
+
+def test_children_lists_a_process_child() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in system.children(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert system.children(child.pid) == []  # gone
 
 
 def _q(*values: int) -> bytes:

@@ -442,11 +442,17 @@ def _websocket_sections(server: dict[str, Any]) -> list[str]:
                     f"{broadcast['receivers']:,}",
                     len(broadcast["repeats"]),
                     "yes" if broadcast["all_received"] else "no",
-                    broadcast["completion_p50_ms"],
-                    broadcast["completion_p99_ms"],
-                    broadcast["completion_max_ms"],
-                    f"{latency['p50_ms']} / {latency['p99_ms']}",
-                    _probe_cell(broadcast),
+                    *(
+                        [
+                            broadcast["completion_p50_ms"],
+                            broadcast["completion_p99_ms"],
+                            broadcast["completion_max_ms"],
+                            f"{latency['p50_ms']} / {latency['p99_ms']}",
+                            _probe_cell(broadcast),
+                        ]
+                        if latency["count"]
+                        else ["none received"] * 5
+                    ),
                     f"{broadcast.get('server_cpu_ms_per_broadcast', '-')} / "
                     f"{broadcast.get('receivers_cpu_ms_per_broadcast', '-')}",
                     broadcast["worst_stall_ms"],

@@ -38,6 +38,10 @@ from shared.settings import Settings
 PROBE_INTERVAL = 0.01
 LATENCY_TARGET_MS = 50.0  # a step "passes" with p99 below this and nothing lost
 FAILURE_P99_MS = 1000.0  # past this the server is overloaded: the ramp stops
+# A failed step with the server's core this busy is saturation: a faster step can only fail too,
+# and pushing on can make Redis drop a subscriber link that a server (the lean reference) never
+# re-establishes, which would leave the broadcast after the ramp nobody to reach.
+SATURATED_CPU = 0.95
 SETTLE_SECONDS = 1.0
 # A frame not received after QUIET_SECONDS without any arrival (or DRAIN_TIMEOUT in all) is lost:
 # long enough to ride out a garbage-collection pause, short enough to bound a step.
@@ -352,6 +356,11 @@ def _failure(row: dict[str, Any], rate: float) -> str:
         return f"{row['connections_dropped']} connections dropped at {rate:,.0f}/s"
     if row["p99_ms"] > FAILURE_P99_MS:
         return f"p99 {row['p99_ms']:.0f} ms at {rate:,.0f}/s (overloaded)"
+    if not row["passed"] and row["cpu"]["server"] >= SATURATED_CPU:
+        return (
+            f"p99 {row['p99_ms']:.0f} ms at {rate:,.0f}/s with the server's core "
+            f"{row['cpu']['server']:.0%} busy (saturated)"
+        )
     if row["achieved_rate"] < 0.9 * rate:
         return f"publisher reached only {row['achieved_rate']:,}/s of {rate:,.0f}/s offered"
     return ""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, system
+from bench.scenarios import websocket
 
 
 def fanout_step(step: int, rate: int, p99: float, lost: int = 0) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def server(best_rate: int, stall: float = 4.0) -> dict[str, Any]:
             "completion_p50_ms": 60.0,
             "completion_p99_ms": 80.0,
             "completion_max_ms": 80.0,
-            "recipient_latency": {"p50_ms": 30.0, "p99_ms": 79.0},
+            "recipient_latency": {"count": 30_000, "p50_ms": 30.0, "p99_ms": 79.0},
             "probe_latency": {"count": 600, "p50_ms": 1.0, "p99_ms": 8.0, "max_ms": 25.0},
             "probe_in_flight": 150,
             "probe_lost": 0,
@@ -116,6 +117,19 @@ def test_broadcast_delay_of_other_connections_is_a_row_and_a_column() -> None:
     assert row["measured"].startswith("max 25.0 ms, p99 8.0 ms over 600 targeted frames")
     assert "150 of them sent before the last client had the broadcast" in row["measured"]
     assert "| 8.0 / 25.0 (150 in flight) | 90.0 / 70.0 |" in report.markdown(RESULTS, [])
+
+
+def test_a_broadcast_that_reached_nobody_is_not_tabled_as_zero_latency() -> None:
+    """A server that lost its subscription before the broadcast (the lean reference never
+    re-subscribes) received nothing: its row says so instead of 0 ms figures."""
+    results = copy.deepcopy(RESULTS)
+    broadcast = results["websocket"]["gateway"]["broadcast"]
+    empty = {"count": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    broadcast |= {"all_received": False, "recipient_latency": empty, "probe_latency": empty}
+    broadcast |= dict.fromkeys(("completion_p50_ms", "completion_p99_ms"), 0.0)
+    text = report.markdown(results, [])
+    assert "| no | none received | none received | none received | none received |" in text
+    assert "| 0.0 |" not in text.split("### Broadcast")[1].split("###")[0]
 
 
 def test_broadcast_verdict_names_this_machines_floor() -> None:
@@ -384,3 +398,13 @@ def test_profiles_of_every_phase_and_the_storms_survivor_are_tabled() -> None:
     assert "### gateway, broadcast (1,200 samples)" in text
     assert "### gateway B (the survivor), reconnect storm (1,561 samples)" in text
     assert "| `write_frames (gateway/wsprotocol.py)` | 56.8 | 56.8 |" in text
+
+
+def test_the_fanout_ramp_stops_at_a_failed_step_that_saturated_the_server() -> None:
+    """A step that failed with the server's core full ends the ramp (a faster one can only fail,
+    and may cost the server its Redis link); a failed step with headroom does not."""
+    step = {"lost": 0, "connections_dropped": 0, "p99_ms": 150.0, "achieved_rate": 41_000}
+    saturated = step | {"passed": False, "cpu": {"server": 0.98}}
+    assert "saturated" in websocket._failure(saturated, 41_322)
+    assert websocket._failure(step | {"passed": False, "cpu": {"server": 0.7}}, 41_322) == ""
+    assert websocket._failure(step | {"passed": True, "cpu": {"server": 0.99}}, 41_322) == ""

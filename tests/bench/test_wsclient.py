@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import re
+import socket
 import struct
 import time
 
@@ -224,3 +225,13 @@ async def test_a_frame_larger_than_the_socket_buffer_goes_out_whole() -> None:
     assert frame == (OP_BINARY, payload)
     assert close == (OP_CLOSE, struct.pack("!H", 1001))
     assert await conn.closed == 1001
+
+
+async def test_a_refused_connection_raises_at_once() -> None:
+    """Nobody listening: the connect fails with the kernel's refusal, not a timeout."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(ConnectionRefusedError):
+        await connect("127.0.0.1", port, "/", lambda *_: None, timeout=5)

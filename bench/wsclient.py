@@ -165,7 +165,9 @@ class ClientConnection:
         "unstamped",
     )
 
-    def __init__(self, sock: socket.socket, request: bytes, key: bytes, sink: Sink, index: int):
+    def __init__(
+        self, sock: socket.socket, request: bytes, key: bytes, sink: Sink, index: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._sock: socket.socket | None = sock

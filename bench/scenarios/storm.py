@@ -192,7 +192,7 @@ def run(
             ]
             load_side = {"nginx": [nginx_pid], "storm_clients": [w.pid for w in workers]}
             return _storm(
-                stack, scale, progress, victim, survivor, workers, (nginx_port, load_side), profiles
+                stack, scale, progress, (victim, survivor), workers, nginx_port, load_side, profiles
             )
     finally:
         for worker in workers:
@@ -205,15 +205,15 @@ def _storm(
     stack: Stack,
     scale: Scale,
     progress: Progress,
-    victim: Service,
-    survivor: Service,
+    gateways: tuple[Service, Service],
     workers: list[Remote],
-    proxy: tuple[int, dict[str, list[int]]],
+    nginx_port: int,
+    load_side: dict[str, list[int]],
     profiles: Path | None,
 ) -> dict[str, Any]:
-    """`proxy`: nginx's port, and the load side's processes by name (nginx's master, whose
-    workers are counted with it, and the storm clients)."""
-    nginx_port, load_side = proxy
+    """`gateways`: the victim and the survivor; `load_side`: the load core's processes metered
+    beside the services, by name (nginx's master, whose workers count with it; the clients)."""
+    victim, survivor = gateways
     count = scale.storm_clients
     users = [uuid.uuid4() for _ in range(count)]
     paths = [ws_path(stack.settings, user) for user in users]

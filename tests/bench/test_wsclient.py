@@ -106,18 +106,22 @@ def test_accept_matches_rfc_example() -> None:
     assert expected_accept(key) == base64.b64encode(hashlib.sha1(key + guid).digest())
 
 
-async def test_greeting_time_is_when_the_first_message_was_read() -> None:
-    """`greeted_ns` is the read time of the first message (what the sink got with it), not the
-    later moment a task awaiting `greeted` runs; a second message does not move it."""
+async def _upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", request)
+    assert key is not None
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + expected_accept(key[1]) + b"\r\n\r\n"
+    )
+
+
+async def test_greeting_time_is_when_the_first_message_arrived() -> None:
+    """`greeted_ns` is the arrival time of the first message (what the sink got with it), not
+    the later moment a task awaiting `greeted` runs; a second message does not move it."""
 
     async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = re.search(rb"Sec-WebSocket-Key: (\S+)", request)
-        assert key is not None
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + expected_accept(key[1]) + b"\r\n\r\n"
-        )
+        await _upgrade(reader, writer)
         writer.write(server_frame(OP_TEXT, b"hello"))
         await writer.drain()
         await reader.read(1)  # the client's first write after the greeting
@@ -144,16 +148,6 @@ async def test_greeting_time_is_when_the_first_message_was_read() -> None:
         conn.close()
     assert [payload for payload, _ in arrivals] == [b"hello", b"again"]
     assert conn.greeted_ns == arrivals[0][1] < arrivals[1][1]
-
-
-async def _upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    request = await reader.readuntil(b"\r\n\r\n")
-    key = re.search(rb"Sec-WebSocket-Key: (\S+)", request)
-    assert key is not None
-    writer.write(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + expected_accept(key[1]) + b"\r\n\r\n"
-    )
 
 
 @pytest.mark.usefixtures("stamping")

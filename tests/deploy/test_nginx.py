@@ -182,6 +182,26 @@ def test_query_string_tokens_are_not_logged(proxy: Nginx) -> None:
     assert secret not in proxy.log()
 
 
+# One path per location block: the WebSocket one, the chat one (an EventSource passes its token
+# in the query; a path outside the API contract, whose checker would flag nginx's own 503), and /.
+@pytest.mark.parametrize("path", ["/api/v1/ws/{id}", "/api/v1/chat/edge/{id}", "/api/v1/x/{id}"])
+def test_query_string_tokens_are_not_logged_when_a_gateway_is_down(
+    start_nginx: StartNginx, path: str
+) -> None:
+    """A refused upstream is an nginx error whose message quotes the request line, query string
+    included: while a gateway is down, every reconnecting browser's ?token=<JWT> (WebSocket,
+    EventSource) would land in the error log. Request errors are not logged; the access log
+    still shows the failed upstream."""
+    secret = "eyJhbGciOiJIUzI1NiJ9.secret-token-material"
+    proxy = start_nginx([free_port()])
+    target = path.format(id=uuid.uuid4())
+    response = httpx.get(proxy.url + f"{target}?token={secret}")
+    assert response.status_code == 503
+    [line] = proxy.access_lines(target, at_least=1)
+    assert "upstream_status=502" in line
+    assert secret not in proxy.log()
+
+
 def test_no_gateway_left_answers_json_503(start_nginx: StartNginx) -> None:
     """With every upstream refusing connections, clients get a JSON 503 with Retry-After."""
     proxy = start_nginx([free_port()])

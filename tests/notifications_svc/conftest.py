@@ -31,8 +31,15 @@ async def http(notifications: ServiceProcess) -> AsyncIterator[httpx.AsyncClient
 
 
 @pytest.fixture
-async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(settings.asyncpg_dsn)
+def database_dsn(settings: Settings) -> str:
+    """The database `conn` opens: the session's (a module with a database of its own overrides
+    this)."""
+    return settings.asyncpg_dsn
+
+
+@pytest.fixture
+async def conn(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_dsn)
     try:
         yield connection
     finally:

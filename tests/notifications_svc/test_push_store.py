@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -101,12 +101,9 @@ def seeded(settings: Settings) -> Iterator[Seeded]:
 
 
 @pytest.fixture
-async def conn(seeded: Seeded) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(seeded.dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
+def database_dsn(seeded: Seeded) -> str:
+    """`conn` (conftest) opens the module's seeded database."""
+    return seeded.dsn
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

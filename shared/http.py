@@ -7,7 +7,8 @@
 - `require_internal`: the `/internal/` bearer check (constant-time);
 - `health_routes`: `/healthz` (alive) and `/readyz` (every dependency check passes, else 503
   naming what is down);
-- `metrics_route`: Prometheus exposition of this process's registry.
+- `metrics_route`: Prometheus exposition of this process's registry (its `process_*` metrics
+  from `shared.process_metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared import process_metrics
 from shared.auth import TokenError, TokenVerifier
 from shared.errors import (
     AppError,
@@ -186,6 +188,10 @@ def health_routes(checks: Callable[[Request], Mapping[str, Check]]) -> list[Rout
 
 
 def metrics_route(registry: CollectorRegistry = REGISTRY) -> Route:
+    """`/metrics` of `registry`, whose `process_*` metrics never list the open descriptors on the
+    event loop where the kernel can count them (`shared.process_metrics`)."""
+    process_metrics.replace_default(registry)
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -20,7 +20,8 @@ Token = Callable[..., str]
 
 async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
     """/metrics carries connections, frames, closes, the fan-out latency histogram, the
-    collections' pauses and the event loop's lag (its timer has been ticking since start-up)."""
+    collections' pauses, the event loop's lag (its timer has been ticking since start-up) and
+    the process's own series (`shared.process_metrics`)."""
     user = uuid.uuid4()
     ws = await open_ws(cluster.a, uuid.uuid4(), token_for(user))
     assert (await publish(cluster.b, user_id=str(user), frame={"type": "x"})).status_code == 202
@@ -38,6 +39,10 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         'gateway_gc_pause_seconds_bucket{generation="2",le="0.02"}',
         'gateway_gc_cpu_seconds_total{generation="0"}',
         'gateway_event_loop_lag_seconds_bucket{le="0.02"}',
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
     ):
         assert name in text, name
 

@@ -102,8 +102,11 @@ def summarize(gateway_log: Path) -> list[tuple[int, str]]:
     for line in gateway_log.read_text(errors="replace").splitlines():
         if log.name not in line:  # most lines: no JSON decode
             continue
-        entry = json.loads(line)
-        if entry.get("logger") == log.name and entry.get("stack"):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line of something else that names the logger
+            continue
+        if isinstance(entry, dict) and entry.get("logger") == log.name and entry.get("stack"):
             counts[entry["stack"].splitlines()[-1]] += 1
     return [(count, frame) for frame, count in counts.most_common()]
 

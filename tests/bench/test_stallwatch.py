@@ -114,7 +114,7 @@ def test_the_loop_lag_timer_beats_once_installed(monkeypatch: pytest.MonkeyPatch
 
 def test_summarize_counts_samples_by_innermost_frame(tmp_path: Path) -> None:
     """The watchdog's lines of a gateway log, counted by innermost frame, most first; other
-    lines are passed over."""
+    lines, JSON or not, are passed over."""
     late = {"logger": "bench.stallwatch", "msg": "event loop late"}
     lines = [
         late | {"stack": "a.py:1 outer\nb.py:2 listdir"},
@@ -123,5 +123,6 @@ def test_summarize_counts_samples_by_innermost_frame(tmp_path: Path) -> None:
         late | {"stack": "a.py:1 outer\nc.py:3 collect"},
     ]
     log = tmp_path / "gateway.log"
-    log.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json\n")
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    log.write_text(text + "not json\n" + "bench.stallwatch, not json either\n")
     assert summarize(log) == [(2, "b.py:2 listdir"), (1, "c.py:3 collect")]

@@ -5,12 +5,12 @@ prometheus_client's default `ProcessCollector` counts open descriptors as
 `len(os.listdir("/proc/self/fd"))`: the kernel builds an entry per descriptor, so a scrape of a
 gateway holding 10,000 WebSockets held its event loop 7 ms (19 ms the first time after the
 descriptors changed: after a reconnect storm), every connection's frames waiting behind it, and
-proportionally longer above (docs/performance-notes.md). Since Linux 6.2, `stat()` of `/proc/self/fd` reports the number of open
-descriptors as its size, in microseconds whatever their number (the kernel change was made for
-exactly this metric). `ProcessMetrics` exports the same six metrics, names and help texts as
-prometheus_client's collector, and counts descriptors that way; on an older kernel (the size is
-0 there) it lists them as before. The one difference: the listing's own descriptor on the
-directory is not counted.
+proportionally longer above (docs/performance-notes.md). Since Linux 6.2, `stat()` of
+`/proc/self/fd` reports the number of open descriptors as its size, in microseconds whatever
+their number (the kernel change was made for exactly this metric). `ProcessMetrics` exports the
+same six metrics, names and help texts as prometheus_client's collector, and counts descriptors
+that way; on an older kernel (the size is 0 there) it lists them as before. The one difference:
+the listing's own descriptor on the directory is not counted.
 """
 
 from __future__ import annotations

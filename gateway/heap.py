@@ -20,12 +20,22 @@ frees its frozen objects at once. A cycle that does become garbage while frozen 
 heap is unfrozen and collected in full — a walk of every live object. That is done after churn
 (as many connections closed as were frozen over 2, at least `step`; first the unfrozen heap is
 collected, since young cycles may be what still holds frozen objects), and only when it fits the
-stall budget (`max_walk` frozen objects, e.g. after a mass disconnect) or when the frozen heap
-holds over twice what its open connections explain (garbage is piling up: then the stall
-is the lesser evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list
-splices). Not thread-safe: `tick()` and the counters are the event loop's; the hook runs in
-whichever thread's allocation started a collection, where it only freezes and resets a count
-(a race loses at most a count, delaying a freeze to the next collection).
+stall budget (a heap of at most `max_walk`, e.g. after a mass disconnect) or when the heap holds
+over twice what its open connections explain (garbage is piling up: then the stall is the lesser
+evil, and it is logged as a warning). Freezing and unfreezing are O(1) (list splices). Not
+thread-safe: `tick()` and the counters are the event loop's; the hook runs in whichever thread's
+allocation started a collection, where it only freezes and resets a count (a race loses at most
+a count, delaying a freeze to the next collection).
+
+The freezer sizes the heap in the interpreter allocator's blocks (`sys.getallocatedblocks()`:
+it adds up a header per 4 KiB pool, 0.04-0.1 ms at 280-450k blocks), not in frozen objects:
+`gc.get_freeze_count()` walks the frozen list, a cache miss per object (6 ms for the
+application's own 65k objects, 11-15 ms at 1,000 connections), and it held the loop that long
+when the freezer first measured a connection's share during a reconnect storm and at every check
+after churn, most of those ending in no collection. Blocks count what a frozen object holds too
+(its dict, its strings), so they grow with garbage as objects do. Under `PYTHONMALLOC=malloc`
+the allocator counts no blocks; `heap_size` counts the frozen objects then (the walk; the budget
+is then objects, a looser one).
 
 `CollectionTimer` times every collection (`gc.callbacks`), whoever started it, so the pauses the
 stall budget is about are measured where they happen, at the cost of two clock reads each.
@@ -35,21 +45,31 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Frozen objects a full collection may walk on the event loop: about 9 ms at 90 ns per object,
-# leaving room under the 20 ms stall budget for a busy core.
-MAX_WALK = 100_000
+# Allocated blocks at which a full collection may still run on the event loop: the gateway's own
+# 284k (65k tracked objects) and 70-100k more (a connection holds 69-96 blocks, 35-47 of them
+# tracked objects): about 100k tracked objects to walk, 9 ms at 90 ns each, leaving room under
+# the 20 ms stall budget.
+MAX_WALK = 360_000
+
+
+def heap_size() -> int:
+    """The heap's size as the freezer measures it: the allocator's blocks in use, or where the
+    allocator does not count them (`PYTHONMALLOC=malloc`), the frozen objects."""
+    return sys.getallocatedblocks() or gc.get_freeze_count()
 
 
 class HeapFreezer:
     """Counts connections opened and closed; as a `gc.callbacks` hook (`install()`) it freezes
     after a collection once a connection has opened, and `tick()` collects the frozen heap after
-    churn. `clock` times the full collection for the log (tests pass a fake one)."""
+    churn. `size` measures the heap (`max_walk` is in its unit), `clock` times the full
+    collection for the log (tests pass their own)."""
 
     __slots__ = (
         "_base",
@@ -59,22 +79,28 @@ class HeapFreezer:
         "_open",
         "_opened",
         "_per_connection",
+        "_size",
         "max_walk",
         "step",
     )
 
     def __init__(
-        self, step: int, max_walk: int = MAX_WALK, clock: Callable[[], float] = time.perf_counter
+        self,
+        step: int,
+        max_walk: int = MAX_WALK,
+        size: Callable[[], int] = heap_size,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.step = step
         self.max_walk = max_walk
+        self._size = size
         self._clock = clock
         self._opened = 0  # since the last freeze
         self._closed = 0  # since the last full collection
         self._open = 0  # as the last tick was told, plus opened and closed since
         self._frozen = 0  # connections open at the last freeze (since the last full collection)
-        self._base: int | None = None  # frozen before the first freeze: the application's objects
-        self._per_connection = 0.0  # frozen objects per open connection after a collection
+        self._base: int | None = None  # the heap before the first freeze: the application's own
+        self._per_connection = 0.0  # the heap's growth per open connection after a collection
 
     def opened(self) -> None:
         self._opened += 1
@@ -112,35 +138,35 @@ class HeapFreezer:
             # Young cycles (a closed connection's last exceptions and timeouts) may be all that
             # holds frozen objects: freeing them first lets reference counting free those.
             gc.collect()
-            frozen = gc.get_freeze_count()
-            if frozen <= self.max_walk or self._piling_up(frozen, open_connections):
-                self._collect_all(frozen, open_connections)
+            size = self._size()
+            if size <= self.max_walk or self._piling_up(size, open_connections):
+                self._collect_all(size, open_connections)
                 return
             self._closed = 0  # look again after as much churn, not at every tick
 
     def _take_base(self) -> None:
-        """The first tick or freeze takes what is frozen then as the application's own share."""
+        """The first tick or freeze takes the heap's size then as the application's own share."""
         if self._base is None:
-            self._base = gc.get_freeze_count()
+            self._base = self._size()
 
-    def _piling_up(self, frozen: int, open_connections: int) -> bool:
-        """Whether the frozen heap holds over twice what its open connections explain."""
+    def _piling_up(self, size: int, open_connections: int) -> bool:
+        """Whether the heap holds over twice what its open connections explain."""
         base = self._base or 0
-        return frozen - base > 2 * self._per_connection * (open_connections + self.step)
+        return size - base > 2 * self._per_connection * (open_connections + self.step)
 
     def _measure(self, open_connections: int) -> None:
         if open_connections:
             base = self._base or 0
-            self._per_connection = (gc.get_freeze_count() - base) / open_connections
+            self._per_connection = (self._size() - base) / open_connections
 
-    def _collect_all(self, frozen: int, open_connections: int) -> None:
+    def _collect_all(self, size: int, open_connections: int) -> None:
         started = self._clock()
         gc.unfreeze()
         freed = gc.collect()
         gc.freeze()
         ms = round((self._clock() - started) * 1000, 1)
-        level = logging.INFO if frozen <= self.max_walk else logging.WARNING
-        extra = {"closed": self._closed, "walked": frozen, "freed": freed, "ms": ms}
+        level = logging.INFO if size <= self.max_walk else logging.WARNING
+        extra = {"closed": self._closed, "heap": size, "freed": freed, "ms": ms}
         log.log(level, "collected the frozen heap", extra=extra)
         self._frozen, self._closed, self._opened = open_connections, 0, 0
         self._measure(open_connections)

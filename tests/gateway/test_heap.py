@@ -4,6 +4,9 @@ growth, and the cycles closed connections leave are freed after enough churn."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -199,6 +202,49 @@ def test_no_full_walk_over_budget_unless_garbage_piles_up(installed: list[HeapFr
     heap.closed()
     heap.tick(0)
     assert many_ref() is None and few_ref() is None
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_garbage_piling_up_is_measured_by_what_it_holds(installed: list[HeapFreezer]) -> None:
+    """The heap is sized in allocated blocks, not frozen objects: one frozen cycle turned garbage
+    that holds 100,000 strings (untracked by the collector, two frozen objects in all) is garbage
+    piling up beside what 4 open connections explain, and the check after churn frees it."""
+    gc.freeze()
+    heap = _installed(installed, step=1, max_walk=0)
+    heap.tick(0)
+    held = [_Node() for _ in range(1000)]
+    heap.opened()
+    heap.tick(4)
+    gc.collect(0)  # frozen and measured: 4 connections, 250 nodes each
+    hoard = _Node()
+    hoard.held = [str(n) for n in range(100_000)]
+    hoard_ref = weakref.ref(hoard)
+    heap.opened()
+    heap.tick(5)
+    gc.collect(0)  # frozen
+    del hoard
+    heap.closed()
+    heap.closed()
+    heap.closed()
+    heap.tick(2)
+    assert hoard_ref() is None
+    assert held[0].me is held[0]
+
+
+def test_heap_size_counts_frozen_objects_where_the_allocator_counts_no_blocks() -> None:
+    """Under `PYTHONMALLOC=malloc` the interpreter counts no blocks: the heap's size is then the
+    frozen object count (a walk, but not a heap that always looks empty)."""
+    script = (
+        "import gc, sys; from gateway.heap import heap_size; gc.freeze(); "
+        "print(sys.getallocatedblocks(), heap_size(), gc.get_freeze_count())"
+    )
+    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    blocks, size, frozen = map(int, result.stdout.split())
+    assert blocks == 0
+    assert size == frozen > 0
 
 
 @pytest.mark.usefixtures("unfrozen")

@@ -96,7 +96,7 @@ REGISTRY.register(LoopMetrics(FRAMES_OUT, FANOUT_LATENCY))
 # when more clients closed in one loop turn than it answers (a mass disconnect).
 INBOUND_DEFERRED = Counter(
     "gateway_inbound_deferred_total",
-    "Client closes answered on a later event-loop turn than they arrived (inbound budget)",
+    "Client closes and hang-ups handled on a later event-loop turn than they came (inbound budget)",
 )
 # New connections whose first request waited for a later turn (`gateway.httpprotocol`):
 # non-zero only when more arrived in one loop turn than it admits (a storm of connects).

@@ -44,8 +44,10 @@ close frame, writing the close reply and closing the transport inside those poll
 loop for most of a second. Past `INBOUND_BUDGET` in a turn, a chunk of client data that starts
 with a close frame waits in one backlog with its transport paused (so nothing else of that
 connection — data, EOF — is read before it), and the backlog is parsed `INBOUND_BUDGET` chunks
-per turn. Every other
-chunk (messages, pings: live traffic) is parsed at once, as before, never queued behind closes.
+per turn. A client's hang-up without a close frame (its EOF; a proxy such as nginx ends its
+upstream connections this way when it loses its clients) counts against the same budget: past
+it, the transport stays open, half-closed, and is closed from the backlog. Every other chunk
+(messages, pings: live traffic) is parsed at once, as before, never queued behind closes.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ INBOUND_BUDGET = 100
 # The first byte of every client close frame: FIN, no RSV bits (control frames are never
 # fragmented or compressed), opcode 8.
 _CLOSE_FIRST_BYTE = 0x88
+# What the closes' backlog holds for a client's EOF: no chunk of data is ever empty.
+_EOF = b""
 
 _FIN_TEXT = 0x81  # FIN bit and opcode 1 (text); no RSV bits: never compressed
 _SHORT = struct.Struct("!BB")
@@ -302,8 +306,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # goes quiet for `DRAIN_QUIET` or `LINGER` seconds pass.
     draining = False
     drain_deadline = 0.0  # loop time at which a drain ends whatever the client still sends
-    # Set while a chunk of client data waits in the closes' backlog (`_CLOSES`), the transport
-    # paused: the chunk is parsed before anything else of this connection is read.
+    # Set while a chunk of client data, or the client's EOF, waits in the closes' backlog
+    # (`_CLOSES`), the transport paused: it is handled before anything else of this connection.
     deferred = False
 
     # uvicorn's constructor sets these on every instance; the same values as class attributes
@@ -578,12 +582,28 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
         super().data_received(data)
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature
+        # Ending a connection costs the same whether its client closed or hung up (the transport's
+        # close, the end of the connection): an EOF counts against the closes' budget, and past
+        # it the transport is kept open (True), reading stopped, until the backlog closes it.
+        if self.adopted and not self.draining:
+            inbound = _CLOSES.of(self.loop)
+            if not inbound.admit():
+                self.deferred = True
+                inbound.defer(self, _EOF)
+                return True
+        return None  # the transport closes itself, as for uvicorn's protocol
+
     def parse_deferred(self, data: bytes) -> None:
         """Parse a chunk the inbound budget set aside, then read again unless the application
-        still holds a message (uvicorn's `read_paused`). Nothing is parsed once the connection
-        is lost or its transport closing: it would not have been read then either."""
+        still holds a message (uvicorn's `read_paused`); for a deferred EOF, close the
+        transport. Nothing is parsed once the connection is lost or its transport closing: it
+        would not have been read then either."""
         self.deferred = False
         if self.disconnected or self.transport.is_closing():
+            return
+        if data is _EOF:
+            self.transport.close()
             return
         if not self.draining:
             # uvicorn's parse, not `data_received`: the budget counted this chunk already.

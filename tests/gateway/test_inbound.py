@@ -1,7 +1,8 @@
 """The inbound budget (`gateway.turns`, for closes): when more adopted connections' clients
 close in one event-loop turn than the budget answers, the rest are answered on later turns —
-each with its client's own code, handed to the reader with it —; live traffic is never held;
-and a connection lost while its close waits is never parsed afterwards."""
+each with its client's own code, handed to the reader with it —, and so are hang-ups without a
+close frame; live traffic is never held; and a connection lost while its close waits is never
+parsed afterwards."""
 
 from __future__ import annotations
 
@@ -46,17 +47,28 @@ class _Echo:
 
 
 class _Ends:
-    """Counts adopted connections that received their disconnect; `done` once all did."""
+    """Counts adopted connections that received their disconnect, and how many did in each
+    event-loop turn (`per_turn`); `done` once all did."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.count = 0
         self.done = asyncio.Event()
+        self.per_turn: list[int] = []
+        self._this_turn = 0
 
     def add(self) -> None:
         self.count += 1
+        if not self._this_turn:
+            # Runs after every callback already queued for this turn, before the next poll.
+            asyncio.get_running_loop().call_soon(self._turn_ended)
+        self._this_turn += 1
         if self.count == self.expected:
             self.done.set()
+
+    def _turn_ended(self) -> None:
+        self.per_turn.append(self._this_turn)
+        self._this_turn = 0
 
 
 @contextlib.asynccontextmanager
@@ -146,6 +158,25 @@ async def test_closes_over_the_budget_answered_with_each_clients_code() -> None:
                 "code": 3000 + i,
                 "reason": f"bye {i}",
             }
+        assert errors == []
+
+
+async def test_hang_ups_over_the_budget_end_on_later_turns() -> None:
+    """Three budgets' worth of clients hang up at once without a close frame (their TCP
+    connection closed, as a proxy ends the connections of the clients it lost): the deferred
+    counter grows, no turn ends more connections than the budget, every reader gets one
+    disconnect, that of a lost connection (1005), and the loop reports no exception."""
+    before = _deferred()
+    async with _echo_server(GatewayWebSocketProtocol) as (port, readers, ends, errors):
+        clients = await _clients(port)
+        for ws in clients:
+            ws.transport.close()
+        await ends.done.wait()
+        assert _deferred() > before
+        assert sum(ends.per_turn) == CLIENTS
+        assert max(ends.per_turn) <= INBOUND_BUDGET
+        for reader in readers:
+            assert reader.events == [{"type": "websocket.disconnect", "code": 1005}]
         assert errors == []
 
 

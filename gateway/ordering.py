@@ -113,7 +113,7 @@ class Replay:
     round fetches it) or after (delivered live).
     """
 
-    __slots__ = ("_idle_rounds", "_orders", "cursor")
+    __slots__ = ("_idle_rounds", "_known", "_orders", "cursor")
 
     def __init__(self, orders: Sequence[SeqOrder], after: int | None) -> None:
         if not orders:
@@ -124,9 +124,11 @@ class Replay:
         self._orders = orders
         self.cursor = after
         self._idle_rounds = 0
+        self._known = 0  # the user's latest seq when the last page was read
 
     def page(self, last_seq: int) -> None:
         """A page arrived whose `last_seq` is the user's latest seq when it was read."""
+        self._known = last_seq
         if self.cursor is None:
             self.cursor = last_seq
 
@@ -148,20 +150,25 @@ class Replay:
         """After a page: True when the replay is over (every connection switched to live), False
         to fetch the page after `cursor`. A page that says there is more is followed; otherwise
         the replay continues while a held live seq is beyond the cursor, but gives up on it after
-        two empty pages in a row (the held seq was deleted, or carries no push)."""
+        two empty pages in a row read once it existed (the held seq was deleted, or carries no
+        push)."""
         if has_more and had_frames:
             return False
-        self._idle_rounds = 0 if had_frames else self._idle_rounds + 1
         cursor = self.cursor
         if cursor is None:
             raise RuntimeError("expected a page before finished(), got none")
+        held = max(order.held for order in self._orders)
+        # An empty page read before the held seq was created could not hold it: it says nothing
+        # about that seq (giving up on it there lost it, when a pub/sub reconnect had already
+        # spent one empty page on the stale check below).
+        missed = not had_frames and held <= self._known
+        self._idle_rounds = self._idle_rounds + 1 if missed else 0
         if any(order.stale for order in self._orders):
             # A pub/sub reconnect since this page may have lost newer frames: one more page,
             # fetched after the reconnect, covers them.
             for order in self._orders:
                 order.stale = False
             return False
-        held = max(order.held for order in self._orders)
         if held > cursor and self._idle_rounds < 2:
             return False
         for order in self._orders:

@@ -144,6 +144,26 @@ def test_replay_gives_up_on_a_held_seq_after_two_empty_pages() -> None:
     assert order.live(9) is Action.DELIVER
 
 
+def test_replay_does_not_give_up_on_a_seq_held_after_its_page_was_read() -> None:
+    """An empty page read before a held seq was created says nothing about it: after a pub/sub
+    reconnect spent one empty page (the stale check) and a second was read just before the
+    seq was published, the replay fetches again and delivers it (it used to go live past it:
+    found by the state machine below)."""
+    order = SeqOrder()
+    replay = Replay([order], 0)
+    assert order.resync() is False  # the link dropped and came back during the resume replay
+    replay.page(0)
+    assert replay.finished(has_more=False, had_frames=False) is False  # stale: once more
+    replay.page(0)  # read before seq 1 was created
+    assert order.live(1) is Action.HOLD
+    assert replay.finished(has_more=False, had_frames=False) is False
+    replay.page(1)
+    assert replay.offer(order, 1)
+    replay.passed(1)
+    assert replay.finished(has_more=False, had_frames=True) is True
+    assert order.last_seq == 1
+
+
 def test_baseline_replay_takes_the_latest_seq() -> None:
     """A replay without a cursor takes the page's `last_seq` as baseline and delivers nothing
     older."""

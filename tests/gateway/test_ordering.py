@@ -117,6 +117,15 @@ def test_replay_follows_has_more() -> None:
     assert replay.cursor == 1
 
 
+def _page_ends_the_replay(replay: Replay, order: SeqOrder, seq: int) -> None:
+    """A page holding `seq` (the user's latest): `order` gets it, and the replay ends there."""
+    replay.page(seq)
+    assert replay.offer(order, seq)
+    replay.passed(seq)
+    assert replay.finished(has_more=False, had_frames=True) is True
+    assert order.last_seq == seq
+
+
 def test_replay_continues_past_a_held_live_seq() -> None:
     """A live frame held during the replay beyond its cursor makes it fetch again."""
     order = SeqOrder()
@@ -124,11 +133,7 @@ def test_replay_continues_past_a_held_live_seq() -> None:
     replay.page(0)
     order.live(1)  # created after the page was read
     assert replay.finished(has_more=False, had_frames=False) is False
-    replay.page(1)
-    assert replay.offer(order, 1)
-    replay.passed(1)
-    assert replay.finished(has_more=False, had_frames=True) is True
-    assert order.last_seq == 1
+    _page_ends_the_replay(replay, order, 1)
 
 
 def test_replay_gives_up_on_a_held_seq_after_two_empty_pages() -> None:
@@ -157,11 +162,7 @@ def test_replay_does_not_give_up_on_a_seq_held_after_its_page_was_read() -> None
     replay.page(0)  # read before seq 1 was created
     assert order.live(1) is Action.HOLD
     assert replay.finished(has_more=False, had_frames=False) is False
-    replay.page(1)
-    assert replay.offer(order, 1)
-    replay.passed(1)
-    assert replay.finished(has_more=False, had_frames=True) is True
-    assert order.last_seq == 1
+    _page_ends_the_replay(replay, order, 1)
 
 
 def test_baseline_replay_takes_the_latest_seq() -> None:

@@ -216,6 +216,9 @@ class OffsetOrder:
     syncing: bool = True
     held: list[HeldPublication] = field(default_factory=list)
     overflowed: bool = False
+    # The link dropped and came back while a history read was in flight: that read may predate
+    # what was lost, so `resume` asks for one more sync.
+    stale: bool = False
 
     def live(self, offset: int, epoch: str, frame: object) -> OffsetAction:
         """Judge a live publication (and advance the cursor when it is delivered)."""
@@ -242,13 +245,24 @@ class OffsetOrder:
         back); the owner reads the history after `offset` and then calls `resume`."""
         self.syncing = True
 
+    def resync(self) -> bool:
+        """The link to Redis dropped and came back: what was published meanwhile is lost.
+        Returns True when the owner must start a sync; False when one is running already (its
+        read may predate the loss: `resume` then reports a gap, and the owner syncs again)."""
+        if self.syncing:
+            self.stale = True
+            return False
+        return True
+
     def resume(self, offset: int, epoch: str) -> tuple[list[HeldPublication], bool]:
         """The history was read up to `offset` of `epoch` (and delivered): go live. Returns the
         held publications that are due (in order, cursor advanced past them) and whether a gap
-        remains (some held were out of sequence or dropped: sync again)."""
+        remains (some held were out of sequence or dropped, or the link dropped during the
+        read: sync again)."""
         self.offset, self.epoch, self.syncing = offset, epoch, False
         held, self.held = self.held, []
-        overflowed, self.overflowed = self.overflowed, False
+        overflowed, self.overflowed = self.overflowed or self.stale, False
+        self.stale = False
         due: list[HeldPublication] = []
         for entry in held:
             verdict = self._judge(entry.offset, entry.epoch)

@@ -386,7 +386,7 @@ class TopicHub:
             for sub in list(subs.values()):
                 if channels is not None and sub.channel not in channels:
                     continue
-                if not sub.cursor.syncing and not sub.ended:
+                if not sub.ended and sub.cursor.resync():
                     self._start_sync(conn, sub)
 
     async def tick(self, now: float) -> None:

@@ -176,6 +176,49 @@ async def test_a_gap_is_closed_from_the_history(rig: Rig) -> None:
     assert subscribed["epoch"]
 
 
+async def test_publication_lost_while_the_subscribe_reads_the_history_is_delivered(
+    rig: Rig,
+) -> None:
+    """The pub/sub link drops and comes back while a subscribe's history read is on its way
+    back, and a publication made after the read was lost with the link: once live, the
+    subscriber syncs again and gets it from the history, though no later publication shows
+    the gap (it used to wait for one)."""
+    conn = Recorder()
+    store = rig.hub.topics.store
+    read, released = asyncio.Event(), asyncio.Event()
+    recover = store.recover
+
+    async def held_recover(*args: Any, **kwargs: Any) -> Any:
+        recovery = await recover(*args, **kwargs)
+        read.set()
+        await released.wait()
+        return recovery
+
+    resynced = asyncio.Event()
+    resync = rig.hub.resync
+
+    def noted_resync(channels: Any) -> None:
+        resync(channels)
+        resynced.set()
+
+    store.recover = held_recover  # type: ignore[method-assign]
+    rig.hub.resync = noted_resync  # type: ignore[method-assign]
+    subscribing = asyncio.create_task(rig.send(conn, type="subscribe", topic="plain:f"))
+    await read.wait()
+    # Offset 1 reaches the history but not the subscriber: the link is down when it goes out.
+    await rig.redis.hset(keys.topic_meta("plain:f"), "s", 1)
+    await rig.redis.xadd(keys.topic_history("plain:f"), {"d": b'"lost"'}, id="1-0")
+    await rig.redis.client_kill_filter(_type="pubsub")
+    await asyncio.wait_for(resynced.wait(), 10)
+    store.recover = recover  # type: ignore[method-assign]
+    released.set()
+    await subscribing
+    subscribed = await conn.next()
+    assert subscribed["type"] == "subscribed" and subscribed["offset"] == 0
+    lost = await conn.next()
+    assert (lost["type"], lost["offset"], lost["data"]) == ("publication", 1, "lost")
+
+
 async def test_lost_history_ends_the_subscription_with_insufficient_state(rig: Rig) -> None:
     """When Redis loses the topic (new epoch) a live subscriber gets unsubscribed
     INSUFFICIENT_STATE; resubscribing with its position says recovered false."""

@@ -343,6 +343,27 @@ class OrderingMachine(RuleBasedStateMachine):
         if conn.order.start(conn.floor):
             self._start_replay([conn], conn.floor)
 
+    @precondition(
+        lambda self: (
+            self.link_up
+            and any(c.floor < 0 for c in self.unstarted)
+            and any(c.order.settled is not None for c in self.all)
+        )
+    )
+    @rule()
+    def sibling_baseline(self) -> None:
+        """A fresh connection takes a live sibling's settled seq as its baseline instead of
+        asking the service (`ConnectionManager._sibling_baseline`: no await between reading it
+        and starting). Only with the link up: a join waits for Redis's confirmation."""
+        conn = next(c for c in self.unstarted if c.floor < 0)
+        settled = next(c.order.settled for c in self.all if c.order.settled is not None)
+        assert settled is not None
+        conn.floor = settled
+        self.unstarted.remove(conn)
+        conn.started = True
+        if conn.order.start(settled):
+            self._start_replay([conn], settled)
+
     @precondition(lambda self: len(self.all) < 4)
     @rule(back=st.integers(min_value=0, max_value=5))
     def connect_resume(self, back: int) -> None:

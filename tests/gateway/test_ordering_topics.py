@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gateway import ordering
@@ -84,10 +85,12 @@ HOLD = 3  # the cursor's held list, small enough for the machine to overflow it
 
 @dataclass
 class _Read:
-    """A history read of the owner's: `since` None for the subscribe's, the cursor's position
-    for a sync's; `recovery` (position offset, epoch, recovered, offsets) once read."""
+    """A history read of the owner's: the subscribe's (`since` the client's, or None) or a
+    sync's (`since` the cursor's position); `recovery` (position offset, epoch, recovered,
+    offsets) once read."""
 
     since: tuple[int, str] | None
+    subscribe: bool = False
     recovery: tuple[int, str, bool, list[int]] | None = None
 
 
@@ -100,18 +103,25 @@ class TopicOrderingMachine(RuleBasedStateMachine):
     each sync's) is taken at one step and applied at a later one, live frames arriving between,
     as they do around the owner's awaits."""
 
-    @initialize()
-    def setup(self) -> None:
+    @initialize(
+        before=st.integers(min_value=0, max_value=2 * HISTORY),
+        back=st.integers(min_value=0, max_value=2 * HISTORY),
+        resume=st.booleans(),
+    )
+    def setup(self, before: int, back: int, resume: bool) -> None:
+        """`before` publications precede the subscribe; a resuming client (`resume`) asks
+        `since` the one `back` from the latest (more than the history holds: not recovered)."""
         self.hold_limit = ordering.OFFSET_HOLD_LIMIT
         ordering.OFFSET_HOLD_LIMIT = HOLD
         self.epochs = ["e0"]
-        self.published = {"e0": 0}  # latest offset per epoch
+        self.published = {"e0": before}  # latest offset per epoch
         self.link_up = True
         self.in_flight: list[tuple[int, str]] = []
         self.cursor = TopicCursor()
         self.delivered: list[tuple[int, str]] = []
         self.start: tuple[int, str] | None = None  # the subscribe's position
-        self.read: _Read | None = _Read(None)
+        since = (max(0, before - back), "e0") if resume else None
+        self.read: _Read | None = _Read(since, subscribe=True)
         self.ended = False  # INSUFFICIENT_STATE: the owner learned a gap cannot be closed
 
     @property
@@ -182,8 +192,10 @@ class TopicOrderingMachine(RuleBasedStateMachine):
         offset, epoch, recovered, publications = read.recovery
         if self.ended:
             return
-        if read.since is None:
-            self.start = (offset, epoch)
+        if read.subscribe:
+            # Recovered: the client gets what followed its `since`; else it is told so and
+            # continues from the topic's position.
+            self.start = (read.since[0], epoch) if read.since and recovered else (offset, epoch)
         elif not recovered:
             self.ended = True
             return

@@ -12,7 +12,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -20,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 from gateway.ordering import Action, Replay, SeqOrder
+from tests.support.pubsub_link import PubSubLinkMachine
 
 
 def _live(order: SeqOrder, last_seq: int | None) -> SeqOrder:
@@ -260,7 +260,7 @@ class _Replay:
     fetched: bool = False
 
 
-class OrderingMachine(RuleBasedStateMachine):
+class OrderingMachine(PubSubLinkMachine[int]):
     """One user's notifications, the gateway's pub/sub link, and that user's connections on one
     gateway. The model: notifications are created with increasing seqs; a "visible" one is
     published live (if the link is up) and returned by replay pages; a hidden one (deleted, no
@@ -304,16 +304,7 @@ class OrderingMachine(RuleBasedStateMachine):
             if conn.order.live(seq) is Action.DELIVER:
                 conn.delivered.append(seq)
 
-    @precondition(lambda self: self.link_up)
-    @rule()
-    def link_down(self) -> None:
-        self.link_up = False
-        self.in_flight.clear()
-
-    @precondition(lambda self: not self.link_up)
-    @rule()
-    def link_back(self) -> None:
-        self.link_up = True
+    def resynced(self) -> None:
         idle = [c for c in self.all if c.order.resync()]
         if idle:
             known = [c.order.last_seq for c in idle if c.order.last_seq is not None]

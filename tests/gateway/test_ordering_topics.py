@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
 from gateway import ordering
 from gateway.ordering import OFFSET_HOLD_LIMIT as HOLD_LIMIT
 from gateway.ordering import OffsetAction as Verdict
 from gateway.ordering import OffsetOrder as TopicCursor
+from tests.support.pubsub_link import PubSubLinkMachine
 
 
 def test_holds_while_syncing_then_delivers_what_follows_the_position() -> None:
@@ -94,7 +95,7 @@ class _Read:
     recovery: tuple[int, str, bool, list[int]] | None = None
 
 
-class TopicOrderingMachine(RuleBasedStateMachine):
+class TopicOrderingMachine(PubSubLinkMachine[tuple[int, str]]):
     """One topic and one subscription's cursor, driven as `gateway.subscriptions` drives it.
     Publications take consecutive offsets in an epoch (a new epoch, from offset 1, when the
     history is lost); the history keeps the last `HISTORY`. Live frames reach the subscriber in
@@ -151,16 +152,7 @@ class TopicOrderingMachine(RuleBasedStateMachine):
         elif verdict is Verdict.GAP:
             self._start_sync()
 
-    @precondition(lambda self: self.link_up)
-    @rule()
-    def link_down(self) -> None:
-        self.link_up = False
-        self.in_flight.clear()
-
-    @precondition(lambda self: not self.link_up)
-    @rule()
-    def link_back(self) -> None:
-        self.link_up = True
+    def resynced(self) -> None:
         if not self.ended and self.cursor.resync():
             self._start_sync()
 

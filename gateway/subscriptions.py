@@ -15,7 +15,10 @@ read the topic's position and, with `since`, the missed publications from the hi
 channel was confirmed before the read, a publication is either in what was read or held — none
 falls between. A gap seen later (a lost pub/sub message, a new epoch) is closed the same way
 from the history; when the history cannot close it the client gets `unsubscribed`
-`INSUFFICIENT_STATE` and resubscribes with `since`, learning `recovered: false`.
+`INSUFFICIENT_STATE` and resubscribes with `since`, learning `recovered: false`. A history read
+that fails (Redis restarting, still loading its data, failing over) is retried `SYNC_ATTEMPTS`
+times with backoff, publications held meanwhile, before the subscription ends that way: a Redis
+blip must not unsubscribe every subscriber of the gateway at once.
 
 Every refusal is an `error` frame with a `TopicErrorCode` and `details.topic`; nothing here
 closes a connection.
@@ -43,6 +46,7 @@ from gateway.ordering import OffsetOrder
 from gateway.topics import Grant, TopicRefused, Topics
 from gateway.wsprotocol import TextFrame
 from shared import keys
+from shared.backoff import Backoff
 from shared.errors import InvalidJson, InvalidMessage, RateLimited
 from shared.redis_client import RedisClient, is_cluster
 from shared.topic_store import Position, Recovery
@@ -72,6 +76,10 @@ from shared.wire import EnvelopeMeta, encode, encode_envelope
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 5.0
+# History reads a sync makes before it gives up on a failing Redis, and the first cap of the
+# backoff between them (full jitter, doubling: at most 1.4 s of waiting in all).
+SYNC_ATTEMPTS = 4
+SYNC_RETRY_BASE = 0.2
 
 
 class Subscriber(Protocol):
@@ -221,11 +229,20 @@ class TopicHub:
     async def _sync(self, conn: Subscriber, sub: Subscription) -> None:
         """Close a gap from the history; unsubscribe the client when it cannot be closed."""
         cursor = sub.cursor
-        try:
-            recovery = await self._read(sub, Since(offset=cursor.offset, epoch=cursor.epoch))
-        except (redis.RedisError, OSError) as exc:
-            log.warning("topic sync failed", extra={"topic": sub.topic, "error": repr(exc)})
-            recovery = None
+        since = Since(offset=cursor.offset, epoch=cursor.epoch)
+        backoff = Backoff(base=SYNC_RETRY_BASE, maximum=2.0)
+        recovery: Recovery | None = None
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            try:
+                recovery = await self._read(sub, since)
+                break
+            except (redis.RedisError, OSError) as exc:
+                extra = {"topic": sub.topic, "attempt": attempt, "error": repr(exc)}
+                log.warning("topic sync failed", extra=extra)
+            if attempt < SYNC_ATTEMPTS:
+                await backoff.sleep()
+            if sub.ended or conn.close_code is not None:
+                return
         if sub.ended or conn.close_code is not None:
             return
         if recovery is None or not recovery.recovered:

@@ -17,6 +17,7 @@ from uuid import UUID
 import pytest
 import redis.asyncio as redis
 
+from gateway import subscriptions
 from gateway.fanout import Fanout
 from gateway.subscriptions import TopicHub
 from gateway.topics import Topics
@@ -217,6 +218,57 @@ async def test_publication_lost_while_the_subscribe_reads_the_history_is_deliver
     assert subscribed["type"] == "subscribed" and subscribed["offset"] == 0
     lost = await conn.next()
     assert (lost["type"], lost["offset"], lost["data"]) == ("publication", 1, "lost")
+
+
+async def _gap_with_failing_reads(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, topic: str, failures: int
+) -> tuple[Recorder, list[int]]:
+    """A subscriber of `topic` whose next publication shows a gap (offset 1 only in the
+    history); the history reads of the sync that follows fail `failures` times first. Returns
+    the subscriber (its `subscribed` taken) and the sync's read attempts, one entry each."""
+    monkeypatch.setattr(subscriptions, "SYNC_RETRY_BASE", 0.01)
+    conn = Recorder()
+    await rig.send(conn, type="subscribe", topic=topic)
+    assert (await conn.next())["type"] == "subscribed"
+    store = rig.hub.topics.store
+    recover, attempts = store.recover, []
+
+    async def failing_recover(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) <= failures:
+            raise redis.BusyLoadingError("Redis is loading the dataset in memory")
+        return await recover(*args, **kwargs)
+
+    monkeypatch.setattr(store, "recover", failing_recover)
+    await rig.redis.hset(keys.topic_meta(topic), "s", 1)
+    await rig.redis.xadd(keys.topic_history(topic), {"d": b'"lost"'}, id="1-0")
+    await _publish(rig, topic, "next")
+    return conn, attempts
+
+
+async def test_a_failing_history_read_is_retried(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync whose history reads fail (Redis still loading) retries them: the subscriber
+    stays subscribed and gets the missed publication, then the next, once each."""
+    conn, attempts = await _gap_with_failing_reads(rig, monkeypatch, "plain:g", 2)
+    got = [await conn.next(), await conn.next()]
+    assert [(f["type"], f["offset"], f["data"]) for f in got] == [
+        ("publication", 1, "lost"),
+        ("publication", 2, "next"),
+    ]
+    assert len(attempts) == 3
+
+
+async def test_a_history_that_cannot_be_read_ends_the_subscription(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every one of the sync's `SYNC_ATTEMPTS` reads fails, the subscription ends with
+    `INSUFFICIENT_STATE`, after exactly that many reads."""
+    conn, attempts = await _gap_with_failing_reads(
+        rig, monkeypatch, "plain:h", subscriptions.SYNC_ATTEMPTS
+    )
+    ended = await conn.next()
+    assert (ended["type"], ended["code"]) == ("unsubscribed", "INSUFFICIENT_STATE")
+    assert len(attempts) == subscriptions.SYNC_ATTEMPTS
 
 
 async def test_lost_history_ends_the_subscription_with_insufficient_state(rig: Rig) -> None:

@@ -178,7 +178,7 @@ async def test_a_gap_is_closed_from_the_history(rig: Rig) -> None:
 
 
 async def test_publication_lost_while_the_subscribe_reads_the_history_is_delivered(
-    rig: Rig,
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pub/sub link drops and comes back while a subscribe's history read is on its way
     back, and a publication made after the read was lost with the link: once live, the
@@ -202,8 +202,8 @@ async def test_publication_lost_while_the_subscribe_reads_the_history_is_deliver
         resync(channels)
         resynced.set()
 
-    store.recover = held_recover  # type: ignore[method-assign]
-    rig.hub.resync = noted_resync  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "recover", held_recover)
+    monkeypatch.setattr(rig.hub, "resync", noted_resync)
     subscribing = asyncio.create_task(rig.send(conn, type="subscribe", topic="plain:f"))
     await read.wait()
     # Offset 1 reaches the history but not the subscriber: the link is down when it goes out.
@@ -211,7 +211,7 @@ async def test_publication_lost_while_the_subscribe_reads_the_history_is_deliver
     await rig.redis.xadd(keys.topic_history("plain:f"), {"d": b'"lost"'}, id="1-0")
     await rig.redis.client_kill_filter(_type="pubsub")
     await asyncio.wait_for(resynced.wait(), 10)
-    store.recover = recover  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "recover", recover)  # the sync after it reads at once
     released.set()
     await subscribing
     subscribed = await conn.next()

@@ -245,7 +245,11 @@ class TopicHub:
                 return
         if sub.ended or conn.close_code is not None:
             return
-        if recovery is None or not recovery.recovered:
+        if recovery is None:
+            reason = "publications were missed and the history could not be read"
+            await self._end(conn, sub, "INSUFFICIENT_STATE", reason)
+            return
+        if not recovery.recovered:
             await self._end(conn, sub, "INSUFFICIENT_STATE", "publications were missed")
             return
         for entry in recovery.publications:

@@ -262,12 +262,17 @@ async def test_a_history_that_cannot_be_read_ends_the_subscription(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When every one of the sync's `SYNC_ATTEMPTS` reads fails, the subscription ends with
-    `INSUFFICIENT_STATE`, after exactly that many reads."""
+    `INSUFFICIENT_STATE`, after exactly that many reads, saying the history was unreadable."""
     conn, attempts = await _gap_with_failing_reads(
         rig, monkeypatch, "plain:h", subscriptions.SYNC_ATTEMPTS
     )
     ended = await conn.next()
-    assert (ended["type"], ended["code"]) == ("unsubscribed", "INSUFFICIENT_STATE")
+    assert ended == {
+        "type": "unsubscribed",
+        "topic": "plain:h",
+        "code": "INSUFFICIENT_STATE",
+        "reason": "publications were missed and the history could not be read",
+    }
     assert len(attempts) == subscriptions.SYNC_ATTEMPTS
 
 

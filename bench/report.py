@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 STALL_TARGET_MS = 20.0
 
@@ -176,11 +176,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ""
                 if lag is None
                 else f"; the gateway's own loop ran its 5 ms timer more than "
-                f"{STALL_TARGET_MS:.0f} ms late {lag[0]} times (latest {lag[1]})"
+                f"{STALL_TARGET_MS:.0f} ms late {lag.over} times (latest {lag.latest}"
+                + _stall_causes(lag)
+                + ")"
             ),
             stall <= STALL_TARGET_MS
             and not over
-            and not (lag and lag[0])
+            and not (lag and lag.over)
             and idle.get("open", 0) >= 10_000,
         )
     else:
@@ -203,9 +205,29 @@ def worst_stall(server: dict[str, Any]) -> float | None:
     return max(samples) if samples else None
 
 
-def loop_lag(server: dict[str, Any]) -> tuple[int, str] | None:
+class LoopLag(NamedTuple):
+    """The gateway's loop lag over the stall target's windows: ticks later than the budget, the
+    latest one's bucket, and those stalls by cause (None from a gateway that did not count them:
+    `busy`, its loop's thread ran through the delay; `off_cpu`, it mostly did not run)."""
+
+    over: int
+    latest: str
+    causes: dict[str, int] | None
+
+
+def _stall_causes(lag: LoopLag) -> str:
+    if not lag.over or lag.causes is None:
+        return ""
+    return (
+        f"; its thread busy through {lag.causes.get('busy', 0)}, "
+        f"off the CPU for most of {lag.causes.get('off_cpu', 0)}"
+    )
+
+
+def loop_lag(server: dict[str, Any]) -> LoopLag | None:
     """Over the windows of `worst_stall`: how many of the gateway's loop-lag ticks were later
-    than the budget, and the latest one's bucket; None where the lag was not measured."""
+    than the budget, the latest one's bucket and their causes; None where the lag was not
+    measured."""
     windows = []
     if server.get("idle"):
         last = server["idle"][-1]
@@ -216,7 +238,13 @@ def loop_lag(server: dict[str, Any]) -> tuple[int, str] | None:
     if not measured:
         return None
     latest = max(measured, key=lambda w: _bucket_bound(w["lag_longest"]))["lag_longest"]
-    return sum(w["lag_over_budget"] for w in measured), latest
+    causes: dict[str, int] | None = None
+    if all("lag_stalls" in w for w in measured):
+        causes = {}
+        for w in measured:
+            for cause, count in w["lag_stalls"].items():
+                causes[cause] = causes.get(cause, 0) + count
+    return LoopLag(sum(w["lag_over_budget"] for w in measured), latest, causes)
 
 
 def _bucket_bound(text: str) -> float:

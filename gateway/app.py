@@ -129,7 +129,11 @@ def create_app(settings: Settings) -> Starlette:
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         collections = CollectionTimer(metrics.observe_gc_pause)
         collections.install()
-        lag = LoopLagMonitor(asyncio.get_running_loop(), metrics.LOOP_LAG.observe)
+        lag = LoopLagMonitor(
+            asyncio.get_running_loop(),
+            metrics.LOOP_LAG.observe,
+            stalled=metrics.observe_loop_stall,
+        )
         lag.start()
         try:
             yield

@@ -138,6 +138,21 @@ LOOP_LAG = Histogram(
 )
 
 
+# Stalls of the loop (ticks later than `gateway.looplag.STALL`) by cause: `busy`, the loop's
+# thread ran through the delay (a long turn); `off_cpu`, it mostly did not.
+LOOP_STALLS = Counter(
+    "gateway_event_loop_stalls_total",
+    "Ticks of the 5 ms timer more than 20 ms late, by whether the loop's thread was busy "
+    "running through the delay or off the CPU for most of it",
+    ["cause"],
+)
+_STALL_BUSY, _STALL_OFF_CPU = LOOP_STALLS.labels("busy"), LOOP_STALLS.labels("off_cpu")
+
+
+def observe_loop_stall(busy: bool) -> None:
+    (_STALL_BUSY if busy else _STALL_OFF_CPU).inc()
+
+
 def observe_gc_pause(generation: int, seconds: float, cpu_seconds: float) -> None:
     pauses, cpu = _GC_BY_GENERATION[generation]
     pauses.observe(seconds)

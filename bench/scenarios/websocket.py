@@ -254,9 +254,15 @@ def _lag(window: dict[str, Any]) -> str:
     """The gateway's own loop lag over a window, for the progress line ('' without one)."""
     if "lag_ticks" not in window:
         return ""
+    causes = window.get("lag_stalls")
     return (
         f", loop lag: {window['lag_over_budget']} of {window['lag_ticks']} ticks over "
         f"{STALL_BUDGET_MS:.0f} ms, latest {window['lag_longest']}"
+        + (
+            f" (busy {causes.get('busy', 0)}, off the CPU {causes.get('off_cpu', 0)})"
+            if causes and window["lag_over_budget"]
+            else ""
+        )
     )
 
 

@@ -84,3 +84,24 @@ def test_window_counts_the_loop_lag_over_the_budget() -> None:
         "<= 30 ms",
     )
     assert gcpauses.window(after, after, 20.0)["lag_longest"] == "none"
+    assert "lag_stalls" not in window
+
+
+def test_window_counts_the_loop_stalls_by_cause() -> None:
+    """A gateway that counts its stalls by cause: the window has those counted between the two
+    scrapes, each cause on its own."""
+    registry, _, _ = _histogram()
+    lag = Histogram(
+        "gateway_event_loop_lag_seconds", "lag", buckets=metrics.LOOP_LAG_BUCKETS, registry=registry
+    )
+    stalls = Counter("gateway_event_loop_stalls_total", "stalls", ["cause"], registry=registry)
+    busy, off_cpu = stalls.labels("busy"), stalls.labels("off_cpu")
+    busy.inc()  # before the window
+    before = gcpauses.parse(generate_latest(registry).decode())
+    for seconds, counter in ((0.025, busy), (0.04, off_cpu), (0.03, off_cpu)):
+        lag.observe(seconds)
+        counter.inc()
+    after = gcpauses.parse(generate_latest(registry).decode())
+    window = gcpauses.window(before, after, 20.0)
+    assert window["lag_over_budget"] == 3
+    assert window["lag_stalls"] == {"busy": 1, "off_cpu": 2}

@@ -260,6 +260,35 @@ def test_stall_verdict_counts_the_gateways_own_loop_lag() -> None:
     assert row["measured"].endswith("more than 20 ms late 2 times (latest <= 50 ms)")
 
 
+def test_stall_verdict_names_the_causes_of_the_late_ticks() -> None:
+    """A gateway that counted its stalls by cause has them named beside the late ticks, summed
+    over the target's windows; the verdict is the same (a late tick fails it either way)."""
+    gateway = copy.deepcopy(RESULTS["websocket"]["gateway"])
+    quiet = {
+        "lag_ticks": 600,
+        "lag_over_budget": 0,
+        "lag_longest": "<= 15 ms",
+        "lag_stalls": {"busy": 0, "off_cpu": 0},
+    }
+    gateway["idle"][0]["gc_connecting"] |= quiet | {
+        "lag_over_budget": 1,
+        "lag_longest": "<= 30 ms",
+        "lag_stalls": {"busy": 1, "off_cpu": 0},
+    }
+    for step in gateway["fanout"]["steps"]:
+        step["gc"] = quiet
+    gateway["disconnect"]["gc"] |= quiet | {
+        "lag_over_budget": 2,
+        "lag_stalls": {"busy": 0, "off_cpu": 2},
+    }
+    row = _stall_row(RESULTS | {"websocket": {"gateway": gateway, "lean": gateway}})
+    assert row["met"] is False
+    assert row["measured"].endswith(
+        "more than 20 ms late 3 times (latest <= 30 ms; its thread busy through 1, "
+        "off the CPU for most of 2)"
+    )
+
+
 def test_collections_and_the_mass_disconnect_are_tabled() -> None:
     text = report.markdown(RESULTS, [])
     assert (

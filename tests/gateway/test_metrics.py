@@ -39,6 +39,8 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         'gateway_gc_pause_seconds_bucket{generation="2",le="0.02"}',
         'gateway_gc_cpu_seconds_total{generation="0"}',
         'gateway_event_loop_lag_seconds_bucket{le="0.02"}',
+        'gateway_event_loop_stalls_total{cause="busy"}',
+        'gateway_event_loop_stalls_total{cause="off_cpu"}',
         "process_open_fds ",
         "process_max_fds ",
         "process_cpu_seconds_total ",

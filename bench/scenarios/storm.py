@@ -39,13 +39,13 @@ from typing import Any
 
 import httpx
 
-from bench import local_nginx, storm_client, system
+from bench import gcpauses, local_nginx, storm_client, system
 from bench.loadside import Remote
 from bench.local_nginx import nginx_binary
 from bench.profile import Profiler, hot_functions
 from bench.progress import Progress
 from bench.scale import Scale
-from bench.scenarios.websocket import ws_path
+from bench.scenarios.websocket import STALL_BUDGET_MS, ws_path
 from bench.stack import Service, Stack
 from bench.stats import percentile
 from shared.http import internal_headers
@@ -237,6 +237,8 @@ def _storm(
         for worker in workers:
             worker.ask("arm", nginx_port)
         pids = _pids(stack, survivor) | load_side
+        metrics_url = f"http://127.0.0.1:{survivor.port}/metrics"
+        loop_before = gcpauses.scrape(metrics_url)
         cpu_before = {name: _cpu(group) for name, group in pids.items()}
         killed_ns = time.monotonic_ns()
         with _profiler(survivor.pid, profiles):
@@ -244,6 +246,7 @@ def _storm(
             victim.process.wait()
             _wait_for(workers, "reconnected", count, RECONNECT_TIMEOUT)
         cpu = {name: _cpu(group) - cpu_before[name] for name, group in pids.items()}
+        loop = gcpauses.window(loop_before, gcpauses.scrape(metrics_url), STALL_BUDGET_MS)
         time.sleep(scale.storm_warm_seconds)
     finally:
         producer.stop()
@@ -253,6 +256,7 @@ def _storm(
     replies = [worker.ask("results") for worker in workers]
     result = summarize(replies, producer, killed_ns, cpu["gateway_b"])
     result["cpu_seconds"] = {name: round(seconds, 2) for name, seconds in cpu.items()}
+    result["survivor_loop"] = loop
     if profiles is not None:
         result["profile"] = hot_functions(profiles / PROFILE_NAME)
     return result
@@ -402,6 +406,28 @@ def _busy(result: dict[str, Any]) -> str:
     )
 
 
+def _survivor_loop(window: dict[str, Any] | None) -> str:
+    """The survivor's own loop over the same seconds (runs before it was scraped: nothing).
+    Not a target (the stall target's windows are the WebSocket scenario's): what a storm costs
+    the clients already on the survivor."""
+    if not window or "lag_ticks" not in window:
+        return ""
+    causes = window.get("lag_stalls")
+    return (
+        f" The survivor's loop ran its 5 ms timer more than {STALL_BUDGET_MS:.0f} ms late in "
+        f"{window['lag_over_budget']} of its {window['lag_ticks']:,} ticks (latest "
+        f"{window['lag_longest']}"
+        + (
+            f"; its thread busy through {causes.get('busy', 0)}, off the CPU for most of "
+            f"{causes.get('off_cpu', 0)}"
+            if causes and window["lag_over_budget"]
+            else ""
+        )
+        + f"), {window['gc_collections']} collections, {window['gc_over_budget']} over "
+        f"{STALL_BUDGET_MS:.0f} ms."
+    )
+
+
 def report_lines(result: dict[str, Any]) -> list[str]:
     """Markdown for the report."""
     return [
@@ -426,7 +452,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         "CPU from the kill until every client was back (s): "
         + ", ".join(f"{name} {seconds}" for name, seconds in result.get("cpu_seconds", {}).items())
         + "."
-        + _busy(result),
+        + _busy(result)
+        + _survivor_loop(result.get("survivor_loop")),
         "",
         *(
             [f"Client errors: {', '.join(f'{k} ({v})' for k, v in result['errors'].items())}.", ""]

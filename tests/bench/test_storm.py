@@ -69,6 +69,18 @@ def test_the_load_sides_cpu_is_metered_and_each_cores_share_reported(
     assert "the survivor's core was" in text and "the load core" in text
 
 
+def test_the_survivors_own_loop_is_reported_over_the_storm(storm_result: dict[str, Any]) -> None:
+    """The survivor's loop lag and collections from the kill until every client was back, read
+    from its /metrics, its stalls by cause; the report says what its loop did meanwhile."""
+    loop = storm_result["survivor_loop"]
+    assert loop["lag_ticks"] > 0
+    assert loop["lag_stalls"].keys() == {"busy", "off_cpu"}
+    assert sum(loop["lag_stalls"].values()) == loop["lag_over_budget"]
+    assert loop["gc_collections"] >= 0
+    text = "\n".join(storm.report_lines(storm_result))
+    assert f"late in {loop['lag_over_budget']} of its {loop['lag_ticks']:,} ticks" in text
+
+
 def test_children_lists_a_process_child() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:

@@ -141,6 +141,14 @@ def _lag_window(before: Snapshot, after: Snapshot, budget: float) -> dict[str, A
     return found
 
 
+def stall_causes(causes: dict[str, int]) -> str:
+    """Stalls by cause (`lag_stalls`) in words."""
+    return (
+        f"its thread busy through {causes.get('busy', 0)}, "
+        f"off the CPU for most of {causes.get('off_cpu', 0)}"
+    )
+
+
 def _bucket_text(bound: float, bounds: list[float]) -> str:
     if not bound:
         return "none"

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bench import gcpauses
+
 STALL_TARGET_MS = 20.0
 
 
@@ -218,10 +220,7 @@ class LoopLag(NamedTuple):
 def _stall_causes(lag: LoopLag) -> str:
     if not lag.over or lag.causes is None:
         return ""
-    return (
-        f"; its thread busy through {lag.causes.get('busy', 0)}, "
-        f"off the CPU for most of {lag.causes.get('off_cpu', 0)}"
-    )
+    return "; " + gcpauses.stall_causes(lag.causes)
 
 
 def loop_lag(server: dict[str, Any]) -> LoopLag | None:

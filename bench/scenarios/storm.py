@@ -417,12 +417,7 @@ def _survivor_loop(window: dict[str, Any] | None) -> str:
         f" The survivor's loop ran its 5 ms timer more than {STALL_BUDGET_MS:.0f} ms late in "
         f"{window['lag_over_budget']} of its {window['lag_ticks']:,} ticks (latest "
         f"{window['lag_longest']}"
-        + (
-            f"; its thread busy through {causes.get('busy', 0)}, off the CPU for most of "
-            f"{causes.get('off_cpu', 0)}"
-            if causes and window["lag_over_budget"]
-            else ""
-        )
+        + ("; " + gcpauses.stall_causes(causes) if causes and window["lag_over_budget"] else "")
         + f"), {window['gc_collections']} collections, {window['gc_over_budget']} over "
         f"{STALL_BUDGET_MS:.0f} ms."
     )

@@ -258,11 +258,7 @@ def _lag(window: dict[str, Any]) -> str:
     return (
         f", loop lag: {window['lag_over_budget']} of {window['lag_ticks']} ticks over "
         f"{STALL_BUDGET_MS:.0f} ms, latest {window['lag_longest']}"
-        + (
-            f" (busy {causes.get('busy', 0)}, off the CPU {causes.get('off_cpu', 0)})"
-            if causes and window["lag_over_budget"]
-            else ""
-        )
+        + (f" ({gcpauses.stall_causes(causes)})" if causes and window["lag_over_budget"] else "")
     )
 
 

@@ -1,16 +1,19 @@
 """`gateway.delivery.OrderedDelivery`: large fan-outs in chunks that yield, small frames pulled
-ahead of them, and per recipient every frame exactly once in publish order. Pure scheduling, no
-sockets: recipients are ints, frames are strings, `offer` records what each recipient got."""
+ahead of them, and per recipient every frame exactly once in publish order. Pure scheduling:
+recipients are ints, frames are strings, `offer` records what each recipient got; one socket
+pair shows where a reader woken by I/O runs between the chunks, on the gateway's loop."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections import defaultdict
 from collections.abc import Collection, Coroutine
 from typing import Any
 
 import pytest
+import uvloop
 
 from gateway.delivery import OrderedDelivery
 from shared.wire import EnvelopeMeta
@@ -141,3 +144,35 @@ async def test_random_interleavings_keep_publish_order_per_recipient(seed: int) 
         ordered.deliver(recipients, META, frame)
     await seen.finished()
     assert dict(seen.got) == dict(expected)
+
+
+def test_a_reader_woken_during_a_chunk_runs_before_the_next_chunk() -> None:
+    """On the gateway's loop (uvloop), data that reaches a socket while a chunk is handed out
+    wakes its reader before the next chunk: another user's frame, read from the pub/sub link
+    during a broadcast, waits for one chunk at most, not two (with one `sleep(0)` between chunks
+    the next chunk ran first)."""
+
+    async def scenario() -> list[str]:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        events: list[str] = []
+
+        async def read() -> None:
+            await reader.readexactly(1)
+            events.append("read")
+
+        def offer(recipients: Collection[int], meta: EnvelopeMeta, frame: str) -> None:
+            events.append("chunk")
+            if len(events) == 1:
+                theirs.send(b"x")  # arrives while the first chunk is handed out
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0)  # the reader waits for its byte
+        seen = Recipients()
+        OrderedDelivery(offer, 2, seen.spawn).deliver(range(6), META, "broadcast")
+        await asyncio.gather(reading, seen.finished())
+        writer.close()
+        theirs.close()
+        return events
+
+    assert uvloop.run(scenario()) == ["chunk", "read", "chunk", "chunk"]

@@ -8,8 +8,8 @@ many exceeded the stall budget, and the bucket bound of the longest (the histogr
 maximum). Beside them, how late the gateway's own 5 ms timer ran (`gateway.looplag`, the
 `gateway_event_loop_lag_seconds` histogram): the stalls of its loop, whatever caused them,
 without the network and the probe's own scheduling that the probe's round trips include; and of
-the ticks later than 20 ms, how many the loop's thread was busy through and how many it spent
-mostly off the CPU (`gateway_event_loop_stalls_total`). The lean reference has no such series:
+the ticks later than 20 ms, how many the loop's thread spent mostly running, waiting for a CPU,
+or asleep (`gateway_event_loop_stalls_total`). The lean reference has no such series:
 its windows are None.
 """
 
@@ -87,7 +87,7 @@ def window(before: Snapshot | None, after: Snapshot | None, budget_ms: float) ->
     bucket, e.g. "<= 20 ms"; "none" when none ran); and of the loop's lag, `lag_ticks`,
     `lag_over_budget` (ticks later than `budget_ms`), `lag_longest` (the latest one's bucket)
     and, from a gateway that counts them, `lag_stalls` (ticks later than 20 ms by cause: `busy`,
-    `off_cpu`).
+    `waiting_for_cpu`, `asleep`; `off_cpu` from one that cannot tell the last two apart).
     """
     if before is None or after is None:
         return {}
@@ -141,12 +141,24 @@ def _lag_window(before: Snapshot, after: Snapshot, budget: float) -> dict[str, A
     return found
 
 
+# `gateway.looplag`'s causes; `off_cpu` from a gateway that cannot tell the last two apart.
+_CAUSES_IN_WORDS = {
+    "busy": "busy",
+    "waiting_for_cpu": "waiting for a CPU",
+    "asleep": "asleep",
+    "off_cpu": "off the CPU",
+}
+
+
 def stall_causes(causes: dict[str, int]) -> str:
-    """Stalls by cause (`lag_stalls`) in words."""
-    return (
-        f"its thread busy through {causes.get('busy', 0)}, "
-        f"off the CPU for most of {causes.get('off_cpu', 0)}"
-    )
+    """Stalls by cause (`lag_stalls`) in words: in how many the loop's thread was mostly busy,
+    waiting for a CPU, or asleep."""
+    counted = [
+        f"{words} in {causes[cause]}"
+        for cause, words in _CAUSES_IN_WORDS.items()
+        if cause in causes
+    ]
+    return "its thread mostly " + ", ".join(counted)
 
 
 def _bucket_text(bound: float, bounds: list[float]) -> str:

@@ -209,8 +209,8 @@ def worst_stall(server: dict[str, Any]) -> float | None:
 
 class LoopLag(NamedTuple):
     """The gateway's loop lag over the stall target's windows: ticks later than the budget, the
-    latest one's bucket, and those stalls by cause (None from a gateway that did not count them:
-    `busy`, its loop's thread ran through the delay; `off_cpu`, it mostly did not run)."""
+    latest one's bucket, and those stalls by where the loop's thread spent the delay (None from
+    a gateway that did not count them; the causes of `gateway.looplag`)."""
 
     over: int
     latest: str

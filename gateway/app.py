@@ -42,7 +42,7 @@ from starlette.websockets import WebSocket
 from gateway import apidocs, chat, console, internal_api, metrics, proxy, topic_api, websocket
 from gateway.chat import ChatQuotas
 from gateway.heap import CollectionTimer
-from gateway.looplag import LoopLagMonitor
+from gateway.looplag import LoopLagMonitor, RunQueueClock
 from gateway.manager import ConnectionManager
 from gateway.replies import ReplyReader
 from gateway.state import GatewayState
@@ -129,16 +129,20 @@ def create_app(settings: Settings) -> Starlette:
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         collections = CollectionTimer(metrics.observe_gc_pause)
         collections.install()
+        run_queue = RunQueueClock.open()  # opened here: it reads the loop thread's own figures
         lag = LoopLagMonitor(
             asyncio.get_running_loop(),
             metrics.LOOP_LAG.observe,
             stalled=metrics.observe_loop_stall,
+            wait_clock=run_queue,
         )
         lag.start()
         try:
             yield
         finally:
             lag.stop()
+            if run_queue is not None:
+                run_queue.close()
             collections.remove()
             ingest.cancel()
 

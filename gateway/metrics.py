@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.looplag import STALL_CAUSES
+
 
 class LoopCounter:
     """A counter updated from the event loop's thread only (no lock); exposed as `<name>_total`
@@ -138,19 +140,21 @@ LOOP_LAG = Histogram(
 )
 
 
-# Stalls of the loop (ticks later than `gateway.looplag.STALL`) by cause: `busy`, the loop's
-# thread ran through the delay (a long turn); `off_cpu`, it mostly did not.
+# Stalls of the loop (ticks later than `gateway.looplag.STALL`) by where the thread spent the
+# delay (`gateway.looplag.STALL_CAUSES`); each cause is exposed from the start, at 0.
 LOOP_STALLS = Counter(
     "gateway_event_loop_stalls_total",
-    "Ticks of the 5 ms timer more than 20 ms late, by whether the loop's thread was busy "
-    "running through the delay or off the CPU for most of it",
+    "Ticks of the 5 ms timer more than 20 ms late, by where the loop's thread spent the delay: "
+    "busy running, waiting_for_cpu (runnable, another process or a CPU limit had the core), "
+    "asleep (a blocking call or a paused machine), or off_cpu where the kernel cannot tell",
     ["cause"],
 )
-_STALL_BUSY, _STALL_OFF_CPU = LOOP_STALLS.labels("busy"), LOOP_STALLS.labels("off_cpu")
+for _cause in STALL_CAUSES:
+    LOOP_STALLS.labels(_cause)
 
 
-def observe_loop_stall(busy: bool) -> None:
-    (_STALL_BUSY if busy else _STALL_OFF_CPU).inc()
+def observe_loop_stall(cause: str) -> None:
+    LOOP_STALLS.labels(cause).inc()
 
 
 def observe_gc_pause(generation: int, seconds: float, cpu_seconds: float) -> None:

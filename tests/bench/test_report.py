@@ -268,24 +268,24 @@ def test_stall_verdict_names_the_causes_of_the_late_ticks() -> None:
         "lag_ticks": 600,
         "lag_over_budget": 0,
         "lag_longest": "<= 15 ms",
-        "lag_stalls": {"busy": 0, "off_cpu": 0},
+        "lag_stalls": {"busy": 0, "waiting_for_cpu": 0, "asleep": 0},
     }
     gateway["idle"][0]["gc_connecting"] |= quiet | {
         "lag_over_budget": 1,
         "lag_longest": "<= 30 ms",
-        "lag_stalls": {"busy": 1, "off_cpu": 0},
+        "lag_stalls": {"busy": 1, "waiting_for_cpu": 0, "asleep": 0},
     }
     for step in gateway["fanout"]["steps"]:
         step["gc"] = quiet
     gateway["disconnect"]["gc"] |= quiet | {
         "lag_over_budget": 2,
-        "lag_stalls": {"busy": 0, "off_cpu": 2},
+        "lag_stalls": {"busy": 0, "waiting_for_cpu": 2, "asleep": 0},
     }
     row = _stall_row(RESULTS | {"websocket": {"gateway": gateway, "lean": gateway}})
     assert row["met"] is False
     assert row["measured"].endswith(
-        "more than 20 ms late 3 times (latest <= 30 ms; its thread busy through 1, "
-        "off the CPU for most of 2)"
+        "more than 20 ms late 3 times (latest <= 30 ms; its thread mostly busy in 1, "
+        "waiting for a CPU in 2, asleep in 0)"
     )
 
 

@@ -74,7 +74,7 @@ def test_the_survivors_own_loop_is_reported_over_the_storm(storm_result: dict[st
     from its /metrics, its stalls by cause; the report says what its loop did meanwhile."""
     loop = storm_result["survivor_loop"]
     assert loop["lag_ticks"] > 0
-    assert loop["lag_stalls"].keys() == {"busy", "off_cpu"}
+    assert loop["lag_stalls"].keys() == {"busy", "waiting_for_cpu", "asleep"}
     assert sum(loop["lag_stalls"].values()) == loop["lag_over_budget"]
     assert loop["gc_collections"] >= 0
     text = "\n".join(storm.report_lines(storm_result))

@@ -10,6 +10,7 @@ loop waiting in epoll) are not collected, so percentages are of busy time.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,11 @@ from typing import Any
 
 ATTACH_ATTEMPTS = 5
 ATTACH_GRACE = 1.0  # seconds: a py-spy that could not attach has exited by then
+
+# One frame of a collapsed stack: `name (path:line)`. A sample read while the target changed
+# its frames (`--nonblocking`) can name a frame with whatever string it found there, a module
+# docstring's lines included: one such record spans several lines, some ending in a number.
+_FRAME = re.compile(r"\S.* \([^()]*:-?\d+\)")
 
 
 def py_spy() -> str | None:
@@ -89,30 +95,36 @@ def _function(frame: str) -> str:
 
 def hot_functions(path: Path, top: int = 15) -> dict[str, Any]:
     """The `top` functions by own (self) samples, with their inclusive share, from collapsed
-    stacks. Returns `{"samples": N, "functions": [{function, self_pct, total_pct}]}`."""
+    stacks. Returns `{"samples": N, "torn_lines": T, "functions": [{function, self_pct,
+    total_pct}]}`: the lines of a record with a frame that is not `name (path:line)` (a torn
+    read) are left out of N and counted in T."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    samples = 0
+    samples = torn_lines = 0
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return {"samples": 0, "functions": []}
+        return {"samples": 0, "torn_lines": 0, "functions": []}
     for line in lines:
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
+        if not count_text.isdigit():
+            torn_lines += bool(line.strip())
             continue
+        raw = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not raw:
+            continue  # no Python frame to count the sample in
+        if not all(_FRAME.fullmatch(f) for f in raw):
+            torn_lines += 1
+            continue
+        frames = [_function(f) for f in raw]
         count = int(count_text)
-        frames = [
-            _function(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))
-        ]
-        if not frames:
-            continue
         samples += count
         own[frames[-1]] += count
         for function in set(frames):
             inclusive[function] += count
     return {
         "samples": samples,
+        "torn_lines": torn_lines,
         "functions": [
             {
                 "function": function,

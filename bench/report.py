@@ -768,7 +768,9 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         return []
     out = ["", "## Profiles (py-spy, busy samples only)", ""]
     for title, profile in found:
-        out += [f"### {title} ({profile['samples']:,} samples)", ""]
+        torn = profile.get("torn_lines", 0)
+        left_out = f"; {torn:,} lines of torn samples left out" if torn else ""
+        out += [f"### {title} ({profile['samples']:,} samples{left_out})", ""]
         out += _table(
             ["Function", "Own %", "Inclusive %"],
             [[f"`{f['function']}`", f["self_pct"], f["total_pct"]] for f in profile["functions"]],

@@ -419,7 +419,8 @@ def test_steal_seconds_reads_each_cores_steal_column() -> None:
 
 def test_profiles_of_every_phase_and_the_storms_survivor_are_tabled() -> None:
     """With `BENCH_PROFILE=1`, the report tables each profiled phase, the reconnect storm's
-    survivor included (the evidence for the connect-rate target)."""
+    survivor included (the evidence for the connect-rate target), and says how many lines of
+    torn samples it left out."""
     profile = {
         "samples": 1200,
         "functions": [
@@ -432,10 +433,13 @@ def test_profiles_of_every_phase_and_the_storms_survivor_are_tabled() -> None:
     }
     results = copy.deepcopy(RESULTS)
     results["websocket"]["gateway"]["profiles"] = {"broadcast": profile}
-    results["storm"] = {"profile": profile | {"samples": 1561}}
+    results["storm"] = {"profile": profile | {"samples": 1561, "torn_lines": 14}}
     text = report.markdown(results, [])
     assert "### gateway, broadcast (1,200 samples)" in text
-    assert "### gateway B (the survivor), reconnect storm (1,561 samples)" in text
+    assert (
+        "### gateway B (the survivor), reconnect storm "
+        "(1,561 samples; 14 lines of torn samples left out)"
+    ) in text
     assert "| `write_frames (gateway/wsprotocol.py)` | 56.8 | 56.8 |" in text
 
 

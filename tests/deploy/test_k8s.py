@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway import chat, websocket
 from shared.settings import VARIABLES
 from tests.deploy.nginx import ROOT
 
@@ -233,6 +234,27 @@ def test_ingress_routes_only_the_public_api_to_the_gateway() -> None:
     assert paths["/api/v1/chat/"] == paths["/api/v1/ws/"]
     assert int(streams["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert streams["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+def test_token_bearing_urls_are_not_in_the_ingress_access_log() -> None:
+    """The paths whose URLs may carry `?token=<JWT>` (WebSocket, the chat stream's EventSource
+    resume) have no access log at the controller, whose default line holds the query string;
+    the REST paths, authorised by header, keep theirs."""
+    ingresses = _named("Ingress")
+    access_log = "nginx.ingress.kubernetes.io/enable-access-log"
+    assert ingresses["realtime-streams"]["metadata"]["annotations"][access_log] == "false"
+    assert access_log not in ingresses["realtime-api"]["metadata"]["annotations"]
+    stream_paths = {
+        path["path"]
+        for rule in ingresses["realtime-streams"]["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    # The gateway's routes that read a query token are under those paths.
+    query_token_routes = [websocket.route.path] + [
+        r.path for r in chat.routes if r.endpoint is chat.resume_stream
+    ]
+    for route in query_token_routes:
+        assert any(route.startswith(prefix) for prefix in stream_paths), route
 
 
 def test_ingress_limits_per_client_address() -> None:

@@ -15,17 +15,29 @@ A log line can be pasted into a ticket safely.
 `Sampled` thins out a line written once per event of a hot path (the gateway's WebSocket
 handshakes: one JSON line per connect is about as much CPU as the rest of the handshake's
 logging-free work in a reconnect storm, docs/performance-notes.md) to one line in N.
+
+Into a pipe or a socket (a container's stdout, the journal), lines are written by a thread of
+their own (`BackgroundHandler`): a log reader that falls behind — a full pipe, the container
+runtime's collector stalled — holds up that thread, never an event loop and the connections on
+it. Past `LOG_BACKLOG` lines waiting, new ones are dropped, and a line saying how many follows
+once the reader catches up. Into a regular file, which waits for no reader, each line is written
+before the logging call returns.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 import sys
+import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 from urllib.parse import unquote
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -155,11 +167,145 @@ def sample(logger_name: str, prefix: str, every: int) -> None:
         logger.addFilter(Sampled(prefix, every))
 
 
+def _is_regular_file(stream: TextIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False  # no descriptor of its own: written through the background writer too
+
+
+LOG_BACKLOG = 10_000  # lines waiting for a slow log reader before new ones are dropped
+_CLOSE_WAIT = 2.0  # seconds `flush()` and `close()` wait for a stuck reader at most
+
+
+class LineWriter:
+    """Writes lines to `stream` from a daemon thread of its own. `put` never blocks: with
+    `backlog` lines waiting, a new one is dropped and counted, and the writer adds
+    `report(count)` after the lines it writes next."""
+
+    def __init__(self, stream: TextIO, backlog: int, report: Callable[[int], str]) -> None:
+        self._stream, self._backlog, self._report = stream, backlog, report
+        self._start()
+        _WRITERS.add(self)
+
+    def _start(self) -> None:
+        self._lines: deque[str] = deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._dropped = 0
+        self._writing = self._closed = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, line: str) -> None:
+        with self._changed:
+            if len(self._lines) >= self._backlog:
+                self._dropped += 1
+                return
+            self._lines.append(line)
+            self._changed.notify_all()
+
+    def flush(self, timeout: float = _CLOSE_WAIT) -> bool:
+        """Wait until every line put so far is written; False if `timeout` passed first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: not (self._lines or self._writing or self._dropped), timeout
+            )
+
+    def close(self, timeout: float = _CLOSE_WAIT) -> None:
+        """Write what waits (for `timeout` at most) and end the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        changed = self._changed
+        while True:
+            with changed:
+                changed.wait_for(lambda: self._lines or self._dropped or self._closed)
+                if not (self._lines or self._dropped):
+                    return  # closed, everything written
+                lines = list(self._lines)
+                self._lines.clear()
+                dropped, self._dropped = self._dropped, 0
+                self._writing = True
+            if dropped:
+                lines.append(self._report(dropped))
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # the stream is gone: nowhere left to say so
+            with changed:
+                self._writing = False
+                changed.notify_all()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its lines are the parent's."""
+        self._start()
+
+
+_WRITERS: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+
+
+def _restart_writers() -> None:
+    for writer in list(_WRITERS):
+        writer._after_fork()
+
+
+os.register_at_fork(after_in_child=_restart_writers)
+
+
+class BackgroundHandler(logging.Handler):
+    """Formats each record on the caller's thread, as `logging.StreamHandler` does (its
+    arguments as they are now, secrets scrubbed), and leaves the writing to a `LineWriter`."""
+
+    def __init__(self, stream: TextIO, backlog: int = LOG_BACKLOG) -> None:
+        super().__init__()
+        self.backlog = backlog
+        self.writer = LineWriter(stream, backlog, self._dropped_line)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.put(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        super().close()
+
+    def _dropped_line(self, count: int) -> str:
+        record = logging.LogRecord(
+            __name__,
+            logging.WARNING,
+            __file__,
+            0,
+            "%d log lines dropped: the log's reader fell %d lines behind",
+            (count, self.backlog),
+            None,
+        )
+        record.dropped_lines = count
+        return self.format(record)
+
+
 def configure(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    """Send every log record of this process, uvicorn's included, through the JSON formatter."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every log record of this process, uvicorn's included, through the JSON formatter to
+    stderr: by a `BackgroundHandler` unless stderr is a regular file (replacing the handler a
+    previous call installed)."""
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr)
+        if _is_regular_file(sys.stderr)
+        else BackgroundHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter(service, Scrubber(secrets)))
     root = logging.getLogger()
+    for previous in root.handlers:
+        if isinstance(previous, BackgroundHandler):
+            previous.close()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import select
+import subprocess
+import sys
+from pathlib import Path
 
-from shared.log import JsonFormatter, Sampled, Scrubber, sample
+from shared.log import LOG_BACKLOG, JsonFormatter, LineWriter, Sampled, Scrubber, sample
+
+ROOT = Path(__file__).resolve().parents[2]
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
 
@@ -114,3 +121,117 @@ def test_sample_replaces_its_filter_and_every_one_removes_it() -> None:
     assert [f.every for f in logger.filters if isinstance(f, Sampled)] == [5]
     sample("test.sampled", "x %s", 1)
     assert not [f for f in logger.filters if isinstance(f, Sampled)]
+
+
+# A process that floods its log while nobody reads its stderr, then reports how long its longest
+# logging call took: a pipe holds about 64 KB, so a write of the log on the caller's thread would
+# block there for good after a few hundred lines.
+_FLOOD = """
+import json, logging, sys, time
+from shared import log
+log.configure("flood", "INFO")
+logger = logging.getLogger("flood")
+longest = 0.0
+for number in range(LINES):
+    started = time.perf_counter()
+    logger.info("line %d %s", number, "x" * 200)
+    longest = max(longest, time.perf_counter() - started)
+print(json.dumps({"longest_call_s": longest}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_log_reader_that_falls_behind_never_blocks_the_caller() -> None:
+    """20,000 lines logged while nobody reads the process's stderr: every logging call returns
+    at once; once the reader comes back it gets the first lines in order, then the 10,000 that
+    waited, then one line saying how many were dropped — nothing else lost."""
+    lines = 20_000
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD.replace("LINES", str(lines))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "a logging call blocked on the full pipe"
+        report = json.loads(process.stdout.readline())
+        _, err = process.communicate(b"exit\n", timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert report["longest_call_s"] < 0.5
+    entries = [json.loads(line) for line in err.decode().splitlines()]
+    logged = [int(e["msg"].split()[1]) for e in entries if e["logger"] == "flood"]
+    dropped = [e for e in entries if "dropped_lines" in e]
+    assert len(dropped) == 1 and dropped[0]["level"] == "WARNING"
+    assert logged == sorted(logged) and logged[0] == 0
+    assert len(logged) + dropped[0]["dropped_lines"] == lines
+    assert LOG_BACKLOG <= len(logged) < lines
+
+
+def test_the_writer_writes_in_order_and_flush_waits_for_it() -> None:
+    """Lines reach the stream in the order put; `flush` returns once all are written; after
+    `close` the thread has ended."""
+    stream = io.StringIO()
+    writer = LineWriter(stream, backlog=100, report=lambda count: f"dropped {count}")
+    for number in range(50):
+        writer.put(f"line {number}")
+    assert writer.flush(timeout=5)
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(50)]
+    writer.close()
+    assert not writer._thread.is_alive()
+
+
+_FORK = """
+import logging, os
+from shared import log
+log.configure("forked", "INFO")
+logging.getLogger("forked").info("before the fork")
+child = os.fork()
+if child == 0:
+    logging.getLogger("forked").info("in the child")
+    logging.shutdown()
+    os._exit(0)
+os.waitpid(child, 0)
+logging.getLogger("forked").info("in the parent")
+"""
+
+
+def test_a_forked_child_writes_its_own_lines() -> None:
+    """The writer's thread does not survive a fork: the child starts its own, so its lines are
+    written, and the parent's are written once."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK], capture_output=True, timeout=30, cwd=ROOT, check=True
+    )
+    messages = [json.loads(line)["msg"] for line in done.stderr.decode().splitlines()]
+    assert sorted(messages) == ["before the fork", "in the child", "in the parent"]
+
+
+_TO_A_FILE = """
+import logging, os, sys
+from shared import log
+log.configure("file", "INFO")
+for number in range(100):
+    logging.getLogger("file").info("line %d", number)
+    with open("/proc/self/fd/2") as written:
+        if f'"line {number}"' not in written.read():
+            sys.exit(f"line {number} was not in the file when the call returned")
+"""
+
+
+def test_into_a_regular_file_each_line_is_written_before_the_call_returns(
+    tmp_path: Path,
+) -> None:
+    """A file waits for no reader: there the line is written by the logging call itself, so
+    it is in the file the moment the call returns (what anyone reading a service's log file
+    right after an event relies on)."""
+    log_file = tmp_path / "service.log"
+    with log_file.open("wb") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-c", _TO_A_FILE], stderr=stderr, timeout=30, cwd=ROOT, check=False
+        )
+    assert done.returncode == 0, log_file.read_text()[-500:]
+    assert len(log_file.read_text().splitlines()) == 100

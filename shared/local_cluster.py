@@ -155,6 +155,11 @@ class LocalRedisCluster:
         count = len(self.ports)
         return next(i for i in range(count) if slot < (i + 1) * SLOTS // count)
 
+    def keys_in(self, slot: int) -> int:
+        """How many keys `slot` holds on the primary it was given to at start."""
+        with self.node(self.owner_of(slot)) as client:
+            return int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+
     def move_slot(self, slot: int, to: int) -> None:
         """Give an empty `slot` to primary `to`: the new owner first, then every other node."""
         target = self.node_id(to)

@@ -19,9 +19,9 @@ logging-free work in a reconnect storm, docs/performance-notes.md) to one line i
 Into a pipe or a socket (a container's stdout, the journal), lines are written by a thread of
 their own (`BackgroundHandler`): a log reader that falls behind — a full pipe, the container
 runtime's collector stalled — holds up that thread, never an event loop and the connections on
-it. Past `LOG_BACKLOG` lines waiting, new ones are dropped, and a line saying how many follows
-once the reader catches up. Into a regular file, which waits for no reader, each line is written
-before the logging call returns.
+it. Past `LOG_BACKLOG` lines waiting, new ones are dropped (`log_lines_dropped_total` on
+`/metrics`), and a line saying how many follows once the reader catches up. Into a regular file,
+which waits for no reader, each line is written before the logging call returns.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 from urllib.parse import unquote
+
+from prometheus_client import Counter
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # A parameter `name=value`; the name is percent-decoded (twice: double encodings) before it is
@@ -175,6 +177,10 @@ def _is_regular_file(stream: TextIO) -> bool:
 
 
 LOG_BACKLOG = 10_000  # lines waiting for a slow log reader before new ones are dropped
+LOG_LINES_DROPPED = Counter(
+    "log_lines_dropped",
+    "Log lines dropped because the log's reader (a pipe's) fell LOG_BACKLOG lines behind",
+)
 _CLOSE_WAIT = 2.0  # seconds `flush()` and `close()` wait for a stuck reader at most
 
 
@@ -200,6 +206,7 @@ class LineWriter:
         with self._changed:
             if len(self._lines) >= self._backlog:
                 self._dropped += 1
+                LOG_LINES_DROPPED.inc()
                 return
             self._lines.append(line)
             self._changed.notify_all()

@@ -42,6 +42,7 @@ async def test_metrics_exposed(cluster: Cluster, token_for: Token) -> None:
         'gateway_event_loop_stalls_total{cause="busy"}',
         'gateway_event_loop_stalls_total{cause="waiting_for_cpu"}',
         'gateway_event_loop_stalls_total{cause="asleep"}',
+        "log_lines_dropped_total 0.0",
         "process_open_fds ",
         "process_max_fds ",
         "process_cpu_seconds_total ",

@@ -128,6 +128,7 @@ def test_sample_replaces_its_filter_and_every_one_removes_it() -> None:
 # block there for good after a few hundred lines.
 _FLOOD = """
 import json, logging, sys, time
+from prometheus_client import REGISTRY
 from shared import log
 log.configure("flood", "INFO")
 logger = logging.getLogger("flood")
@@ -136,7 +137,8 @@ for number in range(LINES):
     started = time.perf_counter()
     logger.info("line %d %s", number, "x" * 200)
     longest = max(longest, time.perf_counter() - started)
-print(json.dumps({"longest_call_s": longest}), flush=True)
+dropped = REGISTRY.get_sample_value("log_lines_dropped_total")
+print(json.dumps({"longest_call_s": longest, "dropped_total": dropped}), flush=True)
 sys.stdin.readline()
 """
 
@@ -144,7 +146,8 @@ sys.stdin.readline()
 def test_a_log_reader_that_falls_behind_never_blocks_the_caller() -> None:
     """20,000 lines logged while nobody reads the process's stderr: every logging call returns
     at once; once the reader comes back it gets the first lines in order, then the 10,000 that
-    waited, then one line saying how many were dropped — nothing else lost."""
+    waited, then one line saying how many were dropped — nothing else lost — and the metric
+    counts them."""
     lines = 20_000
     process = subprocess.Popen(
         [sys.executable, "-c", _FLOOD.replace("LINES", str(lines))],
@@ -169,6 +172,7 @@ def test_a_log_reader_that_falls_behind_never_blocks_the_caller() -> None:
     assert len(dropped) == 1 and dropped[0]["level"] == "WARNING"
     assert logged == sorted(logged) and logged[0] == 0
     assert len(logged) + dropped[0]["dropped_lines"] == lines
+    assert report["dropped_total"] == dropped[0]["dropped_lines"]  # on /metrics too
     assert LOG_BACKLOG <= len(logged) < lines
 
 
